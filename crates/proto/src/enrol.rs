@@ -1,0 +1,83 @@
+//! Enrolment: the bootstrap file the factory writes for each device, and the bodies of the hub's enrolment and
+//! renewal endpoints (`POST /api/v1/enrol`, `POST /api/v1/renew`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::{DeviceId, ModelId};
+
+/// Version of the bootstrap file format.
+pub const BOOTSTRAP_VERSION: u64 = 1;
+
+/// What the factory loads onto one device: who it is, the single-use token that lets it enrol once, and how to
+/// reach and authenticate the hub. The claim code is for the label (QR) that the consumer scans, not for the device.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootstrapFile {
+    /// Format version (1).
+    pub v: u64,
+    /// The device's id.
+    pub device_id: DeviceId,
+    /// The product model.
+    pub model: ModelId,
+    /// Single-use enrolment token (secret).
+    pub bootstrap_token: String,
+    /// The hub's HTTPS base URL, for example `https://hub.example:8443`.
+    pub hub_url: String,
+    /// The hub's MQTT host name.
+    pub mqtt_host: String,
+    /// The hub's MQTTS port.
+    pub mqtt_port: u16,
+    /// PEM of the CA that signs the hub's server certificate (the device trusts only this).
+    pub hub_ca_pem: String,
+}
+
+impl std::fmt::Debug for BootstrapFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BootstrapFile")
+            .field("device_id", &self.device_id)
+            .field("model", &self.model)
+            .field("bootstrap_token", &"<redacted>")
+            .field("hub_url", &self.hub_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `POST /api/v1/enrol`: a device asks for its first certificate.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrolRequest {
+    /// The device's id, as in its bootstrap file.
+    pub device_id: DeviceId,
+    /// The single-use bootstrap token.
+    pub bootstrap_token: String,
+    /// A PKCS#10 certificate signing request (PEM) for the key the device generated; its subject, if any, must
+    /// be the device id.
+    pub csr_pem: String,
+}
+
+impl std::fmt::Debug for EnrolRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrolRequest").field("device_id", &self.device_id).finish_non_exhaustive()
+    }
+}
+
+/// `POST /api/v1/renew` (over mutual TLS with the current certificate): a device asks for a fresh certificate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    /// A certificate signing request (PEM); its subject, if any, must be the device id.
+    pub csr_pem: String,
+}
+
+/// The answer to enrolment and renewal.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CertificateResponse {
+    /// The device id the certificate names.
+    pub device_id: DeviceId,
+    /// The device certificate followed by the device CA certificate, PEM.
+    pub certificate_chain_pem: String,
+    /// When the certificate expires, Unix milliseconds.
+    pub not_after_ms: u64,
+    /// When the agent should renew, Unix milliseconds (two thirds into the lifetime).
+    pub renew_after_ms: u64,
+}
