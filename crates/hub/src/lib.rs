@@ -1,1 +1,226 @@
-//! placeholder
+//! The Hearth hub: MQTT over mutual TLS for devices, an HTTPS API for people, device identity without shared
+//! secrets, durable telemetry, commands and security events, on an embedded SQLite database.
+//!
+//! [`start`] brings a hub up from a [`Config`] and returns a [`RunningHub`]; the `hearth` CLI and the tests both
+//! use it. Module map (one folder per capability): `identity`, `accounts`, `telemetry`, `commands`,
+//! `monitoring`, `routing`, `store` (the only SQL), `transport::{mqtt, https}` (the only wire formats).
+
+#![forbid(unsafe_code)]
+
+pub mod accounts;
+pub mod commands;
+pub mod config;
+pub mod identity;
+pub mod monitoring;
+pub mod routing;
+pub mod secrets;
+pub mod store;
+pub mod telemetry;
+pub mod transport;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+pub use config::Config;
+use identity::{Authorities, Identity, IdentitySettings};
+use secrets::{MasterKey, MasterKeySource, SecretString};
+use store::Store;
+
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    identity::ca::unix_ms(time::OffsetDateTime::now_utc())
+}
+
+/// How devices and people reach this hub (goes into bootstrap files).
+#[derive(Debug, Clone)]
+pub struct PublicEndpoints {
+    /// HTTPS base URL.
+    pub https_url: String,
+    /// MQTT host.
+    pub mqtt_host: String,
+    /// MQTTS port.
+    pub mqtt_port: u16,
+}
+
+/// Shared state of the HTTP handlers. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct HubState {
+    /// Storage.
+    pub store: Store,
+    /// Device identity.
+    pub identity: Identity,
+    /// Operator accounts.
+    pub accounts: accounts::Accounts,
+    /// Commands.
+    pub commands: commands::Commands,
+    /// Security events.
+    pub monitor: monitoring::Monitor,
+    /// Live connections.
+    pub routing: routing::Routing,
+    /// Public endpoints.
+    pub public: Arc<PublicEndpoints>,
+}
+
+/// Why the hub could not start. The message names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Configuration.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// Something at start-up failed.
+    #[error("{context}: {source}")]
+    Failed {
+        /// What the hub was doing.
+        context: String,
+        /// Why it failed.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+fn failed<E: std::error::Error + Send + Sync + 'static>(context: impl Into<String>) -> impl FnOnce(E) -> StartError {
+    let context = context.into();
+    move |e| StartError::Failed { context, source: Box::new(e) }
+}
+
+/// A running hub.
+#[derive(Debug)]
+pub struct RunningHub {
+    /// Where MQTTS listens.
+    pub mqtt_addr: SocketAddr,
+    /// Where HTTPS listens.
+    pub https_addr: SocketAddr,
+    /// The one-time owner-setup token, when the hub has no owner yet.
+    pub setup_token: Option<SecretString>,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Where the server CA certificate was written (what clients trust).
+    pub server_ca_path: PathBuf,
+    /// Where the master key came from.
+    pub master_key_source: MasterKeySource,
+    /// Public endpoints.
+    pub public: Arc<PublicEndpoints>,
+    /// Handler state (for in-process use, e.g. tests and `demo`).
+    pub state: HubState,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    ingest_task: tokio::task::JoinHandle<()>,
+}
+
+/// Starts a hub: opens (or creates) the data directory, master key, database, CAs and server certificate, and
+/// binds both TLS listeners.
+pub async fn start(config: Config) -> Result<RunningHub, StartError> {
+    config.validate()?;
+    let data_dir = config.data_dir.clone();
+    create_private_dir(&data_dir).map_err(failed(format!("creating data directory {}", data_dir.display())))?;
+
+    let env_key = std::env::var("HEARTH_MASTER_KEY").ok();
+    let (master, master_key_source) =
+        MasterKey::load(env_key.as_deref(), config.secrets.master_key_file.as_deref(), &data_dir.join("master.key"))
+            .map_err(failed("loading the master key"))?;
+    let master = Arc::new(master);
+
+    let store = Store::open_sqlite(&data_dir.join("hearth.db")).await.map_err(failed("opening the database"))?;
+    let authorities = Authorities::load_or_create(&store, &master, &config.public.hostnames, time::OffsetDateTime::now_utc())
+        .await
+        .map_err(failed("loading the certificate authorities"))?;
+    let tls_dir = data_dir.join("tls");
+    std::fs::create_dir_all(&tls_dir).map_err(failed("creating the tls directory"))?;
+    let server_ca_path = tls_dir.join("server-ca.pem");
+    std::fs::write(&server_ca_path, &authorities.server_ca_pem).map_err(failed("writing tls/server-ca.pem"))?;
+    std::fs::write(tls_dir.join("device-ca.pem"), &authorities.device_ca_pem).map_err(failed("writing tls/device-ca.pem"))?;
+    let authorities = Arc::new(authorities);
+
+    let identity = Identity::new(
+        store.clone(),
+        master.clone(),
+        authorities,
+        IdentitySettings {
+            device_cert_validity: time::Duration::days(i64::from(config.devices.cert_validity_days)),
+            bootstrap_validity: time::Duration::days(i64::from(config.devices.bootstrap_validity_days)),
+        },
+    )
+    .await
+    .map_err(failed("loading revocations"))?;
+    let accounts = accounts::Accounts::new(store.clone(), master.clone());
+    let routing = routing::Routing::default();
+    let commands = commands::Commands::new(store.clone(), routing.clone());
+    let monitor = monitoring::Monitor::start(store.clone());
+    let (ingest, ingest_task) = telemetry::Ingest::start(&store).await.map_err(failed("starting the telemetry writer"))?;
+
+    let mqtt_listener =
+        TcpListener::bind(config.listen.mqtts).await.map_err(failed(format!("binding MQTTS on {}", config.listen.mqtts)))?;
+    let https_listener =
+        TcpListener::bind(config.listen.https).await.map_err(failed(format!("binding HTTPS on {}", config.listen.https)))?;
+    let mqtt_addr = mqtt_listener.local_addr().map_err(failed("reading the MQTTS address"))?;
+    let https_addr = https_listener.local_addr().map_err(failed("reading the HTTPS address"))?;
+
+    let host = config.public.host.clone().unwrap_or_else(|| config.public.hostnames[0].clone());
+    let url_host = if host.contains(':') { format!("[{host}]") } else { host.clone() };
+    let public = Arc::new(PublicEndpoints {
+        https_url: format!("https://{url_host}:{}", config.public.https_port.unwrap_or(https_addr.port())),
+        mqtt_host: host,
+        mqtt_port: config.public.mqtt_port.unwrap_or(mqtt_addr.port()),
+    });
+
+    let state = HubState {
+        store: store.clone(),
+        identity: identity.clone(),
+        accounts: accounts.clone(),
+        commands: commands.clone(),
+        monitor: monitor.clone(),
+        routing: routing.clone(),
+        public: public.clone(),
+    };
+    let mqtt_tls = transport::mqtt::tls_config(&identity, config.tls.allow_tls12).map_err(failed("configuring MQTTS TLS"))?;
+    let https_tls = transport::https::tls_config(&identity, config.tls.allow_tls12).map_err(failed("configuring HTTPS TLS"))?;
+    let ctx = Arc::new(transport::mqtt::Ctx {
+        limits: transport::mqtt::MqttLimits { max_connections: config.mqtt.max_connections, ..config.mqtt_limits() },
+        store: store.clone(),
+        ingest,
+        monitor,
+        routing,
+        commands: commands.clone(),
+        identity,
+    });
+    let tasks = vec![
+        tokio::spawn(transport::mqtt::serve(mqtt_listener, mqtt_tls, ctx)),
+        tokio::spawn(transport::https::serve(https_listener, https_tls, transport::https::api::router(state.clone()))),
+        commands.spawn_expiry(),
+    ];
+    let setup_token = accounts.setup_token_if_needed().await.map_err(failed("creating the setup token"))?;
+    Ok(RunningHub {
+        mqtt_addr,
+        https_addr,
+        setup_token,
+        data_dir,
+        server_ca_path,
+        master_key_source,
+        public,
+        state,
+        tasks,
+        ingest_task,
+    })
+}
+
+impl RunningHub {
+    /// Stops accepting, closes device connections, waits for queued telemetry to commit, closes the database.
+    pub async fn shutdown(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.state.routing.close_all(routing::CloseReason::ShuttingDown);
+        // Sessions end, dropping their ingest handles; the writer then drains and stops.
+        if tokio::time::timeout(Duration::from_secs(10), self.ingest_task).await.is_err() {
+            tracing::warn!("telemetry writer did not finish within 10 s");
+        }
+        self.state.store.close().await;
+    }
+}
+
+fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)
+}

@@ -1,0 +1,136 @@
+//! Commands to devices: recorded first (so nothing is lost if the device is offline or the hub restarts), sent
+//! when the device is connected and subscribed, answered by the device's acknowledgement, or timed out at expiry.
+
+use std::time::Duration;
+
+use hearth_proto::command::{validate_command_name, Command, CommandAck};
+use hearth_proto::uplink::Fields;
+use hearth_proto::{DeviceId, ValidationError};
+
+use crate::routing::{Downlink, Routing};
+use crate::secrets::random_base32;
+use crate::store::{CommandRow, NewCommand, Store, StoreError};
+
+/// Longest command timeout.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Why a command was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// No such device.
+    #[error("no such device")]
+    UnknownDevice,
+    /// The device is revoked or not enrolled.
+    #[error("the device is {0}; commands go only to enrolled devices")]
+    NotEnrolled(String),
+    /// Bad name, arguments or timeout.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The commands capability.
+#[derive(Debug, Clone)]
+pub struct Commands {
+    store: Store,
+    routing: Routing,
+}
+
+impl Commands {
+    /// Builds the capability.
+    pub fn new(store: Store, routing: Routing) -> Self {
+        Commands { store, routing }
+    }
+
+    /// Records a command and, if the device is connected, sends it now.
+    pub async fn send(
+        &self,
+        device: &DeviceId,
+        name: &str,
+        args: Fields,
+        timeout: Duration,
+    ) -> Result<CommandRow, CommandError> {
+        validate_command_name(name)?;
+        if timeout.is_zero() || timeout > MAX_TIMEOUT {
+            return Err(ValidationError::OutOfRange {
+                field: "timeout_secs",
+                detail: format!("1 to {}", MAX_TIMEOUT.as_secs()),
+            }
+            .into());
+        }
+        let args_json = serde_json::to_string(&args).map_err(|e| ValidationError::Schema {
+            what: "args",
+            detail: e.to_string(),
+        })?;
+        if args_json.len() > hearth_proto::limits::MAX_COMMAND_PAYLOAD / 2 {
+            return Err(ValidationError::TooLong {
+                what: "args",
+                len: args_json.len(),
+                max: hearth_proto::limits::MAX_COMMAND_PAYLOAD / 2,
+            }
+            .into());
+        }
+        let row = self.store.device(device.as_str()).await?.ok_or(CommandError::UnknownDevice)?;
+        if row.status != "enrolled" {
+            return Err(CommandError::NotEnrolled(row.status));
+        }
+        let now = crate::now_ms();
+        let id = format!("c{}", random_base32(15).map_err(|e| StoreError::Db(sqlx::Error::Protocol(e.to_string())))?);
+        let new = NewCommand {
+            id: id.clone(),
+            device_id: device.to_string(),
+            name: name.to_owned(),
+            args_json,
+            created_at: now,
+            expires_at: now + timeout.as_millis() as i64,
+        };
+        self.store.insert_command(&new).await?;
+        let row = self.store.command(device.as_str(), &id).await?.ok_or(CommandError::UnknownDevice)?;
+        self.routing.send(device, Downlink::Command(row.clone()));
+        Ok(row)
+    }
+
+    /// One command.
+    pub async fn get(&self, device: &DeviceId, id: &str) -> Result<Option<CommandRow>, StoreError> {
+        self.store.command(device.as_str(), id).await
+    }
+
+    /// Commands waiting for delivery or an answer.
+    pub async fn open_for(&self, device: &DeviceId) -> Result<Vec<CommandRow>, StoreError> {
+        self.store.open_commands(device.as_str(), crate::now_ms()).await
+    }
+
+    /// Records that a command went out.
+    pub async fn mark_sent(&self, id: &str) -> Result<(), StoreError> {
+        self.store.mark_command_sent(id, crate::now_ms()).await
+    }
+
+    /// Records a device's answer; false if it answers nothing open.
+    pub async fn answer(&self, device: &DeviceId, ack: &CommandAck) -> Result<bool, StoreError> {
+        self.store.answer_command(device.as_str(), &ack.id, ack.status.as_str(), ack.detail.as_deref(), crate::now_ms()).await
+    }
+
+    /// Runs the expiry sweep every second until the task is dropped.
+    pub fn spawn_expiry(&self) -> tokio::task::JoinHandle<()> {
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                match store.expire_commands(crate::now_ms()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(count = n, "commands timed out"),
+                    Err(e) => tracing::warn!(error = %e, "command expiry sweep failed"),
+                }
+            }
+        })
+    }
+}
+
+/// The wire form of a stored command.
+pub fn to_wire(row: &CommandRow) -> Vec<u8> {
+    let args: Fields = serde_json::from_str(&row.args_json).unwrap_or_default();
+    Command { v: 1, id: row.id.clone(), name: row.name.clone(), args, expires_at: row.expires_at as u64 }.to_json()
+}

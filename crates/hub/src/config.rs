@@ -1,0 +1,282 @@
+//! Hub configuration: a TOML file (every setting optional, secure defaults), overridden by command-line flags and
+//! environment variables in the CLI. Parsed once into [`Config`]; a bad value is refused at start with a message
+//! naming the setting. `hearth.example.toml` at the repository root documents every setting.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A configuration problem, naming the setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has an unknown or mistyped setting.
+    #[error("configuration file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The parser's message (names the setting and line).
+        message: String,
+    },
+    /// A setting has a bad value.
+    #[error("setting `{setting}`: {reason}")]
+    Invalid {
+        /// The setting's dotted name.
+        setting: &'static str,
+        /// What is wrong and what is allowed.
+        reason: String,
+    },
+}
+
+/// The hub's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the hub keeps its database and keys.
+    pub data_dir: PathBuf,
+    /// Listening addresses.
+    pub listen: Listen,
+    /// How devices and people reach the hub.
+    pub public: Public,
+    /// TLS settings.
+    pub tls: Tls,
+    /// Device identity settings.
+    pub devices: Devices,
+    /// MQTT limits.
+    pub mqtt: Mqtt,
+    /// Secrets.
+    pub secrets: Secrets,
+}
+
+/// `[listen]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listen {
+    /// HTTPS API and web app (port 0 picks a free port).
+    pub https: SocketAddr,
+    /// MQTT over TLS for devices.
+    pub mqtts: SocketAddr,
+}
+
+/// `[public]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Public {
+    /// Host names and IP addresses in the hub's server certificate.
+    pub hostnames: Vec<String>,
+    /// The host devices use for HTTPS and MQTT (default: the first of `hostnames`).
+    pub host: Option<String>,
+    /// The HTTPS port devices and people use (default: the listening port).
+    pub https_port: Option<u16>,
+    /// The MQTTS port devices use (default: the listening port).
+    pub mqtt_port: Option<u16>,
+}
+
+/// `[tls]`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// Also accept TLS 1.2 (default: TLS 1.3 only).
+    pub allow_tls12: bool,
+}
+
+/// `[devices]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Devices {
+    /// Lifetime of device certificates, days (1 to 397). Devices renew after two thirds.
+    pub cert_validity_days: u32,
+    /// Lifetime of bootstrap tokens from manufacture, days (1 to 3650).
+    pub bootstrap_validity_days: u32,
+}
+
+/// `[mqtt]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Mqtt {
+    /// Largest inbound packet, bytes (1024 to 1048576).
+    pub max_packet_bytes: u32,
+    /// Unacknowledged QoS 1 messages per connection (1 to 1024).
+    pub receive_maximum: u16,
+    /// Subscriptions per session (1 to 64).
+    pub max_subscriptions: usize,
+    /// Sustained publishes per second per connection (1 to 100000).
+    pub publish_rate_per_sec: u32,
+    /// Publish burst per connection (at least the rate).
+    pub publish_burst: u32,
+    /// Largest keep-alive, seconds (10 to 65535); clients asking for 0 or more get this.
+    pub max_keep_alive_secs: u16,
+    /// Most concurrent device connections.
+    pub max_connections: usize,
+}
+
+/// `[secrets]`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Secrets {
+    /// A file holding the master key (32 bytes, raw or base64), for example a systemd credential. Default:
+    /// `{data_dir}/master.key`, created at first start. `HEARTH_MASTER_KEY` (base64) takes precedence.
+    pub master_key_file: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("hearth-data"),
+            listen: Listen::default(),
+            public: Public::default(),
+            tls: Tls::default(),
+            devices: Devices::default(),
+            mqtt: Mqtt::default(),
+            secrets: Secrets::default(),
+        }
+    }
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            https: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            mqtts: SocketAddr::from(([0, 0, 0, 0], 8883)),
+        }
+    }
+}
+
+impl Default for Public {
+    fn default() -> Self {
+        Public {
+            hostnames: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            host: None,
+            https_port: None,
+            mqtt_port: None,
+        }
+    }
+}
+
+impl Default for Devices {
+    fn default() -> Self {
+        Devices { cert_validity_days: 30, bootstrap_validity_days: 730 }
+    }
+}
+
+impl Default for Mqtt {
+    fn default() -> Self {
+        let l = crate::transport::mqtt::MqttLimits::default();
+        Mqtt {
+            max_packet_bytes: l.max_packet,
+            receive_maximum: l.receive_max,
+            max_subscriptions: l.max_subscriptions,
+            publish_rate_per_sec: l.rate_per_sec,
+            publish_burst: l.burst,
+            max_keep_alive_secs: l.max_keep_alive,
+            max_connections: l.max_connections,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file and validates it.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+        Self::from_toml(&text, &shown)
+    }
+
+    /// Parses TOML text (`origin` names it in errors) and validates it.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: origin.to_owned(), message: e.to_string() })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value's range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn range<T: PartialOrd + std::fmt::Display>(setting: &'static str, v: T, lo: T, hi: T) -> Result<(), ConfigError> {
+            if v < lo || v > hi {
+                return Err(ConfigError::Invalid { setting, reason: format!("{v} is outside {lo} to {hi}") });
+            }
+            Ok(())
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid { setting: "data_dir", reason: "must not be empty".into() });
+        }
+        if self.public.hostnames.is_empty() {
+            return Err(ConfigError::Invalid { setting: "public.hostnames", reason: "name at least one host".into() });
+        }
+        for h in &self.public.hostnames {
+            if h.parse::<std::net::IpAddr>().is_err() && !valid_dns_name(h) {
+                return Err(ConfigError::Invalid {
+                    setting: "public.hostnames",
+                    reason: format!("{h:?} is neither an IP address nor a DNS name"),
+                });
+            }
+        }
+        if self.listen.https == self.listen.mqtts && self.listen.https.port() != 0 {
+            return Err(ConfigError::Invalid { setting: "listen.mqtts", reason: "must differ from listen.https".into() });
+        }
+        range("devices.cert_validity_days", self.devices.cert_validity_days, 1, 397)?;
+        range("devices.bootstrap_validity_days", self.devices.bootstrap_validity_days, 1, 3650)?;
+        range("mqtt.max_packet_bytes", self.mqtt.max_packet_bytes, 1024, 1 << 20)?;
+        range("mqtt.receive_maximum", self.mqtt.receive_maximum, 1, 1024)?;
+        range("mqtt.max_subscriptions", self.mqtt.max_subscriptions, 1, 64)?;
+        range("mqtt.publish_rate_per_sec", self.mqtt.publish_rate_per_sec, 1, 100_000)?;
+        range("mqtt.publish_burst", self.mqtt.publish_burst, self.mqtt.publish_rate_per_sec, 1_000_000)?;
+        range("mqtt.max_keep_alive_secs", self.mqtt.max_keep_alive_secs, 10, u16::MAX)?;
+        range("mqtt.max_connections", self.mqtt.max_connections, 1, 10_000_000)?;
+        Ok(())
+    }
+
+    /// The MQTT limits these settings describe.
+    pub fn mqtt_limits(&self) -> crate::transport::mqtt::MqttLimits {
+        crate::transport::mqtt::MqttLimits {
+            max_packet: self.mqtt.max_packet_bytes,
+            receive_max: self.mqtt.receive_maximum,
+            max_subscriptions: self.mqtt.max_subscriptions,
+            rate_per_sec: self.mqtt.publish_rate_per_sec,
+            burst: self.mqtt.publish_burst,
+            max_keep_alive: self.mqtt.max_keep_alive_secs,
+            ..Default::default()
+        }
+    }
+}
+
+fn valid_dns_name(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|l| {
+            !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') && !l.starts_with('-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(toml: &str, expected_setting: Option<&str>) {
+        match (Config::from_toml(toml, "test.toml"), expected_setting) {
+            (Ok(_), None) => {}
+            (Err(e), Some(setting)) => assert!(e.to_string().contains(setting), "{e} should name {setting}"),
+            (got, want) => panic!("{toml}: got {got:?}, expected error naming {want:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        check("", None);
+        check("[mqtt]\nreceive_maximum = 0", Some("mqtt.receive_maximum"));
+        check("[devices]\ncert_validity_days = 1000", Some("devices.cert_validity_days"));
+        check("[mqtt]\nrecieve_maximum = 5", Some("recieve_maximum"));
+        check("[listen]\nhttps = \"not an address\"", Some("https"));
+        check("[public]\nhostnames = [\"bad host!\"]", Some("public.hostnames"));
+        check("[mqtt]\npublish_rate_per_sec = 100\npublish_burst = 10", Some("mqtt.publish_burst"));
+    }
+}

@@ -1,0 +1,311 @@
+//! The hub's certificate authorities and its server certificate.
+//!
+//! Two CAs, each with an ECDSA P-256 key sealed under the master key and kept in the store (so every hub node
+//! shares them): the **device CA** signs device certificates (client authentication only) and is the only trust
+//! anchor for device connections; the **server CA** signs the hub's TLS server certificate and is what devices
+//! and operators trust for the hub. Keeping them apart means a device certificate can never pass as the server,
+//! and rotating the server certificate never touches device identities.
+
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use time::{Duration, OffsetDateTime};
+use zeroize::Zeroizing;
+
+use crate::secrets::MasterKey;
+use crate::store::Store;
+use hearth_proto::DeviceId;
+
+/// Errors creating or using the authorities.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// Certificate generation failed.
+    #[error("certificate generation: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// A sealed key could not be opened.
+    #[error(transparent)]
+    Secret(#[from] crate::secrets::SecretError),
+    /// A stored certificate or key does not parse.
+    #[error("stored {0} is corrupt")]
+    Corrupt(&'static str),
+}
+
+/// Why a CSR was refused. The message is safe to send back to the device.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CsrError {
+    /// Not a PEM CSR, or its signature does not verify.
+    #[error("the CSR does not parse or its signature does not verify")]
+    Invalid,
+    /// The CSR names a different device.
+    #[error("the CSR subject names {found:?}, not this device")]
+    SubjectMismatch {
+        /// The common name found.
+        found: String,
+    },
+    /// The key type is not accepted.
+    #[error("key algorithm not accepted; use ECDSA P-256, ECDSA P-384 or Ed25519")]
+    Algorithm,
+}
+
+/// A certificate issued to a device.
+#[derive(Debug, Clone)]
+pub struct IssuedCert {
+    /// Leaf then device CA, PEM.
+    pub chain_pem: String,
+    /// Serial, hex.
+    pub serial_hex: String,
+    /// Start of validity, Unix ms.
+    pub not_before_ms: i64,
+    /// End of validity, Unix ms.
+    pub not_after_ms: i64,
+}
+
+/// The TLS server identity (certificate chain and key) for both listeners.
+#[derive(Debug, Clone)]
+pub struct ServerIdentity {
+    /// Server certificate then server CA.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The server key (PKCS#8 DER).
+    pub key: Arc<Zeroizing<Vec<u8>>>,
+}
+
+impl ServerIdentity {
+    /// The key in the form rustls takes.
+    pub fn private_key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.as_slice().to_vec()))
+    }
+}
+
+/// The loaded authorities.
+pub struct Authorities {
+    device_issuer: Issuer<'static, KeyPair>,
+    /// Device CA certificate, PEM.
+    pub device_ca_pem: String,
+    /// Device CA certificate, DER.
+    pub device_ca_der: CertificateDer<'static>,
+    /// Server CA certificate, PEM (what clients of the hub trust).
+    pub server_ca_pem: String,
+    /// The hub's server identity.
+    pub server: ServerIdentity,
+}
+
+impl std::fmt::Debug for Authorities {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authorities").finish_non_exhaustive()
+    }
+}
+
+const DEVICE_CA: &str = "device-ca";
+const SERVER_CA: &str = "server-ca";
+const SERVER_CERT: &str = "server";
+
+impl Authorities {
+    /// Loads the authorities from the store, creating any that are missing, and (re)issues the server
+    /// certificate when its names changed or it expires within 30 days.
+    pub async fn load_or_create(
+        store: &Store,
+        master: &MasterKey,
+        hostnames: &[String],
+        now: OffsetDateTime,
+    ) -> Result<Authorities, CaError> {
+        let (device_ca_pem, device_key) = load_or_create_ca(store, master, DEVICE_CA, "Hearth device CA", now).await?;
+        let (server_ca_pem, server_ca_key) =
+            load_or_create_ca(store, master, SERVER_CA, "Hearth server CA", now).await?;
+        let device_issuer = Issuer::from_ca_cert_pem(&device_ca_pem, device_key)?;
+        let server_issuer = Issuer::from_ca_cert_pem(&server_ca_pem, server_ca_key)?;
+
+        let server = match store.key(SERVER_CERT).await? {
+            Some((pem, sealed)) if server_cert_fits(&pem, hostnames, now) => {
+                let key = master.unseal(SERVER_CERT, &sealed)?;
+                ServerIdentity { chain: vec![pem_to_der(&pem)?, pem_to_der(&server_ca_pem)?], key: Arc::new(key) }
+            }
+            _ => {
+                let key = KeyPair::generate()?;
+                let mut params = CertificateParams::new(Vec::<String>::new())?;
+                params.distinguished_name = dn("Hearth hub");
+                params.subject_alt_names = hostnames.iter().map(|h| san(h)).collect::<Result<_, _>>()?;
+                params.not_before = now - Duration::minutes(5);
+                params.not_after = now + Duration::days(397);
+                params.serial_number = Some(random_serial()?);
+                params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+                params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+                params.use_authority_key_identifier_extension = true;
+                let cert = params.signed_by(&key, &server_issuer)?;
+                let key_der = Zeroizing::new(key.serialize_der());
+                let sealed = master.seal(SERVER_CERT, &key_der)?;
+                store.replace_key(SERVER_CERT, &cert.pem(), &sealed, unix_ms(now)).await?;
+                ServerIdentity { chain: vec![cert.der().clone(), pem_to_der(&server_ca_pem)?], key: Arc::new(key_der) }
+            }
+        };
+        let device_ca_der = pem_to_der(&device_ca_pem)?;
+        Ok(Authorities { device_issuer, device_ca_pem, device_ca_der, server_ca_pem, server })
+    }
+
+    /// Issues a device certificate for the key in `csr_pem`. The subject is set by the hub (CN = device id,
+    /// OU = model); the CSR contributes only its public key, after its signature and subject are checked.
+    pub fn issue_device_cert(
+        &self,
+        device: &DeviceId,
+        model: &str,
+        csr_pem: &str,
+        validity: Duration,
+        now: OffsetDateTime,
+    ) -> Result<IssuedCert, IssueError> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|_| CsrError::Invalid)?;
+        if let Some(cn) = csr.params.distinguished_name.get(&DnType::CommonName) {
+            let found = dn_value_text(cn).unwrap_or_else(|| "<not a text value>".into());
+            if found != device.as_str() {
+                return Err(CsrError::SubjectMismatch { found }.into());
+            }
+        }
+        let alg = csr.public_key.algorithm();
+        let accepted = [&rcgen::PKCS_ECDSA_P256_SHA256, &rcgen::PKCS_ECDSA_P384_SHA384, &rcgen::PKCS_ED25519];
+        if !accepted.iter().any(|a| *a == alg) {
+            return Err(CsrError::Algorithm.into());
+        }
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        let mut name = DistinguishedName::new();
+        name.push(DnType::CommonName, device.as_str());
+        name.push(DnType::OrganizationalUnitName, model);
+        params.distinguished_name = name;
+        let not_before = now - Duration::minutes(5);
+        let not_after = now + validity;
+        params.not_before = not_before;
+        params.not_after = not_after;
+        let serial = random_serial()?;
+        let serial_hex = hex(&serial.to_bytes());
+        params.serial_number = Some(serial);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&csr.public_key, &self.device_issuer)?;
+        Ok(IssuedCert {
+            chain_pem: format!("{}{}", cert.pem(), self.device_ca_pem),
+            serial_hex,
+            not_before_ms: unix_ms(not_before),
+            not_after_ms: unix_ms(not_after),
+        })
+    }
+}
+
+/// Why issuing a device certificate failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    /// The CSR was refused (the device's fault).
+    #[error(transparent)]
+    Csr(#[from] CsrError),
+    /// Signing failed (the hub's fault).
+    #[error(transparent)]
+    Rcgen(#[from] rcgen::Error),
+    /// No randomness for the serial number (the hub's fault).
+    #[error(transparent)]
+    Random(#[from] crate::secrets::SecretError),
+}
+
+fn dn_value_text(v: &rcgen::DnValue) -> Option<String> {
+    match v {
+        rcgen::DnValue::Utf8String(s) => Some(s.clone()),
+        rcgen::DnValue::PrintableString(s) => Some(s.as_str().to_owned()),
+        rcgen::DnValue::Ia5String(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+async fn load_or_create_ca(
+    store: &Store,
+    master: &MasterKey,
+    name: &'static str,
+    common_name: &str,
+    now: OffsetDateTime,
+) -> Result<(String, KeyPair), CaError> {
+    if store.key(name).await?.is_none() {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name = dn(common_name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.not_before = now - Duration::minutes(5);
+        params.not_after = now + Duration::days(365 * 20);
+        params.serial_number = Some(random_serial()?);
+        let cert = params.self_signed(&key)?;
+        let sealed = master.seal(name, &Zeroizing::new(key.serialize_der()))?;
+        store.insert_key(name, &cert.pem(), &sealed, unix_ms(now)).await?;
+    }
+    // Read back: if another node won the race, its CA is the one everybody uses.
+    let (pem, sealed) = store.key(name).await?.ok_or(CaError::Corrupt(name))?;
+    let der = master.unseal(name, &sealed)?;
+    let key = KeyPair::try_from(der.as_slice()).map_err(|_| CaError::Corrupt(name))?;
+    Ok((pem, key))
+}
+
+fn server_cert_fits(pem: &str, hostnames: &[String], now: OffsetDateTime) -> bool {
+    let Ok(der) = pem_to_der(pem) else { return false };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(&der) else { return false };
+    let not_after = cert.validity().not_after.timestamp();
+    if not_after < (now + Duration::days(30)).unix_timestamp() {
+        return false;
+    }
+    let Ok(Some(san)) = cert.subject_alternative_name() else { return false };
+    let mut present: Vec<String> = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => Some((*d).to_owned()),
+            x509_parser::extensions::GeneralName::IPAddress(b) => match b.len() {
+                4 => <[u8; 4]>::try_from(*b).ok().map(|a| std::net::IpAddr::from(a).to_string()),
+                16 => <[u8; 16]>::try_from(*b).ok().map(|a| std::net::IpAddr::from(a).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    let mut wanted: Vec<String> = hostnames.to_vec();
+    present.sort();
+    wanted.sort();
+    present == wanted
+}
+
+fn dn(common_name: &str) -> DistinguishedName {
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, common_name);
+    name
+}
+
+fn san(host: &str) -> Result<SanType, rcgen::Error> {
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => Ok(SanType::IpAddress(ip)),
+        Err(_) => Ok(SanType::DnsName(host.try_into()?)),
+    }
+}
+
+fn random_serial() -> Result<SerialNumber, crate::secrets::SecretError> {
+    let mut bytes = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| crate::secrets::SecretError::Random)?;
+    bytes[0] &= 0x7f; // positive
+    bytes[0] |= 0x01; // no leading zero byte, so the encoding is stable
+    Ok(SerialNumber::from_slice(&bytes))
+}
+
+fn pem_to_der(pem: &str) -> Result<CertificateDer<'static>, CaError> {
+    use rustls::pki_types::pem::PemObject as _;
+    CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|_| CaError::Corrupt("certificate"))
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Unix milliseconds of `t`.
+pub fn unix_ms(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}

@@ -1,0 +1,121 @@
+//! In-process routing from the hub's capabilities to live device connections.
+//!
+//! Each connected device registers a channel here; commands and administrative closes (revocation, session
+//! takeover) are sent through it. One device has at most one live connection: registering a new one hands back
+//! the old, which the caller closes. This is the single-node router; the scale-out design puts NATS behind the
+//! same API.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+
+use crate::store::CommandRow;
+use hearth_proto::DeviceId;
+
+/// Why the hub closes a connection from outside its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The device was revoked.
+    Revoked,
+    /// The same device connected again.
+    SessionTakenOver,
+    /// The hub is shutting down.
+    ShuttingDown,
+}
+
+/// What the hub sends down a device's connection.
+#[derive(Debug)]
+pub enum Downlink {
+    /// Deliver a command.
+    Command(CommandRow),
+    /// Close the connection.
+    Close(CloseReason),
+}
+
+/// A registered connection.
+#[derive(Debug, Clone)]
+pub struct Link {
+    /// Unique per connection, to tell a connection from its successor.
+    pub conn_id: u64,
+    /// Its channel.
+    pub tx: mpsc::Sender<Downlink>,
+}
+
+/// The registry. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Routing {
+    inner: Arc<Mutex<Inner>>,
+    next_conn: Arc<AtomicU64>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    links: HashMap<DeviceId, Link>,
+    /// Devices whose persistent session holds a subscription to their command topic.
+    persistent_subscriptions: HashSet<DeviceId>,
+}
+
+impl Routing {
+    /// A fresh connection id.
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Registers a connection; returns the one it replaces.
+    pub fn register(&self, device: &DeviceId, link: Link) -> Option<Link> {
+        self.lock().links.insert(device.clone(), link)
+    }
+
+    /// Removes a connection if it is still the registered one.
+    pub fn unregister(&self, device: &DeviceId, conn_id: u64) {
+        let mut inner = self.lock();
+        if inner.links.get(device).is_some_and(|l| l.conn_id == conn_id) {
+            inner.links.remove(device);
+        }
+    }
+
+    /// Sends to a device's live connection; false if it has none or its channel is full.
+    pub fn send(&self, device: &DeviceId, msg: Downlink) -> bool {
+        let tx = self.lock().links.get(device).map(|l| l.tx.clone());
+        tx.is_some_and(|tx| tx.try_send(msg).is_ok())
+    }
+
+    /// Number of live connections.
+    pub fn connected(&self) -> usize {
+        self.lock().links.len()
+    }
+
+    /// Whether a device is connected.
+    pub fn is_connected(&self, device: &DeviceId) -> bool {
+        self.lock().links.contains_key(device)
+    }
+
+    /// Records or forgets a persistent subscription.
+    pub fn set_persistent_subscription(&self, device: &DeviceId, on: bool) {
+        let mut inner = self.lock();
+        if on {
+            inner.persistent_subscriptions.insert(device.clone());
+        } else {
+            inner.persistent_subscriptions.remove(device);
+        }
+    }
+
+    /// Whether a persistent session with a command subscription exists.
+    pub fn has_persistent_subscription(&self, device: &DeviceId) -> bool {
+        self.lock().persistent_subscriptions.contains(device)
+    }
+
+    /// Closes every connection (shutdown).
+    pub fn close_all(&self, reason: CloseReason) {
+        let links: Vec<Link> = self.lock().links.values().cloned().collect();
+        for l in links {
+            let _ = l.tx.try_send(Downlink::Close(reason));
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

@@ -1,0 +1,175 @@
+//! Device records: manufacture, enrolment, certificates, revocation, presence and reported state.
+
+use sqlx::Row as _;
+
+use super::{Result, Store};
+
+/// A device as the factory creates it. Only MACs of its secrets are stored.
+#[derive(Debug, Clone)]
+pub struct NewDevice {
+    /// Device id.
+    pub id: String,
+    /// Model designation.
+    pub model: String,
+    /// MAC of the bootstrap token.
+    pub bootstrap_mac: Vec<u8>,
+    /// When the bootstrap token stops working.
+    pub bootstrap_expires_at: i64,
+    /// MAC of the claim code.
+    pub claim_mac: Vec<u8>,
+}
+
+/// A device as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeviceRow {
+    /// Device id.
+    pub id: String,
+    /// Model designation.
+    pub model: String,
+    /// `manufactured`, `enrolled` or `revoked`.
+    pub status: String,
+    /// Current certificate serial (hex).
+    pub cert_serial: Option<String>,
+    /// Current certificate expiry.
+    pub cert_not_after: Option<i64>,
+    /// Created by the factory.
+    pub created_at: i64,
+    /// First enrolment.
+    pub enrolled_at: Option<i64>,
+    /// Revocation.
+    pub revoked_at: Option<i64>,
+    /// Last MQTT activity (connect or message).
+    pub last_seen_at: Option<i64>,
+    /// Last reported state, JSON.
+    pub state_json: Option<String>,
+}
+
+/// Why an enrolment did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnrolOutcome {
+    /// Enrolled; the certificate is recorded.
+    Enrolled,
+    /// No device with that id and token.
+    Invalid,
+    /// The token was already used.
+    Used,
+    /// The token expired.
+    Expired,
+    /// The device is revoked.
+    Revoked,
+}
+
+const DEVICE_COLUMNS: &str = "id, model, status, cert_serial, cert_not_after, created_at, enrolled_at, revoked_at, last_seen_at, state_json";
+
+impl Store {
+    /// Inserts a factory batch in one transaction (all or nothing).
+    pub async fn insert_devices(&self, devices: &[NewDevice], now: i64) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for d in devices {
+            sqlx::query(
+                "INSERT INTO devices (id, model, status, bootstrap_mac, bootstrap_expires_at, claim_mac, created_at) \
+                 VALUES ($1, $2, 'manufactured', $3, $4, $5, $6)",
+            )
+            .bind(&d.id)
+            .bind(&d.model)
+            .bind(&d.bootstrap_mac)
+            .bind(d.bootstrap_expires_at)
+            .bind(&d.claim_mac)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// One device.
+    pub async fn device(&self, id: &str) -> Result<Option<DeviceRow>> {
+        let sql = sqlx::AssertSqlSafe(format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = $1"));
+        Ok(sqlx::query_as::<_, DeviceRow>(sql).bind(id).fetch_optional(&self.pool).await?)
+    }
+
+    /// Devices ordered by id, after `after` (exclusive), at most `limit`.
+    pub async fn devices(&self, after: Option<&str>, limit: i64) -> Result<Vec<DeviceRow>> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE id > $1 ORDER BY id LIMIT $2"
+        ));
+        Ok(sqlx::query_as::<_, DeviceRow>(sql).bind(after.unwrap_or("")).bind(limit).fetch_all(&self.pool).await?)
+    }
+
+    /// Ids of every revoked device (loaded into the TLS verifier at start).
+    pub async fn revoked_device_ids(&self) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT id FROM devices WHERE status = 'revoked'").fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(|r| r.get::<String, _>(0)).collect())
+    }
+
+    /// Consumes the bootstrap token and records the first certificate, atomically: a token works once.
+    pub async fn enrol(
+        &self,
+        id: &str,
+        bootstrap_mac: &[u8],
+        now: i64,
+        cert_serial: &str,
+        cert_not_after: i64,
+    ) -> Result<EnrolOutcome> {
+        let done = sqlx::query(
+            "UPDATE devices SET status = 'enrolled', bootstrap_used_at = $3, enrolled_at = $3, cert_serial = $4, \
+             cert_not_after = $5 WHERE id = $1 AND bootstrap_mac = $2 AND bootstrap_used_at IS NULL \
+             AND bootstrap_expires_at > $3 AND status = 'manufactured'",
+        )
+        .bind(id)
+        .bind(bootstrap_mac)
+        .bind(now)
+        .bind(cert_serial)
+        .bind(cert_not_after)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 1 {
+            return Ok(EnrolOutcome::Enrolled);
+        }
+        let row = sqlx::query(
+            "SELECT status, bootstrap_used_at, bootstrap_expires_at FROM devices WHERE id = $1 AND bootstrap_mac = $2",
+        )
+        .bind(id)
+        .bind(bootstrap_mac)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            None => EnrolOutcome::Invalid,
+            Some(r) if r.get::<String, _>(0) == "revoked" => EnrolOutcome::Revoked,
+            Some(r) if r.get::<Option<i64>, _>(1).is_some() => EnrolOutcome::Used,
+            Some(_) => EnrolOutcome::Expired,
+        })
+    }
+
+    /// Records a renewed certificate for an enrolled (not revoked) device. False if the device is not enrolled.
+    pub async fn renew(&self, id: &str, cert_serial: &str, cert_not_after: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE devices SET cert_serial = $2, cert_not_after = $3 WHERE id = $1 AND status = 'enrolled'",
+        )
+        .bind(id)
+        .bind(cert_serial)
+        .bind(cert_not_after)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Marks a device revoked. False if there is no such device.
+    pub async fn revoke(&self, id: &str, now: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE devices SET status = 'revoked', revoked_at = COALESCE(revoked_at, $2) WHERE id = $1",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records MQTT activity.
+    pub async fn touch(&self, id: &str, now: i64) -> Result<()> {
+        sqlx::query("UPDATE devices SET last_seen_at = $2 WHERE id = $1").bind(id).bind(now).execute(&self.pool).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,107 @@
+//! Operator API tokens and the one-time owner-setup token. Only MACs are stored.
+
+use sqlx::Row as _;
+
+use super::{Result, Store};
+
+impl Store {
+    /// Number of live operator tokens (zero means the hub still needs its owner set up).
+    pub async fn live_api_tokens(&self) -> Result<i64> {
+        let row = sqlx::query("SELECT COUNT(*) FROM api_tokens WHERE revoked_at IS NULL").fetch_one(&self.pool).await?;
+        Ok(row.get(0))
+    }
+
+    /// The id of the live operator token with this MAC.
+    pub async fn api_token_id(&self, mac: &[u8]) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT id FROM api_tokens WHERE token_mac = $1 AND revoked_at IS NULL")
+            .bind(mac)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// Replaces any setup token by a new one (only one is ever valid).
+    pub async fn replace_setup_token(&self, mac: &[u8], expires_at: i64) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM setup_tokens").execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO setup_tokens (token_mac, expires_at) VALUES ($1, $2)")
+            .bind(mac)
+            .bind(expires_at)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Consumes a valid setup token and creates the first operator token, atomically. False if the setup token
+    /// is unknown, used or expired.
+    pub async fn complete_setup(
+        &self,
+        setup_mac: &[u8],
+        now: i64,
+        token_id: &str,
+        token_mac: &[u8],
+        label: &str,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE setup_tokens SET used_at = $2 WHERE token_mac = $1 AND used_at IS NULL AND expires_at > $2",
+        )
+        .bind(setup_mac)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        sqlx::query("INSERT INTO api_tokens (id, token_mac, label, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(token_id)
+            .bind(token_mac)
+            .bind(label)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// A stored key pair: (certificate PEM, sealed private key).
+    pub async fn key(&self, name: &str) -> Result<Option<(String, Vec<u8>)>> {
+        let row = sqlx::query("SELECT cert_pem, sealed_key FROM keys WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    /// Stores a key pair unless one of that name exists (then the existing one wins: two nodes starting at once
+    /// agree on one CA).
+    pub async fn insert_key(&self, name: &str, cert_pem: &str, sealed: &[u8], now: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO keys (name, cert_pem, sealed_key, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(cert_pem)
+        .bind(sealed)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Replaces a key pair (server certificate rotation).
+    pub async fn replace_key(&self, name: &str, cert_pem: &str, sealed: &[u8], now: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO keys (name, cert_pem, sealed_key, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO UPDATE SET cert_pem = $2, sealed_key = $3, created_at = $4",
+        )
+        .bind(name)
+        .bind(cert_pem)
+        .bind(sealed)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
