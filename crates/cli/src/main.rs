@@ -1,1 +1,349 @@
-fn main() {}
+//! `hearth`: run the hub (`serve`), set it up, manufacture devices, administer devices, send commands, read
+//! telemetry, and try everything at once (`demo`). A thin layer over `hearth-hub` and the hub's REST API.
+
+#![forbid(unsafe_code)]
+
+mod client;
+mod demo;
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+use client::HubClient;
+
+#[derive(Parser)]
+#[command(name = "hearth", version, about = "Hearth: a secure-by-default platform for consumer IoT devices")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the hub: MQTTS for devices and HTTPS for people, both TLS only.
+    Serve(ServeArgs),
+    /// Exchange the one-time setup token (printed at first start) for the first operator token.
+    Setup {
+        #[command(flatten)]
+        hub: HubArgs,
+        /// The setup token the hub printed.
+        #[arg(long, env = "HEARTH_SETUP_TOKEN", hide_env_values = true)]
+        setup_token: String,
+    },
+    /// Create device records and write one bootstrap file per device plus a CSV manifest.
+    Factory(FactoryArgs),
+    /// Inspect and administer devices.
+    Device {
+        #[command(flatten)]
+        hub: HubArgs,
+        #[command(subcommand)]
+        action: DeviceAction,
+    },
+    /// Start a hub on the embedded default, create devices, enrol and run them, and show what to look at.
+    Demo(demo::DemoArgs),
+    /// Print the hub's OpenAPI document.
+    Openapi,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Configuration file (TOML); see hearth.example.toml. Every setting is optional.
+    #[arg(long, env = "HEARTH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (database, master key, CA files). Overrides `data_dir`.
+    #[arg(long, env = "HEARTH_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// HTTPS listen address. Overrides `listen.https`.
+    #[arg(long, env = "HEARTH_HTTPS")]
+    https: Option<std::net::SocketAddr>,
+    /// MQTTS listen address. Overrides `listen.mqtts`.
+    #[arg(long, env = "HEARTH_MQTTS")]
+    mqtts: Option<std::net::SocketAddr>,
+}
+
+/// How the CLI reaches a hub.
+#[derive(Args, Clone)]
+pub struct HubArgs {
+    /// The hub's HTTPS URL.
+    #[arg(long, env = "HEARTH_HUB", default_value = "https://localhost:8443", global = true)]
+    pub hub: String,
+    /// The hub's server CA certificate (PEM); the hub writes it to DATA_DIR/tls/server-ca.pem.
+    #[arg(long, env = "HEARTH_HUB_CA", default_value = "hearth-data/tls/server-ca.pem", global = true)]
+    pub ca: PathBuf,
+    /// Operator token.
+    #[arg(long, env = "HEARTH_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Args)]
+struct FactoryArgs {
+    #[command(flatten)]
+    hub: HubArgs,
+    /// Model designation (A-Z a-z 0-9 . _ -).
+    #[arg(long)]
+    model: String,
+    /// How many devices (1 to 10000 per run).
+    #[arg(long)]
+    count: usize,
+    /// Output directory for the bootstrap files and manifest.csv.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum DeviceAction {
+    /// List devices.
+    List {
+        /// Page size.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Show one device.
+    Show {
+        /// Device id.
+        id: String,
+    },
+    /// Revoke a device: its connection closes and every later connection is refused.
+    Revoke {
+        /// Device id.
+        id: String,
+    },
+    /// Send a command and wait for the answer.
+    Command {
+        /// Device id.
+        id: String,
+        /// Command name, e.g. ping, set_interval, report_state.
+        name: String,
+        /// Arguments as name=value (numbers and true/false are typed).
+        #[arg(long = "arg")]
+        args: Vec<String>,
+        /// Seconds before the command times out.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    /// Show a device's latest telemetry.
+    Telemetry {
+        /// Device id.
+        id: String,
+        /// How many messages.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    // The demo prints its own progress; per-connection logs would drown it.
+    let default_filter = if matches!(cli.command, Command::Demo(_)) { "warn" } else { "info,sqlx=warn" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Setup { hub, setup_token } => {
+            let client = HubClient::new(&hub)?;
+            let token = client.setup(&setup_token).await?;
+            println!("Operator token (shown once; keep it safe):\n\n  {token}\n");
+            println!("Use it with:  export HEARTH_TOKEN={token}");
+            Ok(())
+        }
+        Command::Factory(args) => factory(args).await,
+        Command::Device { hub, action } => device(hub, action).await,
+        Command::Demo(args) => demo::run(args).await,
+        Command::Openapi => {
+            println!("{}", hearth_hub::transport::https::api::openapi_document().to_pretty_json()?);
+            Ok(())
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let mut config = match &args.config {
+        Some(path) => hearth_hub::Config::from_file(path)?,
+        None => hearth_hub::Config::default(),
+    };
+    if let Some(d) = args.data_dir {
+        config.data_dir = d;
+    }
+    if let Some(a) = args.https {
+        config.listen.https = a;
+    }
+    if let Some(a) = args.mqtts {
+        config.listen.mqtts = a;
+    }
+    let hub = hearth_hub::start(config).await.context("the hub could not start")?;
+    print_started(&hub);
+    wait_for_signal().await;
+    eprintln!("shutting down");
+    hub.shutdown().await;
+    Ok(())
+}
+
+/// Prints where the hub listens and, on first start, the setup token.
+pub fn print_started(hub: &hearth_hub::RunningHub) {
+    println!("Hearth hub running");
+    println!("  MQTTS (devices, mutual TLS): {}", hub.mqtt_addr);
+    println!("  HTTPS (API):                 {}  ({})", hub.https_addr, hub.public.https_url);
+    println!("  data directory:              {}", hub.data_dir.display());
+    println!("  server CA (trust this):      {}", hub.server_ca_path.display());
+    match &hub.master_key_source {
+        hearth_hub::secrets::MasterKeySource::Environment => println!("  master key:                  from HEARTH_MASTER_KEY"),
+        hearth_hub::secrets::MasterKeySource::File { path, created } => println!(
+            "  master key:                  {path}{}",
+            if *created { " (created now: back it up; without it the keys cannot be opened)" } else { "" }
+        ),
+    }
+    if let Some(token) = &hub.setup_token {
+        println!();
+        println!("No owner is set up yet. One-time setup token (valid 24 hours, single use):");
+        println!();
+        println!("  {}", token.expose());
+        println!();
+        println!(
+            "Exchange it for an operator token:\n  hearth setup --hub {} --ca {} --setup-token {}",
+            hub.public.https_url,
+            hub.server_ca_path.display(),
+            token.expose()
+        );
+    }
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+}
+
+async fn factory(args: FactoryArgs) -> Result<()> {
+    let client = HubClient::new(&args.hub)?;
+    let made = client.manufacture(&args.model, args.count).await?;
+    let written = write_factory_output(&made, &args.out)?;
+    println!("{} devices of model {} written to {}", made.devices.len(), args.model, args.out.display());
+    println!("  bootstrap files: {written} (one per device, mode 0600; load each onto its device, keep no copy)");
+    println!("  manifest:        {}", args.out.join("manifest.csv").display());
+    Ok(())
+}
+
+/// Writes `{device_id}.json` bootstrap files (0600) and `manifest.csv` (device_id, model, claim_code, file).
+pub fn write_factory_output(made: &hearth_proto::enrol::ManufactureResponse, out: &std::path::Path) -> Result<usize> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::create_dir_all(out).with_context(|| format!("while creating {}", out.display()))?;
+    let mut manifest = String::from("device_id,model,claim_code,bootstrap_file\n");
+    for (file, device) in made.bootstrap_files().iter().zip(&made.devices) {
+        let name = format!("{}.json", file.device_id);
+        let path = out.join(&name);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("while creating {}", path.display()))?;
+        f.write_all(&serde_json::to_vec_pretty(file)?)?;
+        manifest.push_str(&format!("{},{},{},{}\n", device.device_id, device.model, device.claim_code, name));
+    }
+    let manifest_path = out.join("manifest.csv");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&manifest_path)
+        .with_context(|| format!("while writing {}", manifest_path.display()))?;
+    let existing = f.metadata()?.len();
+    let body = if existing > 0 { manifest.split_once('\n').map(|(_, rest)| rest).unwrap_or("") } else { &manifest };
+    f.write_all(body.as_bytes())?;
+    Ok(made.devices.len())
+}
+
+async fn device(hub: HubArgs, action: DeviceAction) -> Result<()> {
+    let client = HubClient::new(&hub)?;
+    match action {
+        DeviceAction::List { limit } => {
+            let body = client.get(&format!("/api/v1/devices?limit={limit}")).await?;
+            println!("{:<18} {:<14} {:<12} {:<9} last seen (ms)", "id", "model", "status", "online");
+            for d in body["devices"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<18} {:<14} {:<12} {:<9} {}",
+                    d["id"].as_str().unwrap_or("?"),
+                    d["model"].as_str().unwrap_or("?"),
+                    d["status"].as_str().unwrap_or("?"),
+                    d["connected"].as_bool().unwrap_or(false),
+                    d["last_seen_at_ms"].as_i64().map(|v| v.to_string()).unwrap_or_else(|| "never".into())
+                );
+            }
+        }
+        DeviceAction::Show { id } => {
+            println!("{}", serde_json::to_string_pretty(&client.get(&format!("/api/v1/devices/{id}")).await?)?);
+        }
+        DeviceAction::Revoke { id } => {
+            let body = client.post(&format!("/api/v1/devices/{id}/revoke"), serde_json::json!({})).await?;
+            println!("device {} is {}", id, body["status"].as_str().unwrap_or("?"));
+        }
+        DeviceAction::Telemetry { id, limit } => {
+            let body = client.get(&format!("/api/v1/devices/{id}/telemetry?limit={limit}")).await?;
+            println!("{}", serde_json::to_string_pretty(&body)?);
+        }
+        DeviceAction::Command { id, name, args, timeout } => {
+            let mut map = serde_json::Map::new();
+            for a in args {
+                let (k, v) = a.split_once('=').with_context(|| format!("--arg {a:?} is not name=value"))?;
+                let value = serde_json::from_str::<serde_json::Value>(v)
+                    .ok()
+                    .filter(|v| v.is_number() || v.is_boolean())
+                    .unwrap_or_else(|| serde_json::Value::String(v.to_owned()));
+                map.insert(k.to_owned(), value);
+            }
+            let body = client
+                .post(
+                    &format!("/api/v1/devices/{id}/commands"),
+                    serde_json::json!({ "name": name, "args": map, "timeout_secs": timeout }),
+                )
+                .await?;
+            let cid = body["id"].as_str().context("command id in answer")?.to_owned();
+            eprintln!("command {cid} sent; waiting for the device's answer (up to {timeout} s)");
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(timeout + 2);
+            loop {
+                let c = client.get(&format!("/api/v1/devices/{id}/commands/{cid}")).await?;
+                let status = c["status"].as_str().unwrap_or("?");
+                if !matches!(status, "pending" | "sent") || tokio::time::Instant::now() > deadline {
+                    println!("{}", serde_json::to_string_pretty(&c)?);
+                    if status != "ok" {
+                        bail!("command ended as {status}");
+                    }
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+    }
+    Ok(())
+}

@@ -81,3 +81,73 @@ pub struct CertificateResponse {
     /// When the agent should renew, Unix milliseconds (two thirds into the lifetime).
     pub renew_after_ms: u64,
 }
+
+/// `POST /api/v1/devices` (operator): how many devices of which model to manufacture.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManufactureRequest {
+    /// Model designation.
+    pub model: ModelId,
+    /// How many (1 to 10000).
+    pub count: usize,
+}
+
+/// How devices reach the hub, as the hub states it in a manufacturing answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HubEndpoints {
+    /// HTTPS base URL for enrolment and renewal.
+    pub url: String,
+    /// MQTT host.
+    pub mqtt_host: String,
+    /// MQTTS port.
+    pub mqtt_port: u16,
+    /// PEM of the CA that signs the hub's server certificate.
+    pub ca_pem: String,
+}
+
+/// One manufactured device with its secrets, shown once.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct ManufacturedDevice {
+    /// Device id.
+    pub device_id: DeviceId,
+    /// Model.
+    pub model: ModelId,
+    /// Single-use enrolment token: load it onto the device, keep no copy.
+    pub bootstrap_token: String,
+    /// For the consumer's label (QR code).
+    pub claim_code: String,
+}
+
+impl std::fmt::Debug for ManufacturedDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManufacturedDevice").field("device_id", &self.device_id).finish_non_exhaustive()
+    }
+}
+
+/// The answer to `POST /api/v1/devices`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ManufactureResponse {
+    /// How devices reach the hub.
+    pub hub: HubEndpoints,
+    /// The devices made.
+    pub devices: Vec<ManufacturedDevice>,
+}
+
+impl ManufactureResponse {
+    /// One bootstrap file per device, as the assembly line loads them.
+    pub fn bootstrap_files(&self) -> Vec<BootstrapFile> {
+        self.devices
+            .iter()
+            .map(|d| BootstrapFile {
+                v: BOOTSTRAP_VERSION,
+                device_id: d.device_id.clone(),
+                model: d.model.clone(),
+                bootstrap_token: d.bootstrap_token.clone(),
+                hub_url: self.hub.url.clone(),
+                mqtt_host: self.hub.mqtt_host.clone(),
+                mqtt_port: self.hub.mqtt_port,
+                hub_ca_pem: self.hub.ca_pem.clone(),
+            })
+            .collect()
+    }
+}

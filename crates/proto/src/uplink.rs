@@ -174,12 +174,11 @@ impl Uplink {
 
     /// The body as a JSON value, without the envelope (what the hub stores and serves).
     pub fn body_json(&self) -> serde_json::Value {
-        let value = match &self.body {
+        match &self.body {
             UplinkBody::Telemetry { metrics } => serde_json::json!({ "metrics": metrics }),
             UplinkBody::Event { event, data } => serde_json::json!({ "event": event, "data": data }),
             UplinkBody::State { state } => serde_json::json!({ "state": state }),
-        };
-        value
+        }
     }
 }
 

@@ -167,7 +167,7 @@ impl Authorities {
         }
         let alg = csr.public_key.algorithm();
         let accepted = [&rcgen::PKCS_ECDSA_P256_SHA256, &rcgen::PKCS_ECDSA_P384_SHA384, &rcgen::PKCS_ED25519];
-        if !accepted.iter().any(|a| *a == alg) {
+        if !accepted.contains(&alg) {
             return Err(CsrError::Algorithm.into());
         }
         let mut params = CertificateParams::new(Vec::<String>::new())?;

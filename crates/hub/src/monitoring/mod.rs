@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::store::Store;
+use crate::store::{NewSecurityEvent, Store};
 
 /// One security event.
 #[derive(Debug, Clone)]
@@ -65,7 +65,7 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<(i64, SecurityEvent)>) {
     while rx.recv_many(&mut batch, 256).await > 0 {
         let rows: Vec<_> = batch
             .drain(..)
-            .map(|(at, e)| (at, e.device, e.source, e.kind.to_owned(), e.detail))
+            .map(|(at, e)| NewSecurityEvent { at, device_id: e.device, source: e.source, kind: e.kind.to_owned(), detail: e.detail })
             .collect();
         if let Err(e) = store.insert_security_events(&rows).await {
             tracing::error!(error = %e, lost = rows.len(), "could not store security events");

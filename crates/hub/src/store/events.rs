@@ -2,6 +2,21 @@
 
 use super::{Result, Store};
 
+/// A security event to store.
+#[derive(Debug, Clone)]
+pub struct NewSecurityEvent {
+    /// When, Unix ms.
+    pub at: i64,
+    /// The device, when known.
+    pub device_id: Option<String>,
+    /// The peer address.
+    pub source: Option<String>,
+    /// Stable kind.
+    pub kind: String,
+    /// Detail.
+    pub detail: String,
+}
+
 /// A stored security event.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SecurityEventRow {
@@ -21,9 +36,9 @@ pub struct SecurityEventRow {
 
 impl Store {
     /// Records security events in one transaction.
-    pub async fn insert_security_events(&self, events: &[(i64, Option<String>, Option<String>, String, String)]) -> Result<()> {
+    pub async fn insert_security_events(&self, events: &[NewSecurityEvent]) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        for (at, device, source, kind, detail) in events {
+        for NewSecurityEvent { at, device_id: device, source, kind, detail } in events {
             sqlx::query("INSERT INTO security_events (at, device_id, source, kind, detail) VALUES ($1, $2, $3, $4, $5)")
                 .bind(at)
                 .bind(device)

@@ -21,7 +21,7 @@ use sqlx::SqlitePool;
 
 pub use commands::{CommandRow, NewCommand};
 pub use devices::{DeviceRow, EnrolOutcome, NewDevice};
-pub use events::SecurityEventRow;
+pub use events::{NewSecurityEvent, SecurityEventRow};
 pub use uplinks::{UplinkQuery, UplinkRecord, UplinkRow};
 
 /// A storage failure. The message is for the log, not for API callers.

@@ -13,9 +13,12 @@ use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use hearth_proto::enrol::{CertificateResponse, EnrolRequest, RenewRequest};
+use hearth_proto::enrol::{
+    CertificateResponse, EnrolRequest, HubEndpoints, ManufactureRequest, ManufactureResponse, ManufacturedDevice,
+    RenewRequest,
+};
 use hearth_proto::uplink::Fields;
-use hearth_proto::{DeviceId, ModelId};
+use hearth_proto::DeviceId;
 
 use super::error::ApiError;
 use super::PeerDevice;
@@ -53,7 +56,7 @@ pub fn router(state: HubState) -> Router {
 #[openapi(
     info(title = "Hearth hub API", version = "1", description = "Devices, telemetry and commands of a Hearth hub. Operator endpoints take `Authorization: Bearer <token>`."),
     paths(healthz, setup, enrol, renew, manufacture, list_devices, get_device, revoke_device, telemetry, send_command, get_command, security_events),
-    components(schemas(super::error::ErrorBody, super::error::ErrorDetail, SetupRequest, SetupResponse, ManufactureRequest, ManufactureResponse, HubEndpoints, ManufacturedDeviceBody, DeviceBody, DeviceList, TelemetryPage, TelemetryItem, CommandRequest, CommandBody, SecurityEventBody)),
+    components(schemas(super::error::ErrorBody, super::error::ErrorDetail, SetupRequest, SetupResponse, DeviceBody, DeviceList, TelemetryPage, TelemetryItem, CommandRequest, CommandBody, SecurityEventBody)),
     modifiers(&BearerScheme)
 )]
 struct ApiDoc;
@@ -207,52 +210,15 @@ async fn renew(
     Ok(Json(resp))
 }
 
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-struct ManufactureRequest {
-    /// Model designation.
-    model: String,
-    /// How many devices (1 to 10000).
-    count: usize,
-}
-
-#[derive(Serialize, ToSchema)]
-struct HubEndpoints {
-    /// HTTPS base URL devices enrol at.
-    url: String,
-    /// MQTT host.
-    mqtt_host: String,
-    /// MQTTS port.
-    mqtt_port: u16,
-    /// PEM of the CA that signs the hub's server certificate.
-    ca_pem: String,
-}
-
-#[derive(Serialize, ToSchema)]
-struct ManufacturedDeviceBody {
-    device_id: String,
-    model: String,
-    /// Single-use enrolment secret: load it onto the device, keep no copy.
-    bootstrap_token: String,
-    /// For the consumer's label / QR code.
-    claim_code: String,
-}
-
-#[derive(Serialize, ToSchema)]
-struct ManufactureResponse {
-    hub: HubEndpoints,
-    devices: Vec<ManufacturedDeviceBody>,
-}
-
 /// Creates a batch of device records (the factory). Secrets are returned once and stored only as MACs.
-#[utoipa::path(post, path = "/api/v1/devices", request_body = ManufactureRequest, security(("bearer" = [])),
-    responses((status = 201, body = ManufactureResponse), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/devices", request_body(content = Object, description = "ManufactureRequest: model, count (1 to 10000)"), security(("bearer" = [])),
+    responses((status = 201, body = Object, description = "ManufactureResponse: hub {url, mqtt_host, mqtt_port, ca_pem}, devices [{device_id, model, bootstrap_token, claim_code}]"), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody)))]
 async fn manufacture(
     State(state): State<HubState>,
     _auth: OperatorAuth,
     ApiJson(req): ApiJson<ManufactureRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let model = ModelId::parse(&req.model)?;
+    let model = req.model;
     if req.count == 0 || req.count > MAX_BATCH {
         return Err(ApiError::bad_request("invalid_count", format!("count must be 1 to {MAX_BATCH}")));
     }
@@ -267,9 +233,9 @@ async fn manufacture(
         },
         devices: made
             .into_iter()
-            .map(|d| ManufacturedDeviceBody {
-                device_id: d.id.to_string(),
-                model: d.model.to_string(),
+            .map(|d| ManufacturedDevice {
+                device_id: d.id,
+                model: d.model,
                 bootstrap_token: d.bootstrap_token.expose().to_owned(),
                 claim_code: d.claim_code.expose().to_owned(),
             })

@@ -298,12 +298,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         retain: bool,
         packet_id: Option<NonZeroU16>,
     ) -> Result<(), End> {
-        let v5 = self.wire.version() == Some(Version::V5);
         if qos == 2 {
             self.security("qos_not_supported", "QoS 2 publish".into());
             return Err(End::Hub(Reason::QosNotSupported, "QoS 2 is not supported; use QoS 0 or 1".into()));
         }
-        if retain && v5 {
+        if retain && self.wire.version() == Some(Version::V5) {
             self.security("retain_not_supported", "retained publish".into());
             return Err(End::Hub(Reason::RetainNotSupported, "retained messages are not supported".into()));
         }
@@ -316,11 +315,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             (1, None) => return Err(End::Hub(Reason::ProtocolError, "QoS 1 without packet id".into())),
             _ => None,
         };
-        if let Some(_id) = qos1 {
-            if self.inflight_in >= usize::from(self.ctx.limits.receive_max) {
-                self.security("receive_maximum_exceeded", format!("{} unacknowledged", self.inflight_in + 1));
-                return Err(End::Hub(Reason::ReceiveMaximumExceeded, "too many unacknowledged QoS 1 messages".into()));
-            }
+        // MQTT 5 clients know the hub's receive maximum and exceeding it is their error; 3.1.1 clients have no
+        // such notion, so for them the session simply stops reading until acknowledgements catch up.
+        let v5 = self.wire.version() == Some(Version::V5);
+        if v5 && qos1.is_some() && self.inflight_in >= usize::from(self.ctx.limits.receive_max) {
+            self.security("receive_maximum_exceeded", format!("{} unacknowledged", self.inflight_in + 1));
+            return Err(End::Hub(Reason::ReceiveMaximumExceeded, "too many unacknowledged QoS 1 messages".into()));
         }
         let kind = match topic::authorize_publish(&self.device, &topic_name) {
             Ok(k) => k,
@@ -475,10 +475,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         loop {
             let id = self.next_packet_id;
             self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
-            if let Some(nz) = NonZeroU16::new(id) {
-                if !self.inflight_out.contains_key(&id) {
-                    return nz;
-                }
+            if let Some(nz) = NonZeroU16::new(id).filter(|_| !self.inflight_out.contains_key(&id)) {
+                return nz;
             }
         }
     }
