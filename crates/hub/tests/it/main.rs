@@ -1,0 +1,7 @@
+//! The hub's integration tests: one binary, split by capability. Each test starts its own hub on
+//! `127.0.0.1:0` in this process and talks to it over real TLS, as devices and operators would.
+
+mod api;
+mod bad_input;
+mod enrol;
+mod interop;
