@@ -91,7 +91,10 @@ impl FileKeyStore {
                     .recursive(true)
                     .mode(0o700)
                     .create(state_dir)
-                    .map_err(|source| KeyStoreError::Io { path: state_dir.to_path_buf(), source })?;
+                    .map_err(|source| KeyStoreError::Io {
+                        path: state_dir.to_path_buf(),
+                        source,
+                    })?;
                 let key = KeyPair::generate()?;
                 let pem = Zeroizing::new(key.serialize_pem());
                 write_atomic(&path, pem.as_bytes(), 0o600).map_err(|source| KeyStoreError::Io {

@@ -163,7 +163,10 @@ impl Default for Public {
 
 impl Default for Devices {
     fn default() -> Self {
-        Devices { cert_validity_days: 30, bootstrap_validity_days: 730 }
+        Devices {
+            cert_validity_days: 30,
+            bootstrap_validity_days: 730,
+        }
     }
 }
 
@@ -186,31 +189,50 @@ impl Config {
     /// Reads a TOML file and validates it.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
         Self::from_toml(&text, &shown)
     }
 
     /// Parses TOML text (`origin` names it in errors) and validates it.
     pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let config: Config =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { path: origin.to_owned(), message: e.to_string() })?;
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string(),
+        })?;
         config.validate()?;
         Ok(config)
     }
 
     /// Checks every value's range.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        fn range<T: PartialOrd + std::fmt::Display>(setting: &'static str, v: T, lo: T, hi: T) -> Result<(), ConfigError> {
+        fn range<T: PartialOrd + std::fmt::Display>(
+            setting: &'static str,
+            v: T,
+            lo: T,
+            hi: T,
+        ) -> Result<(), ConfigError> {
             if v < lo || v > hi {
-                return Err(ConfigError::Invalid { setting, reason: format!("{v} is outside {lo} to {hi}") });
+                return Err(ConfigError::Invalid {
+                    setting,
+                    reason: format!("{v} is outside {lo} to {hi}"),
+                });
             }
             Ok(())
         }
         if self.data_dir.as_os_str().is_empty() {
-            return Err(ConfigError::Invalid { setting: "data_dir", reason: "must not be empty".into() });
+            return Err(ConfigError::Invalid {
+                setting: "data_dir",
+                reason: "must not be empty".into(),
+            });
         }
         if self.public.hostnames.is_empty() {
-            return Err(ConfigError::Invalid { setting: "public.hostnames", reason: "name at least one host".into() });
+            return Err(ConfigError::Invalid {
+                setting: "public.hostnames",
+                reason: "name at least one host".into(),
+            });
         }
         for h in &self.public.hostnames {
             if h.parse::<std::net::IpAddr>().is_err() && !valid_dns_name(h) {
@@ -221,17 +243,55 @@ impl Config {
             }
         }
         if self.listen.https == self.listen.mqtts && self.listen.https.port() != 0 {
-            return Err(ConfigError::Invalid { setting: "listen.mqtts", reason: "must differ from listen.https".into() });
+            return Err(ConfigError::Invalid {
+                setting: "listen.mqtts",
+                reason: "must differ from listen.https".into(),
+            });
         }
-        range("devices.cert_validity_days", self.devices.cert_validity_days, 1, 397)?;
-        range("devices.bootstrap_validity_days", self.devices.bootstrap_validity_days, 1, 3650)?;
-        range("mqtt.max_packet_bytes", self.mqtt.max_packet_bytes, 1024, 1 << 20)?;
+        range(
+            "devices.cert_validity_days",
+            self.devices.cert_validity_days,
+            1,
+            397,
+        )?;
+        range(
+            "devices.bootstrap_validity_days",
+            self.devices.bootstrap_validity_days,
+            1,
+            3650,
+        )?;
+        range(
+            "mqtt.max_packet_bytes",
+            self.mqtt.max_packet_bytes,
+            1024,
+            1 << 20,
+        )?;
         range("mqtt.receive_maximum", self.mqtt.receive_maximum, 1, 1024)?;
         range("mqtt.max_subscriptions", self.mqtt.max_subscriptions, 1, 64)?;
-        range("mqtt.publish_rate_per_sec", self.mqtt.publish_rate_per_sec, 1, 100_000)?;
-        range("mqtt.publish_burst", self.mqtt.publish_burst, self.mqtt.publish_rate_per_sec, 1_000_000)?;
-        range("mqtt.max_keep_alive_secs", self.mqtt.max_keep_alive_secs, 10, u16::MAX)?;
-        range("mqtt.max_connections", self.mqtt.max_connections, 1, 10_000_000)?;
+        range(
+            "mqtt.publish_rate_per_sec",
+            self.mqtt.publish_rate_per_sec,
+            1,
+            100_000,
+        )?;
+        range(
+            "mqtt.publish_burst",
+            self.mqtt.publish_burst,
+            self.mqtt.publish_rate_per_sec,
+            1_000_000,
+        )?;
+        range(
+            "mqtt.max_keep_alive_secs",
+            self.mqtt.max_keep_alive_secs,
+            10,
+            u16::MAX,
+        )?;
+        range(
+            "mqtt.max_connections",
+            self.mqtt.max_connections,
+            1,
+            10_000_000,
+        )?;
         Ok(())
     }
 
@@ -253,7 +313,10 @@ fn valid_dns_name(h: &str) -> bool {
     !h.is_empty()
         && h.len() <= 253
         && h.split('.').all(|l| {
-            !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') && !l.starts_with('-')
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !l.starts_with('-')
         })
 }
 
@@ -264,7 +327,9 @@ mod tests {
     fn check(toml: &str, expected_setting: Option<&str>) {
         match (Config::from_toml(toml, "test.toml"), expected_setting) {
             (Ok(_), None) => {}
-            (Err(e), Some(setting)) => assert!(e.to_string().contains(setting), "{e} should name {setting}"),
+            (Err(e), Some(setting)) => {
+                assert!(e.to_string().contains(setting), "{e} should name {setting}")
+            }
             (got, want) => panic!("{toml}: got {got:?}, expected error naming {want:?}"),
         }
     }
@@ -273,10 +338,19 @@ mod tests {
     fn bad_settings_are_named() {
         check("", None);
         check("[mqtt]\nreceive_maximum = 0", Some("mqtt.receive_maximum"));
-        check("[devices]\ncert_validity_days = 1000", Some("devices.cert_validity_days"));
+        check(
+            "[devices]\ncert_validity_days = 1000",
+            Some("devices.cert_validity_days"),
+        );
         check("[mqtt]\nrecieve_maximum = 5", Some("recieve_maximum"));
         check("[listen]\nhttps = \"not an address\"", Some("https"));
-        check("[public]\nhostnames = [\"bad host!\"]", Some("public.hostnames"));
-        check("[mqtt]\npublish_rate_per_sec = 100\npublish_burst = 10", Some("mqtt.publish_burst"));
+        check(
+            "[public]\nhostnames = [\"bad host!\"]",
+            Some("public.hostnames"),
+        );
+        check(
+            "[mqtt]\npublish_rate_per_sec = 100\npublish_burst = 10",
+            Some("mqtt.publish_burst"),
+        );
     }
 }

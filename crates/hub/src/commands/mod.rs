@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use hearth_proto::command::{validate_command_name, Command, CommandAck};
+use hearth_proto::command::{Command, CommandAck, validate_command_name};
 use hearth_proto::uplink::Fields;
 use hearth_proto::{DeviceId, ValidationError};
 
@@ -72,12 +72,19 @@ impl Commands {
             }
             .into());
         }
-        let row = self.store.device(device.as_str()).await?.ok_or(CommandError::UnknownDevice)?;
+        let row = self
+            .store
+            .device(device.as_str())
+            .await?
+            .ok_or(CommandError::UnknownDevice)?;
         if row.status != "enrolled" {
             return Err(CommandError::NotEnrolled(row.status));
         }
         let now = crate::now_ms();
-        let id = format!("c{}", random_base32(15).map_err(|e| StoreError::Db(sqlx::Error::Protocol(e.to_string())))?);
+        let id = format!(
+            "c{}",
+            random_base32(15).map_err(|e| StoreError::Db(sqlx::Error::Protocol(e.to_string())))?
+        );
         let new = NewCommand {
             id: id.clone(),
             device_id: device.to_string(),
@@ -87,7 +94,11 @@ impl Commands {
             expires_at: now + timeout.as_millis() as i64,
         };
         self.store.insert_command(&new).await?;
-        let row = self.store.command(device.as_str(), &id).await?.ok_or(CommandError::UnknownDevice)?;
+        let row = self
+            .store
+            .command(device.as_str(), &id)
+            .await?
+            .ok_or(CommandError::UnknownDevice)?;
         self.routing.send(device, Downlink::Command(row.clone()));
         Ok(row)
     }
@@ -99,7 +110,9 @@ impl Commands {
 
     /// Commands waiting for delivery or an answer.
     pub async fn open_for(&self, device: &DeviceId) -> Result<Vec<CommandRow>, StoreError> {
-        self.store.open_commands(device.as_str(), crate::now_ms()).await
+        self.store
+            .open_commands(device.as_str(), crate::now_ms())
+            .await
     }
 
     /// Records that a command went out.
@@ -109,7 +122,15 @@ impl Commands {
 
     /// Records a device's answer; false if it answers nothing open.
     pub async fn answer(&self, device: &DeviceId, ack: &CommandAck) -> Result<bool, StoreError> {
-        self.store.answer_command(device.as_str(), &ack.id, ack.status.as_str(), ack.detail.as_deref(), crate::now_ms()).await
+        self.store
+            .answer_command(
+                device.as_str(),
+                &ack.id,
+                ack.status.as_str(),
+                ack.detail.as_deref(),
+                crate::now_ms(),
+            )
+            .await
     }
 
     /// Runs the expiry sweep every second until the task is dropped.
@@ -132,5 +153,12 @@ impl Commands {
 /// The wire form of a stored command.
 pub fn to_wire(row: &CommandRow) -> Vec<u8> {
     let args: Fields = serde_json::from_str(&row.args_json).unwrap_or_default();
-    Command { v: 1, id: row.id.clone(), name: row.name.clone(), args, expires_at: row.expires_at as u64 }.to_json()
+    Command {
+        v: 1,
+        id: row.id.clone(),
+        name: row.name.clone(),
+        args,
+        expires_at: row.expires_at as u64,
+    }
+    .to_json()
 }

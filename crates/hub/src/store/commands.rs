@@ -44,7 +44,8 @@ pub struct CommandRow {
     pub detail: Option<String>,
 }
 
-const COLUMNS: &str = "id, device_id, name, args_json, status, created_at, expires_at, sent_at, answered_at, detail";
+const COLUMNS: &str =
+    "id, device_id, name, args_json, status, created_at, expires_at, sent_at, answered_at, detail";
 
 impl Store {
     /// Records a new pending command.
@@ -66,8 +67,14 @@ impl Store {
 
     /// One command of one device.
     pub async fn command(&self, device_id: &str, id: &str) -> Result<Option<CommandRow>> {
-        let sql = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM commands WHERE device_id = $1 AND id = $2"));
-        Ok(sqlx::query_as::<_, CommandRow>(sql).bind(device_id).bind(id).fetch_optional(&self.pool).await?)
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM commands WHERE device_id = $1 AND id = $2"
+        ));
+        Ok(sqlx::query_as::<_, CommandRow>(sql)
+            .bind(device_id)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
     }
 
     /// Unanswered, unexpired commands of a device, oldest first.
@@ -76,7 +83,11 @@ impl Store {
             "SELECT {COLUMNS} FROM commands WHERE device_id = $1 AND status IN ('pending', 'sent') \
              AND expires_at > $2 ORDER BY created_at, id"
         ));
-        Ok(sqlx::query_as::<_, CommandRow>(sql).bind(device_id).bind(now).fetch_all(&self.pool).await?)
+        Ok(sqlx::query_as::<_, CommandRow>(sql)
+            .bind(device_id)
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     /// Marks a command as sent.

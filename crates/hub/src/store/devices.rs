@@ -85,8 +85,13 @@ impl Store {
 
     /// One device.
     pub async fn device(&self, id: &str) -> Result<Option<DeviceRow>> {
-        let sql = sqlx::AssertSqlSafe(format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = $1"));
-        Ok(sqlx::query_as::<_, DeviceRow>(sql).bind(id).fetch_optional(&self.pool).await?)
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE id = $1"
+        ));
+        Ok(sqlx::query_as::<_, DeviceRow>(sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
     }
 
     /// Devices ordered by id, after `after` (exclusive), at most `limit`.
@@ -94,12 +99,18 @@ impl Store {
         let sql = sqlx::AssertSqlSafe(format!(
             "SELECT {DEVICE_COLUMNS} FROM devices WHERE id > $1 ORDER BY id LIMIT $2"
         ));
-        Ok(sqlx::query_as::<_, DeviceRow>(sql).bind(after.unwrap_or("")).bind(limit).fetch_all(&self.pool).await?)
+        Ok(sqlx::query_as::<_, DeviceRow>(sql)
+            .bind(after.unwrap_or(""))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     /// Ids of every revoked device (loaded into the TLS verifier at start).
     pub async fn revoked_device_ids(&self) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT id FROM devices WHERE status = 'revoked'").fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT id FROM devices WHERE status = 'revoked'")
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows.iter().map(|r| r.get::<String, _>(0)).collect())
     }
 
@@ -169,7 +180,11 @@ impl Store {
 
     /// Records MQTT activity.
     pub async fn touch(&self, id: &str, now: i64) -> Result<()> {
-        sqlx::query("UPDATE devices SET last_seen_at = $2 WHERE id = $1").bind(id).bind(now).execute(&self.pool).await?;
+        sqlx::query("UPDATE devices SET last_seen_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 }

@@ -14,10 +14,10 @@ use std::borrow::Cow;
 use std::path::Path;
 use std::time::Duration;
 
-use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlSafeStr as _;
 use sqlx::SqlitePool;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 pub use commands::{CommandRow, NewCommand};
 pub use devices::{DeviceRow, EnrolOutcome, NewDevice};
@@ -55,8 +55,14 @@ impl Store {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
-        let store = Store { pool, path: path.display().to_string() };
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await?;
+        let store = Store {
+            pool,
+            path: path.display().to_string(),
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -69,7 +75,9 @@ impl Store {
             sqlx::AssertSqlSafe(include_str!("../../migrations/0001_initial.sql")).into_sql_str(),
             false,
         )];
-        Migrator::with_migrations(migrations).run(&self.pool).await?;
+        Migrator::with_migrations(migrations)
+            .run(&self.pool)
+            .await?;
         Ok(())
     }
 

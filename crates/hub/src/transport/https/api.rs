@@ -6,26 +6,26 @@ use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
-use axum::http::{header, StatusCode};
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
+use hearth_proto::DeviceId;
 use hearth_proto::enrol::{
-    CertificateResponse, EnrolRequest, HubEndpoints, ManufactureRequest, ManufactureResponse, ManufacturedDevice,
-    RenewRequest,
+    CertificateResponse, EnrolRequest, HubEndpoints, ManufactureRequest, ManufactureResponse,
+    ManufacturedDevice, RenewRequest,
 };
 use hearth_proto::uplink::Fields;
-use hearth_proto::DeviceId;
 
-use super::error::ApiError;
 use super::PeerDevice;
+use super::error::ApiError;
+use crate::HubState;
 use crate::commands::CommandError;
 use crate::identity::EnrolError;
 use crate::store::{CommandRow, DeviceRow, UplinkQuery};
-use crate::HubState;
 
 /// Largest request body.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -45,7 +45,10 @@ pub fn router(state: HubState) -> Router {
         .route("/api/v1/devices/{id}/revoke", post(revoke_device))
         .route("/api/v1/devices/{id}/telemetry", get(telemetry))
         .route("/api/v1/devices/{id}/commands", post(send_command))
-        .route("/api/v1/devices/{id}/commands/{command_id}", get(get_command))
+        .route(
+            "/api/v1/devices/{id}/commands/{command_id}",
+            get(get_command),
+        )
         .route("/api/v1/security-events", get(security_events))
         .fallback(|| async { ApiError::not_found("endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -66,7 +69,10 @@ impl utoipa::Modify for BearerScheme {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
     }
 }
 
@@ -76,7 +82,10 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
 }
 
 async fn openapi() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], openapi_document().to_json().unwrap_or_default())
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        openapi_document().to_json().unwrap_or_default(),
+    )
 }
 
 /// JSON body extractor whose rejections are [`ApiError`]s.
@@ -95,18 +104,32 @@ pub struct OperatorAuth(pub crate::accounts::Operator);
 
 impl FromRequestParts<HubState> for OperatorAuth {
     type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, state: &HubState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &HubState,
+    ) -> Result<Self, Self::Rejection> {
         let value = parts
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| ApiError::unauthorized("missing_token", "send `Authorization: Bearer <operator token>`"))?;
-        let token = value
-            .strip_prefix("Bearer ")
-            .ok_or_else(|| ApiError::unauthorized("missing_token", "the Authorization header must be `Bearer <token>`"))?;
+            .ok_or_else(|| {
+                ApiError::unauthorized(
+                    "missing_token",
+                    "send `Authorization: Bearer <operator token>`",
+                )
+            })?;
+        let token = value.strip_prefix("Bearer ").ok_or_else(|| {
+            ApiError::unauthorized(
+                "missing_token",
+                "the Authorization header must be `Bearer <token>`",
+            )
+        })?;
         match state.accounts.authenticate(token.trim()).await? {
             Some(op) => Ok(OperatorAuth(op)),
-            None => Err(ApiError::unauthorized("invalid_token", "the token is not valid")),
+            None => Err(ApiError::unauthorized(
+                "invalid_token",
+                "the token is not valid",
+            )),
         }
     }
 }
@@ -140,17 +163,35 @@ struct SetupResponse {
 /// Exchanges the one-time setup token for the first operator token.
 #[utoipa::path(post, path = "/api/v1/setup", request_body = SetupRequest,
     responses((status = 201, body = SetupResponse), (status = 401, body = super::error::ErrorBody, description = "Unknown, used or expired setup token")))]
-async fn setup(State(state): State<HubState>, ApiJson(req): ApiJson<SetupRequest>) -> Result<impl IntoResponse, ApiError> {
+async fn setup(
+    State(state): State<HubState>,
+    ApiJson(req): ApiJson<SetupRequest>,
+) -> Result<impl IntoResponse, ApiError> {
     let label = req.label.unwrap_or_else(|| "owner".into());
     if label.is_empty() || label.len() > 64 {
-        return Err(ApiError::bad_request("invalid_label", "label must be 1 to 64 bytes"));
+        return Err(ApiError::bad_request(
+            "invalid_label",
+            "label must be 1 to 64 bytes",
+        ));
     }
-    match state.accounts.complete_setup(req.setup_token.trim(), &label).await? {
+    match state
+        .accounts
+        .complete_setup(req.setup_token.trim(), &label)
+        .await?
+    {
         Some(token) => {
             tracing::info!("owner setup completed; the setup token is now used up");
-            Ok((StatusCode::CREATED, Json(SetupResponse { token: token.expose().to_owned() })))
+            Ok((
+                StatusCode::CREATED,
+                Json(SetupResponse {
+                    token: token.expose().to_owned(),
+                }),
+            ))
         }
-        None => Err(ApiError::unauthorized("invalid_setup_token", "the setup token is unknown, already used or expired")),
+        None => Err(ApiError::unauthorized(
+            "invalid_setup_token",
+            "the setup token is unknown, already used or expired",
+        )),
     }
 }
 
@@ -160,7 +201,9 @@ fn enrol_error(e: EnrolError) -> ApiError {
         EnrolError::TokenExpired => ApiError::unauthorized("token_expired", e.to_string()),
         EnrolError::TokenUsed => ApiError::new(StatusCode::CONFLICT, "token_used", e.to_string()),
         EnrolError::Revoked => ApiError::new(StatusCode::FORBIDDEN, "revoked", e.to_string()),
-        EnrolError::NotEnrolled => ApiError::new(StatusCode::CONFLICT, "not_enrolled", e.to_string()),
+        EnrolError::NotEnrolled => {
+            ApiError::new(StatusCode::CONFLICT, "not_enrolled", e.to_string())
+        }
         EnrolError::Csr(c) => ApiError::bad_request("invalid_csr", c.to_string()),
         EnrolError::Internal(m) => ApiError::internal(m),
     }
@@ -203,9 +246,16 @@ async fn renew(
     ApiJson(req): ApiJson<RenewRequest>,
 ) -> Result<Json<CertificateResponse>, ApiError> {
     let device = peer.ok_or_else(|| {
-        ApiError::unauthorized("client_certificate_required", "renewal needs the device's current certificate (mutual TLS)")
+        ApiError::unauthorized(
+            "client_certificate_required",
+            "renewal needs the device's current certificate (mutual TLS)",
+        )
     })?;
-    let resp = state.identity.renew(&device, &req.csr_pem).await.map_err(enrol_error)?;
+    let resp = state
+        .identity
+        .renew(&device, &req.csr_pem)
+        .await
+        .map_err(enrol_error)?;
     tracing::info!(device = %device, "device certificate renewed");
     Ok(Json(resp))
 }
@@ -220,9 +270,16 @@ async fn manufacture(
 ) -> Result<impl IntoResponse, ApiError> {
     let model = req.model;
     if req.count == 0 || req.count > MAX_BATCH {
-        return Err(ApiError::bad_request("invalid_count", format!("count must be 1 to {MAX_BATCH}")));
+        return Err(ApiError::bad_request(
+            "invalid_count",
+            format!("count must be 1 to {MAX_BATCH}"),
+        ));
     }
-    let made = state.identity.manufacture(&model, req.count).await.map_err(enrol_error)?;
+    let made = state
+        .identity
+        .manufacture(&model, req.count)
+        .await
+        .map_err(enrol_error)?;
     tracing::info!(model = %model, count = made.len(), "devices manufactured");
     let body = ManufactureResponse {
         hub: HubEndpoints {
@@ -264,7 +321,9 @@ struct DeviceBody {
 }
 
 fn device_body(state: &HubState, d: DeviceRow) -> DeviceBody {
-    let connected = DeviceId::parse(&d.id).map(|id| state.routing.is_connected(&id)).unwrap_or(false);
+    let connected = DeviceId::parse(&d.id)
+        .map(|id| state.routing.is_connected(&id))
+        .unwrap_or(false);
     DeviceBody {
         connected,
         state: d
@@ -303,7 +362,10 @@ struct DeviceList {
 fn page_limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {
     let limit = limit.unwrap_or(default);
     if !(1..=max).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_limit", format!("limit must be 1 to {max}")));
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("limit must be 1 to {max}"),
+        ));
     }
     Ok(limit)
 }
@@ -318,8 +380,13 @@ async fn list_devices(
 ) -> Result<Json<DeviceList>, ApiError> {
     let limit = page_limit(params.limit, 100, 1000)?;
     let rows = state.store.devices(params.after.as_deref(), limit).await?;
-    let next_after = (rows.len() as i64 == limit).then(|| rows.last().map(|d| d.id.clone())).flatten();
-    Ok(Json(DeviceList { devices: rows.into_iter().map(|d| device_body(&state, d)).collect(), next_after }))
+    let next_after = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|d| d.id.clone()))
+        .flatten();
+    Ok(Json(DeviceList {
+        devices: rows.into_iter().map(|d| device_body(&state, d)).collect(),
+        next_after,
+    }))
 }
 
 /// One device.
@@ -331,7 +398,11 @@ async fn get_device(
     Path(id): Path<String>,
 ) -> Result<Json<DeviceBody>, ApiError> {
     let id = device_id(&id)?;
-    let row = state.store.device(id.as_str()).await?.ok_or_else(|| ApiError::not_found("device"))?;
+    let row = state
+        .store
+        .device(id.as_str())
+        .await?
+        .ok_or_else(|| ApiError::not_found("device"))?;
     Ok(Json(device_body(&state, row)))
 }
 
@@ -347,7 +418,11 @@ async fn revoke_device(
     if !state.identity.revoke(&id).await? {
         return Err(ApiError::not_found("device"));
     }
-    let row = state.store.device(id.as_str()).await?.ok_or_else(|| ApiError::not_found("device"))?;
+    let row = state
+        .store
+        .device(id.as_str())
+        .await?
+        .ok_or_else(|| ApiError::not_found("device"))?;
     Ok(Json(device_body(&state, row)))
 }
 
@@ -395,16 +470,27 @@ async fn telemetry(
     let limit = page_limit(p.limit, 100, 1000)?;
     let (from, to) = (p.from.unwrap_or(0), p.to.unwrap_or(i64::MAX));
     if from < 0 || to <= from {
-        return Err(ApiError::bad_request("invalid_range", "need 0 <= from < to"));
+        return Err(ApiError::bad_request(
+            "invalid_range",
+            "need 0 <= from < to",
+        ));
     }
     if state.store.device(id.as_str()).await?.is_none() {
         return Err(ApiError::not_found("device"));
     }
     let rows = state
         .store
-        .uplinks(&UplinkQuery { device_id: id.to_string(), from_ts: from, to_ts: to, after_seq: p.after_seq.unwrap_or(0), limit })
+        .uplinks(&UplinkQuery {
+            device_id: id.to_string(),
+            from_ts: from,
+            to_ts: to,
+            after_seq: p.after_seq.unwrap_or(0),
+            limit,
+        })
         .await?;
-    let next_after_seq = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.seq)).flatten();
+    let next_after_seq = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|r| r.seq))
+        .flatten();
     let items = rows
         .into_iter()
         .map(|r| TelemetryItem {
@@ -415,7 +501,10 @@ async fn telemetry(
             body: serde_json::from_str(&r.body_json).unwrap_or(serde_json::Value::Null),
         })
         .collect();
-    Ok(Json(TelemetryPage { items, next_after_seq }))
+    Ok(Json(TelemetryPage {
+        items,
+        next_after_seq,
+    }))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -477,12 +566,18 @@ async fn send_command(
 ) -> Result<impl IntoResponse, ApiError> {
     let id = device_id(&id)?;
     let timeout = Duration::from_secs(req.timeout_secs.unwrap_or(60));
-    let row = state.commands.send(&id, &req.name, req.args, timeout).await.map_err(|e| match e {
-        CommandError::UnknownDevice => ApiError::not_found("device"),
-        CommandError::NotEnrolled(_) => ApiError::new(StatusCode::CONFLICT, "not_enrolled", e.to_string()),
-        CommandError::Invalid(v) => ApiError::bad_request("invalid_command", v.to_string()),
-        CommandError::Store(s) => ApiError::internal(s),
-    })?;
+    let row = state
+        .commands
+        .send(&id, &req.name, req.args, timeout)
+        .await
+        .map_err(|e| match e {
+            CommandError::UnknownDevice => ApiError::not_found("device"),
+            CommandError::NotEnrolled(_) => {
+                ApiError::new(StatusCode::CONFLICT, "not_enrolled", e.to_string())
+            }
+            CommandError::Invalid(v) => ApiError::bad_request("invalid_command", v.to_string()),
+            CommandError::Store(s) => ApiError::internal(s),
+        })?;
     Ok((StatusCode::ACCEPTED, Json(CommandBody::from(row))))
 }
 
@@ -495,7 +590,11 @@ async fn get_command(
     Path((id, command_id)): Path<(String, String)>,
 ) -> Result<Json<CommandBody>, ApiError> {
     let id = device_id(&id)?;
-    let row = state.commands.get(&id, &command_id).await?.ok_or_else(|| ApiError::not_found("command"))?;
+    let row = state
+        .commands
+        .get(&id, &command_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("command"))?;
     Ok(Json(row.into()))
 }
 
@@ -531,10 +630,20 @@ async fn security_events(
         Some(d) => Some(device_id(d)?),
         None => None,
     };
-    let rows = state.store.security_events(device.as_ref().map(DeviceId::as_str), limit).await?;
+    let rows = state
+        .store
+        .security_events(device.as_ref().map(DeviceId::as_str), limit)
+        .await?;
     Ok(Json(
         rows.into_iter()
-            .map(|r| SecurityEventBody { id: r.id, at_ms: r.at, device_id: r.device_id, source: r.source, kind: r.kind, detail: r.detail })
+            .map(|r| SecurityEventBody {
+                id: r.id,
+                at_ms: r.at,
+                device_id: r.device_id,
+                source: r.source,
+                kind: r.kind,
+                detail: r.detail,
+            })
             .collect(),
     ))
 }

@@ -1,0 +1,236 @@
+//! The foundation end to end with real processes: factory → enrol → mutual-TLS connect → publish → stored →
+//! query, commands, revocation; and what listens where.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use hearth_test_support::{client_for, eventually, workspace_bin};
+
+use crate::support::{HubProcess, free_ports, hearth, listening_ports, setup};
+
+#[tokio::test]
+async fn factory_enrol_connect_publish_store_query_with_real_processes() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (https, mqtts) = free_ports();
+    let hub = HubProcess::start(&dir.path().join("hub"), https, mqtts);
+    let token = setup(&hub);
+
+    // Factory: one file per device, mode 0600, and a CSV manifest; the hub keeps no secret in clear.
+    let out_dir = dir.path().join("factory");
+    let (ok, out, err) = hearth(
+        &hub,
+        Some(&token),
+        &[
+            "factory",
+            "--model",
+            "plug-2",
+            "--count",
+            "2",
+            "--out",
+            out_dir.to_str().expect("utf8"),
+        ],
+    );
+    assert!(ok, "factory failed: {err}");
+    assert!(out.contains("2 devices"), "{out}");
+    let manifest = std::fs::read_to_string(out_dir.join("manifest.csv")).expect("manifest");
+    let rows: Vec<&str> = manifest.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{manifest}");
+    let device = rows[0].split(',').next().expect("id").to_owned();
+    let bootstrap = out_dir.join(format!("{device}.json"));
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&bootstrap)
+            .expect("file")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    let boot: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&bootstrap).expect("read")).expect("json");
+    let secret = boot["bootstrap_token"].as_str().expect("token").to_owned();
+    let db = std::fs::read(hub.data_dir.join("hearth.db")).expect("db");
+    assert!(
+        !db.windows(secret.len()).any(|w| w == secret.as_bytes()),
+        "the bootstrap token must not be stored in clear"
+    );
+
+    // The agent: its own key, enrolment over HTTPS, MQTT over mutual TLS.
+    let state = dir.path().join("agent");
+    let mut agent = Command::new(workspace_bin("hearth-agent"))
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--bootstrap")
+        .arg(&bootstrap)
+        .args(["--interval-secs", "1"])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn agent");
+
+    let client = client_for(&hub.ca(), None).expect("client");
+    let url = format!("{}/api/v1/devices/{device}/telemetry?limit=100", hub.url());
+    let stored = eventually(Duration::from_secs(30), || {
+        let (client, url, token) = (client.clone(), url.clone(), token.clone());
+        async move {
+            let page: serde_json::Value = client
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            let items = page["items"].as_array()?.clone();
+            (items.iter().filter(|i| i["kind"] == "telemetry").count() >= 3).then_some(items)
+        }
+    })
+    .await
+    .expect("the agent's telemetry was stored");
+    assert!(
+        stored.iter().any(|i| i["kind"] == "state"),
+        "the agent reports its state"
+    );
+    let seqs: Vec<i64> = stored
+        .iter()
+        .map(|i| i["seq"].as_i64().expect("seq"))
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    assert_eq!(
+        std::fs::metadata(state.join("device.key"))
+            .expect("key")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+
+    // What listens: the hub only on its two TLS ports, the agent on nothing.
+    let (hub_ports, hub_udp) = listening_ports(hub.pid());
+    assert_eq!(hub_ports, {
+        let mut p = vec![https, mqtts];
+        p.sort_unstable();
+        p
+    });
+    assert_eq!(hub_udp, 0);
+    assert_eq!(
+        listening_ports(agent.id()),
+        (vec![], 0),
+        "the agent must not listen"
+    );
+
+    // A command round trip through the CLI.
+    let (ok, out, err) = hearth(&hub, Some(&token), &["device", "command", &device, "ping"]);
+    assert!(ok, "command failed: {out}{err}");
+    assert!(out.contains("\"status\": \"ok\""), "{out}");
+
+    // Revocation: the agent is cut off and cannot come back.
+    let (ok, out, _) = hearth(&hub, Some(&token), &["device", "revoke", &device]);
+    assert!(ok && out.contains("revoked"), "{out}");
+    let (ok, out, _) = hearth(&hub, Some(&token), &["device", "show", &device]);
+    assert!(ok);
+    let shown: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(shown["status"], "revoked");
+    let offline = eventually(Duration::from_secs(5), || {
+        let (client, token) = (client.clone(), token.clone());
+        let url = format!("{}/api/v1/devices/{device}", hub.url());
+        async move {
+            let d: serde_json::Value = client
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (d["connected"] == false).then_some(())
+        }
+    })
+    .await;
+    assert!(offline.is_some(), "revoked device still connected");
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
+
+#[tokio::test]
+async fn the_demo_listens_only_on_its_two_tls_ports() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut demo = Command::new(workspace_bin("hearth"))
+        .args([
+            "demo",
+            "--devices",
+            "2",
+            "--duration-secs",
+            "20",
+            "--interval-secs",
+            "1",
+            "--https-port",
+            "0",
+            "--mqtts-port",
+            "0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("demo"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn demo");
+    let stdout = demo.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        let mut ports = Vec::new();
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            for key in ["API:", "MQTTS:"] {
+                if let Some(rest) = line.trim().strip_prefix(key) {
+                    let addr = rest.split_whitespace().next().unwrap_or("");
+                    if let Some(p) = addr
+                        .rsplit(':')
+                        .next()
+                        .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok())
+                    {
+                        ports.push(p);
+                    }
+                }
+            }
+            if ports.len() == 2 {
+                let _ = tx.send(ports.clone());
+                ports.clear();
+            }
+        }
+    });
+    let mut ports = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("demo printed its addresses");
+    ports.sort_unstable();
+    // Let the devices enrol and connect.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (listening, udp) = listening_ports(demo.id());
+    assert_eq!(
+        listening, ports,
+        "hub plus in-process agents must listen on exactly the two TLS ports"
+    );
+    assert_eq!(udp, 0);
+    // Both ports speak TLS only: a plaintext MQTT CONNECT gets no CONNACK.
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", ports[0]))
+        .await
+        .expect("connect");
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let _ = tcp
+        .write_all(&[0x10, 0x0c, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 0])
+        .await;
+    let mut buf = [0u8; 4];
+    let got = tokio::time::timeout(Duration::from_secs(3), tcp.read(&mut buf)).await;
+    assert!(
+        !matches!(got, Ok(Ok(4)) if buf[0] == 0x20),
+        "plaintext MQTT must not be answered"
+    );
+    let status = demo.wait().expect("demo ends");
+    assert!(status.success());
+}
