@@ -327,7 +327,6 @@ pub fn write_factory_output(
     }
     let manifest_path = out.join("manifest.csv");
     let mut f = std::fs::OpenOptions::new()
-        .write(true)
         .create(true)
         .append(true)
         .mode(0o600)
