@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod bench;
 mod client;
 mod demo;
 
@@ -47,6 +48,8 @@ enum Command {
     },
     /// Start a hub on the embedded default, create devices, enrol and run them, and show what to look at.
     Demo(demo::DemoArgs),
+    /// Load generator: many devices with their own certificates against Hearth and Mosquitto, side by side.
+    Bench(bench::BenchArgs),
     /// Print the hub's OpenAPI document.
     Openapi,
 }
@@ -185,6 +188,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Factory(args) => factory(args).await,
         Command::Device { hub, action } => device(hub, action).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
         Command::Openapi => {
             println!(
                 "{}",

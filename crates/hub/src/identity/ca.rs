@@ -86,6 +86,7 @@ impl ServerIdentity {
 /// The loaded authorities.
 pub struct Authorities {
     device_issuer: Issuer<'static, KeyPair>,
+    server_issuer: Issuer<'static, KeyPair>,
     /// Device CA certificate, PEM.
     pub device_ca_pem: String,
     /// Device CA certificate, DER.
@@ -157,11 +158,36 @@ impl Authorities {
         let device_ca_der = pem_to_der(&device_ca_pem)?;
         Ok(Authorities {
             device_issuer,
+            server_issuer,
             device_ca_pem,
             device_ca_der,
             server_ca_pem,
             server,
         })
+    }
+
+    /// Issues a fresh server certificate and key (PEM) for `hostnames`, signed by the server CA: for another
+    /// TLS endpoint that devices must trust the same way, such as the benchmark's Mosquitto peer.
+    pub fn issue_server_cert(
+        &self,
+        hostnames: &[String],
+        now: OffsetDateTime,
+    ) -> Result<(String, Zeroizing<String>), CaError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name = dn("Hearth peer");
+        params.subject_alt_names = hostnames.iter().map(|h| san(h)).collect::<Result<_, _>>()?;
+        params.not_before = now - Duration::minutes(5);
+        params.not_after = now + Duration::days(30);
+        params.serial_number = Some(random_serial()?);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&key, &self.server_issuer)?;
+        Ok((
+            format!("{}{}", cert.pem(), self.server_ca_pem),
+            Zeroizing::new(key.serialize_pem()),
+        ))
     }
 
     /// Issues a device certificate for the key in `csr_pem`. The subject is set by the hub (CN = device id,

@@ -1,0 +1,312 @@
+//! The systems under test, started by the tool itself on 127.0.0.1 (it never targets anything else): a Hearth
+//! hub (`hearth serve` as a child process, durable SQLite) and Mosquitto from Debian (non-durable) configured the
+//! same way: mutual TLS 1.3, certificate required, identity as user name, and a per-device topic ACL. Both use
+//! the same PKI: device certificates from the hub's device CA, server certificates from its server CA.
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use hearth_hub::identity::{Authorities, Identity, IdentitySettings};
+use hearth_hub::secrets::MasterKey;
+use hearth_hub::store::Store;
+use hearth_proto::DeviceId;
+
+/// One simulated device's credentials.
+#[derive(Clone)]
+pub struct DeviceCred {
+    /// Device id (the certificate's subject).
+    pub id: String,
+    /// TLS client configuration with its certificate and key.
+    pub tls: Arc<rustls::ClientConfig>,
+}
+
+/// Which system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Hearth hub.
+    Hearth,
+    /// Mosquitto.
+    Mosquitto,
+}
+
+impl Kind {
+    /// Display name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Hearth => "hearth",
+            Kind::Mosquitto => "mosquitto",
+        }
+    }
+}
+
+/// A running system under test.
+pub struct Target {
+    /// Which one.
+    pub kind: Kind,
+    /// Its MQTTS address.
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl Target {
+    /// Its process id (for /proc figures).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The PKI and the Hearth hub's operator access.
+pub struct Lab {
+    /// Working directory (hub data, Mosquitto files).
+    pub dir: PathBuf,
+    /// The hub.
+    pub hub: Target,
+    /// The hub's HTTPS URL.
+    pub hub_url: String,
+    /// Operator token.
+    pub token: String,
+    /// Server CA PEM path.
+    pub server_ca: PathBuf,
+    store: Store,
+    master: Arc<MasterKey>,
+    authorities: Arc<Authorities>,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl Lab {
+    /// Starts a fresh hub in `dir` and sets up its owner.
+    pub async fn start(dir: &Path) -> Result<Lab> {
+        let data = dir.join("hub");
+        let (https, mqtts) = (free_port()?, free_port()?);
+        let config = dir.join("hub.toml");
+        std::fs::write(
+            &config,
+            "[public]\nhostnames = [\"127.0.0.1\", \"localhost\"]\n\
+             [mqtt]\npublish_rate_per_sec = 100000\npublish_burst = 100000\nmax_connections = 10000000\n",
+        )?;
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(&data)
+            .args([
+                "--https",
+                &format!("127.0.0.1:{https}"),
+                "--mqtts",
+                &format!("127.0.0.1:{mqtts}"),
+            ])
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("while starting the hub")?;
+        let stdout = child.stdout.take().context("hub stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut token = None;
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.trim().starts_with("hst_") {
+                    token = Some(line.trim().to_owned());
+                }
+                if line.starts_with("Ready.") {
+                    let _ = tx.send(token.take());
+                }
+            }
+        });
+        let setup = rx
+            .recv_timeout(Duration::from_secs(60))
+            .context("the hub did not start")?
+            .context("no setup token")?;
+        let hub = Target {
+            kind: Kind::Hearth,
+            addr: SocketAddr::from(([127, 0, 0, 1], mqtts)),
+            child,
+        };
+        let hub_url = format!("https://127.0.0.1:{https}");
+        let server_ca = data.join("tls/server-ca.pem");
+        let client = crate::client::HubClient::new(&crate::HubArgs {
+            hub: hub_url.clone(),
+            ca: server_ca.clone(),
+            token: None,
+        })?;
+        let token = client.setup(&setup).await?;
+
+        // The operator's own access to the hub's keys, to mint bench certificates without a round trip each.
+        let (master, _) = MasterKey::load(None, None, &data.join("master.key"))?;
+        let master = Arc::new(master);
+        let store = Store::open_sqlite(&data.join("hearth.db")).await?;
+        let hostnames = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
+        let authorities = Arc::new(
+            Authorities::load_or_create(
+                &store,
+                &master,
+                &hostnames,
+                time::OffsetDateTime::now_utc(),
+            )
+            .await?,
+        );
+        Ok(Lab {
+            dir: dir.to_path_buf(),
+            hub,
+            hub_url,
+            token,
+            server_ca,
+            store,
+            master,
+            authorities,
+        })
+    }
+
+    /// Issues `n` device certificates named `{prefix}-{i}` (keys from a pool of 64, so the run measures the
+    /// server, not key generation). With `enrol`, the devices also get records in the hub (through the real
+    /// manufacture and enrol logic), which the command scenario needs.
+    pub async fn devices(&self, prefix: &str, n: usize, enrol: bool) -> Result<Vec<DeviceCred>> {
+        let server_ca_pem = std::fs::read_to_string(&self.server_ca)?;
+        let pool: Vec<rcgen::KeyPair> = (0..n.clamp(1, 64))
+            .map(|_| rcgen::KeyPair::generate())
+            .collect::<Result<_, _>>()?;
+        let signers: Vec<Arc<dyn rustls::sign::SigningKey>> = pool
+            .iter()
+            .map(|k| {
+                let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(k.serialize_der()));
+                rustls::crypto::aws_lc_rs::sign::any_ecdsa_type(&der).map_err(anyhow::Error::from)
+            })
+            .collect::<Result<_>>()?;
+        let identity = if enrol {
+            Some(
+                Identity::new(
+                    self.store.clone(),
+                    self.master.clone(),
+                    self.authorities.clone(),
+                    IdentitySettings {
+                        device_cert_validity: time::Duration::days(7),
+                        bootstrap_validity: time::Duration::days(1),
+                    },
+                )
+                .await?,
+            )
+        } else {
+            None
+        };
+        let made = match &identity {
+            Some(id) => {
+                id.manufacture(&hearth_proto::ModelId::parse("bench")?, n)
+                    .await?
+            }
+            None => Vec::new(),
+        };
+        let now = time::OffsetDateTime::now_utc();
+        let mut creds = Vec::with_capacity(n);
+        let step = (n / 10).max(1);
+        for i in 0..n {
+            let key = &pool[i % pool.len()];
+            let id = match made.get(i) {
+                Some(m) => m.id.clone(),
+                None => DeviceId::parse(&format!("{prefix}-{i:07}"))?,
+            };
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, id.as_str());
+            let csr = params.serialize_request(key)?.pem()?;
+            let chain = match (&identity, made.get(i)) {
+                (Some(identity), Some(m)) => {
+                    let req = hearth_proto::enrol::EnrolRequest {
+                        device_id: m.id.clone(),
+                        bootstrap_token: m.bootstrap_token.expose().to_owned(),
+                        csr_pem: csr,
+                    };
+                    identity.enrol(&req).await?.certificate_chain_pem
+                }
+                _ => {
+                    self.authorities
+                        .issue_device_cert(&id, "bench", &csr, time::Duration::days(7), now)
+                        .map_err(|e| anyhow::anyhow!("{e}"))?
+                        .chain_pem
+                }
+            };
+            let tls = hearth_agent::tls::client_config(
+                &server_ca_pem,
+                Some((&chain, signers[i % signers.len()].clone())),
+            )?;
+            creds.push(DeviceCred {
+                id: id.to_string(),
+                tls: Arc::new(tls),
+            });
+            if n >= 1000 && (i + 1) % step == 0 {
+                eprintln!("    certificates: {}/{n}", i + 1);
+            }
+        }
+        Ok(creds)
+    }
+
+    /// Starts Mosquitto with the same PKI and a per-device ACL (plus `controller`, which may use every device
+    /// topic, for the command scenario).
+    pub fn mosquitto(&self, controller: &str) -> Result<Target> {
+        let dir = self.dir.join("mosquitto");
+        std::fs::create_dir_all(&dir)?;
+        let hostnames = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
+        let (chain, key) = self
+            .authorities
+            .issue_server_cert(&hostnames, time::OffsetDateTime::now_utc())?;
+        std::fs::write(dir.join("server.crt"), chain)?;
+        hearth_hub::secrets::write_private(&dir.join("server.key"), key.as_bytes())?;
+        std::fs::write(dir.join("device-ca.pem"), &self.authorities.device_ca_pem)?;
+        std::fs::write(
+            dir.join("acl"),
+            format!(
+                "user {controller}\ntopic readwrite devices/#\n\npattern readwrite devices/%u/#\n"
+            ),
+        )?;
+        let port = free_port()?;
+        let conf = format!(
+            "per_listener_settings false\nallow_anonymous false\npersistence false\nlog_dest none\n\
+             max_keepalive 600\nlistener {port} 127.0.0.1\ncafile {d}/device-ca.pem\ncertfile {d}/server.crt\n\
+             keyfile {d}/server.key\nrequire_certificate true\nuse_identity_as_username true\n\
+             tls_version tlsv1.3\nacl_file {d}/acl\n",
+            d = dir.display()
+        );
+        std::fs::write(dir.join("mosquitto.conf"), conf)?;
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(dir.join("mosquitto.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("while starting mosquitto (apt-get install mosquitto)")?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                return Ok(Target {
+                    kind: Kind::Mosquitto,
+                    addr,
+                    child,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("mosquitto did not start listening on {addr}")
+    }
+}
