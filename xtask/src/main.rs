@@ -10,19 +10,14 @@ fn main() -> Result<()> {
     match task.as_str() {
         "ci" => {
             let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-            let status = Command::new("bash")
-                .arg(root.join(".ci/run"))
-                .status()
-                .context("while running .ci/run")?;
+            let status = Command::new("bash").arg(root.join(".ci/run")).status().context("while running .ci/run")?;
             if !status.success() {
                 bail!(".ci/run failed: {status}");
             }
             Ok(())
         }
         _ => {
-            eprintln!(
-                "usage: cargo xtask ci    run what CI runs (format, lint, tests, fuzz build, bench smoke)"
-            );
+            eprintln!("usage: cargo xtask ci    run what CI runs (format, lint, tests, fuzz build, bench smoke)");
             bail!("unknown task {task:?}")
         }
     }

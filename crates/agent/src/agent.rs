@@ -174,9 +174,7 @@ pub struct Agent {
 
 impl std::fmt::Debug for Agent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Agent")
-            .field("device_id", self.identity.device_id())
-            .finish_non_exhaustive()
+        f.debug_struct("Agent").field("device_id", self.identity.device_id()).finish_non_exhaustive()
     }
 }
 
@@ -204,30 +202,17 @@ impl Agent {
             .recursive(true)
             .mode(0o700)
             .create(&state_dir)
-            .with_context(|| {
-                format!("while creating the state directory {}", state_dir.display())
-            })?;
+            .with_context(|| format!("while creating the state directory {}", state_dir.display()))?;
         let key: Arc<dyn KeyStore> = match config.key_store {
             Some(key) => key,
-            None => Arc::new(
-                FileKeyStore::open_or_create(&state_dir).context("while loading the device key")?,
-            ),
+            None => Arc::new(FileKeyStore::open_or_create(&state_dir).context("while loading the device key")?),
         };
         let mut backoff = Backoff::new(config.backoff_min, config.backoff_max);
-        let identity = enrol::load_or_enrol(
-            &state_dir,
-            config.bootstrap_path.as_deref(),
-            key,
-            &mut backoff,
-        )
-        .await
-        .context("while establishing the device identity")?;
+        let identity = enrol::load_or_enrol(&state_dir, config.bootstrap_path.as_deref(), key, &mut backoff)
+            .await
+            .context("while establishing the device identity")?;
         backoff.reset();
-        let tls = Arc::new(
-            identity
-                .tls_config()
-                .context("while building the tls configuration")?,
-        );
+        let tls = Arc::new(identity.tls_config().context("while building the tls configuration")?);
         let queue = {
             let dir = state_dir.clone();
             let capacity = config.queue_capacity;
@@ -294,11 +279,7 @@ impl Agent {
                 match self.sampler.while_sampling(renewal, &mut shutdown).await? {
                     None => return Ok(()),
                     Some(Ok(identity)) => {
-                        self.tls = Arc::new(
-                            identity
-                                .tls_config()
-                                .context("while building the tls configuration")?,
-                        );
+                        self.tls = Arc::new(identity.tls_config().context("while building the tls configuration")?);
                         self.identity = identity;
                         self.stats.renewals.fetch_add(1, Ordering::Relaxed);
                     }
@@ -311,11 +292,7 @@ impl Agent {
             }
 
             let opts = self.connect_options()?;
-            let connected = match self
-                .sampler
-                .while_sampling(MqttConnection::connect(opts), &mut shutdown)
-                .await?
-            {
+            let connected = match self.sampler.while_sampling(MqttConnection::connect(opts), &mut shutdown).await? {
                 None => return Ok(()),
                 Some(r) => r,
             };
@@ -323,9 +300,7 @@ impl Agent {
                 Ok(mut conn) => {
                     self.stats.connects.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(device = %self.identity.device_id(), "connected to the hub");
-                    self.session(&mut conn, &mut shutdown, next_renew_try)
-                        .await
-                        .map(|end| (end, Some(conn)))
+                    self.session(&mut conn, &mut shutdown, next_renew_try).await.map(|end| (end, Some(conn)))
                 }
                 Err(e) => Err(SessionError::Mqtt(e)),
             };
@@ -348,12 +323,7 @@ impl Agent {
                     let delay = self.backoff.next_delay();
                     tracing::warn!(error = %e, retry_in = ?delay, "mqtt connection lost or refused");
                     let sleep = tokio::time::sleep(delay);
-                    if self
-                        .sampler
-                        .while_sampling(sleep, &mut shutdown)
-                        .await?
-                        .is_none()
-                    {
+                    if self.sampler.while_sampling(sleep, &mut shutdown).await?.is_none() {
                         return Ok(());
                     }
                 }
@@ -362,17 +332,9 @@ impl Agent {
     }
 
     fn connect_options(&self) -> anyhow::Result<ConnectOptions> {
-        let addr = self
-            .mqtt_addr
-            .clone()
-            .unwrap_or_else(|| self.identity.mqtt_addr());
+        let addr = self.mqtt_addr.clone().unwrap_or_else(|| self.identity.mqtt_addr());
         let server_name = self.identity.mqtt_server_name()?;
-        let mut opts = ConnectOptions::new(
-            addr,
-            server_name,
-            self.tls.clone(),
-            self.identity.device_id().as_str(),
-        );
+        let mut opts = ConnectOptions::new(addr, server_name, self.tls.clone(), self.identity.device_id().as_str());
         opts.keep_alive = self.keep_alive;
         Ok(opts)
     }
@@ -393,8 +355,7 @@ impl Agent {
         // Next seq to send; starting at 0 resends whatever the previous session left un-acknowledged.
         let mut cursor = 0u64;
         let mut exhausted = false;
-        let renew_in =
-            Duration::from_millis(self.identity.renew_after_ms().saturating_sub(now_ms()));
+        let renew_in = Duration::from_millis(self.identity.renew_after_ms().saturating_sub(now_ms()));
         // After a failed renewal, wait for the retry time: ending the session at once would reconnect in a loop.
         let renew_at = tokio::time::sleep_until((Instant::now() + renew_in).max(renew_not_before));
         tokio::pin!(renew_at);
@@ -404,9 +365,7 @@ impl Agent {
                 let Some(payload) = acks.pop_front() else {
                     break;
                 };
-                if let Some(pid) =
-                    conn.publish(self.topics.ack.clone(), payload, QoS::AtLeastOnce)?
-                {
+                if let Some(pid) = conn.publish(self.topics.ack.clone(), payload, QoS::AtLeastOnce)? {
                     inflight.push_back((pid, None));
                 }
             }
@@ -417,12 +376,7 @@ impl Agent {
             if free > 0 && !exhausted {
                 let batch = blocking(&self.queue, move |q| q.peek_from(cursor, free)).await?;
                 exhausted = batch.len() < free;
-                for QueuedUplink {
-                    seq,
-                    topic,
-                    payload,
-                } in batch
-                {
+                for QueuedUplink { seq, topic, payload } in batch {
                     let topic = match topic {
                         DeviceTopic::Telemetry => self.topics.telemetry.clone(),
                         DeviceTopic::Events => self.topics.events.clone(),
@@ -495,11 +449,7 @@ impl Agent {
                 blocking(&self.queue, move |q| q.ack(&[seq])).await?;
                 self.stats.rejected.fetch_add(1, Ordering::Relaxed);
             }
-            other => tracing::warn!(
-                seq,
-                reason_code = other,
-                "the hub did not accept an uplink; will resend"
-            ),
+            other => tracing::warn!(seq, reason_code = other, "the hub did not accept an uplink; will resend"),
         }
         Ok(())
     }
@@ -535,19 +485,8 @@ struct Sampler {
 }
 
 impl Sampler {
-    fn new(
-        source: Box<dyn TelemetrySource>,
-        queue: Queue,
-        stats: Arc<AgentStats>,
-        interval: Duration,
-    ) -> Sampler {
-        Sampler {
-            source,
-            queue,
-            stats,
-            ticker: ticker(interval),
-            dirty: true,
-        }
+    fn new(source: Box<dyn TelemetrySource>, queue: Queue, stats: Arc<AgentStats>, interval: Duration) -> Sampler {
+        Sampler { source, queue, stats, ticker: ticker(interval), dirty: true }
     }
 
     fn set_interval(&mut self, interval: Duration) {
@@ -585,13 +524,8 @@ impl Sampler {
         let pushed = blocking(&self.queue, move |q| q.push(body, ts)).await?;
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
         if pushed.dropped > 0 {
-            self.stats
-                .dropped
-                .fetch_add(pushed.dropped, Ordering::Relaxed);
-            tracing::warn!(
-                dropped = pushed.dropped,
-                "queue full; dropped the oldest uplinks"
-            );
+            self.stats.dropped.fetch_add(pushed.dropped, Ordering::Relaxed);
+            tracing::warn!(dropped = pushed.dropped, "queue full; dropped the oldest uplinks");
         }
         self.dirty = true;
         Ok(())
@@ -627,9 +561,7 @@ async fn blocking<T: Send + 'static>(
     f: impl FnOnce(&Queue) -> Result<T, QueueError> + Send + 'static,
 ) -> anyhow::Result<T> {
     let queue = queue.clone();
-    let out = tokio::task::spawn_blocking(move || f(&queue))
-        .await
-        .context("while running a queue operation")?;
+    let out = tokio::task::spawn_blocking(move || f(&queue)).await.context("while running a queue operation")?;
     Ok(out?)
 }
 
@@ -651,9 +583,6 @@ async fn wait_shutdown(rx: &mut watch::Receiver<bool>) {
 
 /// Unix time in milliseconds (at least 1, as the protocol requires).
 pub fn now_ms() -> u64 {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(1);
+    let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(1);
     u64::try_from(ms).unwrap_or(u64::MAX).max(1)
 }

@@ -44,11 +44,7 @@ impl Jitter {
 
     /// A value in `[0, bound]`.
     pub fn up_to(&mut self, bound: u64) -> u64 {
-        if bound == u64::MAX {
-            self.next_u64()
-        } else {
-            self.next_u64() % (bound + 1)
-        }
+        if bound == u64::MAX { self.next_u64() } else { self.next_u64() % (bound + 1) }
     }
 }
 
@@ -64,12 +60,7 @@ pub struct Backoff {
 impl Backoff {
     /// A backoff starting at `min` and capped at `max` (the agent uses 1 s and 60 s).
     pub fn new(min: Duration, max: Duration) -> Backoff {
-        Backoff {
-            min,
-            max: max.max(min),
-            attempt: 0,
-            jitter: Jitter::from_entropy(),
-        }
+        Backoff { min, max: max.max(min), attempt: 0, jitter: Jitter::from_entropy() }
     }
 
     /// The upper bound of the next delay, before jitter.

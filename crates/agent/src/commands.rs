@@ -31,49 +31,24 @@ pub fn handle(payload: &[u8], now_ms: u64) -> Option<(CommandAck, Action)> {
             return None;
         }
     };
-    let ack = |status, detail: String| CommandAck {
-        v: 1,
-        id: cmd.id.clone(),
-        status,
-        detail: Some(detail),
-    };
+    let ack = |status, detail: String| CommandAck { v: 1, id: cmd.id.clone(), status, detail: Some(detail) };
     if cmd.expires_at < now_ms {
-        return Some((
-            ack(
-                AckStatus::Expired,
-                format!("expired {} ms ago", now_ms - cmd.expires_at),
-            ),
-            Action::None,
-        ));
+        return Some((ack(AckStatus::Expired, format!("expired {} ms ago", now_ms - cmd.expires_at)), Action::None));
     }
     let answer = match cmd.name.as_str() {
         "ping" => (ack(AckStatus::Ok, "pong".into()), Action::None),
-        "report_state" => (
-            ack(AckStatus::Ok, "state queued".into()),
-            Action::ReportState,
-        ),
+        "report_state" => (ack(AckStatus::Ok, "state queued".into()), Action::ReportState),
         "set_interval" => match cmd.args.get("seconds") {
-            Some(Value::Number(s))
-                if s.fract() == 0.0 && INTERVAL_RANGE.contains(&(*s as u64)) && *s >= 1.0 =>
-            {
+            Some(Value::Number(s)) if s.fract() == 0.0 && INTERVAL_RANGE.contains(&(*s as u64)) && *s >= 1.0 => {
                 let secs = *s as u64;
                 (
                     ack(AckStatus::Ok, format!("interval is now {secs} s")),
                     Action::SetInterval(Duration::from_secs(secs)),
                 )
             }
-            _ => (
-                ack(
-                    AckStatus::Error,
-                    "seconds must be a whole number from 1 to 86400".into(),
-                ),
-                Action::None,
-            ),
+            _ => (ack(AckStatus::Error, "seconds must be a whole number from 1 to 86400".into()), Action::None),
         },
-        other => (
-            ack(AckStatus::Unsupported, format!("unknown command {other:?}")),
-            Action::None,
-        ),
+        other => (ack(AckStatus::Unsupported, format!("unknown command {other:?}")), Action::None),
     };
     Some(answer)
 }
@@ -84,72 +59,26 @@ mod tests {
 
     fn check(payload: &str, now_ms: u64, status: AckStatus, action: Action) {
         let (ack, got) = handle(payload.as_bytes(), now_ms).expect(payload);
-        assert_eq!(
-            (ack.id.as_str(), ack.status, got),
-            ("c1", status, action),
-            "{payload}: {:?}",
-            ack.detail
-        );
+        assert_eq!((ack.id.as_str(), ack.status, got), ("c1", status, action), "{payload}: {:?}", ack.detail);
     }
 
     #[test]
     fn each_command_gets_its_status() {
         use AckStatus::*;
-        let cmd = |name: &str, args: &str| {
-            format!(r#"{{"v":1,"id":"c1","name":"{name}","args":{args},"expires_at":100}}"#)
-        };
+        let cmd =
+            |name: &str, args: &str| format!(r#"{{"v":1,"id":"c1","name":"{name}","args":{args},"expires_at":100}}"#);
         check(&cmd("ping", "{}"), 50, Ok, Action::None);
         check(&cmd("report_state", "{}"), 50, Ok, Action::ReportState);
-        check(
-            &cmd("set_interval", r#"{"seconds":5}"#),
-            50,
-            Ok,
-            Action::SetInterval(Duration::from_secs(5)),
-        );
-        check(
-            &cmd("set_interval", r#"{"seconds":86400}"#),
-            50,
-            Ok,
-            Action::SetInterval(Duration::from_secs(86_400)),
-        );
-        check(
-            &cmd("set_interval", r#"{"seconds":0}"#),
-            50,
-            Error,
-            Action::None,
-        );
-        check(
-            &cmd("set_interval", r#"{"seconds":86401}"#),
-            50,
-            Error,
-            Action::None,
-        );
-        check(
-            &cmd("set_interval", r#"{"seconds":1.5}"#),
-            50,
-            Error,
-            Action::None,
-        );
-        check(
-            &cmd("set_interval", r#"{"seconds":-3}"#),
-            50,
-            Error,
-            Action::None,
-        );
-        check(
-            &cmd("set_interval", r#"{"seconds":"5"}"#),
-            50,
-            Error,
-            Action::None,
-        );
+        check(&cmd("set_interval", r#"{"seconds":5}"#), 50, Ok, Action::SetInterval(Duration::from_secs(5)));
+        check(&cmd("set_interval", r#"{"seconds":86400}"#), 50, Ok, Action::SetInterval(Duration::from_secs(86_400)));
+        check(&cmd("set_interval", r#"{"seconds":0}"#), 50, Error, Action::None);
+        check(&cmd("set_interval", r#"{"seconds":86401}"#), 50, Error, Action::None);
+        check(&cmd("set_interval", r#"{"seconds":1.5}"#), 50, Error, Action::None);
+        check(&cmd("set_interval", r#"{"seconds":-3}"#), 50, Error, Action::None);
+        check(&cmd("set_interval", r#"{"seconds":"5"}"#), 50, Error, Action::None);
         check(&cmd("set_interval", "{}"), 50, Error, Action::None);
         check(&cmd("reboot", "{}"), 50, Unsupported, Action::None);
-        check(
-            &cmd("set_interval", r#"{"seconds":5}"#),
-            101,
-            Expired,
-            Action::None,
-        );
+        check(&cmd("set_interval", r#"{"seconds":5}"#), 101, Expired, Action::None);
         check(&cmd("ping", "{}"), 100, Ok, Action::None);
         assert!(handle(b"not json", 0).is_none());
     }

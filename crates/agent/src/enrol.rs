@@ -16,9 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hearth_proto::enrol::{
-    BOOTSTRAP_VERSION, BootstrapFile, CertificateResponse, EnrolRequest, RenewRequest,
-};
+use hearth_proto::enrol::{BOOTSTRAP_VERSION, BootstrapFile, CertificateResponse, EnrolRequest, RenewRequest};
 use hearth_proto::{DeviceId, ModelId};
 use rustls::pki_types::ServerName;
 use serde::{Deserialize, Serialize};
@@ -161,17 +159,13 @@ impl Identity {
 
     /// TLS configuration presenting the device certificate and trusting only the hub CA (MQTT and renewal).
     pub fn tls_config(&self) -> Result<rustls::ClientConfig, EnrolError> {
-        Ok(client_config(
-            &self.hub.hub_ca_pem,
-            Some((&self.chain_pem, self.key.signing_key()?)),
-        )?)
+        Ok(client_config(&self.hub.hub_ca_pem, Some((&self.chain_pem, self.key.signing_key()?)))?)
     }
 
     /// The name the hub's MQTT server certificate must carry.
     pub fn mqtt_server_name(&self) -> Result<ServerName<'static>, EnrolError> {
-        ServerName::try_from(self.hub.mqtt_host.clone()).map_err(|e| {
-            EnrolError::BadResponse(format!("mqtt host {:?}: {e}", self.hub.mqtt_host))
-        })
+        ServerName::try_from(self.hub.mqtt_host.clone())
+            .map_err(|e| EnrolError::BadResponse(format!("mqtt host {:?}: {e}", self.hub.mqtt_host)))
     }
 
     /// The hub's MQTT address, `host:port`.
@@ -208,10 +202,7 @@ pub async fn load_or_enrol(
 
 /// Reads and checks a bootstrap file.
 pub fn read_bootstrap(path: &Path) -> Result<BootstrapFile, EnrolError> {
-    let bad = |detail: String| EnrolError::Bootstrap {
-        path: path.to_path_buf(),
-        detail,
-    };
+    let bad = |detail: String| EnrolError::Bootstrap { path: path.to_path_buf(), detail };
     let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
     let boot: BootstrapFile = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
     if boot.v != BOOTSTRAP_VERSION {
@@ -223,27 +214,18 @@ pub fn read_bootstrap(path: &Path) -> Result<BootstrapFile, EnrolError> {
 /// Loads an enrolled identity from `state_dir`.
 pub fn load(state_dir: &Path, key: Arc<dyn KeyStore>) -> Result<Identity, EnrolError> {
     let hub_path = state_dir.join(HUB_FILE);
-    let hub: HubConfig = read_state(&hub_path, |t| {
-        serde_json::from_str(t).map_err(|e| e.to_string())
-    })?;
+    let hub: HubConfig = read_state(&hub_path, |t| serde_json::from_str(t).map_err(|e| e.to_string()))?;
     let cert_path = state_dir.join(CERT_FILE);
     let chain_pem = read_state(&cert_path, |t| Ok(t.to_owned()))?;
     identity(hub, chain_pem, key)
 }
 
 /// Enrols once (no retry): CSR, `POST /api/v1/enrol`, then saves `device.crt` and `hub.json`.
-pub async fn enrol(
-    state_dir: &Path,
-    boot: &BootstrapFile,
-    key: Arc<dyn KeyStore>,
-) -> Result<Identity, EnrolError> {
+pub async fn enrol(state_dir: &Path, boot: &BootstrapFile, key: Arc<dyn KeyStore>) -> Result<Identity, EnrolError> {
     let csr_pem = key.certificate_request(&boot.device_id)?;
     let tls = client_config(&boot.hub_ca_pem, None)?;
-    let request = EnrolRequest {
-        device_id: boot.device_id.clone(),
-        bootstrap_token: boot.bootstrap_token.clone(),
-        csr_pem,
-    };
+    let request =
+        EnrolRequest { device_id: boot.device_id.clone(), bootstrap_token: boot.bootstrap_token.clone(), csr_pem };
     let url = format!("{}/api/v1/enrol", boot.hub_url.trim_end_matches('/'));
     let answer = post("enrolment", tls, &url, &request).await?;
     let hub = HubConfig {
@@ -259,8 +241,7 @@ pub async fn enrol(
     // Certificate first: with hub.json absent a crash here is seen as "not enrolled" and retried (and then
     // refused as token_used, which is the truth); the reverse order could pair a new hub.json with no cert.
     save(state_dir, CERT_FILE, identity.chain_pem.as_bytes())?;
-    let hub_json = serde_json::to_vec_pretty(&identity.hub)
-        .map_err(|e| EnrolError::BadResponse(e.to_string()))?;
+    let hub_json = serde_json::to_vec_pretty(&identity.hub).map_err(|e| EnrolError::BadResponse(e.to_string()))?;
     save(state_dir, HUB_FILE, &hub_json)?;
     tracing::info!(device = %identity.hub.device_id, "enrolled with the hub");
     Ok(identity)
@@ -271,13 +252,7 @@ pub async fn enrol(
 pub async fn renew(state_dir: &Path, current: &Identity) -> Result<Identity, EnrolError> {
     let csr_pem = current.key.certificate_request(current.device_id())?;
     let url = format!("{}/api/v1/renew", current.hub.hub_url.trim_end_matches('/'));
-    let answer = post(
-        "renewal",
-        current.tls_config()?,
-        &url,
-        &RenewRequest { csr_pem },
-    )
-    .await?;
+    let answer = post("renewal", current.tls_config()?, &url, &RenewRequest { csr_pem }).await?;
     let identity = accept(&current.hub, answer, current.key.clone())?;
     save(state_dir, CERT_FILE, identity.chain_pem.as_bytes())?;
     tracing::info!(device = %identity.hub.device_id, not_after_ms = identity.not_after_ms, "renewed certificate");
@@ -302,11 +277,8 @@ async fn post<T: Serialize>(
     body: &T,
 ) -> Result<CertificateResponse, EnrolError> {
     let http = |source| EnrolError::Http { what, source };
-    let client = reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .timeout(HTTP_TIMEOUT)
-        .build()
-        .map_err(http)?;
+    let client =
+        reqwest::Client::builder().tls_backend_preconfigured(tls).timeout(HTTP_TIMEOUT).build().map_err(http)?;
     let response = client.post(url).json(body).send().await.map_err(http)?;
     let status = response.status();
     if status.is_success() {
@@ -319,77 +291,37 @@ async fn post<T: Serialize>(
     };
     let status = status.as_u16();
     if (400..500).contains(&status) {
-        Err(EnrolError::Refused {
-            what,
-            status,
-            code,
-            message,
-        })
+        Err(EnrolError::Refused { what, status, code, message })
     } else {
-        Err(EnrolError::Server {
-            what,
-            status,
-            code,
-            message,
-        })
+        Err(EnrolError::Server { what, status, code, message })
     }
 }
 
-fn accept(
-    hub: &HubConfig,
-    answer: CertificateResponse,
-    key: Arc<dyn KeyStore>,
-) -> Result<Identity, EnrolError> {
+fn accept(hub: &HubConfig, answer: CertificateResponse, key: Arc<dyn KeyStore>) -> Result<Identity, EnrolError> {
     if answer.device_id != hub.device_id {
-        return Err(EnrolError::BadResponse(format!(
-            "certificate is for {}, not {}",
-            answer.device_id, hub.device_id
-        )));
+        return Err(EnrolError::BadResponse(format!("certificate is for {}, not {}", answer.device_id, hub.device_id)));
     }
     identity(hub.clone(), answer.certificate_chain_pem, key)
 }
 
-fn identity(
-    hub: HubConfig,
-    chain_pem: String,
-    key: Arc<dyn KeyStore>,
-) -> Result<Identity, EnrolError> {
+fn identity(hub: HubConfig, chain_pem: String, key: Arc<dyn KeyStore>) -> Result<Identity, EnrolError> {
     let chain = parse_certificates("device certificate chain", &chain_pem)?;
     let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0])
         .map_err(|e| EnrolError::BadResponse(format!("device certificate: {e}")))?;
-    let ms = |t: &x509_parser::time::ASN1Time| {
-        u64::try_from(t.timestamp())
-            .unwrap_or(0)
-            .saturating_mul(1000)
-    };
+    let ms = |t: &x509_parser::time::ASN1Time| u64::try_from(t.timestamp()).unwrap_or(0).saturating_mul(1000);
     let validity = leaf.validity();
-    Ok(Identity {
-        not_before_ms: ms(&validity.not_before),
-        not_after_ms: ms(&validity.not_after),
-        hub,
-        chain_pem,
-        key,
-    })
+    Ok(Identity { not_before_ms: ms(&validity.not_before), not_after_ms: ms(&validity.not_after), hub, chain_pem, key })
 }
 
-fn read_state<T>(
-    path: &Path,
-    parse: impl FnOnce(&str) -> Result<T, String>,
-) -> Result<T, EnrolError> {
-    let bad = |detail: String| EnrolError::State {
-        path: path.to_path_buf(),
-        detail,
-    };
+fn read_state<T>(path: &Path, parse: impl FnOnce(&str) -> Result<T, String>) -> Result<T, EnrolError> {
+    let bad = |detail: String| EnrolError::State { path: path.to_path_buf(), detail };
     let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
     parse(&text).map_err(bad)
 }
 
 fn save(state_dir: &Path, name: &str, bytes: &[u8]) -> Result<(), EnrolError> {
     let path = state_dir.join(name);
-    write_atomic(&path, bytes, 0o644).map_err(|e| EnrolError::State {
-        path,
-        detail: e.to_string(),
-    })
+    write_atomic(&path, bytes, 0o644).map_err(|e| EnrolError::State { path, detail: e.to_string() })
 }
 
 #[cfg(test)]
@@ -404,9 +336,7 @@ mod tests {
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         let ca_cert = ca_params.self_signed(&ca_key).unwrap();
         let issuer = rcgen::Issuer::new(ca_params, ca_key);
-        let csr =
-            rcgen::CertificateSigningRequestParams::from_pem(&key.certificate_request(id).unwrap())
-                .unwrap();
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(&key.certificate_request(id).unwrap()).unwrap();
         let mut params = csr.params;
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now;
@@ -428,11 +358,7 @@ mod tests {
             hub_url: "https://127.0.0.1:1".into(),
             mqtt_host: "localhost".into(),
             mqtt_port: 8883,
-            hub_ca_pem: chain
-                .split_inclusive("-----END CERTIFICATE-----\n")
-                .nth(1)
-                .unwrap()
-                .to_owned(),
+            hub_ca_pem: chain.split_inclusive("-----END CERTIFICATE-----\n").nth(1).unwrap().to_owned(),
         };
         save(dir.path(), CERT_FILE, chain.as_bytes()).unwrap();
         save(dir.path(), HUB_FILE, &serde_json::to_vec(&hub).unwrap()).unwrap();
@@ -441,10 +367,7 @@ mod tests {
         assert_eq!(identity.hub, hub);
         let lifetime = identity.not_after_ms - identity.not_before_ms;
         assert_eq!(lifetime, 30 * 24 * 3600 * 1000);
-        assert_eq!(
-            identity.renew_after_ms(),
-            identity.not_before_ms + lifetime / 3 * 2
-        );
+        assert_eq!(identity.renew_after_ms(), identity.not_before_ms + lifetime / 3 * 2);
         identity.tls_config().unwrap();
         assert_eq!(identity.mqtt_addr(), "localhost:8883");
     }
@@ -454,9 +377,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key = Arc::new(FileKeyStore::open_or_create(dir.path()).unwrap());
         let mut backoff = Backoff::new(Duration::from_millis(1), Duration::from_millis(2));
-        let err = load_or_enrol(dir.path(), None, key, &mut backoff)
-            .await
-            .unwrap_err();
+        let err = load_or_enrol(dir.path(), None, key, &mut backoff).await.unwrap_err();
         assert!(matches!(err, EnrolError::NoBootstrap(_)), "{err}");
     }
 }

@@ -14,11 +14,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
     // A leftover temporary from a crash may have the wrong mode; start over.
     let _ = fs::remove_file(&tmp);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)?;
+    let mut file = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
     file.write_all(bytes)?;
     file.sync_all()?;
     drop(file);

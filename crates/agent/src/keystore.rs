@@ -66,9 +66,7 @@ pub struct FileKeyStore {
 
 impl fmt::Debug for FileKeyStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FileKeyStore")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
+        f.debug_struct("FileKeyStore").field("path", &self.path).finish_non_exhaustive()
     }
 }
 
@@ -79,10 +77,8 @@ impl FileKeyStore {
         match std::fs::read_to_string(&path) {
             Ok(pem) => {
                 let pem = Zeroizing::new(pem);
-                let key = KeyPair::from_pem(&pem).map_err(|e| KeyStoreError::Corrupt {
-                    path: path.clone(),
-                    detail: e.to_string(),
-                })?;
+                let key = KeyPair::from_pem(&pem)
+                    .map_err(|e| KeyStoreError::Corrupt { path: path.clone(), detail: e.to_string() })?;
                 Ok(FileKeyStore { path, key })
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -91,16 +87,11 @@ impl FileKeyStore {
                     .recursive(true)
                     .mode(0o700)
                     .create(state_dir)
-                    .map_err(|source| KeyStoreError::Io {
-                        path: state_dir.to_path_buf(),
-                        source,
-                    })?;
+                    .map_err(|source| KeyStoreError::Io { path: state_dir.to_path_buf(), source })?;
                 let key = KeyPair::generate()?;
                 let pem = Zeroizing::new(key.serialize_pem());
-                write_atomic(&path, pem.as_bytes(), 0o600).map_err(|source| KeyStoreError::Io {
-                    path: path.clone(),
-                    source,
-                })?;
+                write_atomic(&path, pem.as_bytes(), 0o600)
+                    .map_err(|source| KeyStoreError::Io { path: path.clone(), source })?;
                 tracing::info!(path = %path.display(), "generated a new device key (ECDSA P-256)");
                 Ok(FileKeyStore { path, key })
             }
@@ -130,9 +121,7 @@ impl KeyStore for FileKeyStore {
 
     fn signing_key(&self) -> Result<Arc<dyn SigningKey>, KeyStoreError> {
         let provider = rustls::crypto::aws_lc_rs::default_provider();
-        Ok(provider
-            .key_provider
-            .load_private_key(self.private_key_der())?)
+        Ok(provider.key_provider.load_private_key(self.private_key_der())?)
     }
 }
 
@@ -146,10 +135,7 @@ mod tests {
     fn key_is_private_and_reloads() {
         let dir = tempfile::tempdir().unwrap();
         let first = FileKeyStore::open_or_create(dir.path()).unwrap();
-        let mode = std::fs::metadata(dir.path().join(KEY_FILE))
-            .unwrap()
-            .permissions()
-            .mode();
+        let mode = std::fs::metadata(dir.path().join(KEY_FILE)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let second = FileKeyStore::open_or_create(dir.path()).unwrap();
         assert_eq!(first.key.public_key_pem(), second.key.public_key_pem());
@@ -159,11 +145,7 @@ mod tests {
         let csr = second.certificate_request(&id).unwrap();
         assert!(csr.starts_with("-----BEGIN CERTIFICATE REQUEST-----"));
         let parsed = rcgen::CertificateSigningRequestParams::from_pem(&csr).unwrap();
-        let cn = parsed
-            .params
-            .distinguished_name
-            .get(&DnType::CommonName)
-            .unwrap();
+        let cn = parsed.params.distinguished_name.get(&DnType::CommonName).unwrap();
         assert_eq!(cn, &rcgen::DnValue::Utf8String("dev-1".into()));
         second.signing_key().unwrap();
     }

@@ -52,10 +52,8 @@ async fn main() -> anyhow::Result<()> {
     config.queue_capacity = args.queue_capacity;
 
     let (stop, shutdown) = tokio::sync::watch::channel(false);
-    let mut sigint =
-        signal(SignalKind::interrupt()).context("while installing the SIGINT handler")?;
-    let mut sigterm =
-        signal(SignalKind::terminate()).context("while installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("while installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("while installing the SIGTERM handler")?;
 
     // Enrolment may wait on the network for a long time; a signal must still end it.
     let agent = tokio::select! {
@@ -74,8 +72,6 @@ async fn main() -> anyhow::Result<()> {
         _ = sigterm.recv() => tracing::info!("SIGTERM received; shutting down"),
     }
     let _ = stop.send(true);
-    run.await
-        .context("while waiting for the agent to stop")?
-        .context("while running the agent")?;
+    run.await.context("while waiting for the agent to stop")?.context("while running the agent")?;
     Ok(())
 }

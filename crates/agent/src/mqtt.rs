@@ -37,8 +37,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use bytestring::ByteString;
 use rmqtt_codec::types::Publish;
 use rmqtt_codec::v5::{
-    Codec, Connect, ConnectAckReason, Disconnect, DisconnectReasonCode, Packet, PublishAck,
-    PublishAckReason, Subscribe, SubscriptionOptions,
+    Codec, Connect, ConnectAckReason, Disconnect, DisconnectReasonCode, Packet, PublishAck, PublishAckReason,
+    Subscribe, SubscriptionOptions,
 };
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -296,10 +296,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MqttConnection<S> {
     /// Queues a SUBSCRIBE for one filter; the answer arrives as [`Event::SubAck`] with the returned id.
     pub fn subscribe(&mut self, filter: &str, qos: QoS) -> Result<u16, MqttError> {
         let packet_id = self.alloc_pid();
-        let options = SubscriptionOptions {
-            qos,
-            ..SubscriptionOptions::default()
-        };
+        let options = SubscriptionOptions { qos, ..SubscriptionOptions::default() };
         self.send(Packet::Subscribe(Subscribe {
             packet_id: nonzero(packet_id),
             id: None,
@@ -405,12 +402,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MqttConnection<S> {
     /// Sends DISCONNECT (normal) and closes the stream, giving up after 2 s; errors are ignored because the
     /// connection is being abandoned either way.
     pub async fn disconnect(mut self) {
-        if self
-            .send(Packet::Disconnect(Disconnect::new(
-                DisconnectReasonCode::NormalDisconnection,
-            )))
-            .is_ok()
-        {
+        if self.send(Packet::Disconnect(Disconnect::new(DisconnectReasonCode::NormalDisconnection))).is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(2), async {
                 self.flush().await?;
                 tokio::io::AsyncWriteExt::shutdown(&mut self.io).await?;
@@ -426,9 +418,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MqttConnection<S> {
                 match publish.qos {
                     QoS::AtMostOnce => {}
                     QoS::AtLeastOnce => {
-                        let packet_id = publish
-                            .packet_id
-                            .ok_or(MqttError::Protocol("QoS 1 publish without id"))?;
+                        let packet_id = publish.packet_id.ok_or(MqttError::Protocol("QoS 1 publish without id"))?;
                         self.send(Packet::PublishAck(PublishAck {
                             packet_id,
                             reason_code: PublishAckReason::Success,
@@ -439,20 +429,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MqttConnection<S> {
                     // We never subscribe at QoS 2, so the hub must not send it.
                     QoS::ExactlyOnce => return Err(MqttError::Protocol("QoS 2 publish")),
                 }
-                Ok(Some(Event::Message {
-                    topic: publish.topic,
-                    payload: publish.payload,
-                }))
+                Ok(Some(Event::Message { topic: publish.topic, payload: publish.payload }))
             }
             Packet::PublishAck(ack) => {
                 let pid = ack.packet_id.get();
                 match self.inflight.iter().position(|p| *p == pid) {
                     Some(i) => {
                         self.inflight.swap_remove(i);
-                        Ok(Some(Event::PubAck {
-                            packet_id: pid,
-                            reason_code: ack.reason_code as u8,
-                        }))
+                        Ok(Some(Event::PubAck { packet_id: pid, reason_code: ack.reason_code as u8 }))
                     }
                     None => {
                         tracing::debug!(packet_id = pid, "PUBACK for an unknown packet id ignored");
@@ -478,10 +462,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MqttConnection<S> {
     /// and fails when a PINGREQ goes unanswered for a keep-alive interval.
     async fn next_packet(&mut self, keep_alive: bool) -> Result<Packet, MqttError> {
         loop {
-            if let Some((packet, _)) = self
-                .codec
-                .decode(&mut self.rbuf)
-                .map_err(|e| MqttError::Decode(e.to_string()))?
+            if let Some((packet, _)) =
+                self.codec.decode(&mut self.rbuf).map_err(|e| MqttError::Decode(e.to_string()))?
             {
                 return Ok(packet);
             }
@@ -551,9 +533,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MqttConnection<S> {
     }
 
     fn send(&mut self, packet: Packet) -> Result<(), MqttError> {
-        self.codec
-            .encode(packet, &mut self.wbuf)
-            .map_err(|e| MqttError::Encode(e.to_string()))?;
+        self.codec.encode(packet, &mut self.wbuf).map_err(|e| MqttError::Encode(e.to_string()))?;
         self.last_sent = Instant::now();
         Ok(())
     }

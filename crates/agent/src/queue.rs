@@ -81,10 +81,7 @@ pub struct Queue {
 
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Queue")
-            .field("path", &self.path)
-            .field("capacity", &self.capacity)
-            .finish()
+        f.debug_struct("Queue").field("path", &self.path).field("capacity", &self.capacity).finish()
     }
 }
 
@@ -93,11 +90,7 @@ impl Queue {
     pub fn open(state_dir: &Path, capacity: u64) -> Result<Queue, QueueError> {
         let path = state_dir.join(QUEUE_FILE);
         let db = Database::create(&path).map_err(|e| db_err(&path, e))?;
-        let queue = Queue {
-            db: Arc::new(db),
-            path: Arc::new(path),
-            capacity: capacity.max(1),
-        };
+        let queue = Queue { db: Arc::new(db), path: Arc::new(path), capacity: capacity.max(1) };
         // Create the tables up front so readers never see them missing.
         queue.write(|uplinks, meta| {
             let _ = (uplinks, meta);
@@ -158,18 +151,11 @@ impl Queue {
                     Some(b'e') => DeviceTopic::Events,
                     Some(b's') => DeviceTopic::State,
                     _ => {
-                        return Err(QueueError::Corrupt {
-                            path: self.path.to_path_buf(),
-                            seq,
-                        });
+                        return Err(QueueError::Corrupt { path: self.path.to_path_buf(), seq });
                     }
                 };
                 let payload = Bytes::from(record).slice(1..);
-                Ok(QueuedUplink {
-                    seq,
-                    topic,
-                    payload,
-                })
+                Ok(QueuedUplink { seq, topic, payload })
             })
             .collect()
     }
@@ -207,24 +193,12 @@ impl Queue {
 
     /// The seq the next pushed message will get.
     pub fn next_seq(&self) -> Result<u64, QueueError> {
-        self.read_meta(|txn| {
-            Ok(txn
-                .open_table(META)?
-                .get(NEXT_SEQ)?
-                .map(|v| v.value())
-                .unwrap_or(1))
-        })
+        self.read_meta(|txn| Ok(txn.open_table(META)?.get(NEXT_SEQ)?.map(|v| v.value()).unwrap_or(1)))
     }
 
     /// How many messages were dropped because the queue was full, over the queue's whole life.
     pub fn dropped(&self) -> Result<u64, QueueError> {
-        self.read_meta(|txn| {
-            Ok(txn
-                .open_table(META)?
-                .get(DROPPED)?
-                .map(|v| v.value())
-                .unwrap_or(0))
-        })
+        self.read_meta(|txn| Ok(txn.open_table(META)?.get(DROPPED)?.map(|v| v.value()).unwrap_or(0)))
     }
 
     /// The capacity in messages.
@@ -232,10 +206,7 @@ impl Queue {
         self.capacity
     }
 
-    fn read_meta<T>(
-        &self,
-        f: impl FnOnce(&redb::ReadTransaction) -> Result<T, redb::Error>,
-    ) -> Result<T, QueueError> {
+    fn read_meta<T>(&self, f: impl FnOnce(&redb::ReadTransaction) -> Result<T, redb::Error>) -> Result<T, QueueError> {
         let run = || -> Result<T, redb::Error> {
             let txn = self.db.begin_read()?;
             f(&txn)
@@ -245,10 +216,7 @@ impl Queue {
 
     fn write<T>(
         &self,
-        f: impl FnOnce(
-            &mut redb::Table<u64, &[u8]>,
-            &mut redb::Table<&str, u64>,
-        ) -> Result<T, redb::Error>,
+        f: impl FnOnce(&mut redb::Table<u64, &[u8]>, &mut redb::Table<&str, u64>) -> Result<T, redb::Error>,
     ) -> Result<T, QueueError> {
         let run = || -> Result<T, redb::Error> {
             // Default durability is immediate: commit returns after fsync, so an acknowledged push survives a
@@ -276,10 +244,7 @@ fn kind_byte(topic: DeviceTopic) -> u8 {
 }
 
 fn db_err(path: &Path, e: impl Into<redb::Error>) -> QueueError {
-    QueueError::Db {
-        path: path.to_path_buf(),
-        source: e.into(),
-    }
+    QueueError::Db { path: path.to_path_buf(), source: e.into() }
 }
 
 #[cfg(test)]
@@ -303,45 +268,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let q = Queue::open(dir.path(), 100).unwrap();
         for i in 0..5 {
-            assert_eq!(
-                q.push(telemetry(i as f64), 1000 + i).unwrap(),
-                Pushed {
-                    seq: i + 1,
-                    dropped: 0
-                }
-            );
+            assert_eq!(q.push(telemetry(i as f64), 1000 + i).unwrap(), Pushed { seq: i + 1, dropped: 0 });
         }
-        q.push(
-            UplinkBody::State {
-                state: Fields::new(),
-            },
-            2000,
-        )
-        .unwrap();
+        q.push(UplinkBody::State { state: Fields::new() }, 2000).unwrap();
         let all = q.peek(10).unwrap();
-        assert_eq!(
-            all.iter().map(|m| m.seq).collect::<Vec<_>>(),
-            [1, 2, 3, 4, 5, 6]
-        );
+        assert_eq!(all.iter().map(|m| m.seq).collect::<Vec<_>>(), [1, 2, 3, 4, 5, 6]);
         let first = Uplink::parse(all[0].topic, &all[0].payload).unwrap();
-        assert_eq!(
-            first,
-            Uplink {
-                seq: 1,
-                ts: 1000,
-                body: telemetry(0.0)
-            }
-        );
+        assert_eq!(first, Uplink { seq: 1, ts: 1000, body: telemetry(0.0) });
         assert_eq!(all[5].topic, DeviceTopic::State);
         assert_eq!(q.peek(2).unwrap().len(), 2);
-        assert_eq!(
-            q.peek_from(4, 10)
-                .unwrap()
-                .iter()
-                .map(|m| m.seq)
-                .collect::<Vec<_>>(),
-            [4, 5, 6]
-        );
+        assert_eq!(q.peek_from(4, 10).unwrap().iter().map(|m| m.seq).collect::<Vec<_>>(), [4, 5, 6]);
 
         q.ack(&[2, 4, 99]).unwrap();
         assert_eq!(seqs(&q), [1, 3, 5, 6]);
@@ -357,10 +293,7 @@ mod tests {
         for i in 0..3 {
             assert_eq!(q.push(telemetry(0.0), 1 + i).unwrap().dropped, 0);
         }
-        assert_eq!(
-            q.push(telemetry(0.0), 9).unwrap(),
-            Pushed { seq: 4, dropped: 1 }
-        );
+        assert_eq!(q.push(telemetry(0.0), 9).unwrap(), Pushed { seq: 4, dropped: 1 });
         q.push(telemetry(0.0), 9).unwrap();
         assert_eq!(seqs(&q), [3, 4, 5]);
         assert_eq!(q.dropped().unwrap(), 2);
@@ -369,10 +302,7 @@ mod tests {
         // Reopening with a smaller capacity drops the surplus on the next push, counted exactly.
         drop(q);
         let q = Queue::open(dir.path(), 1).unwrap();
-        assert_eq!(
-            q.push(telemetry(0.0), 9).unwrap(),
-            Pushed { seq: 6, dropped: 3 }
-        );
+        assert_eq!(q.push(telemetry(0.0), 9).unwrap(), Pushed { seq: 6, dropped: 3 });
         assert_eq!(q.dropped().unwrap(), 5);
         assert_eq!(seqs(&q), [6]);
     }

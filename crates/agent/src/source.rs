@@ -19,10 +19,7 @@ impl TelemetrySource for SystemSource {
     fn sample(&mut self, _now_ms: u64) -> Fields {
         let mut fields = Fields::new();
         if let Ok(text) = std::fs::read_to_string("/proc/loadavg") {
-            for (name, value) in ["load_1m", "load_5m", "load_15m"]
-                .into_iter()
-                .zip(text.split_whitespace())
-            {
+            for (name, value) in ["load_1m", "load_5m", "load_15m"].into_iter().zip(text.split_whitespace()) {
                 insert_number(&mut fields, name, value);
             }
         }
@@ -68,10 +65,7 @@ mod tests {
             assert!(fields.contains_key("uptime_s"), "{fields:?}");
         }
         for name in fields.keys() {
-            assert!(
-                name.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-            );
+            assert!(name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'));
         }
     }
 }

@@ -26,40 +26,26 @@ pub enum TlsError {
 }
 
 /// Parses every certificate in a PEM bundle, refusing an empty one.
-pub fn parse_certificates(
-    what: &'static str,
-    pem: &str,
-) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub fn parse_certificates(what: &'static str, pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Pem {
-            what,
-            detail: e.to_string(),
-        })?;
+        .map_err(|e| TlsError::Pem { what, detail: e.to_string() })?;
     if certs.is_empty() {
-        return Err(TlsError::Pem {
-            what,
-            detail: "no certificate found".into(),
-        });
+        return Err(TlsError::Pem { what, detail: "no certificate found".into() });
     }
     Ok(certs)
 }
 
 /// A client configuration trusting only `hub_ca_pem`; with `client` (certificate chain PEM and key) it also
 /// authenticates the device.
-pub fn client_config(
-    hub_ca_pem: &str,
-    client: Option<(&str, Arc<dyn SigningKey>)>,
-) -> Result<ClientConfig, TlsError> {
+pub fn client_config(hub_ca_pem: &str, client: Option<(&str, Arc<dyn SigningKey>)>) -> Result<ClientConfig, TlsError> {
     let mut roots = RootCertStore::empty();
     for cert in parse_certificates("hub CA certificate", hub_ca_pem)? {
         roots.add(cert)?;
     }
-    let builder = ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])?
-    .with_root_certificates(roots);
+    let builder = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots);
     let config = match client {
         None => builder.with_no_client_auth(),
         Some((chain_pem, key)) => {

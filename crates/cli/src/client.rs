@@ -16,53 +16,32 @@ impl HubClient {
     /// A client for the hub described by `args`.
     pub fn new(args: &HubArgs) -> Result<HubClient> {
         let pem = std::fs::read(&args.ca).with_context(|| {
-            format!(
-                "while reading the hub's CA certificate {} (set --ca or HEARTH_HUB_CA)",
-                args.ca.display()
-            )
+            format!("while reading the hub's CA certificate {} (set --ca or HEARTH_HUB_CA)", args.ca.display())
         })?;
-        let ca = reqwest::Certificate::from_pem(&pem)
-            .context("while parsing the hub's CA certificate")?;
+        let ca = reqwest::Certificate::from_pem(&pem).context("while parsing the hub's CA certificate")?;
         let http = reqwest::Client::builder()
             .tls_certs_only([ca])
             .timeout(std::time::Duration::from_secs(60))
             .build()
             .context("while building the HTTPS client")?;
-        Ok(HubClient {
-            http,
-            base: args.hub.trim_end_matches('/').to_owned(),
-            token: args.token.clone(),
-        })
+        Ok(HubClient { http, base: args.hub.trim_end_matches('/').to_owned(), token: args.token.clone() })
     }
 
     fn auth(&self, req: reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder> {
-        let token = self
-            .token
-            .as_deref()
-            .context("an operator token is needed: set --token or HEARTH_TOKEN")?;
+        let token = self.token.as_deref().context("an operator token is needed: set --token or HEARTH_TOKEN")?;
         Ok(req.bearer_auth(token))
     }
 
     /// GET with the operator token.
     pub async fn get(&self, path: &str) -> Result<serde_json::Value> {
         let req = self.auth(self.http.get(format!("{}{path}", self.base)))?;
-        answer(
-            req.send()
-                .await
-                .with_context(|| format!("while contacting {}", self.base))?,
-        )
-        .await
+        answer(req.send().await.with_context(|| format!("while contacting {}", self.base))?).await
     }
 
     /// POST JSON with the operator token.
     pub async fn post(&self, path: &str, body: serde_json::Value) -> Result<serde_json::Value> {
         let req = self.auth(self.http.post(format!("{}{path}", self.base)).json(&body))?;
-        answer(
-            req.send()
-                .await
-                .with_context(|| format!("while contacting {}", self.base))?,
-        )
-        .await
+        answer(req.send().await.with_context(|| format!("while contacting {}", self.base))?).await
     }
 
     /// Completes owner setup; returns the operator token.
@@ -75,24 +54,12 @@ impl HubClient {
             .await
             .with_context(|| format!("while contacting {}", self.base))?;
         let body = answer(resp).await?;
-        Ok(body["token"]
-            .as_str()
-            .context("no token in the answer")?
-            .to_owned())
+        Ok(body["token"].as_str().context("no token in the answer")?.to_owned())
     }
 
     /// Manufactures devices.
-    pub async fn manufacture(
-        &self,
-        model: &str,
-        count: usize,
-    ) -> Result<hearth_proto::enrol::ManufactureResponse> {
-        let body = self
-            .post(
-                "/api/v1/devices",
-                serde_json::json!({ "model": model, "count": count }),
-            )
-            .await?;
+    pub async fn manufacture(&self, model: &str, count: usize) -> Result<hearth_proto::enrol::ManufactureResponse> {
+        let body = self.post("/api/v1/devices", serde_json::json!({ "model": model, "count": count })).await?;
         serde_json::from_value(body).context("while reading the manufacturing answer")
     }
 }

@@ -44,65 +44,36 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     prepare_dir(&args.data_dir)?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
 
-    let mut config = hearth_hub::Config {
-        data_dir: data_dir.join("hub"),
-        ..Default::default()
-    };
+    let mut config = hearth_hub::Config { data_dir: data_dir.join("hub"), ..Default::default() };
     config.listen.https = free_or_any(args.https_port).await;
     config.listen.mqtts = free_or_any(args.mqtts_port).await;
     config.public.hostnames = vec!["127.0.0.1".into(), "localhost".into()];
-    eprintln!(
-        "[1/4] starting the hub (SQLite, TLS only, loopback) in {}",
-        data_dir.display()
-    );
-    let hub = hearth_hub::start(config)
-        .await
-        .context("the hub could not start")?;
+    eprintln!("[1/4] starting the hub (SQLite, TLS only, loopback) in {}", data_dir.display());
+    let hub = hearth_hub::start(config).await.context("the hub could not start")?;
     let https_url = format!("https://127.0.0.1:{}", hub.https_addr.port());
     let ca = hub.server_ca_path.clone();
 
     eprintln!("[2/4] setting up the owner with the one-time setup token");
-    let setup = hub
-        .setup_token
-        .as_ref()
-        .context("a new hub has a setup token")?
-        .expose()
-        .to_owned();
-    let mut hub_args = HubArgs {
-        hub: https_url.clone(),
-        ca: ca.clone(),
-        token: None,
-    };
+    let setup = hub.setup_token.as_ref().context("a new hub has a setup token")?.expose().to_owned();
+    let mut hub_args = HubArgs { hub: https_url.clone(), ca: ca.clone(), token: None };
     let token = HubClient::new(&hub_args)?.setup(&setup).await?;
     hub_args.token = Some(token.clone());
     let client = HubClient::new(&hub_args)?;
 
-    eprintln!(
-        "[3/4] manufacturing {} devices (+1 spare for your own MQTT client)",
-        args.devices
-    );
-    let made = client
-        .manufacture("demo-thermostat", args.devices + 1)
-        .await?;
+    eprintln!("[3/4] manufacturing {} devices (+1 spare for your own MQTT client)", args.devices);
+    let made = client.manufacture("demo-thermostat", args.devices + 1).await?;
     let factory_dir = data_dir.join("factory");
     crate::write_factory_output(&made, &factory_dir)?;
-    let mut bootstraps: Vec<PathBuf> = made
-        .devices
-        .iter()
-        .map(|d| factory_dir.join(format!("{}.json", d.device_id)))
-        .collect();
+    let mut bootstraps: Vec<PathBuf> =
+        made.devices.iter().map(|d| factory_dir.join(format!("{}.json", d.device_id))).collect();
     let spare_bootstrap = bootstraps.pop().context("at least one device")?;
 
     // The spare device enrols through the agent's own code path; its key and certificate stay on disk for the
     // mosquitto lines printed below.
     let spare_dir = data_dir.join("spare-device");
     let boot = hearth_agent::enrol::read_bootstrap(&spare_bootstrap)?;
-    let key = Arc::new(hearth_agent::keystore::FileKeyStore::open_or_create(
-        &spare_dir,
-    )?);
-    let spare = hearth_agent::enrol::enrol(&spare_dir, &boot, key)
-        .await
-        .context("while enrolling the spare device")?;
+    let key = Arc::new(hearth_agent::keystore::FileKeyStore::open_or_create(&spare_dir)?);
+    let spare = hearth_agent::enrol::enrol(&spare_dir, &boot, key).await.context("while enrolling the spare device")?;
     std::fs::remove_file(&spare_bootstrap)?;
     let spare_id = spare.device_id().clone();
 
@@ -116,39 +87,25 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 
     let mqtt_port = hub.mqtt_addr.port();
     let spare_files = spare_dir.display();
-    let first_device = made
-        .devices
-        .first()
-        .map(|d| d.device_id.to_string())
-        .unwrap_or_default();
+    let first_device = made.devices.first().map(|d| d.device_id.to_string()).unwrap_or_default();
     println!();
     println!("Hearth demo is running.");
     println!("  API:             {https_url}  (OpenAPI: {https_url}/api/v1/openapi.json)");
-    println!(
-        "  MQTTS:           127.0.0.1:{mqtt_port}  (mutual TLS only; no plaintext port exists)"
-    );
+    println!("  MQTTS:           127.0.0.1:{mqtt_port}  (mutual TLS only; no plaintext port exists)");
     println!("  operator token:  {token}");
     println!("  server CA:       {}", ca.display());
     println!();
     println!("Look at the devices and their telemetry:");
-    println!(
-        "  curl --cacert {} -H 'Authorization: Bearer {token}' {https_url}/api/v1/devices",
-        ca.display()
-    );
+    println!("  curl --cacert {} -H 'Authorization: Bearer {token}' {https_url}/api/v1/devices", ca.display());
     println!(
         "  curl --cacert {} -H 'Authorization: Bearer {token}' '{https_url}/api/v1/devices/{first_device}/telemetry?limit=5'",
         ca.display()
     );
     println!("Or with the CLI:");
-    println!(
-        "  export HEARTH_HUB={https_url} HEARTH_HUB_CA={} HEARTH_TOKEN={token}",
-        ca.display()
-    );
+    println!("  export HEARTH_HUB={https_url} HEARTH_HUB_CA={} HEARTH_TOKEN={token}", ca.display());
     println!("  hearth device list;  hearth device command {first_device} ping");
     println!();
-    println!(
-        "Be the spare device {spare_id} with Mosquitto's clients (its key never left {spare_files}):"
-    );
+    println!("Be the spare device {spare_id} with Mosquitto's clients (its key never left {spare_files}):");
     println!(
         "  mosquitto_sub -h 127.0.0.1 -p {mqtt_port} --cafile {ca} --cert {spare_files}/device.crt --key {spare_files}/device.key -i {spare_id} -V mqttv5 -q 1 -t devices/{spare_id}/commands -v",
         ca = ca.display()
@@ -159,16 +116,13 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     );
     println!();
     if args.duration_secs > 0 {
-        println!(
-            "Stopping after {} s (Ctrl-C stops earlier).",
-            args.duration_secs
-        );
+        println!("Stopping after {} s (Ctrl-C stops earlier).", args.duration_secs);
     } else {
         println!("Ctrl-C stops the demo.");
     }
 
-    let deadline = (args.duration_secs > 0)
-        .then(|| tokio::time::Instant::now() + Duration::from_secs(args.duration_secs));
+    let deadline =
+        (args.duration_secs > 0).then(|| tokio::time::Instant::now() + Duration::from_secs(args.duration_secs));
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.tick().await;
     loop {
@@ -206,19 +160,12 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 fn prepare_dir(dir: &std::path::Path) -> Result<()> {
     if dir.exists() {
         if !dir.join(MARKER).exists() {
-            bail!(
-                "{} exists and was not made by `hearth demo`; choose another --data-dir",
-                dir.display()
-            );
+            bail!("{} exists and was not made by `hearth demo`; choose another --data-dir", dir.display());
         }
-        std::fs::remove_dir_all(dir)
-            .with_context(|| format!("while clearing {}", dir.display()))?;
+        std::fs::remove_dir_all(dir).with_context(|| format!("while clearing {}", dir.display()))?;
     }
     std::fs::create_dir_all(dir).with_context(|| format!("while creating {}", dir.display()))?;
-    std::fs::write(
-        dir.join(MARKER),
-        "made by hearth demo; cleared by the next demo run\n",
-    )?;
+    std::fs::write(dir.join(MARKER), "made by hearth demo; cleared by the next demo run\n")?;
     Ok(())
 }
 

@@ -15,11 +15,7 @@ use clap::{Args, Parser, Subcommand};
 use client::HubClient;
 
 #[derive(Parser)]
-#[command(
-    name = "hearth",
-    version,
-    about = "Hearth: a secure-by-default platform for consumer IoT devices"
-)]
+#[command(name = "hearth", version, about = "Hearth: a secure-by-default platform for consumer IoT devices")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -36,6 +32,16 @@ enum Command {
         /// The setup token the hub printed.
         #[arg(long, env = "HEARTH_SETUP_TOKEN", hide_env_values = true)]
         setup_token: String,
+    },
+    /// Issue a new one-time setup token from the hub's data directory (recovery for a lost operator token;
+    /// needs read access to the data directory and the master key). Exchange it with `hearth setup`.
+    SetupToken {
+        /// Configuration file, for `secrets.master_key_file`.
+        #[arg(long, env = "HEARTH_CONFIG")]
+        config: Option<PathBuf>,
+        /// The hub's data directory.
+        #[arg(long, env = "HEARTH_DATA_DIR", default_value = "hearth-data")]
+        data_dir: PathBuf,
     },
     /// Create device records and write one bootstrap file per device plus a CSV manifest.
     Factory(FactoryArgs),
@@ -74,20 +80,10 @@ struct ServeArgs {
 #[derive(Args, Clone)]
 pub struct HubArgs {
     /// The hub's HTTPS URL.
-    #[arg(
-        long,
-        env = "HEARTH_HUB",
-        default_value = "https://localhost:8443",
-        global = true
-    )]
+    #[arg(long, env = "HEARTH_HUB", default_value = "https://localhost:8443", global = true)]
     pub hub: String,
     /// The hub's server CA certificate (PEM); the hub writes it to DATA_DIR/tls/server-ca.pem.
-    #[arg(
-        long,
-        env = "HEARTH_HUB_CA",
-        default_value = "hearth-data/tls/server-ca.pem",
-        global = true
-    )]
+    #[arg(long, env = "HEARTH_HUB_CA", default_value = "hearth-data/tls/server-ca.pem", global = true)]
     pub ca: PathBuf,
     /// Operator token.
     #[arg(long, env = "HEARTH_TOKEN", hide_env_values = true, global = true)]
@@ -140,13 +136,16 @@ enum DeviceAction {
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
-    /// Show a device's latest telemetry.
+    /// Show a device's stored telemetry, events and state, oldest first (page on with --after-seq).
     Telemetry {
         /// Device id.
         id: String,
         /// How many messages.
         #[arg(long, default_value_t = 20)]
         limit: u32,
+        /// Only messages after this sequence number (the previous page's `next_after_seq`).
+        #[arg(long, default_value_t = 0)]
+        after_seq: u64,
     },
 }
 
@@ -154,15 +153,10 @@ enum DeviceAction {
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // The demo prints its own progress; per-connection logs would drown it.
-    let default_filter = if matches!(cli.command, Command::Demo(_)) {
-        "warn"
-    } else {
-        "info,sqlx=warn"
-    };
+    let default_filter = if matches!(cli.command, Command::Demo(_)) { "warn" } else { "info,sqlx=warn" };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| default_filter.into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -185,16 +179,33 @@ async fn run(cli: Cli) -> Result<()> {
             println!("Use it with:  export HEARTH_TOKEN={token}");
             Ok(())
         }
+        Command::SetupToken { config, data_dir } => {
+            let mut config = match &config {
+                Some(path) => hearth_hub::Config::from_file(path)?,
+                None => hearth_hub::Config::default(),
+            };
+            config.data_dir = data_dir;
+            let accounts = hearth_hub::local_accounts(&config).await?;
+            let token = accounts.issue_setup_token().await?;
+            println!("New one-time setup token (valid 24 hours, single use; earlier setup tokens no longer work):");
+            println!();
+            println!("  {}", token.expose());
+            println!();
+            println!("Exchange it for an operator token with `hearth setup --setup-token <token>`.");
+            Ok(())
+        }
         Command::Factory(args) => factory(args).await,
         Command::Device { hub, action } => device(hub, action).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Openapi => {
-            println!(
-                "{}",
-                hearth_hub::transport::https::api::openapi_document().to_pretty_json()?
-            );
-            Ok(())
+            use std::io::Write as _;
+            let doc = hearth_hub::transport::https::api::openapi_document().to_pretty_json()?;
+            // A closed pipe (`hearth openapi | head`) is not an error worth a panic.
+            match writeln!(std::io::stdout(), "{doc}") {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                other => Ok(other?),
+            }
         }
     }
 }
@@ -213,9 +224,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     if let Some(a) = args.mqtts {
         config.listen.mqtts = a;
     }
-    let hub = hearth_hub::start(config)
-        .await
-        .context("the hub could not start")?;
+    let hub = hearth_hub::start(config).await.context("the hub could not start")?;
     print_started(&hub);
     wait_for_signal().await;
     eprintln!("shutting down");
@@ -227,26 +236,16 @@ async fn serve(args: ServeArgs) -> Result<()> {
 pub fn print_started(hub: &hearth_hub::RunningHub) {
     println!("Hearth hub running");
     println!("  MQTTS (devices, mutual TLS): {}", hub.mqtt_addr);
-    println!(
-        "  HTTPS (API):                 {}  ({})",
-        hub.https_addr, hub.public.https_url
-    );
+    println!("  HTTPS (API):                 {}  ({})", hub.https_addr, hub.public.https_url);
     println!("  data directory:              {}", hub.data_dir.display());
-    println!(
-        "  server CA (trust this):      {}",
-        hub.server_ca_path.display()
-    );
+    println!("  server CA (trust this):      {}", hub.server_ca_path.display());
     match &hub.master_key_source {
         hearth_hub::secrets::MasterKeySource::Environment => {
             println!("  master key:                  from HEARTH_MASTER_KEY")
         }
         hearth_hub::secrets::MasterKeySource::File { path, created } => println!(
             "  master key:                  {path}{}",
-            if *created {
-                " (created now: back it up; without it the keys cannot be opened)"
-            } else {
-                ""
-            }
+            if *created { " (created now: back it up; without it the keys cannot be opened)" } else { "" }
         ),
     }
     if let Some(token) = &hub.setup_token {
@@ -270,14 +269,13 @@ async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -289,27 +287,14 @@ async fn factory(args: FactoryArgs) -> Result<()> {
     let client = HubClient::new(&args.hub)?;
     let made = client.manufacture(&args.model, args.count).await?;
     let written = write_factory_output(&made, &args.out)?;
-    println!(
-        "{} devices of model {} written to {}",
-        made.devices.len(),
-        args.model,
-        args.out.display()
-    );
-    println!(
-        "  bootstrap files: {written} (one per device, mode 0600; load each onto its device, keep no copy)"
-    );
-    println!(
-        "  manifest:        {}",
-        args.out.join("manifest.csv").display()
-    );
+    println!("{} devices of model {} written to {}", made.devices.len(), args.model, args.out.display());
+    println!("  bootstrap files: {written} (one per device, mode 0600; load each onto its device, keep no copy)");
+    println!("  manifest:        {}", args.out.join("manifest.csv").display());
     Ok(())
 }
 
 /// Writes `{device_id}.json` bootstrap files (0600) and `manifest.csv` (device_id, model, claim_code, file).
-pub fn write_factory_output(
-    made: &hearth_proto::enrol::ManufactureResponse,
-    out: &std::path::Path,
-) -> Result<usize> {
+pub fn write_factory_output(made: &hearth_proto::enrol::ManufactureResponse, out: &std::path::Path) -> Result<usize> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     std::fs::create_dir_all(out).with_context(|| format!("while creating {}", out.display()))?;
@@ -324,10 +309,7 @@ pub fn write_factory_output(
             .open(&path)
             .with_context(|| format!("while creating {}", path.display()))?;
         f.write_all(&serde_json::to_vec_pretty(file)?)?;
-        manifest.push_str(&format!(
-            "{},{},{},{}\n",
-            device.device_id, device.model, device.claim_code, name
-        ));
+        manifest.push_str(&format!("{},{},{},{}\n", device.device_id, device.model, device.claim_code, name));
     }
     let manifest_path = out.join("manifest.csv");
     let mut f = std::fs::OpenOptions::new()
@@ -337,14 +319,7 @@ pub fn write_factory_output(
         .open(&manifest_path)
         .with_context(|| format!("while writing {}", manifest_path.display()))?;
     let existing = f.metadata()?.len();
-    let body = if existing > 0 {
-        manifest
-            .split_once('\n')
-            .map(|(_, rest)| rest)
-            .unwrap_or("")
-    } else {
-        &manifest
-    };
+    let body = if existing > 0 { manifest.split_once('\n').map(|(_, rest)| rest).unwrap_or("") } else { &manifest };
     f.write_all(body.as_bytes())?;
     Ok(made.devices.len())
 }
@@ -353,13 +328,8 @@ async fn device(hub: HubArgs, action: DeviceAction) -> Result<()> {
     let client = HubClient::new(&hub)?;
     match action {
         DeviceAction::List { limit } => {
-            let body = client
-                .get(&format!("/api/v1/devices?limit={limit}"))
-                .await?;
-            println!(
-                "{:<18} {:<14} {:<12} {:<9} last seen (ms)",
-                "id", "model", "status", "online"
-            );
+            let body = client.get(&format!("/api/v1/devices?limit={limit}")).await?;
+            println!("{:<18} {:<14} {:<12} {:<9} last seen (ms)", "id", "model", "status", "online");
             for d in body["devices"].as_array().into_iter().flatten() {
                 println!(
                     "{:<18} {:<14} {:<12} {:<9} {}",
@@ -367,49 +337,25 @@ async fn device(hub: HubArgs, action: DeviceAction) -> Result<()> {
                     d["model"].as_str().unwrap_or("?"),
                     d["status"].as_str().unwrap_or("?"),
                     d["connected"].as_bool().unwrap_or(false),
-                    d["last_seen_at_ms"]
-                        .as_i64()
-                        .map(|v| v.to_string())
-                        .unwrap_or_else(|| "never".into())
+                    d["last_seen_at_ms"].as_i64().map(|v| v.to_string()).unwrap_or_else(|| "never".into())
                 );
             }
         }
         DeviceAction::Show { id } => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&client.get(&format!("/api/v1/devices/{id}")).await?)?
-            );
+            println!("{}", serde_json::to_string_pretty(&client.get(&format!("/api/v1/devices/{id}")).await?)?);
         }
         DeviceAction::Revoke { id } => {
-            let body = client
-                .post(
-                    &format!("/api/v1/devices/{id}/revoke"),
-                    serde_json::json!({}),
-                )
-                .await?;
-            println!(
-                "device {} is {}",
-                id,
-                body["status"].as_str().unwrap_or("?")
-            );
+            let body = client.post(&format!("/api/v1/devices/{id}/revoke"), serde_json::json!({})).await?;
+            println!("device {} is {}", id, body["status"].as_str().unwrap_or("?"));
         }
-        DeviceAction::Telemetry { id, limit } => {
-            let body = client
-                .get(&format!("/api/v1/devices/{id}/telemetry?limit={limit}"))
-                .await?;
+        DeviceAction::Telemetry { id, limit, after_seq } => {
+            let body = client.get(&format!("/api/v1/devices/{id}/telemetry?limit={limit}&after_seq={after_seq}")).await?;
             println!("{}", serde_json::to_string_pretty(&body)?);
         }
-        DeviceAction::Command {
-            id,
-            name,
-            args,
-            timeout,
-        } => {
+        DeviceAction::Command { id, name, args, timeout } => {
             let mut map = serde_json::Map::new();
             for a in args {
-                let (k, v) = a
-                    .split_once('=')
-                    .with_context(|| format!("--arg {a:?} is not name=value"))?;
+                let (k, v) = a.split_once('=').with_context(|| format!("--arg {a:?} is not name=value"))?;
                 let value = serde_json::from_str::<serde_json::Value>(v)
                     .ok()
                     .filter(|v| v.is_number() || v.is_boolean())
@@ -422,17 +368,11 @@ async fn device(hub: HubArgs, action: DeviceAction) -> Result<()> {
                     serde_json::json!({ "name": name, "args": map, "timeout_secs": timeout }),
                 )
                 .await?;
-            let cid = body["id"]
-                .as_str()
-                .context("command id in answer")?
-                .to_owned();
+            let cid = body["id"].as_str().context("command id in answer")?.to_owned();
             eprintln!("command {cid} sent; waiting for the device's answer (up to {timeout} s)");
-            let deadline =
-                tokio::time::Instant::now() + std::time::Duration::from_secs(timeout + 2);
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(timeout + 2);
             loop {
-                let c = client
-                    .get(&format!("/api/v1/devices/{id}/commands/{cid}"))
-                    .await?;
+                let c = client.get(&format!("/api/v1/devices/{id}/commands/{cid}")).await?;
                 let status = c["status"].as_str().unwrap_or("?");
                 if !matches!(status, "pending" | "sent") || tokio::time::Instant::now() > deadline {
                     println!("{}", serde_json::to_string_pretty(&c)?);

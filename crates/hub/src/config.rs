@@ -143,10 +143,7 @@ impl Default for Config {
 
 impl Default for Listen {
     fn default() -> Self {
-        Listen {
-            https: SocketAddr::from(([0, 0, 0, 0], 8443)),
-            mqtts: SocketAddr::from(([0, 0, 0, 0], 8883)),
-        }
+        Listen { https: SocketAddr::from(([0, 0, 0, 0], 8443)), mqtts: SocketAddr::from(([0, 0, 0, 0], 8883)) }
     }
 }
 
@@ -163,10 +160,7 @@ impl Default for Public {
 
 impl Default for Devices {
     fn default() -> Self {
-        Devices {
-            cert_validity_days: 30,
-            bootstrap_validity_days: 730,
-        }
+        Devices { cert_validity_days: 30, bootstrap_validity_days: 730 }
     }
 }
 
@@ -189,19 +183,14 @@ impl Config {
     /// Reads a TOML file and validates it.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: shown.clone(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
         Self::from_toml(&text, &shown)
     }
 
     /// Parses TOML text (`origin` names it in errors) and validates it.
     pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: origin.to_owned(),
-            message: e.to_string(),
-        })?;
+        let config: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: origin.to_owned(), message: e.to_string() })?;
         config.validate()?;
         Ok(config)
     }
@@ -215,24 +204,15 @@ impl Config {
             hi: T,
         ) -> Result<(), ConfigError> {
             if v < lo || v > hi {
-                return Err(ConfigError::Invalid {
-                    setting,
-                    reason: format!("{v} is outside {lo} to {hi}"),
-                });
+                return Err(ConfigError::Invalid { setting, reason: format!("{v} is outside {lo} to {hi}") });
             }
             Ok(())
         }
         if self.data_dir.as_os_str().is_empty() {
-            return Err(ConfigError::Invalid {
-                setting: "data_dir",
-                reason: "must not be empty".into(),
-            });
+            return Err(ConfigError::Invalid { setting: "data_dir", reason: "must not be empty".into() });
         }
         if self.public.hostnames.is_empty() {
-            return Err(ConfigError::Invalid {
-                setting: "public.hostnames",
-                reason: "name at least one host".into(),
-            });
+            return Err(ConfigError::Invalid { setting: "public.hostnames", reason: "name at least one host".into() });
         }
         for h in &self.public.hostnames {
             if h.parse::<std::net::IpAddr>().is_err() && !valid_dns_name(h) {
@@ -242,56 +222,35 @@ impl Config {
                 });
             }
         }
+        if let Some(host) = &self.public.host
+            && !self.public.hostnames.contains(host)
+        {
+            return Err(ConfigError::Invalid {
+                setting: "public.host",
+                reason: format!("{host:?} must be one of public.hostnames, or devices cannot verify the hub"),
+            });
+        }
+        if self.public.https_port == Some(0) || self.public.mqtt_port == Some(0) {
+            return Err(ConfigError::Invalid {
+                setting: "public.https_port / public.mqtt_port",
+                reason: "a public port cannot be 0".into(),
+            });
+        }
         if self.listen.https == self.listen.mqtts && self.listen.https.port() != 0 {
             return Err(ConfigError::Invalid {
                 setting: "listen.mqtts",
                 reason: "must differ from listen.https".into(),
             });
         }
-        range(
-            "devices.cert_validity_days",
-            self.devices.cert_validity_days,
-            1,
-            397,
-        )?;
-        range(
-            "devices.bootstrap_validity_days",
-            self.devices.bootstrap_validity_days,
-            1,
-            3650,
-        )?;
-        range(
-            "mqtt.max_packet_bytes",
-            self.mqtt.max_packet_bytes,
-            1024,
-            1 << 20,
-        )?;
+        range("devices.cert_validity_days", self.devices.cert_validity_days, 1, 397)?;
+        range("devices.bootstrap_validity_days", self.devices.bootstrap_validity_days, 1, 3650)?;
+        range("mqtt.max_packet_bytes", self.mqtt.max_packet_bytes, 1024, 1 << 20)?;
         range("mqtt.receive_maximum", self.mqtt.receive_maximum, 1, 1024)?;
         range("mqtt.max_subscriptions", self.mqtt.max_subscriptions, 1, 64)?;
-        range(
-            "mqtt.publish_rate_per_sec",
-            self.mqtt.publish_rate_per_sec,
-            1,
-            100_000,
-        )?;
-        range(
-            "mqtt.publish_burst",
-            self.mqtt.publish_burst,
-            self.mqtt.publish_rate_per_sec,
-            1_000_000,
-        )?;
-        range(
-            "mqtt.max_keep_alive_secs",
-            self.mqtt.max_keep_alive_secs,
-            10,
-            u16::MAX,
-        )?;
-        range(
-            "mqtt.max_connections",
-            self.mqtt.max_connections,
-            1,
-            10_000_000,
-        )?;
+        range("mqtt.publish_rate_per_sec", self.mqtt.publish_rate_per_sec, 1, 100_000)?;
+        range("mqtt.publish_burst", self.mqtt.publish_burst, self.mqtt.publish_rate_per_sec, 1_000_000)?;
+        range("mqtt.max_keep_alive_secs", self.mqtt.max_keep_alive_secs, 10, u16::MAX)?;
+        range("mqtt.max_connections", self.mqtt.max_connections, 1, 10_000_000)?;
         Ok(())
     }
 
@@ -338,19 +297,12 @@ mod tests {
     fn bad_settings_are_named() {
         check("", None);
         check("[mqtt]\nreceive_maximum = 0", Some("mqtt.receive_maximum"));
-        check(
-            "[devices]\ncert_validity_days = 1000",
-            Some("devices.cert_validity_days"),
-        );
+        check("[devices]\ncert_validity_days = 1000", Some("devices.cert_validity_days"));
         check("[mqtt]\nrecieve_maximum = 5", Some("recieve_maximum"));
         check("[listen]\nhttps = \"not an address\"", Some("https"));
-        check(
-            "[public]\nhostnames = [\"bad host!\"]",
-            Some("public.hostnames"),
-        );
-        check(
-            "[mqtt]\npublish_rate_per_sec = 100\npublish_burst = 10",
-            Some("mqtt.publish_burst"),
-        );
+        check("[public]\nhostnames = [\"bad host!\"]", Some("public.hostnames"));
+        check("[mqtt]\npublish_rate_per_sec = 100\npublish_burst = 10", Some("mqtt.publish_burst"));
+        check("[public]\nhost = \"hub.example\"", Some("public.host"));
+        check("[public]\nmqtt_port = 0", Some("public.mqtt_port"));
     }
 }

@@ -71,8 +71,8 @@ pub enum StartError {
     /// Configuration.
     #[error(transparent)]
     Config(#[from] config::ConfigError),
-    /// Something at start-up failed.
-    #[error("{context}: {source}")]
+    /// Something at start-up failed. The cause is the error's source (shown by `{:#}` and error reporters).
+    #[error("{context}")]
     Failed {
         /// What the hub was doing.
         context: String,
@@ -81,14 +81,9 @@ pub enum StartError {
     },
 }
 
-fn failed<E: std::error::Error + Send + Sync + 'static>(
-    context: impl Into<String>,
-) -> impl FnOnce(E) -> StartError {
+fn failed<E: std::error::Error + Send + Sync + 'static>(context: impl Into<String>) -> impl FnOnce(E) -> StartError {
     let context = context.into();
-    move |e| StartError::Failed {
-        context,
-        source: Box::new(e),
-    }
+    move |e| StartError::Failed { context, source: Box::new(e) }
 }
 
 /// A running hub.
@@ -119,36 +114,23 @@ pub struct RunningHub {
 pub async fn start(config: Config) -> Result<RunningHub, StartError> {
     config.validate()?;
     let data_dir = config.data_dir.clone();
-    create_private_dir(&data_dir).map_err(failed(format!(
-        "creating data directory {}",
-        data_dir.display()
-    )))?;
+    create_private_dir(&data_dir).map_err(failed(format!("creating data directory {}", data_dir.display())))?;
 
     let env_key = std::env::var("HEARTH_MASTER_KEY").ok();
-    let (master, master_key_source) = MasterKey::load(
-        env_key.as_deref(),
-        config.secrets.master_key_file.as_deref(),
-        &data_dir.join("master.key"),
-    )
-    .map_err(failed("loading the master key"))?;
+    let (master, master_key_source) =
+        MasterKey::load(env_key.as_deref(), config.secrets.master_key_file.as_deref(), &data_dir.join("master.key"))
+            .map_err(failed("loading the master key"))?;
     let master = Arc::new(master);
 
-    let store = Store::open_sqlite(&data_dir.join("hearth.db"))
-        .await
-        .map_err(failed("opening the database"))?;
-    let authorities = Authorities::load_or_create(
-        &store,
-        &master,
-        &config.public.hostnames,
-        time::OffsetDateTime::now_utc(),
-    )
-    .await
-    .map_err(failed("loading the certificate authorities"))?;
+    let store = Store::open_sqlite(&data_dir.join("hearth.db")).await.map_err(failed("opening the database"))?;
+    let authorities =
+        Authorities::load_or_create(&store, &master, &config.public.hostnames, time::OffsetDateTime::now_utc())
+            .await
+            .map_err(failed("loading the certificate authorities"))?;
     let tls_dir = data_dir.join("tls");
     std::fs::create_dir_all(&tls_dir).map_err(failed("creating the tls directory"))?;
     let server_ca_path = tls_dir.join("server-ca.pem");
-    std::fs::write(&server_ca_path, &authorities.server_ca_pem)
-        .map_err(failed("writing tls/server-ca.pem"))?;
+    std::fs::write(&server_ca_path, &authorities.server_ca_pem).map_err(failed("writing tls/server-ca.pem"))?;
     std::fs::write(tls_dir.join("device-ca.pem"), &authorities.device_ca_pem)
         .map_err(failed("writing tls/device-ca.pem"))?;
     let authorities = Arc::new(authorities);
@@ -158,12 +140,8 @@ pub async fn start(config: Config) -> Result<RunningHub, StartError> {
         master.clone(),
         authorities,
         IdentitySettings {
-            device_cert_validity: time::Duration::days(i64::from(
-                config.devices.cert_validity_days,
-            )),
-            bootstrap_validity: time::Duration::days(i64::from(
-                config.devices.bootstrap_validity_days,
-            )),
+            device_cert_validity: time::Duration::days(i64::from(config.devices.cert_validity_days)),
+            bootstrap_validity: time::Duration::days(i64::from(config.devices.bootstrap_validity_days)),
         },
     )
     .await
@@ -172,9 +150,8 @@ pub async fn start(config: Config) -> Result<RunningHub, StartError> {
     let routing = routing::Routing::default();
     let commands = commands::Commands::new(store.clone(), routing.clone());
     let monitor = monitoring::Monitor::start(store.clone());
-    let (ingest, ingest_task) = telemetry::Ingest::start(&store)
-        .await
-        .map_err(failed("starting the telemetry writer"))?;
+    let (ingest, ingest_task) =
+        telemetry::Ingest::start(&store).await.map_err(failed("starting the telemetry writer"))?;
 
     let mqtt_listener = TcpListener::bind(config.listen.mqtts)
         .await
@@ -182,28 +159,13 @@ pub async fn start(config: Config) -> Result<RunningHub, StartError> {
     let https_listener = TcpListener::bind(config.listen.https)
         .await
         .map_err(failed(format!("binding HTTPS on {}", config.listen.https)))?;
-    let mqtt_addr = mqtt_listener
-        .local_addr()
-        .map_err(failed("reading the MQTTS address"))?;
-    let https_addr = https_listener
-        .local_addr()
-        .map_err(failed("reading the HTTPS address"))?;
+    let mqtt_addr = mqtt_listener.local_addr().map_err(failed("reading the MQTTS address"))?;
+    let https_addr = https_listener.local_addr().map_err(failed("reading the HTTPS address"))?;
 
-    let host = config
-        .public
-        .host
-        .clone()
-        .unwrap_or_else(|| config.public.hostnames[0].clone());
-    let url_host = if host.contains(':') {
-        format!("[{host}]")
-    } else {
-        host.clone()
-    };
+    let host = config.public.host.clone().unwrap_or_else(|| config.public.hostnames[0].clone());
+    let url_host = if host.contains(':') { format!("[{host}]") } else { host.clone() };
     let public = Arc::new(PublicEndpoints {
-        https_url: format!(
-            "https://{url_host}:{}",
-            config.public.https_port.unwrap_or(https_addr.port())
-        ),
+        https_url: format!("https://{url_host}:{}", config.public.https_port.unwrap_or(https_addr.port())),
         mqtt_host: host,
         mqtt_port: config.public.mqtt_port.unwrap_or(mqtt_addr.port()),
     });
@@ -217,15 +179,12 @@ pub async fn start(config: Config) -> Result<RunningHub, StartError> {
         routing: routing.clone(),
         public: public.clone(),
     };
-    let mqtt_tls = transport::mqtt::tls_config(&identity, config.tls.allow_tls12)
-        .map_err(failed("configuring MQTTS TLS"))?;
-    let https_tls = transport::https::tls_config(&identity, config.tls.allow_tls12)
-        .map_err(failed("configuring HTTPS TLS"))?;
+    let mqtt_tls =
+        transport::mqtt::tls_config(&identity, config.tls.allow_tls12).map_err(failed("configuring MQTTS TLS"))?;
+    let https_tls =
+        transport::https::tls_config(&identity, config.tls.allow_tls12).map_err(failed("configuring HTTPS TLS"))?;
     let ctx = Arc::new(transport::mqtt::Ctx {
-        limits: transport::mqtt::MqttLimits {
-            max_connections: config.mqtt.max_connections,
-            ..config.mqtt_limits()
-        },
+        limits: transport::mqtt::MqttLimits { max_connections: config.mqtt.max_connections, ..config.mqtt_limits() },
         store: store.clone(),
         ingest,
         monitor,
@@ -235,17 +194,10 @@ pub async fn start(config: Config) -> Result<RunningHub, StartError> {
     });
     let tasks = vec![
         tokio::spawn(transport::mqtt::serve(mqtt_listener, mqtt_tls, ctx)),
-        tokio::spawn(transport::https::serve(
-            https_listener,
-            https_tls,
-            transport::https::api::router(state.clone()),
-        )),
+        tokio::spawn(transport::https::serve(https_listener, https_tls, transport::https::api::router(state.clone()))),
         commands.spawn_expiry(),
     ];
-    let setup_token = accounts
-        .setup_token_if_needed()
-        .await
-        .map_err(failed("creating the setup token"))?;
+    let setup_token = accounts.setup_token_if_needed().await.map_err(failed("creating the setup token"))?;
     Ok(RunningHub {
         mqtt_addr,
         https_addr,
@@ -266,24 +218,33 @@ impl RunningHub {
         for t in &self.tasks {
             t.abort();
         }
-        self.state
-            .routing
-            .close_all(routing::CloseReason::ShuttingDown);
+        self.state.routing.close_all(routing::CloseReason::ShuttingDown);
         // Sessions end, dropping their ingest handles; the writer then drains and stops.
-        if tokio::time::timeout(Duration::from_secs(10), self.ingest_task)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(Duration::from_secs(10), self.ingest_task).await.is_err() {
             tracing::warn!("telemetry writer did not finish within 10 s");
         }
         self.state.store.close().await;
     }
 }
 
+/// Opens an existing hub's accounts from its data directory, for local administration while the hub may be
+/// running (SQLite allows it). Never creates a master key: without the hub's own key nothing can be opened.
+pub async fn local_accounts(config: &Config) -> Result<accounts::Accounts, StartError> {
+    let default_key = config.data_dir.join("master.key");
+    let env_key = std::env::var("HEARTH_MASTER_KEY").ok();
+    if env_key.is_none() && config.secrets.master_key_file.is_none() && !default_key.exists() {
+        return Err(StartError::Failed {
+            context: format!("no hub data in {}", config.data_dir.display()),
+            source: "master.key not found; point --data-dir at the hub's data directory".into(),
+        });
+    }
+    let (master, _) = MasterKey::load(env_key.as_deref(), config.secrets.master_key_file.as_deref(), &default_key)
+        .map_err(failed("loading the master key"))?;
+    let store = Store::open_sqlite(&config.data_dir.join("hearth.db")).await.map_err(failed("opening the database"))?;
+    Ok(accounts::Accounts::new(store, Arc::new(master)))
+}
+
 fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt as _;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)
 }

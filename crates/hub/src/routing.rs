@@ -71,11 +71,7 @@ impl Routing {
     /// Removes a connection if it is still the registered one.
     pub fn unregister(&self, device: &DeviceId, conn_id: u64) {
         let mut inner = self.lock();
-        if inner
-            .links
-            .get(device)
-            .is_some_and(|l| l.conn_id == conn_id)
-        {
+        if inner.links.get(device).is_some_and(|l| l.conn_id == conn_id) {
             inner.links.remove(device);
         }
     }

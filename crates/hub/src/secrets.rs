@@ -86,11 +86,11 @@ impl MasterKey {
         default_path: &Path,
     ) -> Result<(MasterKey, MasterKeySource), SecretError> {
         if let Some(value) = env_value {
-            let bytes = Zeroizing::new(STANDARD.decode(value.trim()).map_err(|_| {
-                SecretError::BadMasterKey {
-                    origin: "HEARTH_MASTER_KEY".into(),
-                }
-            })?);
+            let bytes = Zeroizing::new(
+                STANDARD
+                    .decode(value.trim())
+                    .map_err(|_| SecretError::BadMasterKey { origin: "HEARTH_MASTER_KEY".into() })?,
+            );
             let key = Self::from_bytes(&bytes, "HEARTH_MASTER_KEY")?;
             return Ok((key, MasterKeySource::Environment));
         }
@@ -99,10 +99,7 @@ impl MasterKey {
             None => (default_path, true),
         };
         let shown = path.display().to_string();
-        let io = |source| SecretError::Io {
-            path: shown.clone(),
-            source,
-        };
+        let io = |source| SecretError::Io { path: shown.clone(), source };
         match std::fs::read(path) {
             Ok(contents) => {
                 check_private(path)?;
@@ -110,27 +107,17 @@ impl MasterKey {
                 let key = match Self::from_bytes(&contents, &shown) {
                     Ok(k) => k,
                     Err(_) => {
-                        let text = std::str::from_utf8(&contents).map_err(|_| {
-                            SecretError::BadMasterKey {
-                                origin: shown.clone(),
-                            }
-                        })?;
-                        let decoded =
-                            Zeroizing::new(STANDARD.decode(text.trim()).map_err(|_| {
-                                SecretError::BadMasterKey {
-                                    origin: shown.clone(),
-                                }
-                            })?);
+                        let text = std::str::from_utf8(&contents)
+                            .map_err(|_| SecretError::BadMasterKey { origin: shown.clone() })?;
+                        let decoded = Zeroizing::new(
+                            STANDARD
+                                .decode(text.trim())
+                                .map_err(|_| SecretError::BadMasterKey { origin: shown.clone() })?,
+                        );
                         Self::from_bytes(&decoded, &shown)?
                     }
                 };
-                Ok((
-                    key,
-                    MasterKeySource::File {
-                        path: shown,
-                        created: false,
-                    },
-                ))
+                Ok((key, MasterKeySource::File { path: shown, created: false }))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && may_create => {
                 let mut raw = Zeroizing::new([0u8; 32]);
@@ -138,13 +125,7 @@ impl MasterKey {
                 let encoded = Zeroizing::new(STANDARD.encode(raw.as_ref()));
                 write_private(path, encoded.as_bytes()).map_err(io)?;
                 let key = Self::from_bytes(raw.as_ref(), &shown)?;
-                Ok((
-                    key,
-                    MasterKeySource::File {
-                        path: shown,
-                        created: true,
-                    },
-                ))
+                Ok((key, MasterKeySource::File { path: shown, created: true }))
             }
             Err(e) => Err(io(e)),
         }
@@ -152,9 +133,7 @@ impl MasterKey {
 
     /// Builds a key from exactly 32 bytes.
     pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<MasterKey, SecretError> {
-        let raw: [u8; 32] = bytes.try_into().map_err(|_| SecretError::BadMasterKey {
-            origin: origin.into(),
-        })?;
+        let raw: [u8; 32] = bytes.try_into().map_err(|_| SecretError::BadMasterKey { origin: origin.into() })?;
         let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, b"hearth master key v1");
         let prk = salt.extract(&raw);
         let mut seal_bytes = Zeroizing::new([0u8; 32]);
@@ -165,8 +144,7 @@ impl MasterKey {
         prk.expand(&[b"token-mac"], hkdf::HKDF_SHA256)
             .and_then(|okm| okm.fill(mac_bytes.as_mut()))
             .map_err(|_| SecretError::Random)?;
-        let unbound = UnboundKey::new(&aead::AES_256_GCM, seal_bytes.as_ref())
-            .map_err(|_| SecretError::Random)?;
+        let unbound = UnboundKey::new(&aead::AES_256_GCM, seal_bytes.as_ref()).map_err(|_| SecretError::Random)?;
         Ok(MasterKey {
             seal: LessSafeKey::new(unbound),
             mac: hmac::Key::new(hmac::HMAC_SHA256, mac_bytes.as_ref()),
@@ -180,11 +158,7 @@ impl MasterKey {
         rand::fill(&mut nonce).map_err(|_| SecretError::Random)?;
         let mut buf = plaintext.to_vec();
         self.seal
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(name.as_bytes()),
-                &mut buf,
-            )
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(name.as_bytes()), &mut buf)
             .map_err(|_| SecretError::Random)?;
         let mut out = Vec::with_capacity(4 + 12 + buf.len());
         out.extend_from_slice(SEAL_MAGIC);
@@ -204,11 +178,7 @@ impl MasterKey {
         let mut buf = Zeroizing::new(sealed[16..].to_vec());
         let len = self
             .seal
-            .open_in_place(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(name.as_bytes()),
-                &mut buf,
-            )
+            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(name.as_bytes()), &mut buf)
             .map_err(|_| err())?
             .len();
         buf.truncate(len);
@@ -250,10 +220,7 @@ impl fmt::Debug for SecretString {
 pub fn random_token(prefix: &str, bytes: usize) -> Result<SecretString, SecretError> {
     let mut buf = Zeroizing::new(vec![0u8; bytes]);
     rand::fill(&mut buf).map_err(|_| SecretError::Random)?;
-    Ok(SecretString(format!(
-        "{prefix}{}",
-        URL_SAFE_NO_PAD.encode(buf.as_slice())
-    )))
+    Ok(SecretString(format!("{prefix}{}", URL_SAFE_NO_PAD.encode(buf.as_slice()))))
 }
 
 /// A new random string of `len` characters from the Crockford base32 alphabet in lower case (no i, l, o, u),
@@ -262,22 +229,14 @@ pub fn random_base32(len: usize) -> Result<String, SecretError> {
     const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
     let mut buf = vec![0u8; len];
     rand::fill(&mut buf).map_err(|_| SecretError::Random)?;
-    Ok(buf
-        .iter()
-        .map(|b| ALPHABET[(b & 31) as usize] as char)
-        .collect())
+    Ok(buf.iter().map(|b| ALPHABET[(b & 31) as usize] as char).collect())
 }
 
 /// Writes `contents` to `path` with mode 0600, atomically (temporary file, fsync, rename).
 pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
     f.write_all(contents)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;
@@ -286,10 +245,8 @@ pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 
 fn check_private(path: &Path) -> Result<(), SecretError> {
     use std::os::unix::fs::PermissionsExt as _;
-    let meta = std::fs::metadata(path).map_err(|source| SecretError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let meta =
+        std::fs::metadata(path).map_err(|source| SecretError::Io { path: path.display().to_string(), source })?;
     if meta.permissions().mode() & 0o077 != 0 {
         return Err(SecretError::Permissions(path.display().to_string()));
     }
@@ -305,10 +262,7 @@ mod tests {
         let key = MasterKey::from_bytes(&[7u8; 32], "test").expect("key");
         let sealed = key.seal("ca-key", b"private").expect("seal");
         assert_ne!(&sealed[16..], b"private");
-        assert_eq!(
-            key.unseal("ca-key", &sealed).expect("open").as_slice(),
-            b"private"
-        );
+        assert_eq!(key.unseal("ca-key", &sealed).expect("open").as_slice(), b"private");
         assert!(key.unseal("other-name", &sealed).is_err());
         let other = MasterKey::from_bytes(&[8u8; 32], "test").expect("key");
         assert!(other.unseal("ca-key", &sealed).is_err());
@@ -322,18 +276,12 @@ mod tests {
         let path = dir.path().join("master.key");
         let (k1, src) = MasterKey::load(None, None, &path).expect("create");
         assert!(matches!(src, MasterKeySource::File { created: true, .. }));
-        assert_eq!(
-            std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777, 0o600);
         let (k2, src) = MasterKey::load(None, None, &path).expect("load");
         assert!(matches!(src, MasterKeySource::File { created: false, .. }));
         assert_eq!(k1.token_mac("p", "t"), k2.token_mac("p", "t"));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-        assert!(matches!(
-            MasterKey::load(None, None, &path),
-            Err(SecretError::Permissions(_))
-        ));
+        assert!(matches!(MasterKey::load(None, None, &path), Err(SecretError::Permissions(_))));
         assert!(MasterKey::load(Some("dG9vIHNob3J0"), None, &path).is_err());
         assert!(format!("{k1:?}").contains("redacted"));
     }

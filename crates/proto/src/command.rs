@@ -80,19 +80,11 @@ impl Command {
     /// Parses and validates a command payload (the agent's side).
     pub fn parse(payload: &[u8]) -> Result<Command, ValidationError> {
         if payload.len() > MAX_COMMAND_PAYLOAD {
-            return Err(ValidationError::TooLong {
-                what: "command",
-                len: payload.len(),
-                max: MAX_COMMAND_PAYLOAD,
-            });
+            return Err(ValidationError::TooLong { what: "command", len: payload.len(), max: MAX_COMMAND_PAYLOAD });
         }
-        let cmd: Command =
-            serde_json::from_slice(payload).map_err(|e| ValidationError::schema("command", e))?;
+        let cmd: Command = serde_json::from_slice(payload).map_err(|e| ValidationError::schema("command", e))?;
         if cmd.v != SCHEMA_VERSION {
-            return Err(ValidationError::UnsupportedVersion {
-                found: cmd.v,
-                supported: "1",
-            });
+            return Err(ValidationError::UnsupportedVersion { found: cmd.v, supported: "1" });
         }
         check_text("command id", &cmd.id)?;
         check_text("command name", &cmd.name)?;
@@ -109,19 +101,12 @@ impl CommandAck {
     /// Parses and validates an acknowledgement payload (the hub's side).
     pub fn parse(payload: &[u8]) -> Result<CommandAck, ValidationError> {
         if payload.len() > MAX_UPLINK_PAYLOAD {
-            return Err(ValidationError::TooLong {
-                what: "payload",
-                len: payload.len(),
-                max: MAX_UPLINK_PAYLOAD,
-            });
+            return Err(ValidationError::TooLong { what: "payload", len: payload.len(), max: MAX_UPLINK_PAYLOAD });
         }
-        let ack: CommandAck = serde_json::from_slice(payload)
-            .map_err(|e| ValidationError::schema("command acknowledgement", e))?;
+        let ack: CommandAck =
+            serde_json::from_slice(payload).map_err(|e| ValidationError::schema("command acknowledgement", e))?;
         if ack.v != SCHEMA_VERSION {
-            return Err(ValidationError::UnsupportedVersion {
-                found: ack.v,
-                supported: "1",
-            });
+            return Err(ValidationError::UnsupportedVersion { found: ack.v, supported: "1" });
         }
         check_text("command id", &ack.id)?;
         if let Some(detail) = &ack.detail {
@@ -139,15 +124,8 @@ impl CommandAck {
 /// Checks a command name as the API accepts it: 1..=64 characters of `a-z 0-9 _`.
 pub fn validate_command_name(name: &str) -> Result<(), ValidationError> {
     crate::id::check_len("command name", name, 1, 64)?;
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_'))
-    {
-        return Err(ValidationError::BadCharacter {
-            what: "command name",
-            found: c,
-            allowed: "a-z, 0-9 and '_'",
-        });
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')) {
+        return Err(ValidationError::BadCharacter { what: "command name", found: c, allowed: "a-z, 0-9 and '_'" });
     }
     Ok(())
 }
@@ -162,22 +140,11 @@ mod tests {
 
     #[test]
     fn command_round_trip_and_refusals() {
-        let cmd = Command {
-            v: 1,
-            id: "c1".into(),
-            name: "ping".into(),
-            args: Fields::new(),
-            expires_at: 10,
-        };
+        let cmd = Command { v: 1, id: "c1".into(), name: "ping".into(), args: Fields::new(), expires_at: 10 };
         assert_eq!(Command::parse(&cmd.to_json()), Ok(cmd));
         assert!(Command::parse(br#"{"v":1,"id":"","name":"x","expires_at":1}"#).is_err());
         assert!(Command::parse(br#"{"v":1,"id":"a","name":"x","expires_at":1,"zzz":2}"#).is_err());
-        let ack = CommandAck {
-            v: 1,
-            id: "c1".into(),
-            status: AckStatus::Unsupported,
-            detail: None,
-        };
+        let ack = CommandAck { v: 1, id: "c1".into(), status: AckStatus::Unsupported, detail: None };
         assert_eq!(CommandAck::parse(&ack.to_json()), Ok(ack));
         assert!(CommandAck::parse(br#"{"v":1,"id":"c1","status":"maybe"}"#).is_err());
         assert!(validate_command_name("set_interval").is_ok());

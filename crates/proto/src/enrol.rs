@@ -57,9 +57,7 @@ pub struct EnrolRequest {
 
 impl std::fmt::Debug for EnrolRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EnrolRequest")
-            .field("device_id", &self.device_id)
-            .finish_non_exhaustive()
+        f.debug_struct("EnrolRequest").field("device_id", &self.device_id).finish_non_exhaustive()
     }
 }
 
@@ -122,9 +120,7 @@ pub struct ManufacturedDevice {
 
 impl std::fmt::Debug for ManufacturedDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ManufacturedDevice")
-            .field("device_id", &self.device_id)
-            .finish_non_exhaustive()
+        f.debug_struct("ManufacturedDevice").field("device_id", &self.device_id).finish_non_exhaustive()
     }
 }
 

@@ -77,9 +77,6 @@ impl ValidationError {
     }
 
     pub(crate) fn schema(what: &'static str, err: serde_json::Error) -> Self {
-        ValidationError::Schema {
-            what,
-            detail: err.to_string(),
-        }
+        ValidationError::Schema { what, detail: err.to_string() }
     }
 }

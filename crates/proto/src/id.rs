@@ -28,11 +28,7 @@ impl DeviceId {
         for (i, c) in s.chars().enumerate() {
             let ok = c.is_ascii_lowercase() || c.is_ascii_digit() || (c == '-' && i > 0);
             if !ok {
-                return Err(ValidationError::BadCharacter {
-                    what: "device id",
-                    found: c,
-                    allowed: ALLOWED,
-                });
+                return Err(ValidationError::BadCharacter { what: "device id", found: c, allowed: ALLOWED });
             }
         }
         Ok(DeviceId(s.to_owned()))
@@ -113,25 +109,12 @@ impl<'de> Deserialize<'de> for ModelId {
     }
 }
 
-pub(crate) fn check_len(
-    what: &'static str,
-    s: &str,
-    min: usize,
-    max: usize,
-) -> Result<(), ValidationError> {
+pub(crate) fn check_len(what: &'static str, s: &str, min: usize, max: usize) -> Result<(), ValidationError> {
     if s.len() > max {
-        return Err(ValidationError::TooLong {
-            what,
-            len: s.len(),
-            max,
-        });
+        return Err(ValidationError::TooLong { what, len: s.len(), max });
     }
     if s.len() < min {
-        return Err(ValidationError::TooShort {
-            what,
-            len: s.len(),
-            min,
-        });
+        return Err(ValidationError::TooShort { what, len: s.len(), min });
     }
     Ok(())
 }

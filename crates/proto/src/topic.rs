@@ -146,10 +146,7 @@ fn validate_filter_syntax(filter: &str) -> Result<(), ValidationError> {
 }
 
 fn own_suffix<'a>(device: &DeviceId, topic: &'a str) -> Option<&'a str> {
-    topic
-        .strip_prefix(PREFIX)?
-        .strip_prefix(device.as_str())?
-        .strip_prefix('/')
+    topic.strip_prefix(PREFIX)?.strip_prefix(device.as_str())?.strip_prefix('/')
 }
 
 #[cfg(test)]
@@ -164,86 +161,32 @@ mod tests {
     #[test]
     fn publish_rules() {
         let a = dev("aaa");
-        assert_eq!(
-            authorize_publish(&a, "devices/aaa/telemetry"),
-            Ok(DeviceTopic::Telemetry)
-        );
-        assert_eq!(
-            authorize_publish(&a, "devices/aaa/commands/ack"),
-            Ok(DeviceTopic::CommandAck)
-        );
-        assert_eq!(
-            authorize_publish(&a, "devices/bbb/telemetry"),
-            Err(PublishDenied::NotAuthorized)
-        );
+        assert_eq!(authorize_publish(&a, "devices/aaa/telemetry"), Ok(DeviceTopic::Telemetry));
+        assert_eq!(authorize_publish(&a, "devices/aaa/commands/ack"), Ok(DeviceTopic::CommandAck));
+        assert_eq!(authorize_publish(&a, "devices/bbb/telemetry"), Err(PublishDenied::NotAuthorized));
         // A device whose id is a prefix of another's cannot reach the longer one's topics.
-        assert_eq!(
-            authorize_publish(&a, "devices/aaab/telemetry"),
-            Err(PublishDenied::NotAuthorized)
-        );
-        assert_eq!(
-            authorize_publish(&a, "devices/aaa"),
-            Err(PublishDenied::NotAuthorized)
-        );
-        assert_eq!(
-            authorize_publish(&a, "devices/aaa/commands"),
-            Err(PublishDenied::Unknown)
-        );
-        assert_eq!(
-            authorize_publish(&a, "devices/aaa/telemetry/x"),
-            Err(PublishDenied::Unknown)
-        );
-        assert!(matches!(
-            authorize_publish(&a, "devices/aaa/#"),
-            Err(PublishDenied::Invalid(_))
-        ));
-        assert!(matches!(
-            authorize_publish(&a, ""),
-            Err(PublishDenied::Invalid(_))
-        ));
+        assert_eq!(authorize_publish(&a, "devices/aaab/telemetry"), Err(PublishDenied::NotAuthorized));
+        assert_eq!(authorize_publish(&a, "devices/aaa"), Err(PublishDenied::NotAuthorized));
+        assert_eq!(authorize_publish(&a, "devices/aaa/commands"), Err(PublishDenied::Unknown));
+        assert_eq!(authorize_publish(&a, "devices/aaa/telemetry/x"), Err(PublishDenied::Unknown));
+        assert!(matches!(authorize_publish(&a, "devices/aaa/#"), Err(PublishDenied::Invalid(_))));
+        assert!(matches!(authorize_publish(&a, ""), Err(PublishDenied::Invalid(_))));
         let long = format!("devices/aaa/{}", "x".repeat(300));
-        assert!(matches!(
-            authorize_publish(&a, &long),
-            Err(PublishDenied::Invalid(_))
-        ));
+        assert!(matches!(authorize_publish(&a, &long), Err(PublishDenied::Invalid(_))));
         assert_eq!(DeviceTopic::State.for_device(&a), "devices/aaa/state");
     }
 
     #[test]
     fn subscribe_rules() {
         let a = dev("aaa");
-        assert_eq!(
-            authorize_subscribe(&a, "devices/aaa/commands"),
-            TopicFilterDecision::Commands
-        );
-        assert_eq!(
-            authorize_subscribe(&a, "devices/bbb/commands"),
-            TopicFilterDecision::NotAuthorized
-        );
-        assert_eq!(
-            authorize_subscribe(&a, "devices/+/commands"),
-            TopicFilterDecision::NotAuthorized
-        );
-        assert_eq!(
-            authorize_subscribe(&a, "#"),
-            TopicFilterDecision::NotAuthorized
-        );
-        assert_eq!(
-            authorize_subscribe(&a, "devices/aaa/#"),
-            TopicFilterDecision::NotAuthorized
-        );
-        assert_eq!(
-            authorize_subscribe(&a, "devices/aaa/telemetry"),
-            TopicFilterDecision::NotAuthorized
-        );
-        assert!(matches!(
-            authorize_subscribe(&a, "devices/a#"),
-            TopicFilterDecision::Invalid(_)
-        ));
-        assert!(matches!(
-            authorize_subscribe(&a, "de+/x"),
-            TopicFilterDecision::Invalid(_)
-        ));
+        assert_eq!(authorize_subscribe(&a, "devices/aaa/commands"), TopicFilterDecision::Commands);
+        assert_eq!(authorize_subscribe(&a, "devices/bbb/commands"), TopicFilterDecision::NotAuthorized);
+        assert_eq!(authorize_subscribe(&a, "devices/+/commands"), TopicFilterDecision::NotAuthorized);
+        assert_eq!(authorize_subscribe(&a, "#"), TopicFilterDecision::NotAuthorized);
+        assert_eq!(authorize_subscribe(&a, "devices/aaa/#"), TopicFilterDecision::NotAuthorized);
+        assert_eq!(authorize_subscribe(&a, "devices/aaa/telemetry"), TopicFilterDecision::NotAuthorized);
+        assert!(matches!(authorize_subscribe(&a, "devices/a#"), TopicFilterDecision::Invalid(_)));
+        assert!(matches!(authorize_subscribe(&a, "de+/x"), TopicFilterDecision::Invalid(_)));
     }
 
     proptest! {

@@ -17,9 +17,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::ValidationError;
-use crate::limits::{
-    MAX_METRIC_NAME, MAX_METRIC_STRING, MAX_METRICS, MAX_TIMESTAMP_MS, MAX_UPLINK_PAYLOAD,
-};
+use crate::limits::{MAX_METRIC_NAME, MAX_METRIC_STRING, MAX_METRICS, MAX_TIMESTAMP_MS, MAX_UPLINK_PAYLOAD};
 use crate::topic::DeviceTopic;
 
 /// The schema version this build writes and accepts.
@@ -104,44 +102,24 @@ impl Uplink {
     /// Parses and validates a payload received on `topic` (one of telemetry, events, state).
     pub fn parse(topic: DeviceTopic, payload: &[u8]) -> Result<Uplink, ValidationError> {
         if payload.len() > MAX_UPLINK_PAYLOAD {
-            return Err(ValidationError::TooLong {
-                what: "payload",
-                len: payload.len(),
-                max: MAX_UPLINK_PAYLOAD,
-            });
+            return Err(ValidationError::TooLong { what: "payload", len: payload.len(), max: MAX_UPLINK_PAYLOAD });
         }
-        let wire: Wire =
-            serde_json::from_slice(payload).map_err(|e| ValidationError::schema("uplink", e))?;
+        let wire: Wire = serde_json::from_slice(payload).map_err(|e| ValidationError::schema("uplink", e))?;
         if wire.v != SCHEMA_VERSION {
-            return Err(ValidationError::UnsupportedVersion {
-                found: wire.v,
-                supported: "1",
-            });
+            return Err(ValidationError::UnsupportedVersion { found: wire.v, supported: "1" });
         }
         if wire.seq == 0 {
-            return Err(ValidationError::OutOfRange {
-                field: "seq",
-                detail: "must be at least 1".into(),
-            });
+            return Err(ValidationError::OutOfRange { field: "seq", detail: "must be at least 1".into() });
         }
         if wire.seq > MAX_TIMESTAMP_MS {
-            return Err(ValidationError::OutOfRange {
-                field: "seq",
-                detail: "must be below 2^53".into(),
-            });
+            return Err(ValidationError::OutOfRange { field: "seq", detail: "must be below 2^53".into() });
         }
         if wire.ts == 0 || wire.ts > MAX_TIMESTAMP_MS {
-            return Err(ValidationError::OutOfRange {
-                field: "ts",
-                detail: "Unix milliseconds in 1..2^53".into(),
-            });
+            return Err(ValidationError::OutOfRange { field: "ts", detail: "Unix milliseconds in 1..2^53".into() });
         }
         let misplaced = |field: &'static str| ValidationError::Schema {
             what: "uplink",
-            detail: format!(
-                "field `{field}` does not belong on the {} topic",
-                topic.suffix()
-            ),
+            detail: format!("field `{field}` does not belong on the {} topic", topic.suffix()),
         };
         let missing = |field: &'static str| ValidationError::Schema {
             what: "uplink",
@@ -153,9 +131,7 @@ impl Uplink {
                     return Err(misplaced("event/data/state"));
                 }
                 let metrics = wire.metrics.ok_or_else(|| missing("metrics"))?;
-                UplinkBody::Telemetry {
-                    metrics: check_fields("metrics", metrics)?,
-                }
+                UplinkBody::Telemetry { metrics: check_fields("metrics", metrics)? }
             }
             DeviceTopic::Events => {
                 if wire.metrics.is_some() || wire.state.is_some() {
@@ -163,19 +139,14 @@ impl Uplink {
                 }
                 let event = wire.event.ok_or_else(|| missing("event"))?;
                 check_name("event", &event)?;
-                UplinkBody::Event {
-                    event,
-                    data: check_fields("data", wire.data.unwrap_or_default())?,
-                }
+                UplinkBody::Event { event, data: check_fields("data", wire.data.unwrap_or_default())? }
             }
             DeviceTopic::State => {
                 if wire.metrics.is_some() || wire.event.is_some() || wire.data.is_some() {
                     return Err(misplaced("metrics/event/data"));
                 }
                 let state = wire.state.ok_or_else(|| missing("state"))?;
-                UplinkBody::State {
-                    state: check_fields("state", state)?,
-                }
+                UplinkBody::State { state: check_fields("state", state)? }
             }
             DeviceTopic::CommandAck => {
                 return Err(ValidationError::Schema {
@@ -184,24 +155,13 @@ impl Uplink {
                 });
             }
         };
-        Ok(Uplink {
-            seq: wire.seq,
-            ts: wire.ts,
-            body,
-        })
+        Ok(Uplink { seq: wire.seq, ts: wire.ts, body })
     }
 
     /// Encodes this message as its JSON payload.
     pub fn to_json(&self) -> Vec<u8> {
-        let mut wire = Wire {
-            v: SCHEMA_VERSION,
-            seq: self.seq,
-            ts: self.ts,
-            metrics: None,
-            event: None,
-            data: None,
-            state: None,
-        };
+        let mut wire =
+            Wire { v: SCHEMA_VERSION, seq: self.seq, ts: self.ts, metrics: None, event: None, data: None, state: None };
         match &self.body {
             UplinkBody::Telemetry { metrics } => wire.metrics = Some(metrics.clone()),
             UplinkBody::Event { event, data } => {
@@ -227,41 +187,24 @@ impl Uplink {
 
 fn check_name(what: &'static str, name: &str) -> Result<(), ValidationError> {
     crate::id::check_len(what, name, 1, MAX_METRIC_NAME)?;
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.')))
-    {
-        return Err(ValidationError::BadCharacter {
-            what,
-            found: c,
-            allowed: "a-z, 0-9, '_' and '.'",
-        });
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.'))) {
+        return Err(ValidationError::BadCharacter { what, found: c, allowed: "a-z, 0-9, '_' and '.'" });
     }
     Ok(())
 }
 
 fn check_fields(what: &'static str, fields: Fields) -> Result<Fields, ValidationError> {
     if fields.len() > MAX_METRICS {
-        return Err(ValidationError::OutOfRange {
-            field: what,
-            detail: format!("at most {MAX_METRICS} entries"),
-        });
+        return Err(ValidationError::OutOfRange { field: what, detail: format!("at most {MAX_METRICS} entries") });
     }
     for (name, value) in &fields {
         check_name("field name", name)?;
         match value {
             Value::Number(n) if !n.is_finite() => {
-                return Err(ValidationError::OutOfRange {
-                    field: what,
-                    detail: format!("{name} is not finite"),
-                });
+                return Err(ValidationError::OutOfRange { field: what, detail: format!("{name} is not finite") });
             }
             Value::Text(t) if t.len() > MAX_METRIC_STRING => {
-                return Err(ValidationError::TooLong {
-                    what: "string value",
-                    len: t.len(),
-                    max: MAX_METRIC_STRING,
-                });
+                return Err(ValidationError::TooLong { what: "string value", len: t.len(), max: MAX_METRIC_STRING });
             }
             _ => {}
         }
@@ -286,92 +229,27 @@ mod tests {
     #[test]
     fn telemetry_schema() {
         use DeviceTopic::*;
-        check(
-            Telemetry,
-            r#"{"v":1,"seq":1,"ts":5,"metrics":{"t":1.5,"on":true,"mode":"eco"}}"#,
-            Ok(()),
-        );
-        check(
-            Telemetry,
-            r#"{"v":2,"seq":1,"ts":5,"metrics":{}}"#,
-            Err("unsupported_version"),
-        );
-        check(
-            Telemetry,
-            r#"{"v":1,"seq":0,"ts":5,"metrics":{}}"#,
-            Err("out_of_range"),
-        );
-        check(
-            Telemetry,
-            r#"{"v":1,"seq":1,"ts":0,"metrics":{}}"#,
-            Err("out_of_range"),
-        );
+        check(Telemetry, r#"{"v":1,"seq":1,"ts":5,"metrics":{"t":1.5,"on":true,"mode":"eco"}}"#, Ok(()));
+        check(Telemetry, r#"{"v":2,"seq":1,"ts":5,"metrics":{}}"#, Err("unsupported_version"));
+        check(Telemetry, r#"{"v":1,"seq":0,"ts":5,"metrics":{}}"#, Err("out_of_range"));
+        check(Telemetry, r#"{"v":1,"seq":1,"ts":0,"metrics":{}}"#, Err("out_of_range"));
         check(Telemetry, r#"{"v":1,"seq":1,"ts":5}"#, Err("schema"));
-        check(
-            Telemetry,
-            r#"{"v":1,"seq":1,"ts":5,"metrics":{},"extra":1}"#,
-            Err("schema"),
-        );
-        check(
-            Telemetry,
-            r#"{"v":1,"seq":1,"ts":5,"metrics":{"T":1}}"#,
-            Err("bad_character"),
-        );
-        check(
-            Telemetry,
-            r#"{"v":1,"seq":1,"ts":5,"metrics":{"t":[1]}}"#,
-            Err("schema"),
-        );
-        check(
-            Telemetry,
-            r#"{"v":1,"seq":1,"ts":5,"metrics":{"t":null}}"#,
-            Err("schema"),
-        );
-        check(
-            Telemetry,
-            r#"{"v":1,"seq":-1,"ts":5,"metrics":{}}"#,
-            Err("schema"),
-        );
+        check(Telemetry, r#"{"v":1,"seq":1,"ts":5,"metrics":{},"extra":1}"#, Err("schema"));
+        check(Telemetry, r#"{"v":1,"seq":1,"ts":5,"metrics":{"T":1}}"#, Err("bad_character"));
+        check(Telemetry, r#"{"v":1,"seq":1,"ts":5,"metrics":{"t":[1]}}"#, Err("schema"));
+        check(Telemetry, r#"{"v":1,"seq":1,"ts":5,"metrics":{"t":null}}"#, Err("schema"));
+        check(Telemetry, r#"{"v":1,"seq":-1,"ts":5,"metrics":{}}"#, Err("schema"));
         check(Telemetry, "not json", Err("schema"));
-        check(
-            Telemetry,
-            r#"{"v":1,"seq":1,"ts":5,"state":{}}"#,
-            Err("schema"),
-        );
-        check(
-            Events,
-            r#"{"v":1,"seq":1,"ts":5,"event":"door_open"}"#,
-            Ok(()),
-        );
-        check(
-            Events,
-            r#"{"v":1,"seq":1,"ts":5,"event":"Door"}"#,
-            Err("bad_character"),
-        );
-        check(
-            State,
-            r#"{"v":1,"seq":1,"ts":5,"state":{"fw":"1.0"}}"#,
-            Ok(()),
-        );
-        let long = format!(
-            r#"{{"v":1,"seq":1,"ts":5,"metrics":{{"s":"{}"}}}}"#,
-            "x".repeat(300)
-        );
+        check(Telemetry, r#"{"v":1,"seq":1,"ts":5,"state":{}}"#, Err("schema"));
+        check(Events, r#"{"v":1,"seq":1,"ts":5,"event":"door_open"}"#, Ok(()));
+        check(Events, r#"{"v":1,"seq":1,"ts":5,"event":"Door"}"#, Err("bad_character"));
+        check(State, r#"{"v":1,"seq":1,"ts":5,"state":{"fw":"1.0"}}"#, Ok(()));
+        let long = format!(r#"{{"v":1,"seq":1,"ts":5,"metrics":{{"s":"{}"}}}}"#, "x".repeat(300));
         check(Telemetry, &long, Err("too_long"));
-        let big = format!(
-            r#"{{"v":1,"seq":1,"ts":5,"metrics":{{"s":"{}"}}}}"#,
-            "x".repeat(20_000)
-        );
+        let big = format!(r#"{{"v":1,"seq":1,"ts":5,"metrics":{{"s":"{}"}}}}"#, "x".repeat(20_000));
         check(Telemetry, &big, Err("too_long"));
         let many: Vec<String> = (0..65).map(|i| format!(r#""m{i}":1"#)).collect();
-        check(
-            Telemetry,
-            &format!(
-                r#"{{"v":1,"seq":1,"ts":5,"metrics":{{{}}}}}"#,
-                many.join(",")
-            ),
-            Err("out_of_range"),
-        );
+        check(Telemetry, &format!(r#"{{"v":1,"seq":1,"ts":5,"metrics":{{{}}}}}"#, many.join(",")), Err("out_of_range"));
     }
 
     #[test]
@@ -379,11 +257,7 @@ mod tests {
         let mut metrics = Fields::new();
         metrics.insert("temp".into(), Value::Number(20.25));
         metrics.insert("ok".into(), Value::Bool(true));
-        let up = Uplink {
-            seq: 7,
-            ts: 1_764_000_000_000,
-            body: UplinkBody::Telemetry { metrics },
-        };
+        let up = Uplink { seq: 7, ts: 1_764_000_000_000, body: UplinkBody::Telemetry { metrics } };
         assert_eq!(Uplink::parse(DeviceTopic::Telemetry, &up.to_json()), Ok(up));
     }
 

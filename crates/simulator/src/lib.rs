@@ -36,21 +36,9 @@ impl Profile {
     pub fn source(self, seed: u64) -> Box<dyn TelemetrySource> {
         let rng = Jitter::with_seed(seed);
         match self {
-            Profile::Thermostat => Box::new(Thermostat {
-                rng,
-                temperature: 21.0,
-                setpoint: 21.5,
-            }),
-            Profile::Plug => Box::new(Plug {
-                rng,
-                on: true,
-                energy_wh: 0.0,
-                last_ms: None,
-            }),
-            Profile::Motion => Box::new(Motion {
-                rng,
-                battery: 100.0,
-            }),
+            Profile::Thermostat => Box::new(Thermostat { rng, temperature: 21.0, setpoint: 21.5 }),
+            Profile::Plug => Box::new(Plug { rng, on: true, energy_wh: 0.0, last_ms: None }),
+            Profile::Motion => Box::new(Motion { rng, battery: 100.0 }),
         }
     }
 }
@@ -157,10 +145,7 @@ impl Fleet {
     /// Stops every agent (each disconnects cleanly) and reports.
     pub async fn stop(mut self) -> FleetReport {
         let _ = self.stop.send(true);
-        let mut report = FleetReport {
-            agents: self.stats.len(),
-            ..FleetReport::default()
-        };
+        let mut report = FleetReport { agents: self.stats.len(), ..FleetReport::default() };
         while let Some(joined) = self.tasks.join_next().await {
             match joined {
                 Ok((_, Ok(started))) => report.started += usize::from(started),
@@ -175,10 +160,7 @@ impl Fleet {
 }
 
 /// Runs a fleet until `shutdown` becomes true (or its sender is dropped), then stops it and reports.
-pub async fn run_fleet(
-    config: FleetConfig,
-    mut shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<FleetReport> {
+pub async fn run_fleet(config: FleetConfig, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<FleetReport> {
     let fleet = Fleet::start(config);
     while !*shutdown.borrow_and_update() {
         if shutdown.changed().await.is_err() {
@@ -190,11 +172,7 @@ pub async fn run_fleet(
 
 /// Waits out the ramp delay, enrols, runs. `Ok(true)` if the agent got to run, `Ok(false)` if shutdown came
 /// first.
-async fn run_one(
-    config: AgentConfig,
-    delay: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<bool> {
+async fn run_one(config: AgentConfig, delay: Duration, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<bool> {
     let start = async {
         tokio::time::sleep(delay).await;
         Agent::new(config).await
@@ -222,10 +200,7 @@ impl TelemetrySource for Thermostat {
         let target = if heating { self.setpoint + 0.5 } else { 18.0 };
         self.temperature += (target - self.temperature) * 0.05 + (self.rng.next_f64() - 0.5) * 0.2;
         let mut f = Fields::new();
-        f.insert(
-            "temperature_c".into(),
-            Value::Number(round(self.temperature, 2)),
-        );
+        f.insert("temperature_c".into(), Value::Number(round(self.temperature, 2)));
         f.insert("setpoint_c".into(), Value::Number(self.setpoint));
         f.insert("heating".into(), Value::Bool(heating));
         f
@@ -244,15 +219,8 @@ impl TelemetrySource for Plug {
         if self.rng.next_f64() < 0.05 {
             self.on = !self.on;
         }
-        let power = if self.on {
-            60.0 + self.rng.next_f64() * 40.0
-        } else {
-            0.3
-        };
-        let hours = self
-            .last_ms
-            .map(|last| now_ms.saturating_sub(last) as f64 / 3_600_000.0)
-            .unwrap_or(0.0);
+        let power = if self.on { 60.0 + self.rng.next_f64() * 40.0 } else { 0.3 };
+        let hours = self.last_ms.map(|last| now_ms.saturating_sub(last) as f64 / 3_600_000.0).unwrap_or(0.0);
         self.last_ms = Some(now_ms);
         self.energy_wh += power * hours;
         let mut f = Fields::new();
@@ -274,10 +242,7 @@ impl TelemetrySource for Motion {
         let mut f = Fields::new();
         f.insert("motion".into(), Value::Bool(self.rng.next_f64() < 0.1));
         f.insert("battery_pct".into(), Value::Number(round(self.battery, 2)));
-        f.insert(
-            "lux".into(),
-            Value::Number(round(self.rng.next_f64() * 500.0, 0)),
-        );
+        f.insert("lux".into(), Value::Number(round(self.rng.next_f64() * 500.0, 0)));
         f
     }
 }
@@ -301,23 +266,13 @@ mod tests {
             for i in 0..500u64 {
                 let metrics = source.sample(1_764_000_000_000 + i * 10_000);
                 assert!(!metrics.is_empty());
-                let up = Uplink {
-                    seq: i + 1,
-                    ts: 1_764_000_000_000,
-                    body: UplinkBody::Telemetry { metrics },
-                };
-                assert_eq!(
-                    Uplink::parse(DeviceTopic::Telemetry, &up.to_json()),
-                    Ok(up),
-                    "{profile:?}"
-                );
+                let up = Uplink { seq: i + 1, ts: 1_764_000_000_000, body: UplinkBody::Telemetry { metrics } };
+                assert_eq!(Uplink::parse(DeviceTopic::Telemetry, &up.to_json()), Ok(up), "{profile:?}");
             }
         }
         let mut t = Profile::Thermostat.source(1);
         for _ in 0..1000 {
-            let Some(Value::Number(c)) = t.sample(0).get("temperature_c").cloned() else {
-                panic!()
-            };
+            let Some(Value::Number(c)) = t.sample(0).get("temperature_c").cloned() else { panic!() };
             assert!((10.0..30.0).contains(&c), "{c}");
         }
     }
@@ -347,9 +302,7 @@ mod tests {
         let fleet = Fleet::start(config);
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(fleet.stats().len(), 3);
-        let report = tokio::time::timeout(Duration::from_secs(5), fleet.stop())
-            .await
-            .unwrap();
+        let report = tokio::time::timeout(Duration::from_secs(5), fleet.stop()).await.unwrap();
         assert_eq!(report.agents, 3);
         assert_eq!(report.started, 0);
         assert!(report.errors.is_empty(), "{:?}", report.errors);

@@ -24,10 +24,7 @@ pub struct TestHub {
 
 /// A test configuration: loopback, free ports, data in `dir`.
 pub fn test_config(dir: &Path) -> Config {
-    let mut config = Config {
-        data_dir: dir.to_path_buf(),
-        ..Config::default()
-    };
+    let mut config = Config { data_dir: dir.to_path_buf(), ..Config::default() };
     config.listen.https = "127.0.0.1:0".parse().expect("literal address");
     config.listen.mqtts = "127.0.0.1:0".parse().expect("literal address");
     config.public.hostnames = vec!["127.0.0.1".into(), "localhost".into()];
@@ -47,12 +44,7 @@ impl TestHub {
         adjust(&mut config);
         let hub = hearth_hub::start(config).await?;
         let client = client_for(&hub.server_ca_path, None)?;
-        let setup = hub
-            .setup_token
-            .as_ref()
-            .context("a new hub prints a setup token")?
-            .expose()
-            .to_owned();
+        let setup = hub.setup_token.as_ref().context("a new hub prints a setup token")?.expose().to_owned();
         let resp = client
             .post(format!("{}/api/v1/setup", base_url(&hub)))
             .json(&serde_json::json!({ "setup_token": setup }))
@@ -61,16 +53,8 @@ impl TestHub {
         if !resp.status().is_success() {
             bail!("setup failed: {}", resp.text().await?);
         }
-        let token = resp.json::<serde_json::Value>().await?["token"]
-            .as_str()
-            .context("token in answer")?
-            .to_owned();
-        Ok(TestHub {
-            hub,
-            dir,
-            token,
-            client,
-        })
+        let token = resp.json::<serde_json::Value>().await?["token"].as_str().context("token in answer")?.to_owned();
+        Ok(TestHub { hub, dir, token, client })
     }
 
     /// `https://127.0.0.1:PORT`.
@@ -80,45 +64,21 @@ impl TestHub {
 
     /// GET with the operator token; returns status and JSON body.
     pub async fn get(&self, path: &str) -> Result<(u16, serde_json::Value)> {
-        let resp = self
-            .client
-            .get(format!("{}{path}", self.base()))
-            .bearer_auth(&self.token)
-            .send()
-            .await?;
-        Ok((
-            resp.status().as_u16(),
-            resp.json().await.unwrap_or(serde_json::Value::Null),
-        ))
+        let resp = self.client.get(format!("{}{path}", self.base())).bearer_auth(&self.token).send().await?;
+        Ok((resp.status().as_u16(), resp.json().await.unwrap_or(serde_json::Value::Null)))
     }
 
     /// POST JSON with the operator token; returns status and JSON body.
-    pub async fn post(
-        &self,
-        path: &str,
-        body: serde_json::Value,
-    ) -> Result<(u16, serde_json::Value)> {
-        let resp = self
-            .client
-            .post(format!("{}{path}", self.base()))
-            .bearer_auth(&self.token)
-            .json(&body)
-            .send()
-            .await?;
-        Ok((
-            resp.status().as_u16(),
-            resp.json().await.unwrap_or(serde_json::Value::Null),
-        ))
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> Result<(u16, serde_json::Value)> {
+        let resp =
+            self.client.post(format!("{}{path}", self.base())).bearer_auth(&self.token).json(&body).send().await?;
+        Ok((resp.status().as_u16(), resp.json().await.unwrap_or(serde_json::Value::Null)))
     }
 
     /// Manufactures `count` devices and returns their bootstrap files.
     pub async fn manufacture(&self, model: &str, count: usize) -> Result<Vec<BootstrapFile>> {
-        let (status, body) = self
-            .post(
-                "/api/v1/devices",
-                serde_json::json!({ "model": model, "count": count }),
-            )
-            .await?;
+        let (status, body) =
+            self.post("/api/v1/devices", serde_json::json!({ "model": model, "count": count })).await?;
         if status != 201 {
             bail!("manufacture failed ({status}): {body}");
         }
@@ -146,12 +106,7 @@ pub fn write_bootstraps(files: &[BootstrapFile], dir: &Path) -> Result<Vec<PathB
     let mut paths = Vec::new();
     for f in files {
         let path = dir.join(format!("{}.json", f.device_id));
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)?;
+        let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
         file.write_all(&serde_json::to_vec_pretty(f)?)?;
         paths.push(path);
     }
@@ -178,10 +133,7 @@ pub fn client_for(ca_path: &Path, identity_pem: Option<&[u8]>) -> Result<reqwest
 pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/debug/deps/it-xxxx → target/debug/NAME
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory");
+    let dir = exe.parent().and_then(Path::parent).expect("target directory");
     dir.join(name)
 }
 
@@ -197,9 +149,7 @@ pub fn require_tool(tool: &str, test: &str) -> bool {
     if std::env::var("HEARTH_REQUIRE_ALL").is_ok_and(|v| v == "1") {
         panic!("{test}: `{tool}` is required (HEARTH_REQUIRE_ALL=1) but not installed");
     }
-    eprintln!(
-        "SKIPPED {test}: `{tool}` is not installed (apt-get install mosquitto-clients openssl)"
-    );
+    eprintln!("SKIPPED {test}: `{tool}` is not installed (apt-get install mosquitto-clients openssl)");
     false
 }
 
@@ -254,12 +204,7 @@ impl TestHub {
             bail!("enrol failed: {}", resp.text().await?);
         }
         let cert: hearth_proto::enrol::CertificateResponse = resp.json().await?;
-        write_device_files(
-            dir,
-            file.device_id,
-            key.serialize_pem(),
-            cert.certificate_chain_pem,
-        )
+        write_device_files(dir, file.device_id, key.serialize_pem(), cert.certificate_chain_pem)
     }
 
     /// A device certificate for `device` issued directly by the hub's CA, valid from `start` for `validity`
@@ -287,9 +232,7 @@ impl TestHub {
 /// A CSR (PEM) with subject CN = `cn`.
 pub fn csr_for(key: &rcgen::KeyPair, cn: &str) -> Result<String> {
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, cn);
+    params.distinguished_name.push(rcgen::DnType::CommonName, cn);
     Ok(params.serialize_request(key)?.pem()?)
 }
 
@@ -298,25 +241,16 @@ pub fn foreign_device(dir: &Path, cn: &str) -> Result<TestDevice> {
     let ca_key = rcgen::KeyPair::generate()?;
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "Hearth device CA");
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "Hearth device CA");
     let ca = ca_params.self_signed(&ca_key)?;
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
     let key = rcgen::KeyPair::generate()?;
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, cn);
+    params.distinguished_name.push(rcgen::DnType::CommonName, cn);
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     let cert = params.signed_by(&key, &issuer)?;
     let id = hearth_proto::DeviceId::parse(cn)?;
-    write_device_files(
-        dir,
-        id,
-        key.serialize_pem(),
-        format!("{}{}", cert.pem(), ca.pem()),
-    )
+    write_device_files(dir, id, key.serialize_pem(), format!("{}{}", cert.pem(), ca.pem()))
 }
 
 fn write_device_files(
@@ -330,13 +264,7 @@ fn write_device_files(
     let cert_path = dir.join(format!("{id}.crt"));
     std::fs::write(&key_path, &key_pem)?;
     std::fs::write(&cert_path, &chain_pem)?;
-    Ok(TestDevice {
-        id,
-        key_pem,
-        chain_pem,
-        key_path,
-        cert_path,
-    })
+    Ok(TestDevice { id, key_pem, chain_pem, key_path, cert_path })
 }
 
 /// A TLS connection to the hub's MQTT port as `device` (or with no certificate), for raw-byte tests.
@@ -356,8 +284,7 @@ pub async fn tls_connect(
         .with_root_certificates(roots);
     let config = match device {
         Some(d) => {
-            let chain = CertificateDer::pem_slice_iter(d.chain_pem.as_bytes())
-                .collect::<Result<Vec<_>, _>>()?;
+            let chain = CertificateDer::pem_slice_iter(d.chain_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
             let key = PrivateKeyDer::from_pem_slice(d.key_pem.as_bytes())?;
             builder.with_client_auth_cert(chain, key)?
         }
@@ -365,9 +292,7 @@ pub async fn tls_connect(
     };
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(hub.mqtt_addr).await?;
-    let mut tls = connector
-        .connect(ServerName::try_from("127.0.0.1")?.to_owned(), tcp)
-        .await?;
+    let mut tls = connector.connect(ServerName::try_from("127.0.0.1")?.to_owned(), tcp).await?;
     // In TLS 1.3 a refused client certificate shows only on the first read; surface it now.
     use tokio::io::AsyncWriteExt as _;
     tls.flush().await?;
@@ -379,9 +304,7 @@ pub fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
 }

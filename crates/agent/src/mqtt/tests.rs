@@ -32,33 +32,19 @@ impl Peer {
 }
 
 fn options(keep_alive: Duration) -> ConnectOptions {
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .unwrap()
-    .with_root_certificates(rustls::RootCertStore::empty())
-    .with_no_client_auth();
-    let mut opts = ConnectOptions::new(
-        "unused:0",
-        ServerName::try_from("hub").unwrap(),
-        Arc::new(tls),
-        "dev-1",
-    );
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let mut opts = ConnectOptions::new("unused:0", ServerName::try_from("hub").unwrap(), Arc::new(tls), "dev-1");
     opts.keep_alive = keep_alive;
     opts
 }
 
 fn pair() -> (DuplexStream, Peer) {
     let (a, b) = tokio::io::duplex(64 * 1024);
-    (
-        a,
-        Peer {
-            io: b,
-            codec: Codec::new(0, 0),
-            buf: BytesMut::new(),
-        },
-    )
+    (a, Peer { io: b, codec: Codec::new(0, 0), buf: BytesMut::new() })
 }
 
 fn pid(n: u16) -> NonZeroU16 {
@@ -76,9 +62,7 @@ fn connect_packet_round_trips_through_the_codec() {
     };
     let mut codec = Codec::new(0, 0);
     let mut buf = BytesMut::new();
-    codec
-        .encode(Packet::Connect(Box::new(connect.clone())), &mut buf)
-        .unwrap();
+    codec.encode(Packet::Connect(Box::new(connect.clone())), &mut buf).unwrap();
     let (decoded, _) = codec.decode(&mut buf).unwrap().unwrap();
     assert_eq!(decoded, Packet::Connect(Box::new(connect)));
 }
@@ -87,22 +71,15 @@ fn connect_packet_round_trips_through_the_codec() {
 async fn session_subscribe_publish_acks_and_commands() {
     let (io, mut peer) = pair();
     let hub = tokio::spawn(async move {
-        let Packet::Connect(c) = peer.recv().await else {
-            panic!("expected CONNECT")
-        };
+        let Packet::Connect(c) = peer.recv().await else { panic!("expected CONNECT") };
         assert_eq!(c.client_id, "dev-1");
         assert!(c.clean_start);
         assert_eq!(c.keep_alive, 30);
         assert_eq!(c.max_packet_size.map(|m| m.get()), Some(64 * 1024));
-        let ack = ConnectAck {
-            receive_max: pid(2),
-            ..ConnectAck::default()
-        };
+        let ack = ConnectAck { receive_max: pid(2), ..ConnectAck::default() };
         peer.send(Packet::ConnectAck(Box::new(ack))).await;
 
-        let Packet::Subscribe(s) = peer.recv().await else {
-            panic!("expected SUBSCRIBE")
-        };
+        let Packet::Subscribe(s) = peer.recv().await else { panic!("expected SUBSCRIBE") };
         assert_eq!(s.topic_filters[0].0, "devices/dev-1/commands");
         assert_eq!(s.topic_filters[0].1.qos, QoS::AtLeastOnce);
         peer.send(Packet::SubscribeAck(SubscribeAck {
@@ -115,20 +92,14 @@ async fn session_subscribe_publish_acks_and_commands() {
 
         let mut ids = Vec::new();
         for _ in 0..2 {
-            let Packet::Publish(p) = peer.recv().await else {
-                panic!("expected PUBLISH")
-            };
+            let Packet::Publish(p) = peer.recv().await else { panic!("expected PUBLISH") };
             assert_eq!(p.topic, "devices/dev-1/telemetry");
             assert_eq!(p.qos, QoS::AtLeastOnce);
             ids.push((p.packet_id.unwrap(), p.payload));
         }
         assert_eq!(ids[0].1, Bytes::from_static(b"one"));
         for (i, (id, _)) in ids.iter().enumerate() {
-            let reason = if i == 0 {
-                PublishAckReason::Success
-            } else {
-                PublishAckReason::PayloadFormatInvalid
-            };
+            let reason = if i == 0 { PublishAckReason::Success } else { PublishAckReason::PayloadFormatInvalid };
             peer.send(Packet::PublishAck(PublishAck {
                 packet_id: *id,
                 reason_code: reason,
@@ -148,78 +119,32 @@ async fn session_subscribe_publish_acks_and_commands() {
             properties: None,
         };
         peer.send(Packet::Publish(Box::new(command))).await;
-        let Packet::PublishAck(ack) = peer.recv().await else {
-            panic!("expected PUBACK")
-        };
+        let Packet::PublishAck(ack) = peer.recv().await else { panic!("expected PUBACK") };
         assert_eq!(ack.packet_id, pid(7));
-        let Packet::Disconnect(d) = peer.recv().await else {
-            panic!("expected DISCONNECT")
-        };
+        let Packet::Disconnect(d) = peer.recv().await else { panic!("expected DISCONNECT") };
         assert_eq!(d.reason_code, DisconnectReasonCode::NormalDisconnection);
     });
 
-    let mut conn = MqttConnection::handshake(io, &options(Duration::from_secs(30)))
-        .await
-        .unwrap();
-    assert_eq!(
-        conn.max_inflight(),
-        2,
-        "capped by the hub's Receive Maximum"
-    );
-    let sub = conn
-        .subscribe("devices/dev-1/commands", QoS::AtLeastOnce)
-        .unwrap();
-    assert_eq!(
-        conn.next_event().await.unwrap(),
-        Event::SubAck {
-            packet_id: sub,
-            reason_codes: vec![1]
-        }
-    );
+    let mut conn = MqttConnection::handshake(io, &options(Duration::from_secs(30))).await.unwrap();
+    assert_eq!(conn.max_inflight(), 2, "capped by the hub's Receive Maximum");
+    let sub = conn.subscribe("devices/dev-1/commands", QoS::AtLeastOnce).unwrap();
+    assert_eq!(conn.next_event().await.unwrap(), Event::SubAck { packet_id: sub, reason_codes: vec![1] });
 
-    let a = conn
-        .publish(
-            "devices/dev-1/telemetry",
-            Bytes::from_static(b"one"),
-            QoS::AtLeastOnce,
-        )
-        .unwrap()
-        .unwrap();
-    let b = conn
-        .publish(
-            "devices/dev-1/telemetry",
-            Bytes::from_static(b"two"),
-            QoS::AtLeastOnce,
-        )
-        .unwrap()
-        .unwrap();
+    let a = conn.publish("devices/dev-1/telemetry", Bytes::from_static(b"one"), QoS::AtLeastOnce).unwrap().unwrap();
+    let b = conn.publish("devices/dev-1/telemetry", Bytes::from_static(b"two"), QoS::AtLeastOnce).unwrap().unwrap();
     assert_ne!(a, b);
     assert!(matches!(
         conn.publish("devices/dev-1/telemetry", Bytes::new(), QoS::AtLeastOnce),
         Err(MqttError::InflightFull)
     ));
+    assert_eq!(conn.next_event().await.unwrap(), Event::PubAck { packet_id: a, reason_code: REASON_SUCCESS });
     assert_eq!(
         conn.next_event().await.unwrap(),
-        Event::PubAck {
-            packet_id: a,
-            reason_code: REASON_SUCCESS
-        }
-    );
-    assert_eq!(
-        conn.next_event().await.unwrap(),
-        Event::PubAck {
-            packet_id: b,
-            reason_code: REASON_PAYLOAD_FORMAT_INVALID
-        }
+        Event::PubAck { packet_id: b, reason_code: REASON_PAYLOAD_FORMAT_INVALID }
     );
     assert_eq!(conn.inflight(), 0);
-    let Event::Message { topic, payload } = conn.next_event().await.unwrap() else {
-        panic!("expected message")
-    };
-    assert_eq!(
-        (topic.as_ref(), payload.as_ref()),
-        ("devices/dev-1/commands", b"{}".as_ref())
-    );
+    let Event::Message { topic, payload } = conn.next_event().await.unwrap() else { panic!("expected message") };
+    assert_eq!((topic.as_ref(), payload.as_ref()), ("devices/dev-1/commands", b"{}".as_ref()));
     conn.flush().await.unwrap();
     conn.disconnect().await;
     hub.await.unwrap();
@@ -230,24 +155,13 @@ async fn refused_connack_names_the_reason() {
     let (io, mut peer) = pair();
     tokio::spawn(async move {
         peer.recv().await;
-        let ack = ConnectAck {
-            reason_code: ConnectAckReason::ClientIdentifierNotValid,
-            ..ConnectAck::default()
-        };
+        let ack = ConnectAck { reason_code: ConnectAckReason::ClientIdentifierNotValid, ..ConnectAck::default() };
         peer.send(Packet::ConnectAck(Box::new(ack))).await;
         peer
     });
-    let err = MqttConnection::handshake(io, &options(Duration::from_secs(30)))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, MqttError::Refused { code: 0x85, .. }),
-        "{err}"
-    );
-    assert!(
-        err.to_string().contains("ClientIdentifierNotValid"),
-        "{err}"
-    );
+    let err = MqttConnection::handshake(io, &options(Duration::from_secs(30))).await.unwrap_err();
+    assert!(matches!(err, MqttError::Refused { code: 0x85, .. }), "{err}");
+    assert!(err.to_string().contains("ClientIdentifierNotValid"), "{err}");
 }
 
 #[tokio::test]
@@ -260,9 +174,7 @@ async fn unanswered_ping_ends_the_connection() {
         assert_eq!(peer.recv().await, Packet::PingRequest);
         peer
     });
-    let mut conn = MqttConnection::handshake(io, &options(Duration::from_secs(1)))
-        .await
-        .unwrap();
+    let mut conn = MqttConnection::handshake(io, &options(Duration::from_secs(1))).await.unwrap();
     let started = std::time::Instant::now();
     let err = conn.next_event().await.unwrap_err();
     assert!(matches!(err, MqttError::KeepAliveTimeout(_)), "{err}");
@@ -288,9 +200,7 @@ async fn oversized_packet_from_the_hub_is_refused() {
         peer.send(Packet::Publish(Box::new(big))).await;
         peer
     });
-    let mut conn = MqttConnection::handshake(io, &options(Duration::from_secs(30)))
-        .await
-        .unwrap();
+    let mut conn = MqttConnection::handshake(io, &options(Duration::from_secs(30))).await.unwrap();
     let err = conn.next_event().await.unwrap_err();
     assert!(matches!(err, MqttError::Decode(_)), "{err}");
 }

@@ -14,9 +14,7 @@ use hearth_agent::{Agent, AgentConfig};
 use hearth_proto::command::{AckStatus, CommandAck};
 use hearth_proto::{DeviceId, ModelId};
 use rmqtt_codec::types::Publish;
-use rmqtt_codec::v5::{
-    Codec, Packet, PublishAck, PublishAckReason, QoS, SubscribeAck, SubscribeAckReason,
-};
+use rmqtt_codec::v5::{Codec, Packet, PublishAck, PublishAckReason, QoS, SubscribeAck, SubscribeAckReason};
 use rustls::pki_types::PrivateKeyDer;
 use rustls::pki_types::pem::PemObject;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -36,19 +34,13 @@ fn pki() -> Pki {
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
     let server_key = rcgen::KeyPair::generate().unwrap();
-    let server_cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&server_key, &issuer)
-        .unwrap();
+    let server_cert =
+        rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().signed_by(&server_key, &issuer).unwrap();
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca_cert.der().clone()).unwrap();
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .build()
-    .unwrap();
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build().unwrap();
     let server_config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
@@ -58,19 +50,13 @@ fn pki() -> Pki {
             PrivateKeyDer::from_pem_slice(server_key.serialize_pem().as_bytes()).unwrap(),
         )
         .unwrap();
-    Pki {
-        ca_pem: ca_cert.pem(),
-        server_config: Arc::new(server_config),
-        issuer,
-    }
+    Pki { ca_pem: ca_cert.pem(), server_config: Arc::new(server_config), issuer }
 }
 
 /// Writes what enrolment would have left in the state directory.
 fn pre_enrol(pki: &Pki, dir: &std::path::Path, id: &DeviceId, port: u16) {
     let key = FileKeyStore::open_or_create(dir).unwrap();
-    let csr =
-        rcgen::CertificateSigningRequestParams::from_pem(&key.certificate_request(id).unwrap())
-            .unwrap();
+    let csr = rcgen::CertificateSigningRequestParams::from_pem(&key.certificate_request(id).unwrap()).unwrap();
     let mut params = csr.params;
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::hours(1);
@@ -129,11 +115,7 @@ async fn agent_forwards_queue_answers_commands_and_disconnects_cleanly() {
     tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
         let tls = acceptor.accept(tcp).await.unwrap();
-        let mut peer = Peer {
-            io: tls,
-            codec: Codec::new(0, 0),
-            buf: BytesMut::new(),
-        };
+        let mut peer = Peer { io: tls, codec: Codec::new(0, 0), buf: BytesMut::new() };
         let mut publishes = 0;
         while let Some(packet) = peer.recv().await {
             match &packet {
@@ -191,10 +173,7 @@ async fn agent_forwards_queue_answers_commands_and_disconnects_cleanly() {
     let mut command_ack = None;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while command_ack.is_none() {
-        let packet = tokio::time::timeout_at(deadline, seen.recv())
-            .await
-            .unwrap()
-            .unwrap();
+        let packet = tokio::time::timeout_at(deadline, seen.recv()).await.unwrap().unwrap();
         if let Packet::Connect(c) = &packet {
             assert_eq!(c.client_id, "dev-it");
         }
@@ -205,27 +184,13 @@ async fn agent_forwards_queue_answers_commands_and_disconnects_cleanly() {
             topics.push(p.topic.to_string());
         }
     }
-    assert_eq!(
-        topics[0], "devices/dev-it/state",
-        "state is reported on connect"
-    );
-    assert!(
-        topics
-            .iter()
-            .filter(|t| *t == "devices/dev-it/telemetry")
-            .count()
-            >= 2,
-        "{topics:?}"
-    );
+    assert_eq!(topics[0], "devices/dev-it/state", "state is reported on connect");
+    assert!(topics.iter().filter(|t| *t == "devices/dev-it/telemetry").count() >= 2, "{topics:?}");
     let ack = command_ack.unwrap();
     assert_eq!((ack.id.as_str(), ack.status), ("c1", AckStatus::Ok));
 
     let _ = stop.send(true);
-    tokio::time::timeout(Duration::from_secs(5), run)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), run).await.unwrap().unwrap().unwrap();
     let mut disconnected = false;
     while let Ok(Some(packet)) = tokio::time::timeout(Duration::from_secs(2), seen.recv()).await {
         disconnected |= matches!(packet, Packet::Disconnect(_));

@@ -118,23 +118,13 @@ pub fn spawn_device(
                         },
                     }
                 }
-                Phase::Publish {
-                    step,
-                    per_device_rate,
-                    until,
-                } => {
+                Phase::Publish { step, per_device_rate, until } => {
                     let interval = Duration::from_secs_f64(1.0 / per_device_rate.max(0.001));
                     // Spread devices' first sends over one interval.
-                    let mut next =
-                        Instant::now() + interval.mul_f64((index % 1000) as f64 / 1000.0);
+                    let mut next = Instant::now() + interval.mul_f64((index % 1000) as f64 / 1000.0);
                     let mut due: VecDeque<Instant> = VecDeque::new();
-                    let mut stats = StepStats {
-                        latency: histogram(),
-                        scheduled: 0,
-                        acked: 0,
-                        refused: 0,
-                        unexpected: 0,
-                    };
+                    let mut stats =
+                        StepStats { latency: histogram(), scheduled: 0, acked: 0, refused: 0, unexpected: 0 };
                     let tick = interval.max(Duration::from_millis(10));
                     let drain_deadline = until + Duration::from_secs(5);
                     loop {
@@ -154,11 +144,7 @@ pub fn spawn_device(
                                 hearth_agent::agent::now_ms(),
                                 scheduled.elapsed().as_micros()
                             );
-                            match conn.publish(
-                                topic.as_str(),
-                                Bytes::from(payload),
-                                QoS::AtLeastOnce,
-                            ) {
+                            match conn.publish(topic.as_str(), Bytes::from(payload), QoS::AtLeastOnce) {
                                 Ok(Some(pid)) => {
                                     in_flight.insert(pid, Some(scheduled));
                                 }
@@ -173,11 +159,7 @@ pub fn spawn_device(
                         if done_sending && !telemetry_in_flight || now >= drain_deadline {
                             break;
                         }
-                        let wake = if done_sending {
-                            drain_deadline
-                        } else {
-                            (now + tick).min(next.max(now))
-                        };
+                        let wake = if done_sending { drain_deadline } else { (now + tick).min(next.max(now)) };
                         tokio::select! {
                             _ = tokio::time::sleep_until(wake) => {}
                             ev = conn.next_event() => match ev {
@@ -195,13 +177,7 @@ pub fn spawn_device(
                         unexpected: stats.unexpected,
                     });
                     // Wait for the next phase.
-                    while *phase.borrow()
-                        == (Phase::Publish {
-                            step,
-                            per_device_rate,
-                            until,
-                        })
-                    {
+                    while *phase.borrow() == (Phase::Publish { step, per_device_rate, until }) {
                         tokio::select! {
                             changed = phase.changed() => if changed.is_err() { return },
                             ev = conn.next_event() => match ev {
@@ -234,17 +210,12 @@ fn on_event<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     stats: Option<&mut StepStats>,
 ) {
     match ev {
-        Event::PubAck {
-            packet_id,
-            reason_code,
-        } => match in_flight.remove(&packet_id) {
+        Event::PubAck { packet_id, reason_code } => match in_flight.remove(&packet_id) {
             Some(Some(scheduled)) => {
                 if let Some(s) = stats {
                     if reason_code == 0 {
                         s.acked += 1;
-                        let _ = s
-                            .latency
-                            .record(scheduled.elapsed().as_micros().max(1) as u64);
+                        let _ = s.latency.record(scheduled.elapsed().as_micros().max(1) as u64);
                     } else {
                         s.refused += 1;
                     }
@@ -252,11 +223,7 @@ fn on_event<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             }
             Some(None) => {
                 // The hub holds the device's answer: the command's round trip is complete.
-                let issued = clock
-                    .issued
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(device);
+                let issued = clock.issued.lock().unwrap_or_else(|p| p.into_inner()).remove(device);
                 if let Some(t0) = issued {
                     let mut rtt = clock.rtt.lock().unwrap_or_else(|p| p.into_inner());
                     let h = rtt.get_or_insert_with(histogram);
@@ -290,33 +257,20 @@ async fn connect(
     cred: &DeviceCred,
     target: SocketAddr,
 ) -> Result<MqttConnection<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>, String> {
-    let source = SocketAddr::new(
-        IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (index % 250) as u8)),
-        0,
-    );
+    let source = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (index % 250) as u8)), 0);
     let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
-    socket
-        .bind(source)
-        .map_err(|e| format!("bind {source}: {e}"))?;
+    socket.bind(source).map_err(|e| format!("bind {source}: {e}"))?;
     let fut = async {
-        let tcp = socket
-            .connect(target)
-            .await
-            .map_err(|e| format!("tcp: {e}"))?;
+        let tcp = socket.connect(target).await.map_err(|e| format!("tcp: {e}"))?;
         let _ = tcp.set_nodelay(true);
         let name = ServerName::try_from("127.0.0.1").map_err(|e| e.to_string())?;
         let tls = tokio_rustls::TlsConnector::from(cred.tls.clone())
             .connect(name.clone(), tcp)
             .await
             .map_err(|e| format!("tls: {e}"))?;
-        let mut opts =
-            ConnectOptions::new(target.to_string(), name, cred.tls.clone(), cred.id.clone());
+        let mut opts = ConnectOptions::new(target.to_string(), name, cred.tls.clone(), cred.id.clone());
         opts.keep_alive = Duration::from_secs(120);
-        MqttConnection::handshake(tls, &opts)
-            .await
-            .map_err(|e| format!("mqtt: {e}"))
+        MqttConnection::handshake(tls, &opts).await.map_err(|e| format!("mqtt: {e}"))
     };
-    tokio::time::timeout(Duration::from_secs(30), fut)
-        .await
-        .map_err(|_| "timed out after 30 s".to_owned())?
+    tokio::time::timeout(Duration::from_secs(30), fut).await.map_err(|_| "timed out after 30 s".to_owned())?
 }

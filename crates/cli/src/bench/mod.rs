@@ -78,11 +78,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 200)]
     fanin_devices: usize,
     /// Aggregate QoS 1 arrival rates to step through, messages/s.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "2000,5000,10000,20000,40000,80000"
-    )]
+    #[arg(long, value_delimiter = ',', default_value = "2000,5000,10000,20000,40000,80000")]
     rates: Vec<f64>,
     /// Seconds per rate step.
     #[arg(long, default_value_t = 5)]
@@ -107,11 +103,7 @@ struct RunArgs {
 /// Entry point.
 pub async fn run(args: BenchArgs) -> Result<()> {
     match args.mode {
-        Mode::Smoke {
-            devices,
-            seconds,
-            out,
-        } => smoke(devices, seconds, out).await,
+        Mode::Smoke { devices, seconds, out } => smoke(devices, seconds, out).await,
         Mode::Run(a) => compare(a).await,
     }
 }
@@ -140,11 +132,8 @@ async fn smoke(devices: usize, seconds: u64, out: PathBuf) -> Result<()> {
         m.get("command_done").copied().unwrap_or(0.0),
         out.display()
     );
-    if m.get("connect_ok").copied().unwrap_or(0.0) < devices as f64 || acked == 0 || stored != acked
-    {
-        bail!(
-            "smoke run failed: every device must connect and every acknowledged message must be stored once"
-        );
+    if m.get("connect_ok").copied().unwrap_or(0.0) < devices as f64 || acked == 0 || stored != acked {
+        bail!("smoke run failed: every device must connect and every acknowledged message must be stored once");
     }
     Ok(())
 }
@@ -180,9 +169,7 @@ async fn compare(a: RunArgs) -> Result<()> {
             a.devices.max(a.fanin_devices)
         );
         let lab = Lab::start(work.path()).await?;
-        let creds = lab
-            .devices("bench", a.devices.max(a.fanin_devices), false)
-            .await?;
+        let creds = lab.devices("bench", a.devices.max(a.fanin_devices), false).await?;
         let cmd_creds = lab.devices("", a.command_devices, true).await?;
         for kind in &kinds {
             let target = match kind {
@@ -194,44 +181,17 @@ async fn compare(a: RunArgs) -> Result<()> {
             let mut m = Metrics::new();
             let mut details = serde_json::Map::new();
             m.insert("rss_start_kib".into(), rss_kib(t.pid()) as f64);
-            connect_storm(
-                t,
-                &creds[..a.devices],
-                a.connect_rate,
-                a.hold_secs,
-                &mut m,
-                &mut details,
-            )
-            .await?;
-            fanin(
-                t,
-                &creds[..a.fanin_devices],
-                &a.rates,
-                a.step_secs,
-                &mut m,
-                &mut details,
-            )
-            .await?;
+            connect_storm(t, &creds[..a.devices], a.connect_rate, a.hold_secs, &mut m, &mut details).await?;
+            fanin(t, &creds[..a.fanin_devices], &a.rates, a.step_secs, &mut m, &mut details).await?;
             if *kind == Kind::Hearth {
                 let acked = m.get("fanin_acked_total").copied().unwrap_or(0.0) as i64;
                 let stored = stored_count(&lab, &creds[..a.fanin_devices]).await?;
                 details.insert("stored_equals_acked".into(), json!(stored == acked));
                 m.insert("fanin_stored_total".into(), stored as f64);
             }
-            commands(
-                &lab,
-                t,
-                &cmd_creds,
-                a.command_rate,
-                a.command_secs,
-                &mut m,
-                &mut details,
-            )
-            .await?;
+            commands(&lab, t, &cmd_creds, a.command_rate, a.command_secs, &mut m, &mut details).await?;
             m.insert("rss_end_kib".into(), rss_kib(t.pid()) as f64);
-            all_details.push(
-                json!({ "round": round, "target": kind.name(), "metrics": m, "details": details }),
-            );
+            all_details.push(json!({ "round": round, "target": kind.name(), "metrics": m, "details": details }));
             runs.entry(kind.name()).or_default().push(m);
         }
     }
@@ -273,26 +233,13 @@ fn spawn_all(
     rate: f64,
     subscribe: bool,
     clock: &Arc<CommandClock>,
-) -> (
-    watch::Sender<Phase>,
-    mpsc::UnboundedReceiver<Report>,
-    Instant,
-) {
+) -> (watch::Sender<Phase>, mpsc::UnboundedReceiver<Report>, Instant) {
     let (phase_tx, phase_rx) = watch::channel(Phase::Idle);
     let (tx, rx) = mpsc::unbounded_channel();
     let start = Instant::now() + Duration::from_millis(100);
     for (i, cred) in creds.iter().enumerate() {
         let at = start + Duration::from_secs_f64(i as f64 / rate);
-        spawn_device(
-            i,
-            cred.clone(),
-            target.addr,
-            at,
-            phase_rx.clone(),
-            tx.clone(),
-            clock.clone(),
-            subscribe,
-        );
+        spawn_device(i, cred.clone(), target.addr, at, phase_rx.clone(), tx.clone(), clock.clone(), subscribe);
     }
     (phase_tx, rx, start)
 }
@@ -351,18 +298,11 @@ async fn connect_storm(
     m.insert("connects_per_s".into(), ok as f64 / elapsed);
     m.insert("connect_p50_ms".into(), ms(h.value_at_quantile(0.5)));
     m.insert("connect_p99_ms".into(), ms(h.value_at_quantile(0.99)));
-    m.insert(
-        "cpu_us_per_connect".into(),
-        if ok > 0 { cpu as f64 / ok as f64 } else { 0.0 },
-    );
+    m.insert("cpu_us_per_connect".into(), if ok > 0 { cpu as f64 / ok as f64 } else { 0.0 });
     m.insert("rss_idle_kib".into(), rss_idle as f64);
     m.insert(
         "rss_kib_per_connection".into(),
-        if ok > 0 {
-            rss_idle.saturating_sub(rss0) as f64 / ok as f64
-        } else {
-            0.0
-        },
+        if ok > 0 { rss_idle.saturating_sub(rss0) as f64 / ok as f64 } else { 0.0 },
     );
     details.insert("connect_latency".into(), summary(&h));
     if let Some(e) = err {
@@ -384,10 +324,7 @@ async fn fanin(
     let (phase, mut rx, _) = spawn_all(t, creds, 1000.0, false, &clock);
     let (ok, _, _, err) = collect_connects(&mut rx, creds.len(), "fan-in connect").await;
     if ok == 0 {
-        bail!(
-            "no fan-in device could connect: {}",
-            err.unwrap_or_default()
-        );
+        bail!("no fan-in device could connect: {}", err.unwrap_or_default());
     }
     let mut steps = Vec::new();
     let mut best_rate = 0.0f64;
@@ -395,24 +332,14 @@ async fn fanin(
     for (i, rate) in rates.iter().enumerate() {
         let cpu0 = cpu_us(t.pid());
         let until = Instant::now() + Duration::from_secs(step_secs);
-        let _ = phase.send(Phase::Publish {
-            step: i as u32,
-            per_device_rate: rate / ok as f64,
-            until,
-        });
+        let _ = phase.send(Phase::Publish { step: i as u32, per_device_rate: rate / ok as f64, until });
         let mut h = histogram();
-        let (mut scheduled, mut acked, mut refused, mut unexpected, mut reports, mut lost) =
-            (0, 0, 0, 0, 0, 0);
+        let (mut scheduled, mut acked, mut refused, mut unexpected, mut reports, mut lost) = (0, 0, 0, 0, 0, 0);
         while reports + lost < ok {
             match tokio::time::timeout(Duration::from_secs(step_secs + 30), rx.recv()).await {
-                Ok(Some(Report::Published {
-                    step,
-                    latency,
-                    scheduled: s,
-                    acked: a,
-                    refused: r,
-                    unexpected: u,
-                })) if step == i as u32 => {
+                Ok(Some(Report::Published { step, latency, scheduled: s, acked: a, refused: r, unexpected: u }))
+                    if step == i as u32 =>
+                {
                     let _ = h.add(&latency);
                     scheduled += s;
                     acked += a;
@@ -422,9 +349,7 @@ async fn fanin(
                 }
                 Ok(Some(Report::Lost(e))) => {
                     lost += 1;
-                    details
-                        .entry("fanin_first_lost_connection")
-                        .or_insert(json!(e));
+                    details.entry("fanin_first_lost_connection").or_insert(json!(e));
                 }
                 Ok(Some(_)) => {}
                 _ => break,
@@ -459,24 +384,11 @@ async fn fanin(
     m.insert("fanin_max_rate_p99_le_25ms".into(), best_rate);
     m.insert("fanin_acked_total".into(), acked_total as f64);
     if let Some(s) = half {
-        m.insert(
-            "fanin_p99_ms_at_half_max".into(),
-            s["latency"]["p99_ms"].as_f64().unwrap_or(0.0),
-        );
-        m.insert(
-            "fanin_half_rate".into(),
-            s["offered_per_s"].as_f64().unwrap_or(0.0),
-        );
+        m.insert("fanin_p99_ms_at_half_max".into(), s["latency"]["p99_ms"].as_f64().unwrap_or(0.0));
+        m.insert("fanin_half_rate".into(), s["offered_per_s"].as_f64().unwrap_or(0.0));
     }
-    if let Some(best) = steps
-        .iter()
-        .filter(|s| s["acked_per_s"].as_f64().unwrap_or(0.0) <= best_rate + 1.0)
-        .last()
-    {
-        m.insert(
-            "cpu_us_per_message".into(),
-            best["cpu_us_per_message"].as_f64().unwrap_or(0.0),
-        );
+    if let Some(best) = steps.iter().filter(|s| s["acked_per_s"].as_f64().unwrap_or(0.0) <= best_rate + 1.0).last() {
+        m.insert("cpu_us_per_message".into(), best["cpu_us_per_message"].as_f64().unwrap_or(0.0));
     }
     details.insert("fanin_steps".into(), json!(steps));
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -513,22 +425,13 @@ async fn commands(
                 let at = start + Duration::from_secs_f64(sent as f64 / rate);
                 tokio::time::sleep_until(at).await;
                 let id = ids[sent as usize % ids.len()].clone();
-                if clock
-                    .issued
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(id.clone(), at)
-                    .is_some()
-                {
+                if clock.issued.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), at).is_some() {
                     // The previous command to this device is still open; count it as not round-tripped.
                 }
                 let client = client.clone();
                 tasks.spawn(async move {
                     let _ = client
-                        .post(
-                            &format!("/api/v1/devices/{id}/commands"),
-                            json!({ "name": "ping", "timeout_secs": 30 }),
-                        )
+                        .post(&format!("/api/v1/devices/{id}/commands"), json!({ "name": "ping", "timeout_secs": 30 }))
                         .await;
                 });
                 sent += 1;
@@ -537,10 +440,7 @@ async fn commands(
         }
         Kind::Mosquitto => {
             let controller = lab.devices(CONTROLLER, 1, false).await?.remove(0);
-            let controller = DeviceCred {
-                id: CONTROLLER.to_owned(),
-                tls: controller.tls,
-            };
+            let controller = DeviceCred { id: CONTROLLER.to_owned(), tls: controller.tls };
             let mut conn = controller_connect(t, &controller).await?;
             while Instant::now() < end {
                 let at = start + Duration::from_secs_f64(sent as f64 / rate);
@@ -551,11 +451,7 @@ async fn commands(
                     }
                 }
                 let id = ids[sent as usize % ids.len()].clone();
-                clock
-                    .issued
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(id.clone(), at);
+                clock.issued.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), at);
                 let payload = format!(
                     r#"{{"v":1,"id":"c{sent}","name":"ping","args":{{}},"expires_at":{}}}"#,
                     hearth_agent::agent::now_ms() + 30_000
@@ -580,12 +476,7 @@ async fn commands(
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let _ = phase.send(Phase::Stop);
-    let h = clock
-        .rtt
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take()
-        .unwrap_or_else(histogram);
+    let h = clock.rtt.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_else(histogram);
     let done = h.len();
     eprintln!(
         "   commands: {sent} sent at {rate:.0}/s to {ok} devices, {done} round trips, p50 {:.2} ms p99 {:.2} ms",
@@ -604,16 +495,9 @@ async fn commands(
 async fn controller_connect(
     t: &Target,
     cred: &DeviceCred,
-) -> Result<
-    hearth_agent::mqtt::MqttConnection<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
-> {
+) -> Result<hearth_agent::mqtt::MqttConnection<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>> {
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?;
-    let mut opts = hearth_agent::mqtt::ConnectOptions::new(
-        t.addr.to_string(),
-        name,
-        cred.tls.clone(),
-        cred.id.clone(),
-    );
+    let mut opts = hearth_agent::mqtt::ConnectOptions::new(t.addr.to_string(), name, cred.tls.clone(), cred.id.clone());
     opts.inflight = 1000;
     Ok(hearth_agent::mqtt::MqttConnection::connect(opts).await?)
 }
@@ -632,14 +516,10 @@ fn machine() -> serde_json::Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+            s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
         })
         .unwrap_or_default();
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     json!({ "cpu": cpu, "cores": cores })
 }
 
@@ -648,40 +528,21 @@ fn print_table(medians: &BTreeMap<&str, Metrics>) {
         ("connects_per_s", "connect storm: connects/s", true),
         ("connect_p99_ms", "connect storm: connect p99 (ms)", false),
         ("cpu_us_per_connect", "server CPU µs per connect", false),
-        (
-            "rss_kib_per_connection",
-            "idle: server RSS KiB per connection",
-            false,
-        ),
+        ("rss_kib_per_connection", "idle: server RSS KiB per connection", false),
         ("rss_start_kib", "server RSS before load (KiB)", false),
-        (
-            "fanin_max_rate_p99_le_25ms",
-            "QoS 1 fan-in: max msg/s with p99 <= 25 ms",
-            true,
-        ),
-        (
-            "fanin_p99_ms_at_half_max",
-            "PUBACK p99 at about half that rate (ms)",
-            false,
-        ),
+        ("fanin_max_rate_p99_le_25ms", "QoS 1 fan-in: max msg/s with p99 <= 25 ms", true),
+        ("fanin_p99_ms_at_half_max", "PUBACK p99 at about half that rate (ms)", false),
         ("cpu_us_per_message", "server CPU µs per message", false),
         ("commands_per_s", "command round trips/s", true),
         ("command_p99_ms", "command round trip p99 (ms)", false),
         ("connect_failed", "connect failures", false),
         ("fanin_acked_total", "fan-in messages acknowledged", true),
-        (
-            "fanin_stored_total",
-            "fan-in messages stored (Hearth)",
-            true,
-        ),
+        ("fanin_stored_total", "fan-in messages stored (Hearth)", true),
     ];
     let h = medians.get("hearth");
     let mq = medians.get("mosquitto");
     println!();
-    println!(
-        "{:<46} {:>12} {:>12} {:>8}",
-        "metric (median of rounds)", "hearth", "mosquitto", "ratio"
-    );
+    println!("{:<46} {:>12} {:>12} {:>8}", "metric (median of rounds)", "hearth", "mosquitto", "ratio");
     for (key, label, _higher_is_better) in rows {
         let a = h.and_then(|m| m.get(key)).copied();
         let b = mq.and_then(|m| m.get(key)).copied();

@@ -87,9 +87,7 @@ pub struct Lab {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 impl Lab {
@@ -109,12 +107,7 @@ impl Lab {
             .arg(&config)
             .arg("--data-dir")
             .arg(&data)
-            .args([
-                "--https",
-                &format!("127.0.0.1:{https}"),
-                "--mqtts",
-                &format!("127.0.0.1:{mqtts}"),
-            ])
+            .args(["--https", &format!("127.0.0.1:{https}"), "--mqtts", &format!("127.0.0.1:{mqtts}")])
             .env("RUST_LOG", "error")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -134,15 +127,9 @@ impl Lab {
                 }
             }
         });
-        let setup = rx
-            .recv_timeout(Duration::from_secs(60))
-            .context("the hub did not start")?
-            .context("no setup token")?;
-        let hub = Target {
-            kind: Kind::Hearth,
-            addr: SocketAddr::from(([127, 0, 0, 1], mqtts)),
-            child,
-        };
+        let setup =
+            rx.recv_timeout(Duration::from_secs(60)).context("the hub did not start")?.context("no setup token")?;
+        let hub = Target { kind: Kind::Hearth, addr: SocketAddr::from(([127, 0, 0, 1], mqtts)), child };
         let hub_url = format!("https://127.0.0.1:{https}");
         let server_ca = data.join("tls/server-ca.pem");
         let client = crate::client::HubClient::new(&crate::HubArgs {
@@ -157,25 +144,9 @@ impl Lab {
         let master = Arc::new(master);
         let store = Store::open_sqlite(&data.join("hearth.db")).await?;
         let hostnames = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
-        let authorities = Arc::new(
-            Authorities::load_or_create(
-                &store,
-                &master,
-                &hostnames,
-                time::OffsetDateTime::now_utc(),
-            )
-            .await?,
-        );
-        Ok(Lab {
-            dir: dir.to_path_buf(),
-            hub,
-            hub_url,
-            token,
-            server_ca,
-            store,
-            master,
-            authorities,
-        })
+        let authorities =
+            Arc::new(Authorities::load_or_create(&store, &master, &hostnames, time::OffsetDateTime::now_utc()).await?);
+        Ok(Lab { dir: dir.to_path_buf(), hub, hub_url, token, server_ca, store, master, authorities })
     }
 
     /// Issues `n` device certificates named `{prefix}-{i}` (keys from a pool of 64, so the run measures the
@@ -183,9 +154,8 @@ impl Lab {
     /// manufacture and enrol logic), which the command scenario needs.
     pub async fn devices(&self, prefix: &str, n: usize, enrol: bool) -> Result<Vec<DeviceCred>> {
         let server_ca_pem = std::fs::read_to_string(&self.server_ca)?;
-        let pool: Vec<rcgen::KeyPair> = (0..n.clamp(1, 64))
-            .map(|_| rcgen::KeyPair::generate())
-            .collect::<Result<_, _>>()?;
+        let pool: Vec<rcgen::KeyPair> =
+            (0..n.clamp(1, 64)).map(|_| rcgen::KeyPair::generate()).collect::<Result<_, _>>()?;
         let signers: Vec<Arc<dyn rustls::sign::SigningKey>> = pool
             .iter()
             .map(|k| {
@@ -210,10 +180,7 @@ impl Lab {
             None
         };
         let made = match &identity {
-            Some(id) => {
-                id.manufacture(&hearth_proto::ModelId::parse("bench")?, n)
-                    .await?
-            }
+            Some(id) => id.manufacture(&hearth_proto::ModelId::parse("bench")?, n).await?,
             None => Vec::new(),
         };
         let now = time::OffsetDateTime::now_utc();
@@ -226,9 +193,7 @@ impl Lab {
                 None => DeviceId::parse(&format!("{prefix}-{i:07}"))?,
             };
             let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-            params
-                .distinguished_name
-                .push(rcgen::DnType::CommonName, id.as_str());
+            params.distinguished_name.push(rcgen::DnType::CommonName, id.as_str());
             let csr = params.serialize_request(key)?.pem()?;
             let chain = match (&identity, made.get(i)) {
                 (Some(identity), Some(m)) => {
@@ -246,14 +211,9 @@ impl Lab {
                         .chain_pem
                 }
             };
-            let tls = hearth_agent::tls::client_config(
-                &server_ca_pem,
-                Some((&chain, signers[i % signers.len()].clone())),
-            )?;
-            creds.push(DeviceCred {
-                id: id.to_string(),
-                tls: Arc::new(tls),
-            });
+            let tls =
+                hearth_agent::tls::client_config(&server_ca_pem, Some((&chain, signers[i % signers.len()].clone())))?;
+            creds.push(DeviceCred { id: id.to_string(), tls: Arc::new(tls) });
             if n >= 1000 && (i + 1) % step == 0 {
                 eprintln!("    certificates: {}/{n}", i + 1);
             }
@@ -267,17 +227,13 @@ impl Lab {
         let dir = self.dir.join("mosquitto");
         std::fs::create_dir_all(&dir)?;
         let hostnames = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
-        let (chain, key) = self
-            .authorities
-            .issue_server_cert(&hostnames, time::OffsetDateTime::now_utc())?;
+        let (chain, key) = self.authorities.issue_server_cert(&hostnames, time::OffsetDateTime::now_utc())?;
         std::fs::write(dir.join("server.crt"), chain)?;
         hearth_hub::secrets::write_private(&dir.join("server.key"), key.as_bytes())?;
         std::fs::write(dir.join("device-ca.pem"), &self.authorities.device_ca_pem)?;
         std::fs::write(
             dir.join("acl"),
-            format!(
-                "user {controller}\ntopic readwrite devices/#\n\npattern readwrite devices/%u/#\n"
-            ),
+            format!("user {controller}\ntopic readwrite devices/#\n\npattern readwrite devices/%u/#\n"),
         )?;
         let port = free_port()?;
         let conf = format!(
@@ -299,11 +255,7 @@ impl Lab {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         for _ in 0..100 {
             if std::net::TcpStream::connect(addr).is_ok() {
-                return Ok(Target {
-                    kind: Kind::Mosquitto,
-                    addr,
-                    child,
-                });
+                return Ok(Target { kind: Kind::Mosquitto, addr, child });
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -11,8 +11,7 @@ use hearth_test_support::client_for;
 
 use crate::support::{HubProcess, free_ports, setup, stored_seqs};
 
-const LIMITS: &str =
-    "[mqtt]\npublish_rate_per_sec = 100000\npublish_burst = 100000\nreceive_maximum = 256\n";
+const LIMITS: &str = "[mqtt]\npublish_rate_per_sec = 100000\npublish_burst = 100000\nreceive_maximum = 256\n";
 
 #[tokio::test]
 async fn every_acknowledged_message_survives_kill_9_exactly_once() {
@@ -34,14 +33,11 @@ async fn every_acknowledged_message_survives_kill_9_exactly_once() {
         .json()
         .await
         .expect("json");
-    let made: hearth_proto::enrol::ManufactureResponse =
-        serde_json::from_value(made).expect("response");
+    let made: hearth_proto::enrol::ManufactureResponse = serde_json::from_value(made).expect("response");
     let boot = made.bootstrap_files().remove(0);
     let state = dir.path().join("device");
     let key = Arc::new(hearth_agent::keystore::FileKeyStore::open_or_create(&state).expect("key"));
-    let identity = hearth_agent::enrol::enrol(&state, &boot, key)
-        .await
-        .expect("enrol");
+    let identity = hearth_agent::enrol::enrol(&state, &boot, key).await.expect("enrol");
     let device = identity.device_id().to_string();
     let topic = format!("devices/{device}/telemetry");
     let mut opts = ConnectOptions::new(
@@ -55,16 +51,13 @@ async fn every_acknowledged_message_survives_kill_9_exactly_once() {
     let mut acked: HashSet<i64> = HashSet::new();
     let mut seq: i64 = 1;
     for (trial, kill_after) in [150usize, 700, 1900].into_iter().enumerate() {
-        let mut conn = MqttConnection::connect(opts.clone())
-            .await
-            .expect("connect");
+        let mut conn = MqttConnection::connect(opts.clone()).await.expect("connect");
         let mut in_flight: HashMap<u16, i64> = HashMap::new();
         let mut acked_now = 0usize;
         let mut killed = false;
         loop {
             while !killed && conn.can_publish() {
-                let payload =
-                    format!(r#"{{"v":1,"seq":{seq},"ts":1764000000000,"metrics":{{"n":{seq}}}}}"#);
+                let payload = format!(r#"{{"v":1,"seq":{seq},"ts":1764000000000,"metrics":{{"n":{seq}}}}}"#);
                 match conn.publish(topic.as_str(), Bytes::from(payload), QoS::AtLeastOnce) {
                     Ok(Some(pid)) => {
                         in_flight.insert(pid, seq);
@@ -74,13 +67,8 @@ async fn every_acknowledged_message_survives_kill_9_exactly_once() {
                 }
             }
             match tokio::time::timeout(Duration::from_secs(5), conn.next_event()).await {
-                Ok(Ok(Event::PubAck {
-                    packet_id,
-                    reason_code: 0,
-                })) => {
-                    let s = in_flight
-                        .remove(&packet_id)
-                        .expect("ack for a message in flight");
+                Ok(Ok(Event::PubAck { packet_id, reason_code: 0 })) => {
+                    let s = in_flight.remove(&packet_id).expect("ack for a message in flight");
                     acked.insert(s);
                     acked_now += 1;
                     if acked_now == kill_after && !killed {
@@ -95,19 +83,12 @@ async fn every_acknowledged_message_survives_kill_9_exactly_once() {
                 Ok(Err(_)) | Err(_) => break,
             }
         }
-        assert!(
-            killed,
-            "trial {trial}: the connection ended before the kill"
-        );
+        assert!(killed, "trial {trial}: the connection ended before the kill");
         // Restart on the same data and ports.
         hub = HubProcess::start_with(&data, https, mqtts, LIMITS);
         let stored = stored_seqs(&hub, &token, &device).await;
         let stored_set: HashSet<i64> = stored.iter().map(|(s, _)| *s).collect();
-        assert_eq!(
-            stored_set.len(),
-            stored.len(),
-            "trial {trial}: a message was stored twice"
-        );
+        assert_eq!(stored_set.len(), stored.len(), "trial {trial}: a message was stored twice");
         let lost: Vec<i64> = acked.difference(&stored_set).copied().collect();
         assert!(
             lost.is_empty(),
@@ -117,26 +98,18 @@ async fn every_acknowledged_message_survives_kill_9_exactly_once() {
         );
         // Unacknowledged messages may or may not be stored; the device resends them (same seq) and the hub
         // must keep one copy: resend the in-flight ones now.
-        let mut conn = MqttConnection::connect(opts.clone())
-            .await
-            .expect("reconnect");
+        let mut conn = MqttConnection::connect(opts.clone()).await.expect("reconnect");
         let pending: Vec<i64> = in_flight.into_values().collect();
         let mut resent: HashMap<u16, i64> = HashMap::new();
         for s in &pending {
-            let payload =
-                format!(r#"{{"v":1,"seq":{s},"ts":1764000000000,"metrics":{{"n":{s}}}}}"#);
-            let pid = conn
-                .publish(topic.as_str(), Bytes::from(payload), QoS::AtLeastOnce)
-                .expect("publish")
-                .expect("pid");
+            let payload = format!(r#"{{"v":1,"seq":{s},"ts":1764000000000,"metrics":{{"n":{s}}}}}"#);
+            let pid =
+                conn.publish(topic.as_str(), Bytes::from(payload), QoS::AtLeastOnce).expect("publish").expect("pid");
             resent.insert(pid, *s);
         }
         while !resent.is_empty() {
             match tokio::time::timeout(Duration::from_secs(10), conn.next_event()).await {
-                Ok(Ok(Event::PubAck {
-                    packet_id,
-                    reason_code: 0,
-                })) => {
+                Ok(Ok(Event::PubAck { packet_id, reason_code: 0 })) => {
                     if let Some(s) = resent.remove(&packet_id) {
                         acked.insert(s);
                     }
@@ -148,15 +121,8 @@ async fn every_acknowledged_message_survives_kill_9_exactly_once() {
         conn.disconnect().await;
         let stored = stored_seqs(&hub, &token, &device).await;
         let stored_set: HashSet<i64> = stored.iter().map(|(s, _)| *s).collect();
-        assert_eq!(
-            stored_set.len(),
-            stored.len(),
-            "trial {trial}: duplicates after resend"
-        );
-        assert!(
-            acked.is_subset(&stored_set),
-            "trial {trial}: acknowledged messages missing after resend"
-        );
+        assert_eq!(stored_set.len(), stored.len(), "trial {trial}: duplicates after resend");
+        assert!(acked.is_subset(&stored_set), "trial {trial}: acknowledged messages missing after resend");
         eprintln!(
             "trial {trial}: {} acknowledged, {} stored, {} resent after the crash",
             acked.len(),

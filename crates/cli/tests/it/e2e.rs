@@ -20,15 +20,7 @@ async fn factory_enrol_connect_publish_store_query_with_real_processes() {
     let (ok, out, err) = hearth(
         &hub,
         Some(&token),
-        &[
-            "factory",
-            "--model",
-            "plug-2",
-            "--count",
-            "2",
-            "--out",
-            out_dir.to_str().expect("utf8"),
-        ],
+        &["factory", "--model", "plug-2", "--count", "2", "--out", out_dir.to_str().expect("utf8")],
     );
     assert!(ok, "factory failed: {err}");
     assert!(out.contains("2 devices"), "{out}");
@@ -38,16 +30,8 @@ async fn factory_enrol_connect_publish_store_query_with_real_processes() {
     let device = rows[0].split(',').next().expect("id").to_owned();
     let bootstrap = out_dir.join(format!("{device}.json"));
     use std::os::unix::fs::PermissionsExt as _;
-    assert_eq!(
-        std::fs::metadata(&bootstrap)
-            .expect("file")
-            .permissions()
-            .mode()
-            & 0o777,
-        0o600
-    );
-    let boot: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&bootstrap).expect("read")).expect("json");
+    assert_eq!(std::fs::metadata(&bootstrap).expect("file").permissions().mode() & 0o777, 0o600);
+    let boot: serde_json::Value = serde_json::from_slice(&std::fs::read(&bootstrap).expect("read")).expect("json");
     let secret = boot["bootstrap_token"].as_str().expect("token").to_owned();
     let db = std::fs::read(hub.data_dir.join("hearth.db")).expect("db");
     assert!(
@@ -73,38 +57,17 @@ async fn factory_enrol_connect_publish_store_query_with_real_processes() {
     let stored = eventually(Duration::from_secs(30), || {
         let (client, url, token) = (client.clone(), url.clone(), token.clone());
         async move {
-            let page: serde_json::Value = client
-                .get(url)
-                .bearer_auth(token)
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let page: serde_json::Value = client.get(url).bearer_auth(token).send().await.ok()?.json().await.ok()?;
             let items = page["items"].as_array()?.clone();
             (items.iter().filter(|i| i["kind"] == "telemetry").count() >= 3).then_some(items)
         }
     })
     .await
     .expect("the agent's telemetry was stored");
-    assert!(
-        stored.iter().any(|i| i["kind"] == "state"),
-        "the agent reports its state"
-    );
-    let seqs: Vec<i64> = stored
-        .iter()
-        .map(|i| i["seq"].as_i64().expect("seq"))
-        .collect();
+    assert!(stored.iter().any(|i| i["kind"] == "state"), "the agent reports its state");
+    let seqs: Vec<i64> = stored.iter().map(|i| i["seq"].as_i64().expect("seq")).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
-    assert_eq!(
-        std::fs::metadata(state.join("device.key"))
-            .expect("key")
-            .permissions()
-            .mode()
-            & 0o777,
-        0o600
-    );
+    assert_eq!(std::fs::metadata(state.join("device.key")).expect("key").permissions().mode() & 0o777, 0o600);
 
     // What listens: the hub only on its two TLS ports, the agent on nothing.
     let (hub_ports, hub_udp) = listening_ports(hub.pid());
@@ -114,11 +77,7 @@ async fn factory_enrol_connect_publish_store_query_with_real_processes() {
         p
     });
     assert_eq!(hub_udp, 0);
-    assert_eq!(
-        listening_ports(agent.id()),
-        (vec![], 0),
-        "the agent must not listen"
-    );
+    assert_eq!(listening_ports(agent.id()), (vec![], 0), "the agent must not listen");
 
     // A command round trip through the CLI.
     let (ok, out, err) = hearth(&hub, Some(&token), &["device", "command", &device, "ping"]);
@@ -136,15 +95,7 @@ async fn factory_enrol_connect_publish_store_query_with_real_processes() {
         let (client, token) = (client.clone(), token.clone());
         let url = format!("{}/api/v1/devices/{device}", hub.url());
         async move {
-            let d: serde_json::Value = client
-                .get(url)
-                .bearer_auth(token)
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let d: serde_json::Value = client.get(url).bearer_auth(token).send().await.ok()?.json().await.ok()?;
             (d["connected"] == false).then_some(())
         }
     })
@@ -152,6 +103,23 @@ async fn factory_enrol_connect_publish_store_query_with_real_processes() {
     assert!(offline.is_some(), "revoked device still connected");
     let _ = agent.kill();
     let _ = agent.wait();
+
+    // A lost operator token: someone with the data directory (and so the master key) issues a new setup token,
+    // which yields a second operator token; the first keeps working.
+    let (ok, out, err) = hearth(&hub, None, &["setup-token", "--data-dir", hub.data_dir.to_str().expect("utf8")]);
+    assert!(ok, "setup-token failed: {err}");
+    let setup_token = out.split_whitespace().find(|w| w.starts_with("hst_")).expect("setup token printed").to_owned();
+    let (ok, out, err) = hearth(&hub, None, &["setup", "--setup-token", &setup_token]);
+    assert!(ok, "{err}");
+    let second = out.split_whitespace().find(|w| w.starts_with("hop_")).expect("operator token").to_owned();
+    assert_ne!(second, token);
+    for t in [&token, &second] {
+        let (ok, _, err) = hearth(&hub, Some(t), &["device", "list"]);
+        assert!(ok, "{err}");
+    }
+    // Without the data directory there is nothing to open.
+    let (ok, _, err) = hearth(&hub, None, &["setup-token", "--data-dir", dir.path().join("nothing").to_str().expect("utf8")]);
+    assert!(!ok && err.contains("master.key not found"), "{err}");
 }
 
 #[tokio::test]
@@ -183,18 +151,11 @@ async fn the_demo_listens_only_on_its_two_tls_ports() {
     std::thread::spawn(move || {
         use std::io::BufRead as _;
         let mut ports = Vec::new();
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
             for key in ["API:", "MQTTS:"] {
                 if let Some(rest) = line.trim().strip_prefix(key) {
                     let addr = rest.split_whitespace().next().unwrap_or("");
-                    if let Some(p) = addr
-                        .rsplit(':')
-                        .next()
-                        .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok())
-                    {
+                    if let Some(p) = addr.rsplit(':').next().and_then(|p| p.trim_end_matches('/').parse::<u16>().ok()) {
                         ports.push(p);
                     }
                 }
@@ -205,32 +166,20 @@ async fn the_demo_listens_only_on_its_two_tls_ports() {
             }
         }
     });
-    let mut ports = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("demo printed its addresses");
+    let mut ports = rx.recv_timeout(Duration::from_secs(60)).expect("demo printed its addresses");
     ports.sort_unstable();
     // Let the devices enrol and connect.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let (listening, udp) = listening_ports(demo.id());
-    assert_eq!(
-        listening, ports,
-        "hub plus in-process agents must listen on exactly the two TLS ports"
-    );
+    assert_eq!(listening, ports, "hub plus in-process agents must listen on exactly the two TLS ports");
     assert_eq!(udp, 0);
     // Both ports speak TLS only: a plaintext MQTT CONNECT gets no CONNACK.
-    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", ports[0]))
-        .await
-        .expect("connect");
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", ports[0])).await.expect("connect");
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let _ = tcp
-        .write_all(&[0x10, 0x0c, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 0])
-        .await;
+    let _ = tcp.write_all(&[0x10, 0x0c, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 0]).await;
     let mut buf = [0u8; 4];
     let got = tokio::time::timeout(Duration::from_secs(3), tcp.read(&mut buf)).await;
-    assert!(
-        !matches!(got, Ok(Ok(4)) if buf[0] == 0x20),
-        "plaintext MQTT must not be answered"
-    );
+    assert!(!matches!(got, Ok(Ok(4)) if buf[0] == 0x20), "plaintext MQTT must not be answered");
     let status = demo.wait().expect("demo ends");
     assert!(status.success());
 }

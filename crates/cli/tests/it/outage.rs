@@ -26,8 +26,7 @@ async fn queued_messages_arrive_in_order_once_after_the_hub_returns() {
         .json()
         .await
         .expect("json");
-    let paths =
-        write_bootstraps(&made.bootstrap_files(), &dir.path().join("boot")).expect("bootstraps");
+    let paths = write_bootstraps(&made.bootstrap_files(), &dir.path().join("boot")).expect("bootstraps");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut agents = Vec::new();
@@ -47,30 +46,17 @@ async fn queued_messages_arrive_in_order_once_after_the_hub_returns() {
         let stats: Vec<_> = agents.iter().map(|(_, s, _)| s.clone()).collect();
         move || {
             let stats = stats.clone();
-            async move {
-                stats
-                    .iter()
-                    .all(|s| s.snapshot().acked >= min)
-                    .then_some(())
-            }
+            async move { stats.iter().all(|s| s.snapshot().acked >= min).then_some(()) }
         }
     };
-    assert!(
-        eventually(Duration::from_secs(20), all_acked(5))
-            .await
-            .is_some(),
-        "agents did not start publishing"
-    );
+    assert!(eventually(Duration::from_secs(20), all_acked(5)).await.is_some(), "agents did not start publishing");
 
     // Outage: the hub dies hard, the agents keep sampling into their queues.
     hub.kill9();
     let before: Vec<u64> = agents.iter().map(|(_, s, _)| s.snapshot().queued).collect();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let during: Vec<u64> = agents.iter().map(|(_, s, _)| s.snapshot().queued).collect();
-    assert!(
-        before.iter().zip(&during).all(|(b, d)| d >= &(b + 10)),
-        "agents kept queueing: {before:?} → {during:?}"
-    );
+    assert!(before.iter().zip(&during).all(|(b, d)| d >= &(b + 10)), "agents kept queueing: {before:?} → {during:?}");
 
     hub = HubProcess::start(&data, https, mqtts);
     // Wait until every queued message is acknowledged, then stop the agents.
@@ -87,10 +73,7 @@ async fn queued_messages_arrive_in_order_once_after_the_hub_returns() {
         }
     })
     .await;
-    assert!(
-        drained.is_some(),
-        "queues did not drain after the hub returned"
-    );
+    assert!(drained.is_some(), "queues did not drain after the hub returned");
     stop_tx.send(true).expect("stop");
     for (_, _, task) in agents.iter_mut() {
         let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
@@ -98,23 +81,13 @@ async fn queued_messages_arrive_in_order_once_after_the_hub_returns() {
 
     for (id, stats, _) in &agents {
         let s = stats.snapshot();
-        assert_eq!(
-            (s.dropped, s.rejected),
-            (0, 0),
-            "{id}: nothing may be dropped or rejected"
-        );
+        assert_eq!((s.dropped, s.rejected), (0, 0), "{id}: nothing may be dropped or rejected");
         let stored = stored_seqs(&hub, &token, id).await;
         let seqs: Vec<i64> = stored.iter().map(|(s, _)| *s).collect();
         let expected: Vec<i64> = (1..=s.queued as i64).collect();
-        assert_eq!(
-            seqs, expected,
-            "{id}: every queued message exactly once, no gaps"
-        );
+        assert_eq!(seqs, expected, "{id}: every queued message exactly once, no gaps");
         // In order: the hub received them in sequence order.
-        assert!(
-            stored.windows(2).all(|w| w[0].1 <= w[1].1),
-            "{id}: messages arrived out of order"
-        );
+        assert!(stored.windows(2).all(|w| w[0].1 <= w[1].1), "{id}: messages arrived out of order");
         assert!(s.connects >= 2, "{id}: the agent reconnected");
     }
 }

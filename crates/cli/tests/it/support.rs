@@ -13,10 +13,7 @@ use hearth_test_support::workspace_bin;
 pub fn free_ports() -> (u16, u16) {
     let a = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let b = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    (
-        a.local_addr().expect("addr").port(),
-        b.local_addr().expect("addr").port(),
-    )
+    (a.local_addr().expect("addr").port(), b.local_addr().expect("addr").port())
 }
 
 /// A `hearth serve` process.
@@ -37,23 +34,15 @@ impl HubProcess {
     /// Like [`start`](Self::start), with more TOML appended to the configuration.
     pub fn start_with(data_dir: &Path, https_port: u16, mqtt_port: u16, extra: &str) -> HubProcess {
         let config = data_dir.with_extension("toml");
-        std::fs::write(
-            &config,
-            format!("[public]\nhostnames = [\"127.0.0.1\", \"localhost\"]\n{extra}"),
-        )
-        .expect("config");
+        std::fs::write(&config, format!("[public]\nhostnames = [\"127.0.0.1\", \"localhost\"]\n{extra}"))
+            .expect("config");
         let mut child = Command::new(workspace_bin("hearth"))
             .arg("serve")
             .arg("--config")
             .arg(&config)
             .arg("--data-dir")
             .arg(data_dir)
-            .args([
-                "--https",
-                &format!("127.0.0.1:{https_port}"),
-                "--mqtts",
-                &format!("127.0.0.1:{mqtt_port}"),
-            ])
+            .args(["--https", &format!("127.0.0.1:{https_port}"), "--mqtts", &format!("127.0.0.1:{mqtt_port}")])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -77,15 +66,8 @@ impl HubProcess {
                 }
             }
         });
-        let setup_token = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("hub printed its start banner");
-        HubProcess {
-            child,
-            https_port,
-            data_dir: data_dir.to_path_buf(),
-            setup_token,
-        }
+        let setup_token = rx.recv_timeout(Duration::from_secs(60)).expect("hub printed its start banner");
+        HubProcess { child, https_port, data_dir: data_dir.to_path_buf(), setup_token }
     }
 
     pub fn url(&self) -> String {
@@ -116,10 +98,7 @@ impl Drop for HubProcess {
 /// Runs `hearth ARGS` against `hub` with `token`; returns (success, stdout, stderr).
 pub fn hearth(hub: &HubProcess, token: Option<&str>, args: &[&str]) -> (bool, String, String) {
     let mut cmd = Command::new(workspace_bin("hearth"));
-    cmd.args(args)
-        .env("HEARTH_HUB", hub.url())
-        .env("HEARTH_HUB_CA", hub.ca())
-        .env("RUST_LOG", "warn");
+    cmd.args(args).env("HEARTH_HUB", hub.url()).env("HEARTH_HUB_CA", hub.ca()).env("RUST_LOG", "warn");
     if let Some(t) = token {
         cmd.env("HEARTH_TOKEN", t);
     }
@@ -133,25 +112,16 @@ pub fn hearth(hub: &HubProcess, token: Option<&str>, args: &[&str]) -> (bool, St
 
 /// Completes owner setup through the CLI; returns the operator token.
 pub fn setup(hub: &HubProcess) -> String {
-    let token = hub
-        .setup_token
-        .clone()
-        .expect("first start prints a setup token");
+    let token = hub.setup_token.clone().expect("first start prints a setup token");
     let (ok, out, err) = hearth(hub, None, &["setup", "--setup-token", &token]);
     assert!(ok, "setup failed: {err}");
-    out.split_whitespace()
-        .find(|w| w.starts_with("hop_"))
-        .expect("operator token printed")
-        .to_owned()
+    out.split_whitespace().find(|w| w.starts_with("hop_")).expect("operator token printed").to_owned()
 }
 
 /// TCP and UDP ports a process has open for listening (TCP LISTEN or any bound UDP socket).
 pub fn listening_ports(pid: u32) -> (Vec<u16>, usize) {
     let mut inodes = HashSet::new();
-    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("fd dir")
-        .flatten()
-    {
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).expect("fd dir").flatten() {
         if let Ok(target) = std::fs::read_link(entry.path()) {
             let t = target.to_string_lossy();
             if let Some(inode) = t.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')) {
@@ -165,11 +135,7 @@ pub fn listening_ports(pid: u32) -> (Vec<u16>, usize) {
         for line in text.lines().skip(1) {
             let cols: Vec<&str> = line.split_whitespace().collect();
             if cols.len() > 9 && cols[3] == "0A" && inodes.contains(cols[9]) {
-                let port = cols[1]
-                    .rsplit(':')
-                    .next()
-                    .and_then(|p| u16::from_str_radix(p, 16).ok())
-                    .unwrap_or(0);
+                let port = cols[1].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok()).unwrap_or(0);
                 tcp.push(port);
             }
         }
@@ -177,15 +143,7 @@ pub fn listening_ports(pid: u32) -> (Vec<u16>, usize) {
     let mut udp = 0;
     for table in ["udp", "udp6"] {
         let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
-        udp += text
-            .lines()
-            .skip(1)
-            .filter(|l| {
-                l.split_whitespace()
-                    .nth(9)
-                    .is_some_and(|i| inodes.contains(i))
-            })
-            .count();
+        udp += text.lines().skip(1).filter(|l| l.split_whitespace().nth(9).is_some_and(|i| inodes.contains(i))).count();
     }
     tcp.sort_unstable();
     (tcp, udp)
@@ -198,25 +156,12 @@ pub async fn stored_seqs(hub: &HubProcess, token: &str, device: &str) -> Vec<(i6
     let mut out = Vec::new();
     let mut after = 0;
     loop {
-        let url = format!(
-            "{}/api/v1/devices/{device}/telemetry?limit=1000&after_seq={after}",
-            hub.url()
-        );
-        let page: serde_json::Value = client
-            .get(url)
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("query")
-            .json()
-            .await
-            .expect("json");
+        let url = format!("{}/api/v1/devices/{device}/telemetry?limit=1000&after_seq={after}", hub.url());
+        let page: serde_json::Value =
+            client.get(url).bearer_auth(token).send().await.expect("query").json().await.expect("json");
         let items = page["items"].as_array().cloned().unwrap_or_default();
         for i in &items {
-            out.push((
-                i["seq"].as_i64().expect("seq"),
-                i["received_at_ms"].as_i64().expect("received"),
-            ));
+            out.push((i["seq"].as_i64().expect("seq"), i["received_at_ms"].as_i64().expect("received")));
         }
         match page["next_after_seq"].as_i64() {
             Some(n) => after = n,

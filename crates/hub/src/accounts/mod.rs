@@ -41,26 +41,23 @@ impl Accounts {
         if self.store.live_api_tokens().await? > 0 {
             return Ok(None);
         }
-        let token = random_token("hst_", 32)
-            .map_err(|e| StoreError::Db(sqlx::Error::Protocol(e.to_string())))?;
+        self.issue_setup_token().await.map(Some)
+    }
+
+    /// Issues a new setup token (replacing any earlier one), also when owners exist: the recovery path for a
+    /// lost operator token, open only to someone who can read the data directory and the master key.
+    pub async fn issue_setup_token(&self) -> Result<SecretString, StoreError> {
+        let token = random_token("hst_", 32).map_err(|e| StoreError::Db(sqlx::Error::Protocol(e.to_string())))?;
         let expires = unix_ms(OffsetDateTime::now_utc() + SETUP_TOKEN_VALIDITY);
-        self.store
-            .replace_setup_token(&self.master.token_mac(SETUP, token.expose()), expires)
-            .await?;
-        Ok(Some(token))
+        self.store.replace_setup_token(&self.master.token_mac(SETUP, token.expose()), expires).await?;
+        Ok(token)
     }
 
     /// Exchanges the setup token for the first operator token. `None` if the setup token is unknown, used or
     /// expired.
-    pub async fn complete_setup(
-        &self,
-        setup_token: &str,
-        label: &str,
-    ) -> Result<Option<SecretString>, StoreError> {
-        let token = random_token("hop_", 32)
-            .map_err(|e| StoreError::Db(sqlx::Error::Protocol(e.to_string())))?;
-        let id =
-            random_base32(12).map_err(|e| StoreError::Db(sqlx::Error::Protocol(e.to_string())))?;
+    pub async fn complete_setup(&self, setup_token: &str, label: &str) -> Result<Option<SecretString>, StoreError> {
+        let token = random_token("hop_", 32).map_err(|e| StoreError::Db(sqlx::Error::Protocol(e.to_string())))?;
+        let id = random_base32(12).map_err(|e| StoreError::Db(sqlx::Error::Protocol(e.to_string())))?;
         let now = unix_ms(OffsetDateTime::now_utc());
         let done = self
             .store
@@ -77,10 +74,6 @@ impl Accounts {
 
     /// Authenticates a bearer token.
     pub async fn authenticate(&self, bearer: &str) -> Result<Option<Operator>, StoreError> {
-        Ok(self
-            .store
-            .api_token_id(&self.master.token_mac(API, bearer))
-            .await?
-            .map(|token_id| Operator { token_id }))
+        Ok(self.store.api_token_id(&self.master.token_mac(API, bearer)).await?.map(|token_id| Operator { token_id }))
     }
 }

@@ -60,10 +60,8 @@ impl Commands {
             }
             .into());
         }
-        let args_json = serde_json::to_string(&args).map_err(|e| ValidationError::Schema {
-            what: "args",
-            detail: e.to_string(),
-        })?;
+        let args_json = serde_json::to_string(&args)
+            .map_err(|e| ValidationError::Schema { what: "args", detail: e.to_string() })?;
         if args_json.len() > hearth_proto::limits::MAX_COMMAND_PAYLOAD / 2 {
             return Err(ValidationError::TooLong {
                 what: "args",
@@ -72,19 +70,12 @@ impl Commands {
             }
             .into());
         }
-        let row = self
-            .store
-            .device(device.as_str())
-            .await?
-            .ok_or(CommandError::UnknownDevice)?;
+        let row = self.store.device(device.as_str()).await?.ok_or(CommandError::UnknownDevice)?;
         if row.status != "enrolled" {
             return Err(CommandError::NotEnrolled(row.status));
         }
         let now = crate::now_ms();
-        let id = format!(
-            "c{}",
-            random_base32(15).map_err(|e| StoreError::Db(sqlx::Error::Protocol(e.to_string())))?
-        );
+        let id = format!("c{}", random_base32(15).map_err(|e| StoreError::Db(sqlx::Error::Protocol(e.to_string())))?);
         let new = NewCommand {
             id: id.clone(),
             device_id: device.to_string(),
@@ -94,11 +85,7 @@ impl Commands {
             expires_at: now + timeout.as_millis() as i64,
         };
         self.store.insert_command(&new).await?;
-        let row = self
-            .store
-            .command(device.as_str(), &id)
-            .await?
-            .ok_or(CommandError::UnknownDevice)?;
+        let row = self.store.command(device.as_str(), &id).await?.ok_or(CommandError::UnknownDevice)?;
         self.routing.send(device, Downlink::Command(row.clone()));
         Ok(row)
     }
@@ -110,9 +97,7 @@ impl Commands {
 
     /// Commands waiting for delivery or an answer.
     pub async fn open_for(&self, device: &DeviceId) -> Result<Vec<CommandRow>, StoreError> {
-        self.store
-            .open_commands(device.as_str(), crate::now_ms())
-            .await
+        self.store.open_commands(device.as_str(), crate::now_ms()).await
     }
 
     /// Records that a command went out.
@@ -123,13 +108,7 @@ impl Commands {
     /// Records a device's answer; false if it answers nothing open.
     pub async fn answer(&self, device: &DeviceId, ack: &CommandAck) -> Result<bool, StoreError> {
         self.store
-            .answer_command(
-                device.as_str(),
-                &ack.id,
-                ack.status.as_str(),
-                ack.detail.as_deref(),
-                crate::now_ms(),
-            )
+            .answer_command(device.as_str(), &ack.id, ack.status.as_str(), ack.detail.as_deref(), crate::now_ms())
             .await
     }
 
@@ -153,12 +132,5 @@ impl Commands {
 /// The wire form of a stored command.
 pub fn to_wire(row: &CommandRow) -> Vec<u8> {
     let args: Fields = serde_json::from_str(&row.args_json).unwrap_or_default();
-    Command {
-        v: 1,
-        id: row.id.clone(),
-        name: row.name.clone(),
-        args,
-        expires_at: row.expires_at as u64,
-    }
-    .to_json()
+    Command { v: 1, id: row.id.clone(), name: row.name.clone(), args, expires_at: row.expires_at as u64 }.to_json()
 }

@@ -9,8 +9,8 @@
 use std::sync::Arc;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::{Duration, OffsetDateTime};
@@ -116,8 +116,7 @@ impl Authorities {
         hostnames: &[String],
         now: OffsetDateTime,
     ) -> Result<Authorities, CaError> {
-        let (device_ca_pem, device_key) =
-            load_or_create_ca(store, master, DEVICE_CA, "Hearth device CA", now).await?;
+        let (device_ca_pem, device_key) = load_or_create_ca(store, master, DEVICE_CA, "Hearth device CA", now).await?;
         let (server_ca_pem, server_ca_key) =
             load_or_create_ca(store, master, SERVER_CA, "Hearth server CA", now).await?;
         let device_issuer = Issuer::from_ca_cert_pem(&device_ca_pem, device_key)?;
@@ -126,17 +125,13 @@ impl Authorities {
         let server = match store.key(SERVER_CERT).await? {
             Some((pem, sealed)) if server_cert_fits(&pem, hostnames, now) => {
                 let key = master.unseal(SERVER_CERT, &sealed)?;
-                ServerIdentity {
-                    chain: vec![pem_to_der(&pem)?, pem_to_der(&server_ca_pem)?],
-                    key: Arc::new(key),
-                }
+                ServerIdentity { chain: vec![pem_to_der(&pem)?, pem_to_der(&server_ca_pem)?], key: Arc::new(key) }
             }
             _ => {
                 let key = KeyPair::generate()?;
                 let mut params = CertificateParams::new(Vec::<String>::new())?;
                 params.distinguished_name = dn("Hearth hub");
-                params.subject_alt_names =
-                    hostnames.iter().map(|h| san(h)).collect::<Result<_, _>>()?;
+                params.subject_alt_names = hostnames.iter().map(|h| san(h)).collect::<Result<_, _>>()?;
                 params.not_before = now - Duration::minutes(5);
                 params.not_after = now + Duration::days(397);
                 params.serial_number = Some(random_serial()?);
@@ -146,24 +141,12 @@ impl Authorities {
                 let cert = params.signed_by(&key, &server_issuer)?;
                 let key_der = Zeroizing::new(key.serialize_der());
                 let sealed = master.seal(SERVER_CERT, &key_der)?;
-                store
-                    .replace_key(SERVER_CERT, &cert.pem(), &sealed, unix_ms(now))
-                    .await?;
-                ServerIdentity {
-                    chain: vec![cert.der().clone(), pem_to_der(&server_ca_pem)?],
-                    key: Arc::new(key_der),
-                }
+                store.replace_key(SERVER_CERT, &cert.pem(), &sealed, unix_ms(now)).await?;
+                ServerIdentity { chain: vec![cert.der().clone(), pem_to_der(&server_ca_pem)?], key: Arc::new(key_der) }
             }
         };
         let device_ca_der = pem_to_der(&device_ca_pem)?;
-        Ok(Authorities {
-            device_issuer,
-            server_issuer,
-            device_ca_pem,
-            device_ca_der,
-            server_ca_pem,
-            server,
-        })
+        Ok(Authorities { device_issuer, server_issuer, device_ca_pem, device_ca_der, server_ca_pem, server })
     }
 
     /// Issues a fresh server certificate and key (PEM) for `hostnames`, signed by the server CA: for another
@@ -184,10 +167,7 @@ impl Authorities {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
         let cert = params.signed_by(&key, &self.server_issuer)?;
-        Ok((
-            format!("{}{}", cert.pem(), self.server_ca_pem),
-            Zeroizing::new(key.serialize_pem()),
-        ))
+        Ok((format!("{}{}", cert.pem(), self.server_ca_pem), Zeroizing::new(key.serialize_pem())))
     }
 
     /// Issues a device certificate for the key in `csr_pem`. The subject is set by the hub (CN = device id,
@@ -200,8 +180,7 @@ impl Authorities {
         validity: Duration,
         now: OffsetDateTime,
     ) -> Result<IssuedCert, IssueError> {
-        let csr =
-            CertificateSigningRequestParams::from_pem(csr_pem).map_err(|_| CsrError::Invalid)?;
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|_| CsrError::Invalid)?;
         if let Some(cn) = csr.params.distinguished_name.get(&DnType::CommonName) {
             let found = dn_value_text(cn).unwrap_or_else(|| "<not a text value>".into());
             if found != device.as_str() {
@@ -209,11 +188,7 @@ impl Authorities {
             }
         }
         let alg = csr.public_key.algorithm();
-        let accepted = [
-            &rcgen::PKCS_ECDSA_P256_SHA256,
-            &rcgen::PKCS_ECDSA_P384_SHA384,
-            &rcgen::PKCS_ED25519,
-        ];
+        let accepted = [&rcgen::PKCS_ECDSA_P256_SHA256, &rcgen::PKCS_ECDSA_P384_SHA384, &rcgen::PKCS_ED25519];
         if !accepted.contains(&alg) {
             return Err(CsrError::Algorithm.into());
         }
@@ -277,19 +252,14 @@ async fn load_or_create_ca(
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name = dn(common_name);
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         params.not_before = now - Duration::minutes(5);
         params.not_after = now + Duration::days(365 * 20);
         params.serial_number = Some(random_serial()?);
         let cert = params.self_signed(&key)?;
         let sealed = master.seal(name, &Zeroizing::new(key.serialize_der()))?;
-        store
-            .insert_key(name, &cert.pem(), &sealed, unix_ms(now))
-            .await?;
+        store.insert_key(name, &cert.pem(), &sealed, unix_ms(now)).await?;
     }
     // Read back: if another node won the race, its CA is the one everybody uses.
     let (pem, sealed) = store.key(name).await?.ok_or(CaError::Corrupt(name))?;
@@ -319,12 +289,8 @@ fn server_cert_fits(pem: &str, hostnames: &[String], now: OffsetDateTime) -> boo
         .filter_map(|n| match n {
             x509_parser::extensions::GeneralName::DNSName(d) => Some((*d).to_owned()),
             x509_parser::extensions::GeneralName::IPAddress(b) => match b.len() {
-                4 => <[u8; 4]>::try_from(*b)
-                    .ok()
-                    .map(|a| std::net::IpAddr::from(a).to_string()),
-                16 => <[u8; 16]>::try_from(*b)
-                    .ok()
-                    .map(|a| std::net::IpAddr::from(a).to_string()),
+                4 => <[u8; 4]>::try_from(*b).ok().map(|a| std::net::IpAddr::from(a).to_string()),
+                16 => <[u8; 16]>::try_from(*b).ok().map(|a| std::net::IpAddr::from(a).to_string()),
                 _ => None,
             },
             _ => None,

@@ -31,9 +31,7 @@ pub enum EnrolError {
     #[error("unknown device or invalid bootstrap token")]
     InvalidToken,
     /// The token was already used.
-    #[error(
-        "this bootstrap token was already used; a device enrols once, then renews with its certificate"
-    )]
+    #[error("this bootstrap token was already used; a device enrols once, then renews with its certificate")]
     TokenUsed,
     /// The token expired.
     #[error("this bootstrap token has expired")]
@@ -95,14 +93,7 @@ impl Identity {
     ) -> Result<Identity, crate::store::StoreError> {
         let revocations = Arc::new(Revocations::new(store.revoked_device_ids().await?));
         let (revoked_tx, _) = broadcast::channel(256);
-        Ok(Identity {
-            store,
-            master,
-            authorities,
-            revocations,
-            revoked_tx,
-            settings,
-        })
+        Ok(Identity { store, master, authorities, revocations, revoked_tx, settings })
     }
 
     /// The shared revocation set (for the TLS verifiers).
@@ -121,11 +112,7 @@ impl Identity {
     }
 
     /// Creates `count` device records of `model`: random ids, random bootstrap tokens and claim codes.
-    pub async fn manufacture(
-        &self,
-        model: &ModelId,
-        count: usize,
-    ) -> Result<Vec<ManufacturedDevice>, EnrolError> {
+    pub async fn manufacture(&self, model: &ModelId, count: usize) -> Result<Vec<ManufacturedDevice>, EnrolError> {
         let now = OffsetDateTime::now_utc();
         let expires = ca::unix_ms(now + self.settings.bootstrap_validity);
         let mut made = Vec::with_capacity(count);
@@ -142,28 +129,16 @@ impl Identity {
                 bootstrap_expires_at: expires,
                 claim_mac: self.master.token_mac(CLAIM, claim_code.expose()),
             });
-            made.push(ManufacturedDevice {
-                id,
-                model: model.clone(),
-                bootstrap_token,
-                claim_code,
-            });
+            made.push(ManufacturedDevice { id, model: model.clone(), bootstrap_token, claim_code });
         }
-        self.store
-            .insert_devices(&rows, ca::unix_ms(now))
-            .await
-            .map_err(internal)?;
+        self.store.insert_devices(&rows, ca::unix_ms(now)).await.map_err(internal)?;
         Ok(made)
     }
 
     /// First enrolment: checks the CSR, then consumes the token and records the certificate atomically.
     pub async fn enrol(&self, req: &EnrolRequest) -> Result<CertificateResponse, EnrolError> {
         let now = OffsetDateTime::now_utc();
-        let device = self
-            .store
-            .device(req.device_id.as_str())
-            .await
-            .map_err(internal)?;
+        let device = self.store.device(req.device_id.as_str()).await.map_err(internal)?;
         // Same answer for an unknown device and a wrong token: nothing is disclosed before authentication.
         let Some(device) = device else {
             return Err(EnrolError::InvalidToken);
@@ -172,13 +147,7 @@ impl Identity {
         let mac = self.master.token_mac(BOOTSTRAP, &req.bootstrap_token);
         let outcome = self
             .store
-            .enrol(
-                req.device_id.as_str(),
-                &mac,
-                ca::unix_ms(now),
-                &issued.serial_hex,
-                issued.not_after_ms,
-            )
+            .enrol(req.device_id.as_str(), &mac, ca::unix_ms(now), &issued.serial_hex, issued.not_after_ms)
             .await
             .map_err(internal)?;
         match outcome {
@@ -191,28 +160,14 @@ impl Identity {
     }
 
     /// Renewal for a device already authenticated by its certificate (mutual TLS).
-    pub async fn renew(
-        &self,
-        device: &DeviceId,
-        csr_pem: &str,
-    ) -> Result<CertificateResponse, EnrolError> {
+    pub async fn renew(&self, device: &DeviceId, csr_pem: &str) -> Result<CertificateResponse, EnrolError> {
         let now = OffsetDateTime::now_utc();
         if self.revocations.is_revoked(device.as_str()) {
             return Err(EnrolError::Revoked);
         }
-        let row = self
-            .store
-            .device(device.as_str())
-            .await
-            .map_err(internal)?
-            .ok_or(EnrolError::NotEnrolled)?;
+        let row = self.store.device(device.as_str()).await.map_err(internal)?.ok_or(EnrolError::NotEnrolled)?;
         let issued = self.issue(device, &row.model, csr_pem, now)?;
-        if !self
-            .store
-            .renew(device.as_str(), &issued.serial_hex, issued.not_after_ms)
-            .await
-            .map_err(internal)?
-        {
+        if !self.store.renew(device.as_str(), &issued.serial_hex, issued.not_after_ms).await.map_err(internal)? {
             return Err(EnrolError::NotEnrolled);
         }
         Ok(response(device, issued))
@@ -239,18 +194,12 @@ impl Identity {
         csr_pem: &str,
         now: OffsetDateTime,
     ) -> Result<ca::IssuedCert, EnrolError> {
-        self.authorities
-            .issue_device_cert(
-                device,
-                model,
-                csr_pem,
-                self.settings.device_cert_validity,
-                now,
-            )
-            .map_err(|e| match e {
+        self.authorities.issue_device_cert(device, model, csr_pem, self.settings.device_cert_validity, now).map_err(
+            |e| match e {
                 ca::IssueError::Csr(c) => EnrolError::Csr(c),
                 other => internal(other),
-            })
+            },
+        )
     }
 }
 

@@ -8,9 +8,7 @@ use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{
-    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
-};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 
 use hearth_proto::DeviceId;
 
@@ -23,25 +21,17 @@ pub struct Revocations {
 impl Revocations {
     /// A set holding `ids`.
     pub fn new(ids: impl IntoIterator<Item = String>) -> Self {
-        Revocations {
-            ids: RwLock::new(ids.into_iter().collect()),
-        }
+        Revocations { ids: RwLock::new(ids.into_iter().collect()) }
     }
 
     /// Adds a device.
     pub fn revoke(&self, id: &DeviceId) {
-        self.ids
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(id.as_str().to_owned());
+        self.ids.write().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(id.as_str().to_owned());
     }
 
     /// Whether a device is revoked.
     pub fn is_revoked(&self, id: &str) -> bool {
-        self.ids
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .contains(id)
+        self.ids.read().unwrap_or_else(|poisoned| poisoned.into_inner()).contains(id)
     }
 }
 
@@ -66,19 +56,9 @@ impl DeviceCertVerifier {
         roots.add(device_ca)?;
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-        let builder = if mandatory {
-            builder
-        } else {
-            builder.allow_unauthenticated()
-        };
-        let inner = builder
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
-        Ok(Arc::new(DeviceCertVerifier {
-            inner,
-            revocations,
-            mandatory,
-        }))
+        let builder = if mandatory { builder } else { builder.allow_unauthenticated() };
+        let inner = builder.build().map_err(|e| rustls::Error::General(e.to_string()))?;
+        Ok(Arc::new(DeviceCertVerifier { inner, revocations, mandatory }))
     }
 }
 
@@ -101,12 +81,8 @@ impl ClientCertVerifier for DeviceCertVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self
-            .inner
-            .verify_client_cert(end_entity, intermediates, now)?;
-        let id = device_id_of(end_entity).ok_or(rustls::Error::InvalidCertificate(
-            CertificateError::BadEncoding,
-        ))?;
+        let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        let id = device_id_of(end_entity).ok_or(rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
         if self.revocations.is_revoked(id.as_str()) {
             return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
         }

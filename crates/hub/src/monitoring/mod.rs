@@ -38,22 +38,13 @@ impl Monitor {
     pub fn start(store: Store) -> Monitor {
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(writer(store, rx));
-        Monitor {
-            tx,
-            counts: Arc::default(),
-            dropped: Arc::default(),
-        }
+        Monitor { tx, counts: Arc::default(), dropped: Arc::default() }
     }
 
     /// Records an event (never blocks).
     pub fn record(&self, event: SecurityEvent) {
         tracing::warn!(kind = event.kind, device = ?event.device, source = ?event.source, detail = %event.detail, "security event");
-        *self
-            .counts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(event.kind)
-            .or_default() += 1;
+        *self.counts.lock().unwrap_or_else(|p| p.into_inner()).entry(event.kind).or_default() += 1;
         let now = crate::now_ms();
         if self.tx.try_send((now, event)).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -62,17 +53,9 @@ impl Monitor {
 
     /// Counts by kind since start, plus `dropped_from_store`.
     pub fn counts(&self) -> BTreeMap<String, u64> {
-        let mut out: BTreeMap<String, u64> = self
-            .counts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), *v))
-            .collect();
-        out.insert(
-            "dropped_from_store".into(),
-            self.dropped.load(Ordering::Relaxed),
-        );
+        let mut out: BTreeMap<String, u64> =
+            self.counts.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
+        out.insert("dropped_from_store".into(), self.dropped.load(Ordering::Relaxed));
         out
     }
 }

@@ -44,8 +44,7 @@ pub struct CommandRow {
     pub detail: Option<String>,
 }
 
-const COLUMNS: &str =
-    "id, device_id, name, args_json, status, created_at, expires_at, sent_at, answered_at, detail";
+const COLUMNS: &str = "id, device_id, name, args_json, status, created_at, expires_at, sent_at, answered_at, detail";
 
 impl Store {
     /// Records a new pending command.
@@ -67,14 +66,8 @@ impl Store {
 
     /// One command of one device.
     pub async fn command(&self, device_id: &str, id: &str) -> Result<Option<CommandRow>> {
-        let sql = sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM commands WHERE device_id = $1 AND id = $2"
-        ));
-        Ok(sqlx::query_as::<_, CommandRow>(sql)
-            .bind(device_id)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?)
+        let sql = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM commands WHERE device_id = $1 AND id = $2"));
+        Ok(sqlx::query_as::<_, CommandRow>(sql).bind(device_id).bind(id).fetch_optional(&self.pool).await?)
     }
 
     /// Unanswered, unexpired commands of a device, oldest first.
@@ -83,20 +76,18 @@ impl Store {
             "SELECT {COLUMNS} FROM commands WHERE device_id = $1 AND status IN ('pending', 'sent') \
              AND expires_at > $2 ORDER BY created_at, id"
         ));
-        Ok(sqlx::query_as::<_, CommandRow>(sql)
-            .bind(device_id)
-            .bind(now)
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(sqlx::query_as::<_, CommandRow>(sql).bind(device_id).bind(now).fetch_all(&self.pool).await?)
     }
 
     /// Marks a command as sent.
     pub async fn mark_command_sent(&self, id: &str, now: i64) -> Result<()> {
-        sqlx::query("UPDATE commands SET status = 'sent', sent_at = $2 WHERE id = $1 AND status IN ('pending', 'sent')")
-            .bind(id)
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE commands SET status = 'sent', sent_at = $2 WHERE id = $1 AND status IN ('pending', 'sent')",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

@@ -59,7 +59,8 @@ pub enum EnrolOutcome {
     Revoked,
 }
 
-const DEVICE_COLUMNS: &str = "id, model, status, cert_serial, cert_not_after, created_at, enrolled_at, revoked_at, last_seen_at, state_json";
+const DEVICE_COLUMNS: &str =
+    "id, model, status, cert_serial, cert_not_after, created_at, enrolled_at, revoked_at, last_seen_at, state_json";
 
 impl Store {
     /// Inserts a factory batch in one transaction (all or nothing).
@@ -85,32 +86,20 @@ impl Store {
 
     /// One device.
     pub async fn device(&self, id: &str) -> Result<Option<DeviceRow>> {
-        let sql = sqlx::AssertSqlSafe(format!(
-            "SELECT {DEVICE_COLUMNS} FROM devices WHERE id = $1"
-        ));
-        Ok(sqlx::query_as::<_, DeviceRow>(sql)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?)
+        let sql = sqlx::AssertSqlSafe(format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = $1"));
+        Ok(sqlx::query_as::<_, DeviceRow>(sql).bind(id).fetch_optional(&self.pool).await?)
     }
 
     /// Devices ordered by id, after `after` (exclusive), at most `limit`.
     pub async fn devices(&self, after: Option<&str>, limit: i64) -> Result<Vec<DeviceRow>> {
-        let sql = sqlx::AssertSqlSafe(format!(
-            "SELECT {DEVICE_COLUMNS} FROM devices WHERE id > $1 ORDER BY id LIMIT $2"
-        ));
-        Ok(sqlx::query_as::<_, DeviceRow>(sql)
-            .bind(after.unwrap_or(""))
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?)
+        let sql =
+            sqlx::AssertSqlSafe(format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id > $1 ORDER BY id LIMIT $2"));
+        Ok(sqlx::query_as::<_, DeviceRow>(sql).bind(after.unwrap_or("")).bind(limit).fetch_all(&self.pool).await?)
     }
 
     /// Ids of every revoked device (loaded into the TLS verifier at start).
     pub async fn revoked_device_ids(&self) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT id FROM devices WHERE status = 'revoked'")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query("SELECT id FROM devices WHERE status = 'revoked'").fetch_all(&self.pool).await?;
         Ok(rows.iter().map(|r| r.get::<String, _>(0)).collect())
     }
 
@@ -168,13 +157,12 @@ impl Store {
 
     /// Marks a device revoked. False if there is no such device.
     pub async fn revoke(&self, id: &str, now: i64) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE devices SET status = 'revoked', revoked_at = COALESCE(revoked_at, $2) WHERE id = $1",
-        )
-        .bind(id)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
+        let done =
+            sqlx::query("UPDATE devices SET status = 'revoked', revoked_at = COALESCE(revoked_at, $2) WHERE id = $1")
+                .bind(id)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
         Ok(done.rows_affected() == 1)
     }
 

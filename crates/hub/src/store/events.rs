@@ -38,33 +38,24 @@ impl Store {
     /// Records security events in one transaction.
     pub async fn insert_security_events(&self, events: &[NewSecurityEvent]) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        for NewSecurityEvent {
-            at,
-            device_id: device,
-            source,
-            kind,
-            detail,
-        } in events
-        {
-            sqlx::query("INSERT INTO security_events (at, device_id, source, kind, detail) VALUES ($1, $2, $3, $4, $5)")
-                .bind(at)
-                .bind(device)
-                .bind(source)
-                .bind(kind)
-                .bind(detail)
-                .execute(&mut *tx)
-                .await?;
+        for NewSecurityEvent { at, device_id: device, source, kind, detail } in events {
+            sqlx::query(
+                "INSERT INTO security_events (at, device_id, source, kind, detail) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(at)
+            .bind(device)
+            .bind(source)
+            .bind(kind)
+            .bind(detail)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(())
     }
 
     /// Most recent security events, newest first, optionally of one device.
-    pub async fn security_events(
-        &self,
-        device_id: Option<&str>,
-        limit: i64,
-    ) -> Result<Vec<SecurityEventRow>> {
+    pub async fn security_events(&self, device_id: Option<&str>, limit: i64) -> Result<Vec<SecurityEventRow>> {
         Ok(sqlx::query_as::<_, SecurityEventRow>(
             "SELECT id, at, device_id, source, kind, detail FROM security_events \
              WHERE ($1 IS NULL OR device_id = $1) ORDER BY id DESC LIMIT $2",

@@ -55,14 +55,8 @@ impl Store {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(options)
-            .await?;
-        let store = Store {
-            pool,
-            path: path.display().to_string(),
-        };
+        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
+        let store = Store { pool, path: path.display().to_string() };
         store.migrate().await?;
         Ok(store)
     }
@@ -75,9 +69,7 @@ impl Store {
             sqlx::AssertSqlSafe(include_str!("../../migrations/0001_initial.sql")).into_sql_str(),
             false,
         )];
-        Migrator::with_migrations(migrations)
-            .run(&self.pool)
-            .await?;
+        Migrator::with_migrations(migrations).run(&self.pool).await?;
         Ok(())
     }
 

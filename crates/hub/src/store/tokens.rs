@@ -7,28 +7,23 @@ use super::{Result, Store};
 impl Store {
     /// Number of live operator tokens (zero means the hub still needs its owner set up).
     pub async fn live_api_tokens(&self) -> Result<i64> {
-        let row = sqlx::query("SELECT COUNT(*) FROM api_tokens WHERE revoked_at IS NULL")
-            .fetch_one(&self.pool)
-            .await?;
+        let row = sqlx::query("SELECT COUNT(*) FROM api_tokens WHERE revoked_at IS NULL").fetch_one(&self.pool).await?;
         Ok(row.get(0))
     }
 
     /// The id of the live operator token with this MAC.
     pub async fn api_token_id(&self, mac: &[u8]) -> Result<Option<String>> {
-        let row =
-            sqlx::query("SELECT id FROM api_tokens WHERE token_mac = $1 AND revoked_at IS NULL")
-                .bind(mac)
-                .fetch_optional(&self.pool)
-                .await?;
+        let row = sqlx::query("SELECT id FROM api_tokens WHERE token_mac = $1 AND revoked_at IS NULL")
+            .bind(mac)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.map(|r| r.get(0)))
     }
 
     /// Replaces any setup token by a new one (only one is ever valid).
     pub async fn replace_setup_token(&self, mac: &[u8], expires_at: i64) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM setup_tokens")
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query("DELETE FROM setup_tokens").execute(&mut *tx).await?;
         sqlx::query("INSERT INTO setup_tokens (token_mac, expires_at) VALUES ($1, $2)")
             .bind(mac)
             .bind(expires_at)
@@ -59,15 +54,13 @@ impl Store {
         if done.rows_affected() != 1 {
             return Ok(false);
         }
-        sqlx::query(
-            "INSERT INTO api_tokens (id, token_mac, label, created_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(token_id)
-        .bind(token_mac)
-        .bind(label)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query("INSERT INTO api_tokens (id, token_mac, label, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(token_id)
+            .bind(token_mac)
+            .bind(label)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -83,13 +76,7 @@ impl Store {
 
     /// Stores a key pair unless one of that name exists (then the existing one wins: two nodes starting at once
     /// agree on one CA).
-    pub async fn insert_key(
-        &self,
-        name: &str,
-        cert_pem: &str,
-        sealed: &[u8],
-        now: i64,
-    ) -> Result<()> {
+    pub async fn insert_key(&self, name: &str, cert_pem: &str, sealed: &[u8], now: i64) -> Result<()> {
         sqlx::query(
             "INSERT INTO keys (name, cert_pem, sealed_key, created_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (name) DO NOTHING",
@@ -104,13 +91,7 @@ impl Store {
     }
 
     /// Replaces a key pair (server certificate rotation).
-    pub async fn replace_key(
-        &self,
-        name: &str,
-        cert_pem: &str,
-        sealed: &[u8],
-        now: i64,
-    ) -> Result<()> {
+    pub async fn replace_key(&self, name: &str, cert_pem: &str, sealed: &[u8], now: i64) -> Result<()> {
         sqlx::query(
             "INSERT INTO keys (name, cert_pem, sealed_key, created_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (name) DO UPDATE SET cert_pem = $2, sealed_key = $3, created_at = $4",

@@ -59,9 +59,8 @@ const ROWS_PER_STATEMENT: usize = 500;
 pub async fn insert_batch(conn: &mut SqliteConnection, batch: &[UplinkRecord]) -> Result<u64> {
     let mut inserted = 0;
     for chunk in batch.chunks(ROWS_PER_STATEMENT) {
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "INSERT INTO uplinks (device_id, seq, kind, device_ts, received_at, body_json) ",
-        );
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new("INSERT INTO uplinks (device_id, seq, kind, device_ts, received_at, body_json) ");
         qb.push_values(chunk, |mut b, r| {
             b.push_bind(&r.device_id)
                 .push_bind(r.seq)
@@ -77,12 +76,7 @@ pub async fn insert_batch(conn: &mut SqliteConnection, batch: &[UplinkRecord]) -
 }
 
 /// Applies the newest state uplink of a batch to the device row (only if newer than what is stored).
-pub async fn apply_state(
-    conn: &mut SqliteConnection,
-    device_id: &str,
-    seq: i64,
-    state_json: &str,
-) -> Result<()> {
+pub async fn apply_state(conn: &mut SqliteConnection, device_id: &str, seq: i64, state_json: &str) -> Result<()> {
     sqlx::query(
         "UPDATE devices SET state_json = $3, state_seq = $2 WHERE id = $1 AND (state_seq IS NULL OR state_seq < $2)",
     )

@@ -51,9 +51,7 @@ pub struct Ingest {
 impl Ingest {
     /// Starts the writer on its own connection. The returned handle's `JoinHandle` finishes after the channel
     /// closes and everything queued is committed.
-    pub async fn start(
-        store: &Store,
-    ) -> Result<(Ingest, tokio::task::JoinHandle<()>), store::StoreError> {
+    pub async fn start(store: &Store) -> Result<(Ingest, tokio::task::JoinHandle<()>), store::StoreError> {
         let conn = store.writer_connection().await?;
         let (tx, rx) = mpsc::channel(MAX_BATCH * 2);
         let task = tokio::spawn(writer(conn, rx));
@@ -66,10 +64,7 @@ impl Ingest {
     }
 }
 
-async fn writer(
-    mut conn: sqlx::pool::PoolConnection<sqlx::Sqlite>,
-    mut rx: mpsc::Receiver<IngestItem>,
-) {
+async fn writer(mut conn: sqlx::pool::PoolConnection<sqlx::Sqlite>, mut rx: mpsc::Receiver<IngestItem>) {
     let mut batch: Vec<IngestItem> = Vec::with_capacity(MAX_BATCH);
     let mut records: Vec<UplinkRecord> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
@@ -97,16 +92,12 @@ async fn writer(
     }
 }
 
-async fn commit(
-    conn: &mut sqlx::SqliteConnection,
-    records: &[UplinkRecord],
-) -> Result<(), store::StoreError> {
+async fn commit(conn: &mut sqlx::SqliteConnection, records: &[UplinkRecord]) -> Result<(), store::StoreError> {
     use sqlx::Connection as _;
     let mut tx = conn.begin().await.map_err(store::StoreError::Db)?;
     store::uplinks::insert_batch(&mut tx, records).await?;
     // Apply the newest state of each device in the batch.
-    let mut newest: std::collections::HashMap<&str, &UplinkRecord> =
-        std::collections::HashMap::new();
+    let mut newest: std::collections::HashMap<&str, &UplinkRecord> = std::collections::HashMap::new();
     for r in records.iter().filter(|r| r.kind == "state") {
         let e = newest.entry(r.device_id.as_str()).or_insert(r);
         if r.seq > e.seq {

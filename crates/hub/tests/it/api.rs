@@ -7,28 +7,12 @@ use serde_json::json;
 async fn operator_endpoints_need_a_valid_token() {
     let hub = TestHub::start().await.expect("hub");
     for path in ["/api/v1/devices", "/api/v1/security-events"] {
-        let resp = hub
-            .client
-            .get(format!("{}{path}", hub.base()))
-            .send()
-            .await
-            .expect("send");
+        let resp = hub.client.get(format!("{}{path}", hub.base())).send().await.expect("send");
         assert_eq!(resp.status(), 401, "{path}");
-        assert_eq!(
-            resp.headers()
-                .get("www-authenticate")
-                .map(|v| v.to_str().ok()),
-            Some(Some("Bearer"))
-        );
+        assert_eq!(resp.headers().get("www-authenticate").map(|v| v.to_str().ok()), Some(Some("Bearer")));
         let body: serde_json::Value = resp.json().await.expect("json");
         assert_eq!(body["error"]["code"], "missing_token");
-        let resp = hub
-            .client
-            .get(format!("{}{path}", hub.base()))
-            .bearer_auth("hop_wrong")
-            .send()
-            .await
-            .expect("send");
+        let resp = hub.client.get(format!("{}{path}", hub.base())).bearer_auth("hop_wrong").send().await.expect("send");
         assert_eq!(resp.status(), 401);
     }
     // The setup token is single use: a second exchange fails.
@@ -41,16 +25,8 @@ async fn operator_endpoints_need_a_valid_token() {
         .expect("send");
     assert_eq!(resp.status(), 401);
     // Health says nothing beyond "up".
-    let resp = hub
-        .client
-        .get(format!("{}/healthz", hub.base()))
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(
-        resp.json::<serde_json::Value>().await.expect("json"),
-        json!({ "status": "ok" })
-    );
+    let resp = hub.client.get(format!("{}/healthz", hub.base())).send().await.expect("send");
+    assert_eq!(resp.json::<serde_json::Value>().await.expect("json"), json!({ "status": "ok" }));
 }
 
 #[tokio::test]
@@ -59,56 +35,25 @@ async fn bad_requests_get_clear_errors() {
     let check = |status: u16, body: serde_json::Value, want_status: u16, want_code: &str| {
         assert_eq!(status, want_status, "{body}");
         assert_eq!(body["error"]["code"], want_code, "{body}");
-        assert!(
-            body["error"]["message"]
-                .as_str()
-                .is_some_and(|m| !m.is_empty())
-        );
+        assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
     };
-    let (s, b) = hub
-        .post(
-            "/api/v1/devices",
-            json!({ "model": "bad model!", "count": 1 }),
-        )
-        .await
-        .expect("req");
+    let (s, b) = hub.post("/api/v1/devices", json!({ "model": "bad model!", "count": 1 })).await.expect("req");
     check(s, b, 422, "invalid_body");
-    let (s, b) = hub
-        .post("/api/v1/devices", json!({ "model": "ok", "count": 0 }))
-        .await
-        .expect("req");
+    let (s, b) = hub.post("/api/v1/devices", json!({ "model": "ok", "count": 0 })).await.expect("req");
     check(s, b, 400, "invalid_count");
-    let (s, b) = hub
-        .post(
-            "/api/v1/devices",
-            json!({ "model": "ok", "count": 1, "extra": true }),
-        )
-        .await
-        .expect("req");
+    let (s, b) = hub.post("/api/v1/devices", json!({ "model": "ok", "count": 1, "extra": true })).await.expect("req");
     check(s, b, 422, "invalid_body");
     let (s, b) = hub.get("/api/v1/devices/NOT_AN_ID").await.expect("req");
     check(s, b, 400, "invalid_device_id");
-    let (s, b) = hub
-        .get("/api/v1/devices/aaaaaaaaaaaaaaaa")
-        .await
-        .expect("req");
+    let (s, b) = hub.get("/api/v1/devices/aaaaaaaaaaaaaaaa").await.expect("req");
     check(s, b, 404, "not_found");
     let (s, b) = hub.get("/api/v1/devices?limit=0").await.expect("req");
     check(s, b, 400, "invalid_limit");
     let files = hub.manufacture("m", 1).await.expect("manufacture");
     let id = files[0].device_id.as_str();
-    let (s, b) = hub
-        .post(
-            &format!("/api/v1/devices/{id}/commands"),
-            json!({ "name": "ping" }),
-        )
-        .await
-        .expect("req");
+    let (s, b) = hub.post(&format!("/api/v1/devices/{id}/commands"), json!({ "name": "ping" })).await.expect("req");
     check(s, b, 409, "not_enrolled");
-    let (s, b) = hub
-        .get(&format!("/api/v1/devices/{id}/telemetry?from=10&to=5"))
-        .await
-        .expect("req");
+    let (s, b) = hub.get(&format!("/api/v1/devices/{id}/telemetry?from=10&to=5")).await.expect("req");
     check(s, b, 400, "invalid_range");
     // Oversized body.
     let big = "x".repeat(100 * 1024);
@@ -134,33 +79,14 @@ async fn device_list_pages_and_openapi_is_served() {
     let (_, first) = hub.get("/api/v1/devices?limit=3").await.expect("page");
     assert_eq!(first["devices"].as_array().map(Vec::len), Some(3));
     let after = first["next_after"].as_str().expect("next page");
-    let (_, second) = hub
-        .get(&format!("/api/v1/devices?limit=3&after={after}"))
-        .await
-        .expect("page");
+    let (_, second) = hub.get(&format!("/api/v1/devices?limit=3&after={after}")).await.expect("page");
     assert_eq!(second["devices"].as_array().map(Vec::len), Some(2));
     assert!(second["next_after"].is_null());
 
-    let resp = hub
-        .client
-        .get(format!("{}/api/v1/openapi.json", hub.base()))
-        .send()
-        .await
-        .expect("send");
+    let resp = hub.client.get(format!("{}/api/v1/openapi.json", hub.base())).send().await.expect("send");
     let doc: serde_json::Value = resp.json().await.expect("json");
-    assert!(
-        doc["openapi"]
-            .as_str()
-            .is_some_and(|v| v.starts_with("3.1"))
-    );
-    for path in [
-        "/api/v1/enrol",
-        "/api/v1/devices/{id}/telemetry",
-        "/api/v1/devices/{id}/commands",
-    ] {
-        assert!(
-            doc["paths"].get(path).is_some(),
-            "{path} missing from OpenAPI"
-        );
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.1")));
+    for path in ["/api/v1/enrol", "/api/v1/devices/{id}/telemetry", "/api/v1/devices/{id}/commands"] {
+        assert!(doc["paths"].get(path).is_some(), "{path} missing from OpenAPI");
     }
 }

@@ -40,9 +40,7 @@ async fn read_until_closed(tls: &mut Tls, limit: Duration) -> (Vec<u8>, bool) {
 
 async fn connected_311(hub: &TestHub, dev: &TestDevice) -> Tls {
     let mut tls = tls_connect(&hub.hub, Some(dev)).await.expect("tls");
-    tls.write_all(&connect_311(dev.id.as_str()))
-        .await
-        .expect("write");
+    tls.write_all(&connect_311(dev.id.as_str())).await.expect("write");
     let mut connack = [0u8; 4];
     tls.read_exact(&mut connack).await.expect("connack");
     assert_eq!(connack, [0x20, 0x02, 0x00, 0x00], "CONNACK accepted");
@@ -57,13 +55,8 @@ async fn malformed_truncated_and_huge_packets_end_only_their_connection() {
 
     // Not MQTT at all.
     let mut tls = tls_connect(&hub.hub, Some(&dev)).await.expect("tls");
-    tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .expect("write");
-    assert!(
-        read_until_closed(&mut tls, Duration::from_secs(5)).await.1,
-        "non-MQTT bytes must close the connection"
-    );
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    assert!(read_until_closed(&mut tls, Duration::from_secs(5)).await.1, "non-MQTT bytes must close the connection");
 
     // A reserved packet type after CONNECT.
     let mut tls = connected_311(&hub, &dev).await;
@@ -72,34 +65,25 @@ async fn malformed_truncated_and_huge_packets_end_only_their_connection() {
 
     // A PUBLISH with a malformed remaining length (five continuation bytes).
     let mut tls = connected_311(&hub, &dev).await;
-    tls.write_all(&[0x32, 0xff, 0xff, 0xff, 0xff, 0x7f])
-        .await
-        .expect("write");
+    tls.write_all(&[0x32, 0xff, 0xff, 0xff, 0xff, 0x7f]).await.expect("write");
     assert!(read_until_closed(&mut tls, Duration::from_secs(5)).await.1);
 
     // Truncated: a PUBLISH that promises 100 bytes and delivers 10, then the client goes away. The session
     // must end (no hang) and store nothing.
     let mut tls = connected_311(&hub, &dev).await;
-    tls.write_all(&[0x32, 100, 0, 5, b'a', b'b', b'c', b'd', b'e', 0])
-        .await
-        .expect("write");
+    tls.write_all(&[0x32, 100, 0, 5, b'a', b'b', b'c', b'd', b'e', 0]).await.expect("write");
     drop(tls);
 
     // A declared length of 256 MiB, many times: refused at the header, memory stays flat.
     let before = rss_kib();
     for _ in 0..100 {
         let mut tls = connected_311(&hub, &dev).await;
-        tls.write_all(&[0x32, 0xff, 0xff, 0xff, 0x7f])
-            .await
-            .expect("write");
+        tls.write_all(&[0x32, 0xff, 0xff, 0xff, 0x7f]).await.expect("write");
         let (_, closed) = read_until_closed(&mut tls, Duration::from_secs(5)).await;
         assert!(closed, "a 256 MiB declaration must close the connection");
     }
     let grown = rss_kib().saturating_sub(before);
-    assert!(
-        grown < 64 * 1024,
-        "memory grew by {grown} KiB after 100 huge declarations"
-    );
+    assert!(grown < 64 * 1024, "memory grew by {grown} KiB after 100 huge declarations");
 
     // The hub is still up, and a well-behaved connection still works.
     let mut tls = connected_311(&hub, &dev).await;
@@ -108,25 +92,10 @@ async fn malformed_truncated_and_huge_packets_end_only_their_connection() {
     tls.read_exact(&mut pong).await.expect("pingresp");
     assert_eq!(pong, [0xd0, 0x00]);
 
-    let (_, page) = hub
-        .get(&format!("/api/v1/devices/{}/telemetry", dev.id))
-        .await
-        .expect("telemetry");
-    assert_eq!(
-        page["items"].as_array().map(Vec::len),
-        Some(0),
-        "nothing may be stored"
-    );
-    let (_, events) = hub
-        .get("/api/v1/security-events?limit=500")
-        .await
-        .expect("events");
-    let kinds: Vec<&str> = events
-        .as_array()
-        .expect("array")
-        .iter()
-        .filter_map(|e| e["kind"].as_str())
-        .collect();
+    let (_, page) = hub.get(&format!("/api/v1/devices/{}/telemetry", dev.id)).await.expect("telemetry");
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(0), "nothing may be stored");
+    let (_, events) = hub.get("/api/v1/security-events?limit=500").await.expect("events");
+    let kinds: Vec<&str> = events.as_array().expect("array").iter().filter_map(|e| e["kind"].as_str()).collect();
     assert!(kinds.contains(&"malformed_packet"), "{kinds:?}");
     assert!(kinds.contains(&"packet_too_large"), "{kinds:?}");
 }
@@ -140,11 +109,7 @@ struct V5 {
 impl V5 {
     async fn connect(hub: &TestHub, dev: &TestDevice) -> V5 {
         let tls = tls_connect(&hub.hub, Some(dev)).await.expect("tls");
-        let mut c = V5 {
-            tls,
-            codec: v5::Codec::new(1 << 20, 1 << 20),
-            rbuf: BytesMut::new(),
-        };
+        let mut c = V5 { tls, codec: v5::Codec::new(1 << 20, 1 << 20), rbuf: BytesMut::new() };
         let connect = v5::Connect {
             client_id: ByteString::from(dev.id.as_str()),
             keep_alive: 60,
@@ -172,9 +137,7 @@ impl V5 {
             if let Ok(Some((p, _))) = self.codec.decode(&mut self.rbuf) {
                 return Some(p);
             }
-            match tokio::time::timeout(Duration::from_secs(5), self.tls.read_buf(&mut self.rbuf))
-                .await
-            {
+            match tokio::time::timeout(Duration::from_secs(5), self.tls.read_buf(&mut self.rbuf)).await {
                 Ok(Ok(n)) if n > 0 => {}
                 _ => return None,
             }
@@ -205,21 +168,11 @@ async fn invalid_and_oversized_payloads_are_refused_and_not_stored() {
 
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("invalid JSON", b"{not json".to_vec()),
-        (
-            "wrong schema",
-            br#"{"v":1,"seq":1,"ts":5,"temperature":3}"#.to_vec(),
-        ),
-        (
-            "wrong version",
-            br#"{"v":9,"seq":1,"ts":5,"metrics":{}}"#.to_vec(),
-        ),
+        ("wrong schema", br#"{"v":1,"seq":1,"ts":5,"temperature":3}"#.to_vec()),
+        ("wrong version", br#"{"v":9,"seq":1,"ts":5,"metrics":{}}"#.to_vec()),
         (
             "over the 16 KiB payload limit",
-            format!(
-                r#"{{"v":1,"seq":1,"ts":5,"metrics":{{"s":"{}"}}}}"#,
-                "x".repeat(20_000)
-            )
-            .into_bytes(),
+            format!(r#"{{"v":1,"seq":1,"ts":5,"metrics":{{"s":"{}"}}}}"#, "x".repeat(20_000)).into_bytes(),
         ),
     ];
     for (i, (what, payload)) in cases.into_iter().enumerate() {
@@ -228,22 +181,14 @@ async fn invalid_and_oversized_payloads_are_refused_and_not_stored() {
         match c.recv().await {
             Some(v5::Packet::PublishAck(ack)) => {
                 assert_eq!(ack.packet_id.get(), id);
-                assert_eq!(
-                    ack.reason_code,
-                    v5::PublishAckReason::PayloadFormatInvalid,
-                    "{what}"
-                );
-                assert!(
-                    ack.reason_string.is_some(),
-                    "{what}: the refusal explains itself"
-                );
+                assert_eq!(ack.reason_code, v5::PublishAckReason::PayloadFormatInvalid, "{what}");
+                assert!(ack.reason_string.is_some(), "{what}: the refusal explains itself");
             }
             other => panic!("{what}: expected PUBACK 0x99, got {other:?}"),
         }
     }
     // Unknown topic under the device's own prefix.
-    c.publish(&format!("devices/{}/secrets", dev.id), b"{}".to_vec(), 10)
-        .await;
+    c.publish(&format!("devices/{}/secrets", dev.id), b"{}".to_vec(), 10).await;
     assert!(
         matches!(c.recv().await, Some(v5::Packet::PublishAck(a)) if a.reason_code == v5::PublishAckReason::NotAuthorized)
     );
@@ -278,19 +223,11 @@ async fn invalid_and_oversized_payloads_are_refused_and_not_stored() {
 
     // A valid message still goes through on a new connection, and only it is stored.
     let mut c = V5::connect(&hub, &dev).await;
-    c.publish(
-        &topic,
-        br#"{"v":1,"seq":1,"ts":5,"metrics":{"t":1}}"#.to_vec(),
-        1,
-    )
-    .await;
+    c.publish(&topic, br#"{"v":1,"seq":1,"ts":5,"metrics":{"t":1}}"#.to_vec(), 1).await;
     assert!(
         matches!(c.recv().await, Some(v5::Packet::PublishAck(a)) if a.reason_code == v5::PublishAckReason::Success)
     );
-    let (_, page) = hub
-        .get(&format!("/api/v1/devices/{}/telemetry", dev.id))
-        .await
-        .expect("telemetry");
+    let (_, page) = hub.get(&format!("/api/v1/devices/{}/telemetry", dev.id)).await.expect("telemetry");
     assert_eq!(page["items"].as_array().map(Vec::len), Some(1));
     assert_eq!(page["items"][0]["body"]["metrics"]["t"], 1.0);
 }

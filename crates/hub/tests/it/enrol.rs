@@ -3,12 +3,7 @@
 use hearth_test_support::{TestHub, client_for, csr_for};
 use serde_json::json;
 
-async fn enrol_raw(
-    hub: &TestHub,
-    device_id: &str,
-    token: &str,
-    csr: &str,
-) -> (u16, serde_json::Value) {
+async fn enrol_raw(hub: &TestHub, device_id: &str, token: &str, csr: &str) -> (u16, serde_json::Value) {
     let resp = hub
         .client
         .post(format!("{}/api/v1/enrol", hub.base()))
@@ -16,10 +11,7 @@ async fn enrol_raw(
         .send()
         .await
         .expect("request");
-    (
-        resp.status().as_u16(),
-        resp.json().await.unwrap_or_default(),
-    )
+    (resp.status().as_u16(), resp.json().await.unwrap_or_default())
 }
 
 #[tokio::test]
@@ -30,18 +22,10 @@ async fn bootstrap_token_works_once_and_refusals_change_nothing() {
     let key = rcgen::KeyPair::generate().expect("key");
 
     // A CSR naming another device is refused and does not use up the token.
-    let (status, body) = enrol_raw(
-        &hub,
-        a.device_id.as_str(),
-        &a.bootstrap_token,
-        &csr_for(&key, b.device_id.as_str()).expect("csr"),
-    )
-    .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (400, Some("invalid_csr")),
-        "{body}"
-    );
+    let (status, body) =
+        enrol_raw(&hub, a.device_id.as_str(), &a.bootstrap_token, &csr_for(&key, b.device_id.as_str()).expect("csr"))
+            .await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_csr")), "{body}");
     // Garbage CSR.
     let (status, body) = enrol_raw(
         &hub,
@@ -50,28 +34,16 @@ async fn bootstrap_token_works_once_and_refusals_change_nothing() {
         "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
     )
     .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (400, Some("invalid_csr"))
-    );
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_csr")));
     // Another device's token.
     let csr_a = csr_for(&key, a.device_id.as_str()).expect("csr");
     let (status, body) = enrol_raw(&hub, a.device_id.as_str(), &b.bootstrap_token, &csr_a).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (401, Some("invalid_token"))
-    );
+    assert_eq!((status, body["error"]["code"].as_str()), (401, Some("invalid_token")));
     // Unknown device: the same answer as a wrong token (nothing disclosed).
     let (status, _) = enrol_raw(&hub, "zzzzzzzzzzzzzzzz", &a.bootstrap_token, &csr_a).await;
     assert_eq!(status, 401);
-    let (_, dev) = hub
-        .get(&format!("/api/v1/devices/{}", a.device_id))
-        .await
-        .expect("get");
-    assert_eq!(
-        dev["status"], "manufactured",
-        "refusals must not change the device"
-    );
+    let (_, dev) = hub.get(&format!("/api/v1/devices/{}", a.device_id)).await.expect("get");
+    assert_eq!(dev["status"], "manufactured", "refusals must not change the device");
 
     // The real enrolment succeeds and yields a certificate naming the device, signed by the device CA.
     let (status, cert) = enrol_raw(&hub, a.device_id.as_str(), &a.bootstrap_token, &csr_a).await;
@@ -82,27 +54,13 @@ async fn bootstrap_token_works_once_and_refusals_change_nothing() {
 
     // Replay: refused, and the device keeps the certificate it got.
     let (status, body) = enrol_raw(&hub, a.device_id.as_str(), &a.bootstrap_token, &csr_a).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (409, Some("token_used"))
-    );
-    let (_, dev) = hub
-        .get(&format!("/api/v1/devices/{}", a.device_id))
-        .await
-        .expect("get");
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("token_used")));
+    let (_, dev) = hub.get(&format!("/api/v1/devices/{}", a.device_id)).await.expect("get");
     assert_eq!(dev["status"], "enrolled");
 
     // Security events recorded the refusals.
-    let (_, events) = hub
-        .get("/api/v1/security-events?limit=50")
-        .await
-        .expect("events");
-    let refused = events
-        .as_array()
-        .expect("array")
-        .iter()
-        .filter(|e| e["kind"] == "enrol_refused")
-        .count();
+    let (_, events) = hub.get("/api/v1/security-events?limit=50").await.expect("events");
+    let refused = events.as_array().expect("array").iter().filter(|e| e["kind"] == "enrol_refused").count();
     assert!(refused >= 4, "{events}");
 }
 
@@ -127,12 +85,8 @@ async fn renewal_needs_the_current_certificate_and_stops_at_revocation() {
     // With it.
     let identity = format!("{}{}", device.key_pem, device.chain_pem);
     let mtls = client_for(&hub.hub.server_ca_path, Some(identity.as_bytes())).expect("client");
-    let resp = mtls
-        .post(format!("{}/api/v1/renew", hub.base()))
-        .json(&json!({ "csr_pem": csr }))
-        .send()
-        .await
-        .expect("send");
+    let resp =
+        mtls.post(format!("{}/api/v1/renew", hub.base())).json(&json!({ "csr_pem": csr })).send().await.expect("send");
     assert_eq!(resp.status(), 200);
     let body: serde_json::Value = resp.json().await.expect("json");
     assert_eq!(body["device_id"], device.id.as_str());
@@ -148,19 +102,9 @@ async fn renewal_needs_the_current_certificate_and_stops_at_revocation() {
     assert_eq!(resp.status(), 400);
 
     // After revocation the TLS handshake itself refuses the certificate.
-    let (status, _) = hub
-        .post(&format!("/api/v1/devices/{}/revoke", device.id), json!({}))
-        .await
-        .expect("revoke");
+    let (status, _) = hub.post(&format!("/api/v1/devices/{}/revoke", device.id), json!({})).await.expect("revoke");
     assert_eq!(status, 200);
     let mtls = client_for(&hub.hub.server_ca_path, Some(identity.as_bytes())).expect("client");
-    let result = mtls
-        .post(format!("{}/api/v1/renew", hub.base()))
-        .json(&json!({ "csr_pem": csr }))
-        .send()
-        .await;
-    assert!(
-        result.is_err() || result.as_ref().is_ok_and(|r| r.status() != 200),
-        "revoked renewal must fail"
-    );
+    let result = mtls.post(format!("{}/api/v1/renew", hub.base())).json(&json!({ "csr_pem": csr })).send().await;
+    assert!(result.is_err() || result.as_ref().is_ok_and(|r| r.status() != 200), "revoked renewal must fail");
 }

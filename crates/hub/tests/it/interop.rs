@@ -13,39 +13,20 @@ struct Mosq<'a> {
 }
 
 impl Mosq<'_> {
-    fn base(
-        &self,
-        tool: &str,
-        device: Option<&TestDevice>,
-        client_id: Option<&str>,
-        version: &str,
-    ) -> Command {
+    fn base(&self, tool: &str, device: Option<&TestDevice>, client_id: Option<&str>, version: &str) -> Command {
         let mut cmd = Command::new(tool);
-        cmd.args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &self.hub.hub.mqtt_addr.port().to_string(),
-        ])
-        .arg("--cafile")
-        .arg(&self.hub.hub.server_ca_path)
-        .args(["-V", version, "-d"]);
+        cmd.args(["-h", "127.0.0.1", "-p", &self.hub.hub.mqtt_addr.port().to_string()])
+            .arg("--cafile")
+            .arg(&self.hub.hub.server_ca_path)
+            .args(["-V", version, "-d"]);
         if let Some(d) = device {
-            cmd.arg("--cert")
-                .arg(&d.cert_path)
-                .arg("--key")
-                .arg(&d.key_path);
+            cmd.arg("--cert").arg(&d.cert_path).arg("--key").arg(&d.key_path);
         }
-        let id = client_id
-            .map(str::to_owned)
-            .or_else(|| device.map(|d| d.id.to_string()));
+        let id = client_id.map(str::to_owned).or_else(|| device.map(|d| d.id.to_string()));
         if let Some(id) = id {
             cmd.args(["-i", &id]);
         }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
         cmd
     }
 
@@ -76,11 +57,7 @@ async fn run(mut cmd: Command) -> String {
         .await
         .expect("mosquitto client finished")
         .expect("ran");
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
 fn uplink(seq: u64) -> String {
@@ -88,26 +65,15 @@ fn uplink(seq: u64) -> String {
 }
 
 async fn stored(hub: &TestHub, device: &str) -> usize {
-    let (_, page) = hub
-        .get(&format!("/api/v1/devices/{device}/telemetry?limit=1000"))
-        .await
-        .expect("telemetry");
+    let (_, page) = hub.get(&format!("/api/v1/devices/{device}/telemetry?limit=1000")).await.expect("telemetry");
     page["items"].as_array().map(Vec::len).unwrap_or(0)
 }
 
 async fn event_count(hub: &TestHub, kind: &str) -> usize {
     // Events are written in batches; give the writer a moment.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (_, events) = hub
-        .get("/api/v1/security-events?limit=1000")
-        .await
-        .expect("events");
-    events
-        .as_array()
-        .expect("array")
-        .iter()
-        .filter(|e| e["kind"] == kind)
-        .count()
+    let (_, events) = hub.get("/api/v1/security-events?limit=1000").await.expect("events");
+    events.as_array().expect("array").iter().filter(|e| e["kind"] == kind).count()
 }
 
 #[tokio::test]
@@ -121,54 +87,30 @@ async fn mosquitto_clients_with_a_device_certificate_use_their_own_topics() {
     let m = Mosq { hub: &hub };
     let topic = format!("devices/{}/telemetry", dev.id);
 
-    let out = m
-        .publish(Some(&dev), None, "mqttv5", &topic, &uplink(1))
-        .await;
+    let out = m.publish(Some(&dev), None, "mqttv5", &topic, &uplink(1)).await;
     assert!(out.contains("received PUBACK (Mid: 1, RC:0)"), "{out}");
-    let out = m
-        .publish(Some(&dev), None, "mqttv311", &topic, &uplink(2))
-        .await;
+    let out = m.publish(Some(&dev), None, "mqttv311", &topic, &uplink(2)).await;
     assert!(out.contains("received PUBACK"), "{out}");
     // The same sequence number again: acknowledged, stored once.
-    let out = m
-        .publish(Some(&dev), None, "mqttv311", &topic, &uplink(2))
-        .await;
+    let out = m.publish(Some(&dev), None, "mqttv311", &topic, &uplink(2)).await;
     assert!(out.contains("received PUBACK"), "{out}");
     assert_eq!(stored(&hub, dev.id.as_str()).await, 2);
 
     // A command reaches mosquitto_sub on the device's command topic.
     let mut sub = m.base("mosquitto_sub", Some(&dev), None, "mqttv5");
-    sub.args([
-        "-q",
-        "1",
-        "-t",
-        &format!("devices/{}/commands", dev.id),
-        "-C",
-        "1",
-        "-W",
-        "10",
-    ]);
+    sub.args(["-q", "1", "-t", &format!("devices/{}/commands", dev.id), "-C", "1", "-W", "10"]);
     let sub = sub.spawn().expect("mosquitto_sub");
-    let connected = eventually(Duration::from_secs(5), || async {
-        hub.hub.state.routing.is_connected(&dev.id).then_some(())
-    })
-    .await;
+    let connected =
+        eventually(Duration::from_secs(5), || async { hub.hub.state.routing.is_connected(&dev.id).then_some(()) })
+            .await;
     assert!(connected.is_some(), "mosquitto_sub did not connect");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (status, cmd) = hub
-        .post(
-            &format!("/api/v1/devices/{}/commands", dev.id),
-            json!({ "name": "ping" }),
-        )
-        .await
-        .expect("command");
+    let (status, cmd) =
+        hub.post(&format!("/api/v1/devices/{}/commands", dev.id), json!({ "name": "ping" })).await.expect("command");
     assert_eq!(status, 202, "{cmd}");
     let out = sub.wait_with_output().await.expect("output");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains(&format!("\"id\":\"{}\"", cmd["id"].as_str().expect("id"))),
-        "{text}"
-    );
+    assert!(text.contains(&format!("\"id\":\"{}\"", cmd["id"].as_str().expect("id"))), "{text}");
     assert!(text.contains("\"name\":\"ping\""), "{text}");
 }
 
@@ -184,44 +126,24 @@ async fn connections_without_a_valid_certificate_are_refused() {
     let topic = format!("devices/{}/telemetry", good.id);
 
     // No certificate at all.
-    let out = m
-        .publish(None, Some(good.id.as_str()), "mqttv5", &topic, &uplink(1))
-        .await;
+    let out = m.publish(None, Some(good.id.as_str()), "mqttv5", &topic, &uplink(1)).await;
     assert!(!out.contains("received CONNACK"), "{out}");
     // A certificate for the same device id from another CA.
     let foreign = foreign_device(&dir.path().join("foreign"), good.id.as_str()).expect("foreign");
-    let out = m
-        .publish(Some(&foreign), None, "mqttv5", &topic, &uplink(1))
-        .await;
+    let out = m.publish(Some(&foreign), None, "mqttv5", &topic, &uplink(1)).await;
     assert!(!out.contains("received CONNACK"), "{out}");
     // An expired certificate from the right CA.
     let start = time::OffsetDateTime::now_utc() - time::Duration::days(10);
-    let expired = hub
-        .issue_direct(
-            &dir.path().join("expired"),
-            &good.id,
-            start,
-            time::Duration::days(1),
-        )
-        .expect("expired");
-    let out = m
-        .publish(Some(&expired), None, "mqttv5", &topic, &uplink(1))
-        .await;
+    let expired =
+        hub.issue_direct(&dir.path().join("expired"), &good.id, start, time::Duration::days(1)).expect("expired");
+    let out = m.publish(Some(&expired), None, "mqttv5", &topic, &uplink(1)).await;
     assert!(!out.contains("received CONNACK"), "{out}");
     // Revoked.
-    hub.post(&format!("/api/v1/devices/{}/revoke", good.id), json!({}))
-        .await
-        .expect("revoke");
-    let out = m
-        .publish(Some(&good), None, "mqttv5", &topic, &uplink(1))
-        .await;
+    hub.post(&format!("/api/v1/devices/{}/revoke", good.id), json!({})).await.expect("revoke");
+    let out = m.publish(Some(&good), None, "mqttv5", &topic, &uplink(1)).await;
     assert!(!out.contains("received CONNACK"), "{out}");
 
-    assert_eq!(
-        stored(&hub, good.id.as_str()).await,
-        0,
-        "nothing may be stored"
-    );
+    assert_eq!(stored(&hub, good.id.as_str()).await, 0, "nothing may be stored");
     assert!(event_count(&hub, "tls_refused").await >= 4);
 }
 
@@ -238,21 +160,12 @@ async fn a_device_cannot_touch_another_devices_topics_or_session() {
     let b_topic = format!("devices/{}/telemetry", b.id);
 
     // Publish to B's topic: MQTT 5 answers "not authorized" (0x87 = 135); 3.1.1 closes the connection.
-    let out = m
-        .publish(Some(&a), None, "mqttv5", &b_topic, &uplink(1))
-        .await;
+    let out = m.publish(Some(&a), None, "mqttv5", &b_topic, &uplink(1)).await;
     assert!(out.contains("received PUBACK (Mid: 1, RC:135)"), "{out}");
-    let out = m
-        .publish(Some(&a), None, "mqttv311", &b_topic, &uplink(1))
-        .await;
-    assert!(
-        out.contains("received CONNACK (0)") && !out.contains("received PUBACK"),
-        "{out}"
-    );
+    let out = m.publish(Some(&a), None, "mqttv311", &b_topic, &uplink(1)).await;
+    assert!(out.contains("received CONNACK (0)") && !out.contains("received PUBACK"), "{out}");
     // Subscribe to B's commands: refused per filter (3.1.1: 128, MQTT 5: 135).
-    let out = m
-        .subscribe_once(&a, "mqttv311", &format!("devices/{}/commands", b.id))
-        .await;
+    let out = m.subscribe_once(&a, "mqttv311", &format!("devices/{}/commands", b.id)).await;
     assert!(out.contains("Subscribed (mid: 1): 128"), "{out}");
     let out = m.subscribe_once(&a, "mqttv5", "devices/+/commands").await;
     assert!(out.contains("Subscribed (mid: 1): 135"), "{out}");
@@ -260,49 +173,18 @@ async fn a_device_cannot_touch_another_devices_topics_or_session() {
 
     // B is connected; A presents B's client id: refused, and B's session is untouched.
     let mut b_sub = m.base("mosquitto_sub", Some(&b), None, "mqttv5");
-    b_sub.args([
-        "-q",
-        "1",
-        "-t",
-        &format!("devices/{}/commands", b.id),
-        "-W",
-        "20",
-    ]);
+    b_sub.args(["-q", "1", "-t", &format!("devices/{}/commands", b.id), "-W", "20"]);
     let mut b_sub = b_sub.spawn().expect("mosquitto_sub");
-    let up = eventually(Duration::from_secs(5), || async {
-        hub.hub.state.routing.is_connected(&b.id).then_some(())
-    })
-    .await;
+    let up =
+        eventually(Duration::from_secs(5), || async { hub.hub.state.routing.is_connected(&b.id).then_some(()) }).await;
     assert!(up.is_some());
-    let out = m
-        .publish(
-            Some(&a),
-            Some(b.id.as_str()),
-            "mqttv311",
-            &b_topic,
-            &uplink(1),
-        )
-        .await;
+    let out = m.publish(Some(&a), Some(b.id.as_str()), "mqttv311", &b_topic, &uplink(1)).await;
     assert!(out.contains("identifier rejected"), "{out}");
-    let out = m
-        .publish(
-            Some(&a),
-            Some(b.id.as_str()),
-            "mqttv5",
-            &b_topic,
-            &uplink(1),
-        )
-        .await;
+    let out = m.publish(Some(&a), Some(b.id.as_str()), "mqttv5", &b_topic, &uplink(1)).await;
     assert!(!out.contains("received PUBACK"), "{out}");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        hub.hub.state.routing.is_connected(&b.id),
-        "B's session must survive A's attempt"
-    );
-    assert!(
-        b_sub.try_wait().expect("status").is_none(),
-        "B's client must still be running"
-    );
+    assert!(hub.hub.state.routing.is_connected(&b.id), "B's session must survive A's attempt");
+    assert!(b_sub.try_wait().expect("status").is_none(), "B's client must still be running");
     let _ = b_sub.kill().await;
 
     assert!(event_count(&hub, "acl_publish").await >= 2);
@@ -321,46 +203,22 @@ async fn revocation_disconnects_a_live_device_within_seconds() {
     let m = Mosq { hub: &hub };
     let mut sub = m.base("mosquitto_sub", Some(&dev), None, "mqttv5");
     // Without reconnect attempts of its own, mosquitto_sub exits when the hub closes the connection.
-    sub.args([
-        "-q",
-        "1",
-        "-t",
-        &format!("devices/{}/commands", dev.id),
-        "-W",
-        "30",
-    ]);
+    sub.args(["-q", "1", "-t", &format!("devices/{}/commands", dev.id), "-W", "30"]);
     let mut sub = sub.spawn().expect("mosquitto_sub");
-    let up = eventually(Duration::from_secs(5), || async {
-        hub.hub.state.routing.is_connected(&dev.id).then_some(())
-    })
-    .await;
+    let up = eventually(Duration::from_secs(5), || async { hub.hub.state.routing.is_connected(&dev.id).then_some(()) })
+        .await;
     assert!(up.is_some());
 
     let started = std::time::Instant::now();
-    let (status, _) = hub
-        .post(&format!("/api/v1/devices/{}/revoke", dev.id), json!({}))
-        .await
-        .expect("revoke");
+    let (status, _) = hub.post(&format!("/api/v1/devices/{}/revoke", dev.id), json!({})).await.expect("revoke");
     assert_eq!(status, 200);
-    let gone = eventually(Duration::from_secs(5), || async {
-        (!hub.hub.state.routing.is_connected(&dev.id)).then_some(())
-    })
-    .await;
+    let gone =
+        eventually(Duration::from_secs(5), || async { (!hub.hub.state.routing.is_connected(&dev.id)).then_some(()) })
+            .await;
     assert!(gone.is_some(), "the revoked device is still connected");
     assert!(started.elapsed() < Duration::from_secs(5));
     let _ = sub.kill().await;
 
-    let out = m
-        .publish(
-            Some(&dev),
-            None,
-            "mqttv5",
-            &format!("devices/{}/telemetry", dev.id),
-            &uplink(1),
-        )
-        .await;
-    assert!(
-        !out.contains("received CONNACK"),
-        "reconnect after revocation must be refused: {out}"
-    );
+    let out = m.publish(Some(&dev), None, "mqttv5", &format!("devices/{}/telemetry", dev.id), &uplink(1)).await;
+    assert!(!out.contains("received CONNACK"), "reconnect after revocation must be refused: {out}");
 }

@@ -15,8 +15,8 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use hearth_proto::DeviceId;
 use hearth_proto::enrol::{
-    CertificateResponse, EnrolRequest, HubEndpoints, ManufactureRequest, ManufactureResponse,
-    ManufacturedDevice, RenewRequest,
+    CertificateResponse, EnrolRequest, HubEndpoints, ManufactureRequest, ManufactureResponse, ManufacturedDevice,
+    RenewRequest,
 };
 use hearth_proto::uplink::Fields;
 
@@ -45,10 +45,7 @@ pub fn router(state: HubState) -> Router {
         .route("/api/v1/devices/{id}/revoke", post(revoke_device))
         .route("/api/v1/devices/{id}/telemetry", get(telemetry))
         .route("/api/v1/devices/{id}/commands", post(send_command))
-        .route(
-            "/api/v1/devices/{id}/commands/{command_id}",
-            get(get_command),
-        )
+        .route("/api/v1/devices/{id}/commands/{command_id}", get(get_command))
         .route("/api/v1/security-events", get(security_events))
         .fallback(|| async { ApiError::not_found("endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -82,10 +79,7 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
 }
 
 async fn openapi() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        openapi_document().to_json().unwrap_or_default(),
-    )
+    ([(header::CONTENT_TYPE, "application/json")], openapi_document().to_json().unwrap_or_default())
 }
 
 /// JSON body extractor whose rejections are [`ApiError`]s.
@@ -104,32 +98,17 @@ pub struct OperatorAuth(pub crate::accounts::Operator);
 
 impl FromRequestParts<HubState> for OperatorAuth {
     type Rejection = ApiError;
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &HubState,
-    ) -> Result<Self, Self::Rejection> {
-        let value = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| {
-                ApiError::unauthorized(
-                    "missing_token",
-                    "send `Authorization: Bearer <operator token>`",
-                )
+    async fn from_request_parts(parts: &mut Parts, state: &HubState) -> Result<Self, Self::Rejection> {
+        let value =
+            parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).ok_or_else(|| {
+                ApiError::unauthorized("missing_token", "send `Authorization: Bearer <operator token>`")
             })?;
         let token = value.strip_prefix("Bearer ").ok_or_else(|| {
-            ApiError::unauthorized(
-                "missing_token",
-                "the Authorization header must be `Bearer <token>`",
-            )
+            ApiError::unauthorized("missing_token", "the Authorization header must be `Bearer <token>`")
         })?;
         match state.accounts.authenticate(token.trim()).await? {
             Some(op) => Ok(OperatorAuth(op)),
-            None => Err(ApiError::unauthorized(
-                "invalid_token",
-                "the token is not valid",
-            )),
+            None => Err(ApiError::unauthorized("invalid_token", "the token is not valid")),
         }
     }
 }
@@ -169,29 +148,16 @@ async fn setup(
 ) -> Result<impl IntoResponse, ApiError> {
     let label = req.label.unwrap_or_else(|| "owner".into());
     if label.is_empty() || label.len() > 64 {
-        return Err(ApiError::bad_request(
-            "invalid_label",
-            "label must be 1 to 64 bytes",
-        ));
+        return Err(ApiError::bad_request("invalid_label", "label must be 1 to 64 bytes"));
     }
-    match state
-        .accounts
-        .complete_setup(req.setup_token.trim(), &label)
-        .await?
-    {
+    match state.accounts.complete_setup(req.setup_token.trim(), &label).await? {
         Some(token) => {
             tracing::info!("owner setup completed; the setup token is now used up");
-            Ok((
-                StatusCode::CREATED,
-                Json(SetupResponse {
-                    token: token.expose().to_owned(),
-                }),
-            ))
+            Ok((StatusCode::CREATED, Json(SetupResponse { token: token.expose().to_owned() })))
         }
-        None => Err(ApiError::unauthorized(
-            "invalid_setup_token",
-            "the setup token is unknown, already used or expired",
-        )),
+        None => {
+            Err(ApiError::unauthorized("invalid_setup_token", "the setup token is unknown, already used or expired"))
+        }
     }
 }
 
@@ -201,9 +167,7 @@ fn enrol_error(e: EnrolError) -> ApiError {
         EnrolError::TokenExpired => ApiError::unauthorized("token_expired", e.to_string()),
         EnrolError::TokenUsed => ApiError::new(StatusCode::CONFLICT, "token_used", e.to_string()),
         EnrolError::Revoked => ApiError::new(StatusCode::FORBIDDEN, "revoked", e.to_string()),
-        EnrolError::NotEnrolled => {
-            ApiError::new(StatusCode::CONFLICT, "not_enrolled", e.to_string())
-        }
+        EnrolError::NotEnrolled => ApiError::new(StatusCode::CONFLICT, "not_enrolled", e.to_string()),
         EnrolError::Csr(c) => ApiError::bad_request("invalid_csr", c.to_string()),
         EnrolError::Internal(m) => ApiError::internal(m),
     }
@@ -251,11 +215,7 @@ async fn renew(
             "renewal needs the device's current certificate (mutual TLS)",
         )
     })?;
-    let resp = state
-        .identity
-        .renew(&device, &req.csr_pem)
-        .await
-        .map_err(enrol_error)?;
+    let resp = state.identity.renew(&device, &req.csr_pem).await.map_err(enrol_error)?;
     tracing::info!(device = %device, "device certificate renewed");
     Ok(Json(resp))
 }
@@ -270,16 +230,9 @@ async fn manufacture(
 ) -> Result<impl IntoResponse, ApiError> {
     let model = req.model;
     if req.count == 0 || req.count > MAX_BATCH {
-        return Err(ApiError::bad_request(
-            "invalid_count",
-            format!("count must be 1 to {MAX_BATCH}"),
-        ));
+        return Err(ApiError::bad_request("invalid_count", format!("count must be 1 to {MAX_BATCH}")));
     }
-    let made = state
-        .identity
-        .manufacture(&model, req.count)
-        .await
-        .map_err(enrol_error)?;
+    let made = state.identity.manufacture(&model, req.count).await.map_err(enrol_error)?;
     tracing::info!(model = %model, count = made.len(), "devices manufactured");
     let body = ManufactureResponse {
         hub: HubEndpoints {
@@ -321,9 +274,7 @@ struct DeviceBody {
 }
 
 fn device_body(state: &HubState, d: DeviceRow) -> DeviceBody {
-    let connected = DeviceId::parse(&d.id)
-        .map(|id| state.routing.is_connected(&id))
-        .unwrap_or(false);
+    let connected = DeviceId::parse(&d.id).map(|id| state.routing.is_connected(&id)).unwrap_or(false);
     DeviceBody {
         connected,
         state: d
@@ -355,17 +306,14 @@ struct ListParams {
 #[derive(Serialize, ToSchema)]
 struct DeviceList {
     devices: Vec<DeviceBody>,
-    /// Pass as `after` for the next page; absent on the last page.
+    /// Pass as `after` for the next page; null once a page comes back short.
     next_after: Option<String>,
 }
 
 fn page_limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {
     let limit = limit.unwrap_or(default);
     if !(1..=max).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_limit",
-            format!("limit must be 1 to {max}"),
-        ));
+        return Err(ApiError::bad_request("invalid_limit", format!("limit must be 1 to {max}")));
     }
     Ok(limit)
 }
@@ -380,13 +328,8 @@ async fn list_devices(
 ) -> Result<Json<DeviceList>, ApiError> {
     let limit = page_limit(params.limit, 100, 1000)?;
     let rows = state.store.devices(params.after.as_deref(), limit).await?;
-    let next_after = (rows.len() as i64 == limit)
-        .then(|| rows.last().map(|d| d.id.clone()))
-        .flatten();
-    Ok(Json(DeviceList {
-        devices: rows.into_iter().map(|d| device_body(&state, d)).collect(),
-        next_after,
-    }))
+    let next_after = (rows.len() as i64 == limit).then(|| rows.last().map(|d| d.id.clone())).flatten();
+    Ok(Json(DeviceList { devices: rows.into_iter().map(|d| device_body(&state, d)).collect(), next_after }))
 }
 
 /// One device.
@@ -398,11 +341,7 @@ async fn get_device(
     Path(id): Path<String>,
 ) -> Result<Json<DeviceBody>, ApiError> {
     let id = device_id(&id)?;
-    let row = state
-        .store
-        .device(id.as_str())
-        .await?
-        .ok_or_else(|| ApiError::not_found("device"))?;
+    let row = state.store.device(id.as_str()).await?.ok_or_else(|| ApiError::not_found("device"))?;
     Ok(Json(device_body(&state, row)))
 }
 
@@ -418,11 +357,7 @@ async fn revoke_device(
     if !state.identity.revoke(&id).await? {
         return Err(ApiError::not_found("device"));
     }
-    let row = state
-        .store
-        .device(id.as_str())
-        .await?
-        .ok_or_else(|| ApiError::not_found("device"))?;
+    let row = state.store.device(id.as_str()).await?.ok_or_else(|| ApiError::not_found("device"))?;
     Ok(Json(device_body(&state, row)))
 }
 
@@ -453,7 +388,7 @@ struct TelemetryItem {
 #[derive(Serialize, ToSchema)]
 struct TelemetryPage {
     items: Vec<TelemetryItem>,
-    /// Pass as `after_seq` for the next page; absent on the last page.
+    /// Pass as `after_seq` for the next page; null once a page comes back short.
     next_after_seq: Option<i64>,
 }
 
@@ -470,10 +405,7 @@ async fn telemetry(
     let limit = page_limit(p.limit, 100, 1000)?;
     let (from, to) = (p.from.unwrap_or(0), p.to.unwrap_or(i64::MAX));
     if from < 0 || to <= from {
-        return Err(ApiError::bad_request(
-            "invalid_range",
-            "need 0 <= from < to",
-        ));
+        return Err(ApiError::bad_request("invalid_range", "need 0 <= from < to"));
     }
     if state.store.device(id.as_str()).await?.is_none() {
         return Err(ApiError::not_found("device"));
@@ -488,9 +420,7 @@ async fn telemetry(
             limit,
         })
         .await?;
-    let next_after_seq = (rows.len() as i64 == limit)
-        .then(|| rows.last().map(|r| r.seq))
-        .flatten();
+    let next_after_seq = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.seq)).flatten();
     let items = rows
         .into_iter()
         .map(|r| TelemetryItem {
@@ -501,10 +431,7 @@ async fn telemetry(
             body: serde_json::from_str(&r.body_json).unwrap_or(serde_json::Value::Null),
         })
         .collect();
-    Ok(Json(TelemetryPage {
-        items,
-        next_after_seq,
-    }))
+    Ok(Json(TelemetryPage { items, next_after_seq }))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -566,18 +493,12 @@ async fn send_command(
 ) -> Result<impl IntoResponse, ApiError> {
     let id = device_id(&id)?;
     let timeout = Duration::from_secs(req.timeout_secs.unwrap_or(60));
-    let row = state
-        .commands
-        .send(&id, &req.name, req.args, timeout)
-        .await
-        .map_err(|e| match e {
-            CommandError::UnknownDevice => ApiError::not_found("device"),
-            CommandError::NotEnrolled(_) => {
-                ApiError::new(StatusCode::CONFLICT, "not_enrolled", e.to_string())
-            }
-            CommandError::Invalid(v) => ApiError::bad_request("invalid_command", v.to_string()),
-            CommandError::Store(s) => ApiError::internal(s),
-        })?;
+    let row = state.commands.send(&id, &req.name, req.args, timeout).await.map_err(|e| match e {
+        CommandError::UnknownDevice => ApiError::not_found("device"),
+        CommandError::NotEnrolled(_) => ApiError::new(StatusCode::CONFLICT, "not_enrolled", e.to_string()),
+        CommandError::Invalid(v) => ApiError::bad_request("invalid_command", v.to_string()),
+        CommandError::Store(s) => ApiError::internal(s),
+    })?;
     Ok((StatusCode::ACCEPTED, Json(CommandBody::from(row))))
 }
 
@@ -590,11 +511,7 @@ async fn get_command(
     Path((id, command_id)): Path<(String, String)>,
 ) -> Result<Json<CommandBody>, ApiError> {
     let id = device_id(&id)?;
-    let row = state
-        .commands
-        .get(&id, &command_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("command"))?;
+    let row = state.commands.get(&id, &command_id).await?.ok_or_else(|| ApiError::not_found("command"))?;
     Ok(Json(row.into()))
 }
 
@@ -630,10 +547,7 @@ async fn security_events(
         Some(d) => Some(device_id(d)?),
         None => None,
     };
-    let rows = state
-        .store
-        .security_events(device.as_ref().map(DeviceId::as_str), limit)
-        .await?;
+    let rows = state.store.security_events(device.as_ref().map(DeviceId::as_str), limit).await?;
     Ok(Json(
         rows.into_iter()
             .map(|r| SecurityEventBody {

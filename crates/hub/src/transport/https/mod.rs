@@ -26,27 +26,16 @@ pub struct PeerDevice(pub Option<DeviceId>);
 pub struct PeerAddr(pub SocketAddr);
 
 /// Builds the TLS configuration of the HTTPS listener.
-pub fn tls_config(
-    identity: &Identity,
-    allow_tls12: bool,
-) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+pub fn tls_config(identity: &Identity, allow_tls12: bool) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
     let auth = identity.authorities();
-    let verifier = crate::identity::DeviceCertVerifier::new(
-        auth.device_ca_der.clone(),
-        identity.revocations(),
-        false,
-    )?;
-    let versions: &[&rustls::SupportedProtocolVersion] = if allow_tls12 {
-        &[&rustls::version::TLS13, &rustls::version::TLS12]
-    } else {
-        &[&rustls::version::TLS13]
-    };
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_protocol_versions(versions)?
-    .with_client_cert_verifier(verifier)
-    .with_single_cert(auth.server.chain.clone(), auth.server.private_key())?;
+    let verifier = crate::identity::DeviceCertVerifier::new(auth.device_ca_der.clone(), identity.revocations(), false)?;
+    let versions: &[&rustls::SupportedProtocolVersion] =
+        if allow_tls12 { &[&rustls::version::TLS13, &rustls::version::TLS12] } else { &[&rustls::version::TLS13] };
+    let mut config =
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_protocol_versions(versions)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(auth.server.chain.clone(), auth.server.private_key())?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     config.send_tls13_tickets = 0;
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
@@ -68,29 +57,21 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, app: R
         let acceptor = acceptor.clone();
         let app = app.clone();
         tokio::spawn(async move {
-            let tls =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => {
-                        tracing::debug!(peer = %peer, error = %e, "HTTPS handshake failed");
-                        return;
-                    }
-                    Err(_) => return,
-                };
-            let device = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(device_id_of);
-            let svc = tower::ServiceExt::map_request(
-                app,
-                move |mut req: axum::http::Request<hyper::body::Incoming>| {
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %peer, error = %e, "HTTPS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let device = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(device_id_of);
+            let svc =
+                tower::ServiceExt::map_request(app, move |mut req: axum::http::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(PeerDevice(device.clone()));
                     req.extensions_mut().insert(PeerAddr(peer));
                     req
-                },
-            );
+                });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))

@@ -75,27 +75,16 @@ pub struct Ctx {
 }
 
 /// Builds the TLS configuration of the MQTT listener.
-pub fn tls_config(
-    identity: &Identity,
-    allow_tls12: bool,
-) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+pub fn tls_config(identity: &Identity, allow_tls12: bool) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
     let auth = identity.authorities();
-    let verifier = crate::identity::DeviceCertVerifier::new(
-        auth.device_ca_der.clone(),
-        identity.revocations(),
-        true,
-    )?;
-    let versions: &[&rustls::SupportedProtocolVersion] = if allow_tls12 {
-        &[&rustls::version::TLS13, &rustls::version::TLS12]
-    } else {
-        &[&rustls::version::TLS13]
-    };
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_protocol_versions(versions)?
-    .with_client_cert_verifier(verifier)
-    .with_single_cert(auth.server.chain.clone(), auth.server.private_key())?;
+    let verifier = crate::identity::DeviceCertVerifier::new(auth.device_ca_der.clone(), identity.revocations(), true)?;
+    let versions: &[&rustls::SupportedProtocolVersion] =
+        if allow_tls12 { &[&rustls::version::TLS13, &rustls::version::TLS12] } else { &[&rustls::version::TLS13] };
+    let mut config =
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_protocol_versions(versions)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(auth.server.chain.clone(), auth.server.private_key())?;
     config.alpn_protocols = vec![b"mqtt".to_vec()];
     // Session tickets would let a revoked device resume without its certificate being checked again.
     config.send_tls13_tickets = 0;
@@ -133,12 +122,7 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, ctx: A
     }
 }
 
-async fn handle(
-    tcp: tokio::net::TcpStream,
-    peer: SocketAddr,
-    acceptor: TlsAcceptor,
-    ctx: Arc<Ctx>,
-) {
+async fn handle(tcp: tokio::net::TcpStream, peer: SocketAddr, acceptor: TlsAcceptor, ctx: Arc<Ctx>) {
     let tls = match tokio::time::timeout(ctx.limits.connect_timeout, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
@@ -152,12 +136,7 @@ async fn handle(
         }
         Err(_) => return,
     };
-    let device = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .and_then(device_id_of);
+    let device = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(device_id_of);
     let Some(device) = device else {
         // Unreachable with the mandatory verifier; refuse rather than guess.
         return;

@@ -102,16 +102,8 @@ where
 
     let conn_id = ctx.routing.next_conn_id();
     let (link_tx, mut link_rx) = mpsc::channel(64);
-    if let Some(old) = ctx.routing.register(
-        &s.device,
-        Link {
-            conn_id,
-            tx: link_tx,
-        },
-    ) {
-        let _ = old
-            .tx
-            .try_send(Downlink::Close(CloseReason::SessionTakenOver));
+    if let Some(old) = ctx.routing.register(&s.device, Link { conn_id, tx: link_tx }) {
+        let _ = old.tx.try_send(Downlink::Close(CloseReason::SessionTakenOver));
     }
     if let Err(e) = ctx.store.touch(s.device.as_str(), crate::now_ms()).await {
         tracing::warn!(error = %e, "could not record last-seen");
@@ -161,13 +153,7 @@ where
     };
 
     if let End::Hub(reason, text) = &end {
-        s.wire.encode(
-            Out::Disconnect {
-                reason: *reason,
-                reason_string: Some(text.clone()),
-            },
-            &mut s.wbuf,
-        );
+        s.wire.encode(Out::Disconnect { reason: *reason, reason_string: Some(text.clone()) }, &mut s.wbuf);
         let _ = tokio::time::timeout(Duration::from_secs(2), s.flush()).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), s.io.shutdown()).await;
@@ -204,13 +190,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Checks CONNECT and answers CONNACK. Returns the keep-alive to enforce, or `None` if refused.
     async fn accept_connect(&mut self, packet: In) -> Option<u16> {
         let limits = self.ctx.limits.clone();
-        let In::Connect {
-            client_id,
-            keep_alive,
-            clean,
-            session_expiry,
-        } = packet
-        else {
+        let In::Connect { client_id, keep_alive, clean, session_expiry } = packet else {
             self.security("protocol_error", "first packet is not CONNECT".into());
             return None;
         };
@@ -219,10 +199,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if !assigned && client_id.as_ref() as &str != self.device.as_str() {
             self.security(
                 "client_id_mismatch",
-                format!(
-                    "client id {:?} is not the certificate's device id",
-                    truncate(&client_id)
-                ),
+                format!("client id {:?} is not the certificate's device id", truncate(&client_id)),
             );
             self.wire.encode(
                 connack(
@@ -237,18 +214,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             );
             return None;
         }
-        let (keep_alive, server_keep_alive) =
-            if keep_alive == 0 || keep_alive > limits.max_keep_alive {
-                (limits.max_keep_alive, Some(limits.max_keep_alive))
-            } else {
-                (keep_alive, None)
-            };
+        let (keep_alive, server_keep_alive) = if keep_alive == 0 || keep_alive > limits.max_keep_alive {
+            (limits.max_keep_alive, Some(limits.max_keep_alive))
+        } else {
+            (keep_alive, None)
+        };
         self.persistent = !clean || (v5 && session_expiry > 0);
         let session_present = !clean && self.ctx.routing.has_persistent_subscription(&self.device);
         if clean {
-            self.ctx
-                .routing
-                .set_persistent_subscription(&self.device, false);
+            self.ctx.routing.set_persistent_subscription(&self.device, false);
         }
         if session_present {
             self.subscribed = true;
@@ -280,10 +254,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
                 Err(WireError::TooLarge { size, max }) => {
                     self.security("packet_too_large", format!("{size} bytes, limit {max}"));
-                    return Err(End::Hub(
-                        Reason::PacketTooLarge,
-                        format!("packet of {size} bytes exceeds {max}"),
-                    ));
+                    return Err(End::Hub(Reason::PacketTooLarge, format!("packet of {size} bytes exceeds {max}")));
                 }
                 Err(e) => {
                     self.security("malformed_packet", e.to_string());
@@ -296,15 +267,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     async fn handle(&mut self, packet: In) -> Result<(), End> {
         match packet {
-            In::Publish {
-                topic,
-                payload,
-                qos,
-                retain,
-                packet_id,
-            } => {
-                self.on_publish(topic, payload, qos, retain, packet_id)
-                    .await
+            In::Publish { topic, payload, qos, retain, packet_id } => {
+                self.on_publish(topic, payload, qos, retain, packet_id).await
             }
             In::PubAck { packet_id } => {
                 if let Some(command_id) = self.inflight_out.remove(&packet_id.get()) {
@@ -315,23 +279,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             In::Subscribe { packet_id, filters } => self.on_subscribe(packet_id, filters).await,
             In::Unsubscribe { packet_id, filters } => {
                 for f in &filters {
-                    if topic::authorize_subscribe(&self.device, f) == TopicFilterDecision::Commands
-                        && self.subscribed
-                    {
+                    if topic::authorize_subscribe(&self.device, f) == TopicFilterDecision::Commands && self.subscribed {
                         self.subscribed = false;
                         self.subscriptions = self.subscriptions.saturating_sub(1);
-                        self.ctx
-                            .routing
-                            .set_persistent_subscription(&self.device, false);
+                        self.ctx.routing.set_persistent_subscription(&self.device, false);
                     }
                 }
-                self.wire.encode(
-                    Out::UnsubAck {
-                        packet_id,
-                        count: filters.len(),
-                    },
-                    &mut self.wbuf,
-                );
+                self.wire.encode(Out::UnsubAck { packet_id, count: filters.len() }, &mut self.wbuf);
                 Ok(())
             }
             In::PingReq => {
@@ -341,17 +295,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             In::Disconnect => Err(End::Client),
             In::Connect { .. } => {
                 self.security("protocol_error", "second CONNECT".into());
-                Err(End::Hub(
-                    Reason::ProtocolError,
-                    "CONNECT may be sent only once".into(),
-                ))
+                Err(End::Hub(Reason::ProtocolError, "CONNECT may be sent only once".into()))
             }
             In::Unexpected(name) => {
                 self.security("protocol_error", format!("unexpected {name}"));
-                Err(End::Hub(
-                    Reason::ProtocolError,
-                    format!("a client may not send {name} here"),
-                ))
+                Err(End::Hub(Reason::ProtocolError, format!("a client may not send {name} here")))
             }
         }
     }
@@ -366,35 +314,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     ) -> Result<(), End> {
         if qos == 2 {
             self.security("qos_not_supported", "QoS 2 publish".into());
-            return Err(End::Hub(
-                Reason::QosNotSupported,
-                "QoS 2 is not supported; use QoS 0 or 1".into(),
-            ));
+            return Err(End::Hub(Reason::QosNotSupported, "QoS 2 is not supported; use QoS 0 or 1".into()));
         }
         if retain && self.wire.version() == Some(Version::V5) {
             self.security("retain_not_supported", "retained publish".into());
-            return Err(End::Hub(
-                Reason::RetainNotSupported,
-                "retained messages are not supported".into(),
-            ));
+            return Err(End::Hub(Reason::RetainNotSupported, "retained messages are not supported".into()));
         }
         if !self.take_token() {
-            self.security(
-                "rate_limited",
-                format!("more than {}/s sustained", self.ctx.limits.rate_per_sec),
-            );
-            return Err(End::Hub(
-                Reason::MessageRateTooHigh,
-                "publish rate limit exceeded".into(),
-            ));
+            self.security("rate_limited", format!("more than {}/s sustained", self.ctx.limits.rate_per_sec));
+            return Err(End::Hub(Reason::MessageRateTooHigh, "publish rate limit exceeded".into()));
         }
         let qos1 = match (qos, packet_id) {
             (1, Some(id)) => Some(id),
             (1, None) => {
-                return Err(End::Hub(
-                    Reason::ProtocolError,
-                    "QoS 1 without packet id".into(),
-                ));
+                return Err(End::Hub(Reason::ProtocolError, "QoS 1 without packet id".into()));
             }
             _ => None,
         };
@@ -402,28 +335,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         // such notion, so for them the session simply stops reading until acknowledgements catch up.
         let v5 = self.wire.version() == Some(Version::V5);
         if v5 && qos1.is_some() && self.inflight_in >= usize::from(self.ctx.limits.receive_max) {
-            self.security(
-                "receive_maximum_exceeded",
-                format!("{} unacknowledged", self.inflight_in + 1),
-            );
-            return Err(End::Hub(
-                Reason::ReceiveMaximumExceeded,
-                "too many unacknowledged QoS 1 messages".into(),
-            ));
+            self.security("receive_maximum_exceeded", format!("{} unacknowledged", self.inflight_in + 1));
+            return Err(End::Hub(Reason::ReceiveMaximumExceeded, "too many unacknowledged QoS 1 messages".into()));
         }
         let kind = match topic::authorize_publish(&self.device, &topic_name) {
             Ok(k) => k,
             Err(denied) => {
                 let (event, reason) = match &denied {
                     PublishDenied::Invalid(_) => ("invalid_topic", Reason::TopicNameInvalid),
-                    PublishDenied::NotAuthorized | PublishDenied::Unknown => {
-                        ("acl_publish", Reason::NotAuthorized)
-                    }
+                    PublishDenied::NotAuthorized | PublishDenied::Unknown => ("acl_publish", Reason::NotAuthorized),
                 };
-                self.security(
-                    event,
-                    format!("publish to {:?}: {denied}", truncate(&topic_name)),
-                );
+                self.security(event, format!("publish to {:?}: {denied}", truncate(&topic_name)));
                 return self.refuse_publish(qos1, reason, denied.to_string());
             }
         };
@@ -433,11 +355,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     Ok(a) => a,
                     Err(e) => {
                         self.security("invalid_payload", format!("command ack: {e}"));
-                        return self.refuse_publish(
-                            qos1,
-                            Reason::PayloadFormatInvalid,
-                            e.to_string(),
-                        );
+                        return self.refuse_publish(qos1, Reason::PayloadFormatInvalid, e.to_string());
                     }
                 };
                 match self.ctx.commands.answer(&self.device, &ack).await {
@@ -453,11 +371,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
                 if let Some(id) = qos1 {
                     self.wire.encode(
-                        Out::PubAck {
-                            packet_id: id,
-                            reason: Reason::Success,
-                            reason_string: None,
-                        },
+                        Out::PubAck { packet_id: id, reason: Reason::Success, reason_string: None },
                         &mut self.wbuf,
                     );
                 }
@@ -468,11 +382,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     Ok(u) => u,
                     Err(e) => {
                         self.security("invalid_payload", format!("{}: {e}", kind.suffix()));
-                        return self.refuse_publish(
-                            qos1,
-                            Reason::PayloadFormatInvalid,
-                            e.to_string(),
-                        );
+                        return self.refuse_publish(qos1, Reason::PayloadFormatInvalid, e.to_string());
                     }
                 };
                 let record = UplinkRecord {
@@ -491,17 +401,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 if qos1.is_some() {
                     self.inflight_in += 1;
                 }
-                if self
-                    .ctx
-                    .ingest
-                    .submit(IngestItem { record, ack })
-                    .await
-                    .is_err()
-                {
-                    return Err(End::Hub(
-                        Reason::ServerShuttingDown,
-                        "hub shutting down".into(),
-                    ));
+                if self.ctx.ingest.submit(IngestItem { record, ack }).await.is_err() {
+                    return Err(End::Hub(Reason::ServerShuttingDown, "hub shutting down".into()));
                 }
                 Ok(())
             }
@@ -510,33 +411,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// Refuses a publish: MQTT 5 QoS 1 gets a PUBACK with the reason; anything else ends the connection
     /// (MQTT 3.1.1 has no way to refuse a single message).
-    fn refuse_publish(
-        &mut self,
-        qos1: Option<NonZeroU16>,
-        reason: Reason,
-        text: String,
-    ) -> Result<(), End> {
+    fn refuse_publish(&mut self, qos1: Option<NonZeroU16>, reason: Reason, text: String) -> Result<(), End> {
         match (self.wire.version(), qos1) {
             (Some(Version::V5), Some(id)) => {
-                self.wire.encode(
-                    Out::PubAck {
-                        packet_id: id,
-                        reason,
-                        reason_string: Some(text),
-                    },
-                    &mut self.wbuf,
-                );
+                self.wire.encode(Out::PubAck { packet_id: id, reason, reason_string: Some(text) }, &mut self.wbuf);
                 Ok(())
             }
             _ => Err(End::Hub(reason, text)),
         }
     }
 
-    async fn on_subscribe(
-        &mut self,
-        packet_id: NonZeroU16,
-        filters: Vec<(ByteString, u8)>,
-    ) -> Result<(), End> {
+    async fn on_subscribe(&mut self, packet_id: NonZeroU16, filters: Vec<(ByteString, u8)>) -> Result<(), End> {
         let mut results = Vec::with_capacity(filters.len());
         let mut newly = false;
         for (filter, qos) in &filters {
@@ -556,10 +441,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     }
                 }
                 TopicFilterDecision::Invalid(e) => {
-                    self.security(
-                        "invalid_topic",
-                        format!("subscribe {:?}: {e}", truncate(filter)),
-                    );
+                    self.security("invalid_topic", format!("subscribe {:?}: {e}", truncate(filter)));
                     Err(Reason::TopicFilterInvalid)
                 }
                 TopicFilterDecision::NotAuthorized => {
@@ -569,13 +451,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             };
             results.push(result);
         }
-        self.wire
-            .encode(Out::SubAck { packet_id, results }, &mut self.wbuf);
+        self.wire.encode(Out::SubAck { packet_id, results }, &mut self.wbuf);
         if newly {
             if self.persistent {
-                self.ctx
-                    .routing
-                    .set_persistent_subscription(&self.device, true);
+                self.ctx.routing.set_persistent_subscription(&self.device, true);
             }
             self.deliver_open_commands().await;
         }
@@ -628,8 +507,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let now = Instant::now();
         let elapsed = now.duration_since(self.refilled).as_secs_f64();
         self.refilled = now;
-        self.tokens =
-            (self.tokens + elapsed * f64::from(limits.rate_per_sec)).min(f64::from(limits.burst));
+        self.tokens = (self.tokens + elapsed * f64::from(limits.rate_per_sec)).min(f64::from(limits.burst));
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true

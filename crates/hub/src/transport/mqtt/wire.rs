@@ -281,13 +281,7 @@ fn qos_num(q: QoS) -> u8 {
 }
 
 fn publish_in(p: Publish) -> In {
-    In::Publish {
-        topic: p.topic,
-        payload: p.payload,
-        qos: qos_num(p.qos),
-        retain: p.retain,
-        packet_id: p.packet_id,
-    }
+    In::Publish { topic: p.topic, payload: p.payload, qos: qos_num(p.qos), retain: p.retain, packet_id: p.packet_id }
 }
 
 fn from_v3(p: v3::Packet) -> In {
@@ -300,23 +294,10 @@ fn from_v3(p: v3::Packet) -> In {
         },
         v3::Packet::Publish(p) => publish_in(*p),
         v3::Packet::PublishAck { packet_id } => In::PubAck { packet_id },
-        v3::Packet::Subscribe {
-            packet_id,
-            topic_filters,
-        } => In::Subscribe {
-            packet_id,
-            filters: topic_filters
-                .into_iter()
-                .map(|(f, q)| (f, qos_num(q)))
-                .collect(),
-        },
-        v3::Packet::Unsubscribe {
-            packet_id,
-            topic_filters,
-        } => In::Unsubscribe {
-            packet_id,
-            filters: topic_filters,
-        },
+        v3::Packet::Subscribe { packet_id, topic_filters } => {
+            In::Subscribe { packet_id, filters: topic_filters.into_iter().map(|(f, q)| (f, qos_num(q))).collect() }
+        }
+        v3::Packet::Unsubscribe { packet_id, topic_filters } => In::Unsubscribe { packet_id, filters: topic_filters },
         v3::Packet::PingRequest => In::PingReq,
         v3::Packet::Disconnect => In::Disconnect,
         v3::Packet::ConnectAck(_) => In::Unexpected("CONNACK"),
@@ -338,21 +319,12 @@ fn from_v5(p: v5::Packet) -> In {
             session_expiry: c.session_expiry_interval_secs,
         },
         v5::Packet::Publish(p) => publish_in(*p),
-        v5::Packet::PublishAck(a) => In::PubAck {
-            packet_id: a.packet_id,
-        },
+        v5::Packet::PublishAck(a) => In::PubAck { packet_id: a.packet_id },
         v5::Packet::Subscribe(s) => In::Subscribe {
             packet_id: s.packet_id,
-            filters: s
-                .topic_filters
-                .into_iter()
-                .map(|(f, o)| (f, qos_num(o.qos)))
-                .collect(),
+            filters: s.topic_filters.into_iter().map(|(f, o)| (f, qos_num(o.qos))).collect(),
         },
-        v5::Packet::Unsubscribe(u) => In::Unsubscribe {
-            packet_id: u.packet_id,
-            filters: u.topic_filters,
-        },
+        v5::Packet::Unsubscribe(u) => In::Unsubscribe { packet_id: u.packet_id, filters: u.topic_filters },
         v5::Packet::PingRequest => In::PingReq,
         v5::Packet::Disconnect(_) => In::Disconnect,
         v5::Packet::ConnectAck(_) => In::Unexpected("CONNACK"),
@@ -368,11 +340,7 @@ fn from_v5(p: v5::Packet) -> In {
 
 fn to_v3(out: Out) -> Option<v3::Packet> {
     Some(match out {
-        Out::ConnAck {
-            reason,
-            session_present,
-            ..
-        } => v3::Packet::ConnectAck(v3::ConnectAck {
+        Out::ConnAck { reason, session_present, .. } => v3::Packet::ConnectAck(v3::ConnectAck {
             session_present,
             return_code: match reason {
                 Reason::Success => v3::ConnectAckReason::ConnectionAccepted,
@@ -395,11 +363,7 @@ fn to_v3(out: Out) -> Option<v3::Packet> {
         },
         Out::UnsubAck { packet_id, .. } => v3::Packet::UnsubscribeAck { packet_id },
         Out::PingResp => v3::Packet::PingResponse,
-        Out::Publish {
-            topic,
-            payload,
-            packet_id,
-        } => v3::Packet::Publish(Box::new(Publish {
+        Out::Publish { topic, payload, packet_id } => v3::Packet::Publish(Box::new(Publish {
             dup: false,
             retain: false,
             qos: QoS::AtLeastOnce,
@@ -437,11 +401,7 @@ fn to_v5(out: Out) -> v5::Packet {
             reason_string: reason_string.map(ByteString::from),
             ..v5::ConnectAck::default()
         })),
-        Out::PubAck {
-            packet_id,
-            reason,
-            reason_string,
-        } => v5::Packet::PublishAck(v5::PublishAck {
+        Out::PubAck { packet_id, reason, reason_string } => v5::Packet::PublishAck(v5::PublishAck {
             packet_id,
             reason_code: puback_reason(reason),
             properties: Vec::new(),
@@ -469,11 +429,7 @@ fn to_v5(out: Out) -> v5::Packet {
             status: vec![v5::UnsubscribeAckReason::Success; count],
         }),
         Out::PingResp => v5::Packet::PingResponse,
-        Out::Publish {
-            topic,
-            payload,
-            packet_id,
-        } => v5::Packet::Publish(Box::new(Publish {
+        Out::Publish { topic, payload, packet_id } => v5::Packet::Publish(Box::new(Publish {
             dup: false,
             retain: false,
             qos: QoS::AtLeastOnce,
@@ -482,10 +438,7 @@ fn to_v5(out: Out) -> v5::Packet {
             payload,
             properties: Some(v5::PublishProperties::default()),
         })),
-        Out::Disconnect {
-            reason,
-            reason_string,
-        } => v5::Packet::Disconnect(v5::Disconnect {
+        Out::Disconnect { reason, reason_string } => v5::Packet::Disconnect(v5::Disconnect {
             reason_code: disconnect_reason(reason),
             session_expiry_interval_secs: None,
             server_reference: None,
@@ -562,21 +515,12 @@ mod tests {
     }
 
     // CONNECT, MQTT 3.1.1, clean session, keep-alive 60, client id "dev".
-    const CONNECT_311: &[u8] = &[
-        0x10, 15, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 3, b'd', b'e', b'v',
-    ];
+    const CONNECT_311: &[u8] = &[0x10, 15, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 3, b'd', b'e', b'v'];
 
     #[test]
     fn detects_311_and_decodes_connect() {
         let got = decode_all(CONNECT_311).expect("decodes");
-        assert!(matches!(
-            &got[..],
-            [In::Connect {
-                keep_alive: 60,
-                clean: true,
-                ..
-            }]
-        ));
+        assert!(matches!(&got[..], [In::Connect { keep_alive: 60, clean: true, .. }]));
     }
 
     #[test]
@@ -586,41 +530,21 @@ mod tests {
         bytes.extend_from_slice(&[0x30, 0xff, 0xff, 0xff, 0x7f]);
         let mut wire = Wire::new(64 * 1024);
         let mut buf = BytesMut::from(&bytes[..]);
-        assert!(matches!(
-            wire.decode(&mut buf),
-            Ok(Some(In::Connect { .. }))
-        ));
-        assert!(matches!(
-            wire.decode(&mut buf),
-            Err(WireError::TooLarge { .. })
-        ));
-        assert!(
-            buf.capacity() < 1024 * 1024,
-            "must not reserve the declared size"
-        );
+        assert!(matches!(wire.decode(&mut buf), Ok(Some(In::Connect { .. }))));
+        assert!(matches!(wire.decode(&mut buf), Err(WireError::TooLarge { .. })));
+        assert!(buf.capacity() < 1024 * 1024, "must not reserve the declared size");
     }
 
     #[test]
     fn garbage_first_packet_is_bad_protocol() {
-        assert!(matches!(
-            decode_all(b"GET / HTTP/1.1\r\n\r\n"),
-            Err(WireError::BadProtocol)
-        ));
-        assert!(matches!(
-            decode_all(&[0x10, 6, 0, 4, b'X', b'Q', b'T', b'T', 4, 0]),
-            Err(WireError::BadProtocol)
-        ));
+        assert!(matches!(decode_all(b"GET / HTTP/1.1\r\n\r\n"), Err(WireError::BadProtocol)));
+        assert!(matches!(decode_all(&[0x10, 6, 0, 4, b'X', b'Q', b'T', b'T', 4, 0]), Err(WireError::BadProtocol)));
     }
 
     #[test]
     fn truncated_packets_wait_for_more() {
         for n in 0..CONNECT_311.len() {
-            assert!(
-                decode_all(&CONNECT_311[..n])
-                    .expect("no error on a prefix")
-                    .is_empty(),
-                "prefix {n}"
-            );
+            assert!(decode_all(&CONNECT_311[..n]).expect("no error on a prefix").is_empty(), "prefix {n}");
         }
     }
 
