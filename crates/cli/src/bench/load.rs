@@ -70,17 +70,24 @@ pub struct CommandClock {
     pub rtt: Mutex<Option<Histogram<u64>>>,
 }
 
+/// What every device task of one run shares.
+#[derive(Clone)]
+pub struct Wiring {
+    /// The system under test.
+    pub target: SocketAddr,
+    /// The scenario's phase announcements.
+    pub phase: watch::Receiver<Phase>,
+    /// Where reports go.
+    pub reports: mpsc::UnboundedSender<Report>,
+    /// Command round-trip bookkeeping.
+    pub clock: Arc<CommandClock>,
+    /// Subscribe to the device's command topic after connecting.
+    pub subscribe: bool,
+}
+
 /// Spawns one device task; it starts connecting at `start`.
-pub fn spawn_device(
-    index: usize,
-    cred: DeviceCred,
-    target: SocketAddr,
-    start: Instant,
-    mut phase: watch::Receiver<Phase>,
-    reports: mpsc::UnboundedSender<Report>,
-    clock: Arc<CommandClock>,
-    subscribe: bool,
-) {
+pub fn spawn_device(index: usize, cred: DeviceCred, start: Instant, wiring: Wiring) {
+    let Wiring { target, mut phase, reports, clock, subscribe } = wiring;
     tokio::spawn(async move {
         tokio::time::sleep_until(start).await;
         let begun = Instant::now();

@@ -24,7 +24,7 @@ use serde_json::json;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use load::{CommandClock, Phase, Report, spawn_device};
+use load::{CommandClock, Phase, Report, Wiring, spawn_device};
 use stats::{cpu_us, histogram, median, ms, rss_kib, summary};
 use target::{DeviceCred, Kind, Lab, Target};
 
@@ -239,7 +239,14 @@ fn spawn_all(
     let start = Instant::now() + Duration::from_millis(100);
     for (i, cred) in creds.iter().enumerate() {
         let at = start + Duration::from_secs_f64(i as f64 / rate);
-        spawn_device(i, cred.clone(), target.addr, at, phase_rx.clone(), tx.clone(), clock.clone(), subscribe);
+        let wiring = Wiring {
+            target: target.addr,
+            phase: phase_rx.clone(),
+            reports: tx.clone(),
+            clock: clock.clone(),
+            subscribe,
+        };
+        spawn_device(i, cred.clone(), at, wiring);
     }
     (phase_tx, rx, start)
 }
@@ -378,8 +385,7 @@ async fn fanin(
     // The step at about half the best rate: its p99 is the "PUBACK p99 at half of max load" figure.
     let half = steps
         .iter()
-        .filter(|s| s["offered_per_s"].as_f64().unwrap_or(0.0) <= best_rate / 2.0 * 1.05)
-        .last()
+        .rfind(|s| s["offered_per_s"].as_f64().unwrap_or(0.0) <= best_rate / 2.0 * 1.05)
         .or_else(|| steps.first());
     m.insert("fanin_max_rate_p99_le_25ms".into(), best_rate);
     m.insert("fanin_acked_total".into(), acked_total as f64);
@@ -387,7 +393,7 @@ async fn fanin(
         m.insert("fanin_p99_ms_at_half_max".into(), s["latency"]["p99_ms"].as_f64().unwrap_or(0.0));
         m.insert("fanin_half_rate".into(), s["offered_per_s"].as_f64().unwrap_or(0.0));
     }
-    if let Some(best) = steps.iter().filter(|s| s["acked_per_s"].as_f64().unwrap_or(0.0) <= best_rate + 1.0).last() {
+    if let Some(best) = steps.iter().rfind(|s| s["acked_per_s"].as_f64().unwrap_or(0.0) <= best_rate + 1.0) {
         m.insert("cpu_us_per_message".into(), best["cpu_us_per_message"].as_f64().unwrap_or(0.0));
     }
     details.insert("fanin_steps".into(), json!(steps));
