@@ -395,7 +395,7 @@ impl Agent {
                         let Some(i) = inflight.iter().position(|(p, _)| *p == packet_id) else { continue };
                         let Some((_, item)) = inflight.remove(i) else { continue };
                         self.on_puback(item, reason_code).await?;
-                        if reason_code != mqtt::REASON_SUCCESS && reason_code != mqtt::REASON_PAYLOAD_FORMAT_INVALID {
+                        if !mqtt::is_success(reason_code) && reason_code != mqtt::REASON_PAYLOAD_FORMAT_INVALID {
                             // The message stays queued; a new session resends it after a backoff.
                             return Err(SessionError::Mqtt(MqttError::Protocol("hub refused a publish")));
                         }
@@ -433,13 +433,13 @@ impl Agent {
 
     async fn on_puback(&mut self, item: Option<u64>, reason_code: u8) -> anyhow::Result<()> {
         let Some(seq) = item else {
-            if reason_code != mqtt::REASON_SUCCESS {
+            if !mqtt::is_success(reason_code) {
                 tracing::warn!(reason_code, "the hub refused a command acknowledgement");
             }
             return Ok(());
         };
         match reason_code {
-            mqtt::REASON_SUCCESS => {
+            code if mqtt::is_success(code) => {
                 blocking(&self.queue, move |q| q.ack(&[seq])).await?;
                 self.stats.acked.fetch_add(1, Ordering::Relaxed);
             }

@@ -59,6 +59,12 @@ pub const DEFAULT_MAX_PACKET: u32 = 64 * 1024;
 pub const DEFAULT_INFLIGHT: u16 = 32;
 /// PUBACK reason: success.
 pub const REASON_SUCCESS: u8 = 0x00;
+
+/// Whether an MQTT 5 reason code reports success: every code below 0x80 does (for example 0x10, "no matching
+/// subscribers", which a broker may send for a publish nobody subscribed to).
+pub fn is_success(reason_code: u8) -> bool {
+    reason_code < 0x80
+}
 /// PUBACK reason: the hub validated the payload and refused it; resending will not help.
 pub const REASON_PAYLOAD_FORMAT_INVALID: u8 = 0x99;
 

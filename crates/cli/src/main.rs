@@ -349,7 +349,8 @@ async fn device(hub: HubArgs, action: DeviceAction) -> Result<()> {
             println!("device {} is {}", id, body["status"].as_str().unwrap_or("?"));
         }
         DeviceAction::Telemetry { id, limit, after_seq } => {
-            let body = client.get(&format!("/api/v1/devices/{id}/telemetry?limit={limit}&after_seq={after_seq}")).await?;
+            let body =
+                client.get(&format!("/api/v1/devices/{id}/telemetry?limit={limit}&after_seq={after_seq}")).await?;
             println!("{}", serde_json::to_string_pretty(&body)?);
         }
         DeviceAction::Command { id, name, args, timeout } => {

@@ -204,3 +204,12 @@ async fn oversized_packet_from_the_hub_is_refused() {
     let err = conn.next_event().await.unwrap_err();
     assert!(matches!(err, MqttError::Decode(_)), "{err}");
 }
+
+#[test]
+fn success_reason_codes_are_everything_below_0x80() {
+    // Regression: a broker's 0x10 ("no matching subscribers") PUBACK was treated as a refusal.
+    assert!(super::is_success(0x00));
+    assert!(super::is_success(0x10));
+    assert!(!super::is_success(0x87));
+    assert!(!super::is_success(0x99));
+}

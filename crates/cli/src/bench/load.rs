@@ -220,7 +220,7 @@ fn on_event<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         Event::PubAck { packet_id, reason_code } => match in_flight.remove(&packet_id) {
             Some(Some(scheduled)) => {
                 if let Some(s) = stats {
-                    if reason_code == 0 {
+                    if hearth_agent::mqtt::is_success(reason_code) {
                         s.acked += 1;
                         let _ = s.latency.record(scheduled.elapsed().as_micros().max(1) as u64);
                     } else {

@@ -123,7 +123,8 @@ async fn smoke(devices: usize, seconds: u64, out: PathBuf) -> Result<()> {
     fanin(&lab.hub, &creds, &[rate], seconds, &mut m, &mut details).await?;
     let acked = m.get("fanin_acked_total").copied().unwrap_or(0.0) as i64;
     let stored = stored_count(&lab, &creds).await?;
-    commands(&lab, &lab.hub, &cmd_creds, 20.0, 2, &mut m, &mut details).await?;
+    let controller = lab.devices(CONTROLLER, 1, false).await?.remove(0);
+    commands(&lab, &lab.hub, &cmd_creds, &controller, 20.0, 2, &mut m, &mut details).await?;
     let report = json!({ "mode": "smoke", "metrics": m, "details": details, "stored": stored });
     std::fs::write(&out, serde_json::to_vec_pretty(&report)?)?;
     println!(
@@ -139,15 +140,15 @@ async fn smoke(devices: usize, seconds: u64, out: PathBuf) -> Result<()> {
 }
 
 async fn compare(a: RunArgs) -> Result<()> {
-    let needed = (a.devices.max(a.fanin_devices) as u64) * 2 + 200;
+    // Each connection is one open file here and one in the server (a separate process with the same limit).
+    let needed = a.devices.max(a.fanin_devices) as u64 + 500;
     let limit = stats::nofile_limit();
     if limit < needed {
         bail!(
-            "{} connections need about {needed} open files (each connection has two ends here) but the limit is \
-             {limit}; run under `prlimit --nofile={}:{} hearth bench ...` or use fewer --devices",
-            a.devices,
-            needed * 2,
-            needed * 2
+            "{} connections need about {needed} open files per process but the limit is {limit}; raise it \
+             (`prlimit --nofile={needed}:{needed} hearth bench ...`, needs CAP_SYS_RESOURCE beyond the hard limit) \
+             or use fewer --devices",
+            a.devices
         );
     }
     if a.rates.is_empty() || a.rates.iter().any(|r| *r <= 0.0) {
@@ -171,10 +172,11 @@ async fn compare(a: RunArgs) -> Result<()> {
         let lab = Lab::start(work.path()).await?;
         let creds = lab.devices("bench", a.devices.max(a.fanin_devices), false).await?;
         let cmd_creds = lab.devices("", a.command_devices, true).await?;
+        let controller = lab.devices(CONTROLLER, 1, false).await?.remove(0);
         for kind in &kinds {
             let target = match kind {
                 Kind::Hearth => None,
-                Kind::Mosquitto => Some(lab.mosquitto(CONTROLLER)?),
+                Kind::Mosquitto => Some(lab.mosquitto(&controller.id)?),
             };
             let t = target.as_ref().unwrap_or(&lab.hub);
             eprintln!("-- {} (pid {})", kind.name(), t.pid());
@@ -189,7 +191,7 @@ async fn compare(a: RunArgs) -> Result<()> {
                 details.insert("stored_equals_acked".into(), json!(stored == acked));
                 m.insert("fanin_stored_total".into(), stored as f64);
             }
-            commands(&lab, t, &cmd_creds, a.command_rate, a.command_secs, &mut m, &mut details).await?;
+            commands(&lab, t, &cmd_creds, &controller, a.command_rate, a.command_secs, &mut m, &mut details).await?;
             m.insert("rss_end_kib".into(), rss_kib(t.pid()) as f64);
             all_details.push(json!({ "round": round, "target": kind.name(), "metrics": m, "details": details }));
             runs.entry(kind.name()).or_default().push(m);
@@ -405,6 +407,7 @@ async fn commands(
     lab: &Lab,
     t: &Target,
     creds: &[DeviceCred],
+    controller: &DeviceCred,
     rate: f64,
     secs: u64,
     m: &mut Metrics,
@@ -445,9 +448,7 @@ async fn commands(
             while tasks.join_next().await.is_some() {}
         }
         Kind::Mosquitto => {
-            let controller = lab.devices(CONTROLLER, 1, false).await?.remove(0);
-            let controller = DeviceCred { id: CONTROLLER.to_owned(), tls: controller.tls };
-            let mut conn = controller_connect(t, &controller).await?;
+            let mut conn = controller_connect(t, controller).await?;
             while Instant::now() < end {
                 let at = start + Duration::from_secs_f64(sent as f64 / rate);
                 while Instant::now() < at {

@@ -237,11 +237,15 @@ impl Lab {
         )?;
         let port = free_port()?;
         let conf = format!(
-            "per_listener_settings false\nallow_anonymous false\npersistence false\nlog_dest none\n\
+            "per_listener_settings false\nallow_anonymous false\npersistence false\nlog_dest file {d}/mosquitto.log\n\
+             user {user}\n\
              max_keepalive 600\nlistener {port} 127.0.0.1\ncafile {d}/device-ca.pem\ncertfile {d}/server.crt\n\
              keyfile {d}/server.key\nrequire_certificate true\nuse_identity_as_username true\n\
              tls_version tlsv1.3\nacl_file {d}/acl\n",
-            d = dir.display()
+            d = dir.display(),
+            // Started as root, Mosquitto would drop to its own user and lose access to the 0600 key in our
+            // private directory; this throwaway loopback peer keeps the user that started it.
+            user = std::env::var("USER").unwrap_or_else(|_| "root".into())
         );
         std::fs::write(dir.join("mosquitto.conf"), conf)?;
         let child = Command::new("mosquitto")
@@ -259,6 +263,7 @@ impl Lab {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        bail!("mosquitto did not start listening on {addr}")
+        let log = std::fs::read_to_string(dir.join("mosquitto.log")).unwrap_or_default();
+        bail!("mosquitto did not start listening on {addr}: {log}")
     }
 }

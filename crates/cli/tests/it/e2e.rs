@@ -118,7 +118,8 @@ async fn factory_enrol_connect_publish_store_query_with_real_processes() {
         assert!(ok, "{err}");
     }
     // Without the data directory there is nothing to open.
-    let (ok, _, err) = hearth(&hub, None, &["setup-token", "--data-dir", dir.path().join("nothing").to_str().expect("utf8")]);
+    let (ok, _, err) =
+        hearth(&hub, None, &["setup-token", "--data-dir", dir.path().join("nothing").to_str().expect("utf8")]);
     assert!(!ok && err.contains("master.key not found"), "{err}");
 }
 

@@ -67,9 +67,13 @@ impl Ingest {
 async fn writer(mut conn: sqlx::pool::PoolConnection<sqlx::Sqlite>, mut rx: mpsc::Receiver<IngestItem>) {
     let mut batch: Vec<IngestItem> = Vec::with_capacity(MAX_BATCH);
     let mut records: Vec<UplinkRecord> = Vec::with_capacity(MAX_BATCH);
+    let mut acks: Vec<(mpsc::UnboundedSender<Durable>, NonZeroU16)> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         records.clear();
-        records.extend(batch.iter().map(|i| i.record.clone()));
+        for item in batch.drain(..) {
+            records.push(item.record);
+            acks.extend(item.ack);
+        }
         let mut delay = Duration::from_millis(50);
         // A failed commit is retried, never acknowledged: the sessions keep waiting (and the devices keep their
         // messages) until the database accepts the batch.
@@ -83,11 +87,9 @@ async fn writer(mut conn: sqlx::pool::PoolConnection<sqlx::Sqlite>, mut rx: mpsc
                 }
             }
         }
-        for item in batch.drain(..) {
-            if let Some((tx, packet_id)) = item.ack {
-                // The session may have gone; the message is stored all the same.
-                let _ = tx.send(Durable { packet_id });
-            }
+        for (tx, packet_id) in acks.drain(..) {
+            // The session may have gone; the message is stored all the same.
+            let _ = tx.send(Durable { packet_id });
         }
     }
 }

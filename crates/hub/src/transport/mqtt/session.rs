@@ -129,8 +129,13 @@ where
                 }
             },
             Some(d) = durable_rx.recv() => {
-                s.inflight_in -= 1;
-                s.wire.encode(Out::PubAck { packet_id: d.packet_id, reason: Reason::Success, reason_string: None }, &mut s.wbuf);
+                // Acknowledge everything the writer has committed so far in one TLS record and one write.
+                let mut next = Some(d);
+                while let Some(d) = next {
+                    s.inflight_in -= 1;
+                    s.wire.encode(Out::PubAck { packet_id: d.packet_id, reason: Reason::Success, reason_string: None }, &mut s.wbuf);
+                    next = durable_rx.try_recv().ok();
+                }
                 Ok(())
             }
             Some(msg) = link_rx.recv() => match msg {
@@ -395,7 +400,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     },
                     device_ts: uplink.ts as i64,
                     received_at: crate::now_ms(),
-                    body_json: uplink.body_json().to_string(),
+                    // The payload has just been validated as this schema: store it as sent (no re-encoding).
+                    body_json: String::from_utf8(payload.to_vec())
+                        .map_err(|_| End::Hub(Reason::PayloadFormatInvalid, "payload is not UTF-8".into()))?,
                 };
                 let ack = qos1.map(|id| (self.durable_tx.clone(), id));
                 if qos1.is_some() {
