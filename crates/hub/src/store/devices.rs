@@ -166,13 +166,19 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Records MQTT activity.
-    pub async fn touch(&self, id: &str, now: i64) -> Result<()> {
-        sqlx::query("UPDATE devices SET last_seen_at = $2 WHERE id = $1")
+    /// Records MQTT activity of many devices in one transaction (only ever moves last-seen forward).
+    pub async fn touch_many(&self, seen: &[(String, i64)]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for (id, at) in seen {
+            sqlx::query(
+                "UPDATE devices SET last_seen_at = $2 WHERE id = $1 AND (last_seen_at IS NULL OR last_seen_at < $2)",
+            )
             .bind(id)
-            .bind(now)
-            .execute(&self.pool)
+            .bind(at)
+            .execute(&mut *tx)
             .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 }

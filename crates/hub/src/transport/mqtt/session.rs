@@ -69,8 +69,9 @@ where
         device,
         peer,
         wire: Wire::new(limits.max_packet),
-        rbuf: BytesMut::with_capacity(4096),
-        wbuf: BytesMut::with_capacity(1024),
+        // Small to start (idle connections dominate memory); the codec reserves more for a large packet.
+        rbuf: BytesMut::with_capacity(1024),
+        wbuf: BytesMut::with_capacity(256),
         inflight_in: 0,
         durable_tx,
         inflight_out: HashMap::new(),
@@ -105,9 +106,7 @@ where
     if let Some(old) = ctx.routing.register(&s.device, Link { conn_id, tx: link_tx }) {
         let _ = old.tx.try_send(Downlink::Close(CloseReason::SessionTakenOver));
     }
-    if let Err(e) = ctx.store.touch(s.device.as_str(), crate::now_ms()).await {
-        tracing::warn!(error = %e, "could not record last-seen");
-    }
+    ctx.presence.seen(s.device.as_str());
     tracing::info!(device = %s.device, peer = %s.peer, version = ?s.wire.version(), "device connected");
     if s.subscribed {
         s.deliver_open_commands().await;
@@ -166,9 +165,7 @@ where
     if !s.persistent {
         ctx.routing.set_persistent_subscription(&s.device, false);
     }
-    if let Err(e) = ctx.store.touch(s.device.as_str(), crate::now_ms()).await {
-        tracing::warn!(error = %e, "could not record last-seen");
-    }
+    ctx.presence.seen(s.device.as_str());
     tracing::info!(device = %s.device, peer = %s.peer, end = ?end, "device disconnected");
 }
 
@@ -187,8 +184,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     fn reserve(&mut self) {
-        if self.rbuf.capacity() - self.rbuf.len() < 1024 {
-            self.rbuf.reserve(4096);
+        if self.rbuf.capacity() - self.rbuf.len() < 256 {
+            self.rbuf.reserve(2048);
         }
     }
 
