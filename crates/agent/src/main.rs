@@ -35,7 +35,8 @@ struct Args {
     queue_capacity: u64,
 }
 
-#[tokio::main]
+// One device, one connection: a single-threaded runtime keeps the agent's memory and threads small.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()

@@ -89,7 +89,8 @@ impl Queue {
     /// Opens (or creates) the queue at `{state_dir}/queue.redb`, holding at most `capacity` messages (≥ 1).
     pub fn open(state_dir: &Path, capacity: u64) -> Result<Queue, QueueError> {
         let path = state_dir.join(QUEUE_FILE);
-        let db = Database::create(&path).map_err(|e| db_err(&path, e))?;
+        // A small page cache: the queue is written and read sequentially, and devices have little memory.
+        let db = redb::Builder::new().set_cache_size(256 * 1024).create(&path).map_err(|e| db_err(&path, e))?;
         let queue = Queue { db: Arc::new(db), path: Arc::new(path), capacity: capacity.max(1) };
         // Create the tables up front so readers never see them missing.
         queue.write(|uplinks, meta| {
