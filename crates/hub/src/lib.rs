@@ -12,7 +12,6 @@ pub mod commands;
 pub mod config;
 pub mod identity;
 pub mod monitoring;
-pub mod presence;
 pub mod routing;
 pub mod secrets;
 pub mod store;
@@ -192,7 +191,6 @@ pub async fn start(config: Config) -> Result<RunningHub, StartError> {
         routing,
         commands: commands.clone(),
         identity,
-        presence: presence::Presence::start(store.clone()),
     });
     let tasks = vec![
         tokio::spawn(transport::mqtt::serve(mqtt_listener, mqtt_tls, ctx)),

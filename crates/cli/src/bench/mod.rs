@@ -124,7 +124,8 @@ async fn smoke(devices: usize, seconds: u64, out: PathBuf) -> Result<()> {
     let acked = m.get("fanin_acked_total").copied().unwrap_or(0.0) as i64;
     let stored = stored_count(&lab, &creds).await?;
     let controller = lab.devices(CONTROLLER, 1, false).await?.remove(0);
-    commands(&lab, &lab.hub, &cmd_creds, &controller, 20.0, 2, &mut m, &mut details).await?;
+    commands(&lab, &lab.hub, &cmd_creds, &controller, CommandLoad { rate: 20.0, secs: 2 }, &mut m, &mut details)
+        .await?;
     let report = json!({ "mode": "smoke", "metrics": m, "details": details, "stored": stored });
     std::fs::write(&out, serde_json::to_vec_pretty(&report)?)?;
     println!(
@@ -191,7 +192,8 @@ async fn compare(a: RunArgs) -> Result<()> {
                 details.insert("stored_equals_acked".into(), json!(stored == acked));
                 m.insert("fanin_stored_total".into(), stored as f64);
             }
-            commands(&lab, t, &cmd_creds, &controller, a.command_rate, a.command_secs, &mut m, &mut details).await?;
+            let load = CommandLoad { rate: a.command_rate, secs: a.command_secs };
+            commands(&lab, t, &cmd_creds, &controller, load, &mut m, &mut details).await?;
             m.insert("rss_end_kib".into(), rss_kib(t.pid()) as f64);
             all_details.push(json!({ "round": round, "target": kind.name(), "metrics": m, "details": details }));
             runs.entry(kind.name()).or_default().push(m);
@@ -228,6 +230,15 @@ async fn compare(a: RunArgs) -> Result<()> {
 }
 
 const CONTROLLER: &str = "bench-controller";
+
+/// The command scenario's offered load.
+#[derive(Clone, Copy)]
+struct CommandLoad {
+    /// Commands per second (open loop).
+    rate: f64,
+    /// Seconds of commands.
+    secs: u64,
+}
 
 fn spawn_all(
     target: &Target,
@@ -408,8 +419,7 @@ async fn commands(
     t: &Target,
     creds: &[DeviceCred],
     controller: &DeviceCred,
-    rate: f64,
-    secs: u64,
+    CommandLoad { rate, secs }: CommandLoad,
     m: &mut Metrics,
     details: &mut serde_json::Map<String, serde_json::Value>,
 ) -> Result<()> {

@@ -184,3 +184,46 @@ async fn the_demo_listens_only_on_its_two_tls_ports() {
     let status = demo.wait().expect("demo ends");
     assert!(status.success());
 }
+
+#[tokio::test]
+async fn bad_configuration_is_refused_naming_the_setting() {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "[mqtt]\nreceive_maximum = 0\n").expect("write");
+    let out = Command::new(workspace_bin("hearth"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("mqtt.receive_maximum"), "{err}");
+    assert!(!dir.path().join("data").exists(), "a refused configuration must change nothing");
+}
+
+#[tokio::test]
+async fn the_agent_renews_its_certificate_over_mutual_tls() {
+    use std::sync::Arc;
+    let hub = hearth_test_support::TestHub::start().await.expect("hub");
+    let dir = tempfile::tempdir().expect("dir");
+    let boot = hub.manufacture("renewing", 1).await.expect("manufacture").remove(0);
+    let state = dir.path().join("agent");
+    let key = Arc::new(hearth_agent::keystore::FileKeyStore::open_or_create(&state).expect("key"));
+    let first = hearth_agent::enrol::enrol(&state, &boot, key).await.expect("enrol");
+    let before = std::fs::read_to_string(state.join("device.crt")).expect("cert");
+    let (_, d1) = hub.get(&format!("/api/v1/devices/{}", boot.device_id)).await.expect("device");
+
+    let second = hearth_agent::enrol::renew(&state, &first).await.expect("renew");
+    let after = std::fs::read_to_string(state.join("device.crt")).expect("cert");
+    assert_ne!(before, after, "a new certificate is stored");
+    assert_eq!(second.device_id(), first.device_id());
+    let (_, d2) = hub.get(&format!("/api/v1/devices/{}", boot.device_id)).await.expect("device");
+    assert_ne!(d1["cert_serial"], d2["cert_serial"], "the hub records the new serial");
+
+    // After revocation the renewal is refused.
+    hub.post(&format!("/api/v1/devices/{}/revoke", boot.device_id), serde_json::json!({})).await.expect("revoke");
+    assert!(hearth_agent::enrol::renew(&state, &second).await.is_err());
+}

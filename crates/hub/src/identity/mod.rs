@@ -96,6 +96,12 @@ impl Identity {
         Ok(Identity { store, master, authorities, revocations, revoked_tx, settings })
     }
 
+    /// The same capability with other settings (for example a batch of devices with a shorter enrolment
+    /// window); revocations stay shared.
+    pub fn with_settings(&self, settings: IdentitySettings) -> Identity {
+        Identity { settings, ..self.clone() }
+    }
+
     /// The shared revocation set (for the TLS verifiers).
     pub fn revocations(&self) -> Arc<Revocations> {
         self.revocations.clone()

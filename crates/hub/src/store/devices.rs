@@ -165,20 +165,18 @@ impl Store {
                 .await?;
         Ok(done.rows_affected() == 1)
     }
+}
 
-    /// Records MQTT activity of many devices in one transaction (only ever moves last-seen forward).
-    pub async fn touch_many(&self, seen: &[(String, i64)]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        for (id, at) in seen {
-            sqlx::query(
-                "UPDATE devices SET last_seen_at = $2 WHERE id = $1 AND (last_seen_at IS NULL OR last_seen_at < $2)",
-            )
-            .bind(id)
-            .bind(at)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+/// Records MQTT activity (last seen) inside the caller's transaction; only ever moves the time forward.
+pub async fn touch_batch(conn: &mut sqlx::SqliteConnection, seen: &[(String, i64)]) -> Result<()> {
+    for (id, at) in seen {
+        sqlx::query(
+            "UPDATE devices SET last_seen_at = $2 WHERE id = $1 AND (last_seen_at IS NULL OR last_seen_at < $2)",
+        )
+        .bind(id)
+        .bind(at)
+        .execute(&mut *conn)
+        .await?;
     }
+    Ok(())
 }

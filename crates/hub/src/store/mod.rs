@@ -5,7 +5,7 @@
 //! `ON CONFLICT`), so the PostgreSQL backend can follow behind this same API.
 
 mod commands;
-mod devices;
+pub(crate) mod devices;
 mod events;
 mod tokens;
 pub(crate) mod uplinks;

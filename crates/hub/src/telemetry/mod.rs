@@ -6,6 +6,9 @@
 //! fsync covers thousands of messages; at low load a message waits for one commit. Duplicates of
 //! (device, seq) are ignored by the insert, so a resent message is acknowledged again but stored once.
 //!
+//! The same writer records devices' last-seen times, coalesced per batch: SQLite has one writer at a time, and
+//! a second writing connection would make ingest wait on its lock (a reconnect storm would stall telemetry).
+//!
 //! Invariant: a PUBACK is sent only for a message whose transaction has committed.
 
 use std::num::NonZeroU16;
@@ -34,6 +37,13 @@ pub struct IngestItem {
     pub ack: Option<(mpsc::UnboundedSender<Durable>, NonZeroU16)>,
 }
 
+/// What the writer receives.
+#[derive(Debug)]
+enum WriterItem {
+    Uplink(IngestItem),
+    Seen { device: String, at: i64 },
+}
+
 /// Why a message could not be handed to the writer.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -45,7 +55,7 @@ pub enum IngestError {
 /// Handle to the writer. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Ingest {
-    tx: mpsc::Sender<IngestItem>,
+    tx: mpsc::Sender<WriterItem>,
 }
 
 impl Ingest {
@@ -60,25 +70,41 @@ impl Ingest {
 
     /// Queues an item; waits when the writer is behind (back-pressure reaches the device through TCP).
     pub async fn submit(&self, item: IngestItem) -> Result<(), IngestError> {
-        self.tx.send(item).await.map_err(|_| IngestError::Stopped)
+        self.tx.send(WriterItem::Uplink(item)).await.map_err(|_| IngestError::Stopped)
+    }
+
+    /// Notes that `device` was active now (connect, disconnect). Never waits: last-seen is informational, so
+    /// under overload an update may be skipped.
+    pub fn seen(&self, device: &str) {
+        let _ = self.tx.try_send(WriterItem::Seen { device: device.to_owned(), at: crate::now_ms() });
     }
 }
 
-async fn writer(mut conn: sqlx::pool::PoolConnection<sqlx::Sqlite>, mut rx: mpsc::Receiver<IngestItem>) {
-    let mut batch: Vec<IngestItem> = Vec::with_capacity(MAX_BATCH);
+async fn writer(mut conn: sqlx::pool::PoolConnection<sqlx::Sqlite>, mut rx: mpsc::Receiver<WriterItem>) {
+    let mut batch: Vec<WriterItem> = Vec::with_capacity(MAX_BATCH);
+    let mut seen: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
     let mut records: Vec<UplinkRecord> = Vec::with_capacity(MAX_BATCH);
     let mut acks: Vec<(mpsc::UnboundedSender<Durable>, NonZeroU16)> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         records.clear();
         for item in batch.drain(..) {
-            records.push(item.record);
-            acks.extend(item.ack);
+            match item {
+                WriterItem::Uplink(item) => {
+                    records.push(item.record);
+                    acks.extend(item.ack);
+                }
+                WriterItem::Seen { device, at } => {
+                    let e = seen.entry(device).or_insert(at);
+                    *e = (*e).max(at);
+                }
+            }
         }
+        let touched: Vec<(String, i64)> = seen.drain().collect();
         let mut delay = Duration::from_millis(50);
         // A failed commit is retried, never acknowledged: the sessions keep waiting (and the devices keep their
         // messages) until the database accepts the batch.
         loop {
-            match commit(&mut conn, &records).await {
+            match commit(&mut conn, &records, &touched).await {
                 Ok(()) => break,
                 Err(e) => {
                     tracing::error!(error = %e, batch = records.len(), "telemetry commit failed; retrying");
@@ -94,10 +120,15 @@ async fn writer(mut conn: sqlx::pool::PoolConnection<sqlx::Sqlite>, mut rx: mpsc
     }
 }
 
-async fn commit(conn: &mut sqlx::SqliteConnection, records: &[UplinkRecord]) -> Result<(), store::StoreError> {
+async fn commit(
+    conn: &mut sqlx::SqliteConnection,
+    records: &[UplinkRecord],
+    touched: &[(String, i64)],
+) -> Result<(), store::StoreError> {
     use sqlx::Connection as _;
     let mut tx = conn.begin().await.map_err(store::StoreError::Db)?;
     store::uplinks::insert_batch(&mut tx, records).await?;
+    store::devices::touch_batch(&mut tx, touched).await?;
     // Apply the newest state of each device in the batch.
     let mut newest: std::collections::HashMap<&str, &UplinkRecord> = std::collections::HashMap::new();
     for r in records.iter().filter(|r| r.kind == "state") {

@@ -5,3 +5,4 @@ mod api;
 mod bad_input;
 mod enrol;
 mod interop;
+mod session;

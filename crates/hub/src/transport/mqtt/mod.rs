@@ -72,8 +72,6 @@ pub struct Ctx {
     pub commands: Commands,
     /// Identity (revocation notices).
     pub identity: Identity,
-    /// Last-seen times.
-    pub presence: crate::presence::Presence,
 }
 
 /// Builds the TLS configuration of the MQTT listener.

@@ -106,7 +106,7 @@ where
     if let Some(old) = ctx.routing.register(&s.device, Link { conn_id, tx: link_tx }) {
         let _ = old.tx.try_send(Downlink::Close(CloseReason::SessionTakenOver));
     }
-    ctx.presence.seen(s.device.as_str());
+    ctx.ingest.seen(s.device.as_str());
     tracing::info!(device = %s.device, peer = %s.peer, version = ?s.wire.version(), "device connected");
     if s.subscribed {
         s.deliver_open_commands().await;
@@ -165,7 +165,7 @@ where
     if !s.persistent {
         ctx.routing.set_persistent_subscription(&s.device, false);
     }
-    ctx.presence.seen(s.device.as_str());
+    ctx.ingest.seen(s.device.as_str());
     tracing::info!(device = %s.device, peer = %s.peer, end = ?end, "device disconnected");
 }
 

@@ -1,0 +1,205 @@
+//! MQTT session behaviour: TLS versions, persistent sessions, keep-alive, command delivery and timeout,
+//! telemetry queries by time range.
+
+use std::time::Duration;
+
+use hearth_hub::identity::IdentitySettings;
+use hearth_test_support::{TestDevice, TestHub, csr_for, eventually, tls_connect};
+use serde_json::json;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// CONNECT, MQTT 3.1.1, with the given clean-session flag and keep-alive.
+fn connect_311(client_id: &str, clean: bool, keep_alive: u16) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, if clean { 0x02 } else { 0x00 }];
+    body.extend_from_slice(&keep_alive.to_be_bytes());
+    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+    body.extend_from_slice(client_id.as_bytes());
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend_from_slice(&body);
+    packet
+}
+
+fn subscribe_311(filter: &str) -> Vec<u8> {
+    let mut body = vec![0, 1];
+    body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+    body.extend_from_slice(filter.as_bytes());
+    body.push(1);
+    let mut packet = vec![0x82, body.len() as u8];
+    packet.extend_from_slice(&body);
+    packet
+}
+
+async fn connect(hub: &TestHub, dev: &TestDevice, clean: bool, keep_alive: u16) -> (Tls, [u8; 4]) {
+    let mut tls = tls_connect(&hub.hub, Some(dev)).await.expect("tls");
+    tls.write_all(&connect_311(dev.id.as_str(), clean, keep_alive)).await.expect("connect");
+    let mut connack = [0u8; 4];
+    tls.read_exact(&mut connack).await.expect("connack");
+    (tls, connack)
+}
+
+#[tokio::test]
+async fn tls_1_2_is_refused_unless_configured() {
+    let hub = TestHub::start().await.expect("hub");
+    let dir = tempfile::tempdir().expect("dir");
+    let dev = hub.enrolled_device(dir.path()).await.expect("device");
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(&hub.hub.server_ca_path).expect("ca") {
+        roots.add(c.expect("cert")).expect("add");
+    }
+    let chain = rustls::pki_types::CertificateDer::pem_slice_iter(dev.chain_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("chain");
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(dev.key_pem.as_bytes()).expect("key");
+    let config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .expect("tls12")
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .expect("client auth");
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    for addr in [hub.hub.mqtt_addr, hub.hub.https_addr] {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+        assert!(connector.connect(name, tcp).await.is_err(), "TLS 1.2 must be refused on {addr}");
+    }
+}
+
+#[tokio::test]
+async fn persistent_session_keeps_the_subscription_and_gets_queued_commands() {
+    let hub = TestHub::start().await.expect("hub");
+    let dir = tempfile::tempdir().expect("dir");
+    let dev = hub.enrolled_device(dir.path()).await.expect("device");
+
+    let (mut tls, connack) = connect(&hub, &dev, false, 60).await;
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00], "first connect: no session yet");
+    tls.write_all(&subscribe_311(&format!("devices/{}/commands", dev.id))).await.expect("subscribe");
+    let mut suback = [0u8; 5];
+    tls.read_exact(&mut suback).await.expect("suback");
+    assert_eq!(suback, [0x90, 0x03, 0x00, 0x01, 0x01], "granted QoS 1");
+    tls.write_all(&[0xe0, 0x00]).await.expect("disconnect");
+    drop(tls);
+    let gone =
+        eventually(Duration::from_secs(5), || async { (!hub.hub.state.routing.is_connected(&dev.id)).then_some(()) })
+            .await;
+    assert!(gone.is_some());
+
+    // While the device is away a command is queued.
+    let (status, cmd) =
+        hub.post(&format!("/api/v1/devices/{}/commands", dev.id), json!({ "name": "ping" })).await.expect("command");
+    assert_eq!(status, 202);
+    assert_eq!(cmd["status"], "pending");
+
+    // It comes back with clean session off: the session is present and the command arrives without a new
+    // SUBSCRIBE.
+    let (mut tls, connack) = connect(&hub, &dev, false, 60).await;
+    assert_eq!(connack, [0x20, 0x02, 0x01, 0x00], "session present");
+    let mut buf = vec![0u8; 4096];
+    let n =
+        tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await.expect("command in time").expect("read");
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert_eq!(buf[0] & 0xf0, 0x30, "a PUBLISH");
+    assert!(text.contains(cmd["id"].as_str().expect("id")), "{text}");
+
+    // A clean session forgets it.
+    drop(tls);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_tls, connack) = connect(&hub, &dev, true, 60).await;
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00]);
+}
+
+#[tokio::test]
+async fn keep_alive_is_enforced() {
+    let hub = TestHub::start().await.expect("hub");
+    let dir = tempfile::tempdir().expect("dir");
+    let dev = hub.enrolled_device(dir.path()).await.expect("device");
+    let (mut tls, connack) = connect(&hub, &dev, true, 1).await;
+    assert_eq!(connack[3], 0);
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    // Silent client: the hub closes after 1.5 × the keep-alive.
+    let read = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await.expect("closed in time");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(1400) && waited < Duration::from_secs(4), "{waited:?}");
+}
+
+#[tokio::test]
+async fn unanswered_commands_time_out() {
+    let hub = TestHub::start().await.expect("hub");
+    let dir = tempfile::tempdir().expect("dir");
+    let dev = hub.enrolled_device(dir.path()).await.expect("device");
+    let (status, cmd) = hub
+        .post(&format!("/api/v1/devices/{}/commands", dev.id), json!({ "name": "ping", "timeout_secs": 1 }))
+        .await
+        .expect("command");
+    assert_eq!(status, 202);
+    let path = format!("/api/v1/devices/{}/commands/{}", dev.id, cmd["id"].as_str().expect("id"));
+    let done = eventually(Duration::from_secs(5), || async {
+        let (_, c) = hub.get(&path).await.ok()?;
+        (c["status"] == "timeout").then_some(c)
+    })
+    .await;
+    assert!(done.is_some(), "the command did not time out");
+    let (status, body) =
+        hub.post(&format!("/api/v1/devices/{}/commands", dev.id), json!({ "name": "Bad Name" })).await.expect("req");
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_command")));
+}
+
+#[tokio::test]
+async fn expired_bootstrap_tokens_are_refused() {
+    let hub = TestHub::start().await.expect("hub");
+    let expired = hub.hub.state.identity.with_settings(IdentitySettings {
+        device_cert_validity: time::Duration::days(1),
+        bootstrap_validity: time::Duration::seconds(-1),
+    });
+    let made = expired.manufacture(&hearth_proto::ModelId::parse("old-stock").expect("model"), 1).await.expect("made");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let resp = hub
+        .client
+        .post(format!("{}/api/v1/enrol", hub.base()))
+        .json(&json!({ "device_id": made[0].id, "bootstrap_token": made[0].bootstrap_token.expose(),
+                       "csr_pem": csr_for(&key, made[0].id.as_str()).expect("csr") }))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 401);
+    let body: serde_json::Value = resp.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "token_expired");
+}
+
+#[tokio::test]
+async fn telemetry_is_queried_by_time_range_in_pages() {
+    let hub = TestHub::start().await.expect("hub");
+    let dir = tempfile::tempdir().expect("dir");
+    let dev = hub.enrolled_device(dir.path()).await.expect("device");
+    let (mut tls, _) = connect(&hub, &dev, true, 60).await;
+    let topic = format!("devices/{}/telemetry", dev.id);
+    for seq in 1..=6u16 {
+        let payload = format!(r#"{{"v":1,"seq":{seq},"ts":{},"metrics":{{"n":{seq}}}}}"#, 1000 * u64::from(seq));
+        let mut body = Vec::new();
+        body.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+        body.extend_from_slice(topic.as_bytes());
+        body.extend_from_slice(&seq.to_be_bytes());
+        body.extend_from_slice(payload.as_bytes());
+        let mut packet = vec![0x32, body.len() as u8];
+        packet.extend_from_slice(&body);
+        tls.write_all(&packet).await.expect("publish");
+        let mut puback = [0u8; 4];
+        tls.read_exact(&mut puback).await.expect("puback");
+        assert_eq!(puback, [0x40, 0x02, 0x00, seq as u8]);
+    }
+    // Device time 2000 ≤ ts < 6000: seqs 2..=5, two per page.
+    let path = format!("/api/v1/devices/{}/telemetry?from=2000&to=6000&limit=2", dev.id);
+    let (_, p1) = hub.get(&path).await.expect("page 1");
+    let seqs = |p: &serde_json::Value| {
+        p["items"].as_array().expect("items").iter().map(|i| i["seq"].as_i64().expect("seq")).collect::<Vec<_>>()
+    };
+    assert_eq!(seqs(&p1), vec![2, 3]);
+    let (_, p2) = hub.get(&format!("{path}&after_seq={}", p1["next_after_seq"])).await.expect("page 2");
+    assert_eq!(seqs(&p2), vec![4, 5]);
+    assert_eq!(p2["items"][0]["body"]["metrics"]["n"], 4.0);
+}
