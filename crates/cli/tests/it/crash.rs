@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hearth_agent::mqtt::{ConnectOptions, Event, MqttConnection, QoS};
-use hearth_test_support::client_for;
 
-use crate::support::{HubProcess, free_ports, setup, stored_seqs};
+use crate::support::{HubProcess, free_ports, manufacture, setup, stored_seqs};
 
 const LIMITS: &str = "[mqtt]\npublish_rate_per_sec = 100000\npublish_burst = 100000\nreceive_maximum = 256\n";
 
@@ -20,20 +19,9 @@ async fn every_acknowledged_message_survives_kill_9_exactly_once() {
     let data = dir.path().join("hub");
     let mut hub = HubProcess::start_with(&data, https, mqtts, LIMITS);
     let token = setup(&hub);
-    let api = client_for(&hub.ca(), None).expect("client");
 
     // One device, enrolled through the agent's own code.
-    let made: serde_json::Value = api
-        .post(format!("{}/api/v1/devices", hub.url()))
-        .bearer_auth(&token)
-        .json(&serde_json::json!({ "model": "crash", "count": 1 }))
-        .send()
-        .await
-        .expect("manufacture")
-        .json()
-        .await
-        .expect("json");
-    let made: hearth_proto::enrol::ManufactureResponse = serde_json::from_value(made).expect("response");
+    let made = manufacture(&hub, &token, "crash", 1).await;
     let boot = made.bootstrap_files().remove(0);
     let state = dir.path().join("device");
     let key = Arc::new(hearth_agent::keystore::FileKeyStore::open_or_create(&state).expect("key"));

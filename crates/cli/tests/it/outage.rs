@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use hearth_agent::{Agent, AgentConfig};
-use hearth_test_support::{client_for, eventually, write_bootstraps};
+use hearth_test_support::{eventually, write_bootstraps};
 
-use crate::support::{HubProcess, free_ports, setup, stored_seqs};
+use crate::support::{HubProcess, free_ports, manufacture, setup, stored_seqs};
 
 #[tokio::test]
 async fn queued_messages_arrive_in_order_once_after_the_hub_returns() {
@@ -15,17 +15,7 @@ async fn queued_messages_arrive_in_order_once_after_the_hub_returns() {
     let data = dir.path().join("hub");
     let mut hub = HubProcess::start(&data, https, mqtts);
     let token = setup(&hub);
-    let api = client_for(&hub.ca(), None).expect("client");
-    let made: hearth_proto::enrol::ManufactureResponse = api
-        .post(format!("{}/api/v1/devices", hub.url()))
-        .bearer_auth(&token)
-        .json(&serde_json::json!({ "model": "outage", "count": 3 }))
-        .send()
-        .await
-        .expect("manufacture")
-        .json()
-        .await
-        .expect("json");
+    let made = manufacture(&hub, &token, "outage", 3).await;
     let paths = write_bootstraps(&made.bootstrap_files(), &dir.path().join("boot")).expect("bootstraps");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

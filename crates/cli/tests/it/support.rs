@@ -169,3 +169,23 @@ pub async fn stored_seqs(hub: &HubProcess, token: &str, device: &str) -> Vec<(i6
         }
     }
 }
+
+/// Manufactures `count` devices of `model` through the API.
+pub async fn manufacture(
+    hub: &HubProcess,
+    token: &str,
+    model: &str,
+    count: usize,
+) -> hearth_proto::enrol::ManufactureResponse {
+    let client = hearth_test_support::client_for(&hub.ca(), None).expect("client");
+    client
+        .post(format!("{}/api/v1/devices", hub.url()))
+        .bearer_auth(token)
+        .json(&serde_json::json!({ "model": model, "count": count }))
+        .send()
+        .await
+        .expect("manufacture")
+        .json()
+        .await
+        .expect("manufacture answer")
+}

@@ -128,17 +128,7 @@ impl Authorities {
                 ServerIdentity { chain: vec![pem_to_der(&pem)?, pem_to_der(&server_ca_pem)?], key: Arc::new(key) }
             }
             _ => {
-                let key = KeyPair::generate()?;
-                let mut params = CertificateParams::new(Vec::<String>::new())?;
-                params.distinguished_name = dn("Hearth hub");
-                params.subject_alt_names = hostnames.iter().map(|h| san(h)).collect::<Result<_, _>>()?;
-                params.not_before = now - Duration::minutes(5);
-                params.not_after = now + Duration::days(397);
-                params.serial_number = Some(random_serial()?);
-                params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-                params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-                params.use_authority_key_identifier_extension = true;
-                let cert = params.signed_by(&key, &server_issuer)?;
+                let (cert, key) = server_cert(&server_issuer, "Hearth hub", hostnames, Duration::days(397), now)?;
                 let key_der = Zeroizing::new(key.serialize_der());
                 let sealed = master.seal(SERVER_CERT, &key_der)?;
                 store.replace_key(SERVER_CERT, &cert.pem(), &sealed, unix_ms(now)).await?;
@@ -156,17 +146,7 @@ impl Authorities {
         hostnames: &[String],
         now: OffsetDateTime,
     ) -> Result<(String, Zeroizing<String>), CaError> {
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name = dn("Hearth peer");
-        params.subject_alt_names = hostnames.iter().map(|h| san(h)).collect::<Result<_, _>>()?;
-        params.not_before = now - Duration::minutes(5);
-        params.not_after = now + Duration::days(30);
-        params.serial_number = Some(random_serial()?);
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.use_authority_key_identifier_extension = true;
-        let cert = params.signed_by(&key, &self.server_issuer)?;
+        let (cert, key) = server_cert(&self.server_issuer, "Hearth peer", hostnames, Duration::days(30), now)?;
         Ok((format!("{}{}", cert.pem(), self.server_ca_pem), Zeroizing::new(key.serialize_pem())))
     }
 
@@ -238,6 +218,28 @@ fn dn_value_text(v: &rcgen::DnValue) -> Option<String> {
         rcgen::DnValue::Ia5String(s) => Some(s.as_str().to_owned()),
         _ => None,
     }
+}
+
+/// A TLS server certificate (server authentication only) for `hostnames`, signed by `issuer`.
+fn server_cert(
+    issuer: &Issuer<'static, KeyPair>,
+    common_name: &str,
+    hostnames: &[String],
+    validity: Duration,
+    now: OffsetDateTime,
+) -> Result<(rcgen::Certificate, KeyPair), CaError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name = dn(common_name);
+    params.subject_alt_names = hostnames.iter().map(|h| san(h)).collect::<Result<_, _>>()?;
+    params.not_before = now - Duration::minutes(5);
+    params.not_after = now + validity;
+    params.serial_number = Some(random_serial()?);
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.use_authority_key_identifier_extension = true;
+    let cert = params.signed_by(&key, issuer)?;
+    Ok((cert, key))
 }
 
 async fn load_or_create_ca(

@@ -1,4 +1,34 @@
-//! The only modules that know wire formats: MQTT (devices) and HTTPS/JSON (people, enrolment).
+//! The only modules that know wire formats: MQTT (devices) and HTTPS/JSON (people, enrolment). Both listeners
+//! share one TLS policy, built here.
 
 pub mod https;
 pub mod mqtt;
+
+use std::sync::Arc;
+
+use crate::identity::{DeviceCertVerifier, Identity};
+
+/// The hub's TLS server configuration: TLS 1.3 (1.2 only when `allow_tls12`), aws-lc-rs, the hub's server
+/// certificate, and client certificates checked by [`DeviceCertVerifier`] (chain to the device CA and not
+/// revoked); `client_cert_required` makes one mandatory (MQTT) rather than optional (HTTPS, for renewal).
+/// Session resumption is off: a resumed session would skip the certificate (and revocation) check.
+pub fn server_tls(
+    identity: &Identity,
+    allow_tls12: bool,
+    client_cert_required: bool,
+    alpn: &[u8],
+) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+    let auth = identity.authorities();
+    let verifier = DeviceCertVerifier::new(auth.device_ca_der.clone(), identity.revocations(), client_cert_required)?;
+    let versions: &[&rustls::SupportedProtocolVersion] =
+        if allow_tls12 { &[&rustls::version::TLS13, &rustls::version::TLS12] } else { &[&rustls::version::TLS13] };
+    let mut config =
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_protocol_versions(versions)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(auth.server.chain.clone(), auth.server.private_key())?;
+    config.alpn_protocols = vec![alpn.to_vec()];
+    config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    Ok(Arc::new(config))
+}

@@ -76,20 +76,7 @@ pub struct Ctx {
 
 /// Builds the TLS configuration of the MQTT listener.
 pub fn tls_config(identity: &Identity, allow_tls12: bool) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
-    let auth = identity.authorities();
-    let verifier = crate::identity::DeviceCertVerifier::new(auth.device_ca_der.clone(), identity.revocations(), true)?;
-    let versions: &[&rustls::SupportedProtocolVersion] =
-        if allow_tls12 { &[&rustls::version::TLS13, &rustls::version::TLS12] } else { &[&rustls::version::TLS13] };
-    let mut config =
-        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-            .with_protocol_versions(versions)?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(auth.server.chain.clone(), auth.server.private_key())?;
-    config.alpn_protocols = vec![b"mqtt".to_vec()];
-    // Session tickets would let a revoked device resume without its certificate being checked again.
-    config.send_tls13_tickets = 0;
-    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-    Ok(Arc::new(config))
+    super::server_tls(identity, allow_tls12, true, b"mqtt")
 }
 
 /// Accepts connections until the task is aborted.
