@@ -16,7 +16,7 @@ use hearth_proto::enrol::{CertificateResponse, EnrolRequest};
 use hearth_proto::{DeviceId, ModelId};
 
 use crate::secrets::{MasterKey, SecretString, random_base32, random_token};
-use crate::store::{EnrolOutcome, NewDevice, Store};
+use crate::store::{EnrolOutcome, NewDevice, Store, TokenState};
 pub use ca::{Authorities, CsrError};
 pub use verifier::{DeviceCertVerifier, Revocations, device_id_of};
 
@@ -144,13 +144,25 @@ impl Identity {
     /// First enrolment: checks the CSR, then consumes the token and records the certificate atomically.
     pub async fn enrol(&self, req: &EnrolRequest) -> Result<CertificateResponse, EnrolError> {
         let now = OffsetDateTime::now_utc();
-        let device = self.store.device(req.device_id.as_str()).await.map_err(internal)?;
-        // Same answer for an unknown device and a wrong token: nothing is disclosed before authentication.
-        let Some(device) = device else {
-            return Err(EnrolError::InvalidToken);
-        };
-        let issued = self.issue(&req.device_id, &device.model, &req.csr_pem, now)?;
         let mac = self.master.token_mac(BOOTSTRAP, &req.bootstrap_token);
+        // Authenticate before doing any work for the caller (CSR verification, signing). An unknown device and
+        // a wrong token get the same answer: nothing is disclosed before authentication.
+        match self
+            .store
+            .bootstrap_token_state(req.device_id.as_str(), &mac, ca::unix_ms(now))
+            .await
+            .map_err(internal)?
+        {
+            TokenState::Usable => {}
+            TokenState::Invalid => return Err(EnrolError::InvalidToken),
+            TokenState::Used => return Err(EnrolError::TokenUsed),
+            TokenState::Expired => return Err(EnrolError::TokenExpired),
+            TokenState::Revoked => return Err(EnrolError::Revoked),
+        }
+        let device =
+            self.store.device(req.device_id.as_str()).await.map_err(internal)?.ok_or(EnrolError::InvalidToken)?;
+        // The token is consumed only together with a certificate: a bad CSR leaves it usable.
+        let issued = self.issue(&req.device_id, &device.model, &req.csr_pem, now)?;
         let outcome = self
             .store
             .enrol(req.device_id.as_str(), &mac, ca::unix_ms(now), &issued.serial_hex, issued.not_after_ms)

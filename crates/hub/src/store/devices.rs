@@ -44,6 +44,21 @@ pub struct DeviceRow {
     pub state_json: Option<String>,
 }
 
+/// The state of a bootstrap token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenState {
+    /// Valid, unused, unexpired.
+    Usable,
+    /// No device with that id and token.
+    Invalid,
+    /// Already used.
+    Used,
+    /// Expired.
+    Expired,
+    /// The device is revoked.
+    Revoked,
+}
+
 /// Why an enrolment did not happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EnrolOutcome {
@@ -127,6 +142,18 @@ impl Store {
         if done.rows_affected() == 1 {
             return Ok(EnrolOutcome::Enrolled);
         }
+        // Lost a race, or the token was never good: say which.
+        Ok(match self.bootstrap_token_state(id, bootstrap_mac, now).await? {
+            TokenState::Usable => EnrolOutcome::Used,
+            TokenState::Invalid => EnrolOutcome::Invalid,
+            TokenState::Used => EnrolOutcome::Used,
+            TokenState::Expired => EnrolOutcome::Expired,
+            TokenState::Revoked => EnrolOutcome::Revoked,
+        })
+    }
+
+    /// What a bootstrap token is worth now, read-only (checked before any work is done for the caller).
+    pub async fn bootstrap_token_state(&self, id: &str, bootstrap_mac: &[u8], now: i64) -> Result<TokenState> {
         let row = sqlx::query(
             "SELECT status, bootstrap_used_at, bootstrap_expires_at FROM devices WHERE id = $1 AND bootstrap_mac = $2",
         )
@@ -135,10 +162,11 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         Ok(match row {
-            None => EnrolOutcome::Invalid,
-            Some(r) if r.get::<String, _>(0) == "revoked" => EnrolOutcome::Revoked,
-            Some(r) if r.get::<Option<i64>, _>(1).is_some() => EnrolOutcome::Used,
-            Some(_) => EnrolOutcome::Expired,
+            None => TokenState::Invalid,
+            Some(r) if r.get::<String, _>(0) == "revoked" => TokenState::Revoked,
+            Some(r) if r.get::<Option<i64>, _>(1).is_some() => TokenState::Used,
+            Some(r) if r.get::<i64, _>(2) <= now => TokenState::Expired,
+            Some(_) => TokenState::Usable,
         })
     }
 

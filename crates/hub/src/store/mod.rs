@@ -20,7 +20,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 pub use commands::{CommandRow, NewCommand};
-pub use devices::{DeviceRow, EnrolOutcome, NewDevice};
+pub use devices::{DeviceRow, EnrolOutcome, NewDevice, TokenState};
 pub use events::{NewSecurityEvent, SecurityEventRow};
 pub use uplinks::{UplinkQuery, UplinkRecord, UplinkRow};
 

@@ -35,6 +35,9 @@ async fn bootstrap_token_works_once_and_refusals_change_nothing() {
     )
     .await;
     assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_csr")));
+    // A wrong token with a garbage CSR: refused as unauthenticated before the CSR is even looked at.
+    let (status, body) = enrol_raw(&hub, a.device_id.as_str(), "hbt_wrong", "not a CSR").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (401, Some("invalid_token")));
     // Another device's token.
     let csr_a = csr_for(&key, a.device_id.as_str()).expect("csr");
     let (status, body) = enrol_raw(&hub, a.device_id.as_str(), &b.bootstrap_token, &csr_a).await;
