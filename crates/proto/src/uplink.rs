@@ -158,6 +158,11 @@ impl Uplink {
         Ok(Uplink { seq: wire.seq, ts: wire.ts, body })
     }
 
+    /// Encodes this message as JSON text (what the hub stores).
+    pub fn to_json_string(&self) -> String {
+        String::from_utf8(self.to_json()).expect("serde_json writes UTF-8")
+    }
+
     /// Encodes this message as its JSON payload.
     pub fn to_json(&self) -> Vec<u8> {
         let mut wire =
@@ -250,6 +255,16 @@ mod tests {
         check(Telemetry, &big, Err("too_long"));
         let many: Vec<String> = (0..65).map(|i| format!(r#""m{i}":1"#)).collect();
         check(Telemetry, &format!(r#"{{"v":1,"seq":1,"ts":5,"metrics":{{{}}}}}"#, many.join(",")), Err("out_of_range"));
+    }
+
+    #[test]
+    fn duplicate_keys_cannot_smuggle_an_unchecked_value() {
+        // The last duplicate wins in parsing; re-encoding keeps only the value that was checked.
+        let payload = format!(r#"{{"v":1,"seq":9,"ts":5,"metrics":{{"s":"{}","s":1}}}}"#, "x".repeat(15_000));
+        let up = Uplink::parse(DeviceTopic::Telemetry, payload.as_bytes()).expect("valid after dedup");
+        let stored = up.to_json_string();
+        assert!(stored.len() < 100, "{stored}");
+        assert!(stored.contains(r#""s":1.0"#) || stored.contains(r#""s":1"#), "{stored}");
     }
 
     #[test]

@@ -68,12 +68,18 @@ pub struct IssuedCert {
 }
 
 /// The TLS server identity (certificate chain and key) for both listeners.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServerIdentity {
     /// Server certificate then server CA.
     pub chain: Vec<CertificateDer<'static>>,
     /// The server key (PKCS#8 DER).
     pub key: Arc<Zeroizing<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for ServerIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerIdentity").field("chain_len", &self.chain.len()).field("key", &"<redacted>").finish()
+    }
 }
 
 impl ServerIdentity {

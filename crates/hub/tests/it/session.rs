@@ -203,3 +203,20 @@ async fn telemetry_is_queried_by_time_range_in_pages() {
     assert_eq!(seqs(&p2), vec![4, 5]);
     assert_eq!(p2["items"][0]["body"]["metrics"]["n"], 4.0);
 }
+
+#[tokio::test]
+async fn revoked_between_handshake_and_connect_is_refused() {
+    // Regression: a session subscribed to revocation notices only after CONNECT, so a device revoked while it
+    // held CONNECT back stayed connected.
+    let hub = TestHub::start().await.expect("hub");
+    let dir = tempfile::tempdir().expect("dir");
+    let dev = hub.enrolled_device(dir.path()).await.expect("device");
+    let mut tls = tls_connect(&hub.hub, Some(&dev)).await.expect("handshake passes before revocation");
+    let (status, _) = hub.post(&format!("/api/v1/devices/{}/revoke", dev.id), json!({})).await.expect("revoke");
+    assert_eq!(status, 200);
+    tls.write_all(&connect_311(dev.id.as_str(), true, 60)).await.expect("connect");
+    let mut buf = [0u8; 4];
+    let read = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await.expect("answered in time");
+    assert!(matches!(read, Ok(0) | Err(_)) || buf[3] != 0, "a revoked device must not get a session: {read:?} {buf:?}");
+    assert!(!hub.hub.state.routing.is_connected(&dev.id));
+}

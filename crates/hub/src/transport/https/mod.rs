@@ -30,9 +30,18 @@ pub fn tls_config(identity: &Identity, allow_tls12: bool) -> Result<Arc<rustls::
     super::server_tls(identity, allow_tls12, false, b"http/1.1")
 }
 
+/// Most concurrent HTTPS connections; more are closed at accept (they would share the process's file
+/// descriptors with the devices' MQTT connections).
+pub const MAX_CONNECTIONS: usize = 4096;
+
+/// Longest life of one HTTPS connection, so a client that trickles a body or never reads the answer cannot hold
+/// a connection (requests here are small; clients simply reconnect).
+pub const MAX_CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
+
 /// Serves `app` over TLS until the task is aborted.
 pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, app: Router) {
     let acceptor = TlsAcceptor::from(tls);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -41,6 +50,10 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, app: R
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(peer = %peer, "too many HTTPS connections; closing a new one");
+            continue;
         };
         let acceptor = acceptor.clone();
         let app = app.clone();
@@ -64,9 +77,12 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, app: R
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
                 .serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc));
-            if let Err(e) = conn.await {
-                tracing::debug!(peer = %peer, error = %e, "HTTPS connection ended with an error");
+            match tokio::time::timeout(MAX_CONNECTION_LIFETIME, conn).await {
+                Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "HTTPS connection ended with an error"),
+                Err(_) => tracing::debug!(peer = %peer, "HTTPS connection closed at its maximum lifetime"),
+                Ok(Ok(())) => {}
             }
+            drop(slot);
         });
     }
 }

@@ -62,6 +62,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let limits = ctx.limits.clone();
+    // Subscribe to revocations before anything else, so a revocation during the handshake or CONNECT is seen.
+    let mut revoked = ctx.identity.on_revoke();
     let (durable_tx, mut durable_rx) = mpsc::unbounded_channel();
     let mut s = Session {
         io,
@@ -96,6 +98,11 @@ where
             return;
         }
     };
+    // The certificate was checked at the handshake; the device may have been revoked since.
+    if ctx.identity.revocations().is_revoked(s.device.as_str()) {
+        s.security("revoked", "revoked between handshake and CONNECT".into());
+        return;
+    }
     let Some(keep_alive) = s.accept_connect(connect).await else {
         let _ = s.flush().await;
         return;
@@ -116,7 +123,7 @@ where
     // Keep-alive: the client must send something within 1.5 × its keep-alive.
     let idle_limit = Duration::from_millis(u64::from(keep_alive) * 1500);
     let mut deadline = Instant::now() + idle_limit;
-    let mut revoked = ctx.identity.on_revoke();
+    let revocations = ctx.identity.revocations();
     let end = loop {
         let can_read = s.inflight_in < usize::from(limits.receive_max) + 1;
         let step = tokio::select! {
@@ -143,9 +150,12 @@ where
                 Downlink::Close(CloseReason::SessionTakenOver) => Err(End::Hub(Reason::SessionTakenOver, "another connection of this device took over".into())),
                 Downlink::Close(CloseReason::ShuttingDown) => Err(End::Hub(Reason::ServerShuttingDown, "hub shutting down".into())),
             },
-            Ok(id) = revoked.recv() => {
-                if id == s.device { Err(End::Hub(Reason::NotAuthorized, "device revoked".into())) } else { Ok(()) }
-            }
+            notice = revoked.recv() => match notice {
+                Ok(id) if id != s.device => Ok(()),
+                // Missed notices (lagged) or a closed channel: decide from the authoritative set.
+                Err(_) if !revocations.is_revoked(s.device.as_str()) => Ok(()),
+                _ => Err(End::Hub(Reason::NotAuthorized, "device revoked".into())),
+            },
             _ = sleep_until(deadline) => Err(End::Hub(Reason::KeepAliveTimeout, "keep-alive expired".into())),
         };
         if s.flush().await.is_err() {
@@ -268,6 +278,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     async fn handle(&mut self, packet: In) -> Result<(), End> {
+        // Every packet spends from the same budget: SUBSCRIBE loops cost database work too.
+        if !self.take_token() {
+            self.security("rate_limited", format!("more than {}/s sustained", self.ctx.limits.rate_per_sec));
+            return Err(End::Hub(Reason::MessageRateTooHigh, "packet rate limit exceeded".into()));
+        }
         match packet {
             In::Publish { topic, payload, qos, retain, packet_id } => {
                 self.on_publish(topic, payload, qos, retain, packet_id).await
@@ -322,10 +337,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             self.security("retain_not_supported", "retained publish".into());
             return Err(End::Hub(Reason::RetainNotSupported, "retained messages are not supported".into()));
         }
-        if !self.take_token() {
-            self.security("rate_limited", format!("more than {}/s sustained", self.ctx.limits.rate_per_sec));
-            return Err(End::Hub(Reason::MessageRateTooHigh, "publish rate limit exceeded".into()));
-        }
         let qos1 = match (qos, packet_id) {
             (1, Some(id)) => Some(id),
             (1, None) => {
@@ -367,8 +378,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "could not record a command answer");
-                        // Not acknowledged: the device will resend.
-                        return Ok(());
+                        // Not acknowledged; closing makes the device reconnect and resend it.
+                        return Err(End::Hub(Reason::ServerUnavailable, "could not record the answer; resend".into()));
                     }
                 }
                 if let Some(id) = qos1 {
@@ -397,9 +408,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     },
                     device_ts: uplink.ts as i64,
                     received_at: crate::now_ms(),
-                    // The payload has just been validated as this schema: store it as sent (no re-encoding).
-                    body_json: String::from_utf8(payload.to_vec())
-                        .map_err(|_| End::Hub(Reason::PayloadFormatInvalid, "payload is not UTF-8".into()))?,
+                    // What was validated, re-encoded: a payload with duplicate keys is stored as the value that
+                    // was checked, never as the raw text that smuggled a second copy past the limits.
+                    body_json: uplink.to_json_string(),
                 };
                 let ack = qos1.map(|id| (self.durable_tx.clone(), id));
                 if qos1.is_some() {
@@ -520,11 +531,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
+    /// Writes what is buffered. A peer that stops reading for 30 s is dropped: a stuck write would otherwise
+    /// keep the session from seeing keep-alive, takeover and revocation.
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.wbuf.is_empty() {
-            self.io.write_all(&self.wbuf).await?;
+            let write = async {
+                self.io.write_all(&self.wbuf).await?;
+                self.io.flush().await
+            };
+            tokio::time::timeout(Duration::from_secs(30), write)
+                .await
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "peer stopped reading"))??;
             self.wbuf.clear();
-            self.io.flush().await?;
         }
         Ok(())
     }
