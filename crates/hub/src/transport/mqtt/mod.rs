@@ -84,15 +84,7 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, ctx: A
     let acceptor = TlsAcceptor::from(tls);
     let active = Arc::new(AtomicUsize::new(0));
     loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (tcp, peer) = super::accept(&listener).await;
         if active.load(Ordering::Relaxed) >= ctx.limits.max_connections {
             drop(tcp);
             continue;
