@@ -177,17 +177,6 @@ impl Uplink {
         }
         serde_json::to_vec(&wire).expect("serializing plain maps and numbers cannot fail")
     }
-
-    /// The body as a JSON value, without the envelope (what the hub stores and serves).
-    pub fn body_json(&self) -> serde_json::Value {
-        match &self.body {
-            UplinkBody::Telemetry { metrics } => serde_json::json!({ "metrics": metrics }),
-            UplinkBody::Event { event, data } => {
-                serde_json::json!({ "event": event, "data": data })
-            }
-            UplinkBody::State { state } => serde_json::json!({ "state": state }),
-        }
-    }
 }
 
 fn check_name(what: &'static str, name: &str) -> Result<(), ValidationError> {

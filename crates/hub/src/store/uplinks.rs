@@ -17,7 +17,7 @@ pub struct UplinkRecord {
     pub device_ts: i64,
     /// Hub receive time.
     pub received_at: i64,
-    /// The body (without envelope), JSON.
+    /// The validated message, re-encoded as JSON (envelope included).
     pub body_json: String,
 }
 
@@ -32,7 +32,7 @@ pub struct UplinkRow {
     pub device_ts: i64,
     /// Hub receive time.
     pub received_at: i64,
-    /// The body, JSON.
+    /// The validated message as JSON (envelope included).
     pub body_json: String,
 }
 
