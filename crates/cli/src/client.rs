@@ -5,7 +5,8 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::HubArgs;
 
-/// API client.
+/// API client. Cheap to clone.
+#[derive(Clone)]
 pub struct HubClient {
     http: reqwest::Client,
     base: String,
@@ -55,6 +56,21 @@ impl HubClient {
             .with_context(|| format!("while contacting {}", self.base))?;
         let body = answer(resp).await?;
         Ok(body["token"].as_str().context("no token in the answer")?.to_owned())
+    }
+
+    /// Enrols a device (no operator token needed: the bootstrap token authenticates).
+    pub async fn enrol(
+        &self,
+        req: &hearth_proto::enrol::EnrolRequest,
+    ) -> Result<hearth_proto::enrol::CertificateResponse> {
+        let resp = self
+            .http
+            .post(format!("{}/api/v1/enrol", self.base))
+            .json(req)
+            .send()
+            .await
+            .with_context(|| format!("while contacting {}", self.base))?;
+        serde_json::from_value(answer(resp).await?).context("while reading the enrolment answer")
     }
 
     /// Manufactures devices.

@@ -54,6 +54,79 @@ pub struct Config {
     pub mqtt: Mqtt,
     /// Secrets.
     pub secrets: Secrets,
+    /// HTTPS connection limits.
+    pub https: Https,
+    /// Telemetry limits and the storage floor.
+    pub telemetry: Telemetry,
+    /// How long stored data is kept.
+    pub retention: Retention,
+    /// Operator accounts.
+    pub accounts: Accounts,
+}
+
+/// `[https]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Https {
+    /// Connections in their TLS handshake from one source address (IPv6: one /64).
+    pub max_pending_per_source: usize,
+    /// Established connections without a device certificate from one source address.
+    pub max_connections_per_source: usize,
+}
+
+/// `[telemetry]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Telemetry {
+    /// Uplink bytes one device may store per UTC day; more are refused with reason 0x97 (0 = no quota).
+    pub max_bytes_per_device_per_day: u64,
+    /// Refuse new telemetry while the data directory has less free space than this, MiB (0 = no check).
+    pub min_free_disk_mb: u64,
+}
+
+/// `[retention]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retention {
+    /// Days uplinks are kept after they arrive (0 = for ever).
+    pub telemetry_days: u32,
+    /// Days security events are kept after their last occurrence (1 to 3650).
+    pub security_events_days: u32,
+    /// Most security-event rows kept; the oldest go first.
+    pub max_security_events: u64,
+}
+
+/// `[accounts]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Accounts {
+    /// Default lifetime of operator API tokens, days (1 to 397).
+    pub operator_token_days: u32,
+}
+
+impl Default for Https {
+    fn default() -> Self {
+        let l = crate::transport::https::HttpsLimits::default();
+        Https { max_pending_per_source: l.pending.per_source, max_connections_per_source: l.anonymous.per_source }
+    }
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry { max_bytes_per_device_per_day: 64 << 20, min_free_disk_mb: 256 }
+    }
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention { telemetry_days: 365, security_events_days: 90, max_security_events: 1_000_000 }
+    }
+}
+
+impl Default for Accounts {
+    fn default() -> Self {
+        Accounts { operator_token_days: 90 }
+    }
 }
 
 /// `[listen]`.
@@ -96,6 +169,9 @@ pub struct Devices {
     pub cert_validity_days: u32,
     /// Lifetime of bootstrap tokens from manufacture, days (1 to 3650).
     pub bootstrap_validity_days: u32,
+    /// Days after its certificate expired that a device may still renew it (0 to 397; 0 = never: an operator
+    /// re-issues its bootstrap token instead).
+    pub expired_renewal_grace_days: u32,
 }
 
 /// `[mqtt]`.
@@ -114,8 +190,10 @@ pub struct Mqtt {
     pub publish_burst: u32,
     /// Largest keep-alive, seconds (10 to 65535); clients asking for 0 or more get this.
     pub max_keep_alive_secs: u16,
-    /// Most concurrent device connections.
+    /// Most concurrent device sessions.
     pub max_connections: usize,
+    /// Connections in their TLS handshake or before CONNECT from one source address (IPv6: one /64).
+    pub max_pending_per_source: usize,
 }
 
 /// `[secrets]`.
@@ -137,6 +215,10 @@ impl Default for Config {
             devices: Devices::default(),
             mqtt: Mqtt::default(),
             secrets: Secrets::default(),
+            https: Https::default(),
+            telemetry: Telemetry::default(),
+            retention: Retention::default(),
+            accounts: Accounts::default(),
         }
     }
 }
@@ -160,7 +242,7 @@ impl Default for Public {
 
 impl Default for Devices {
     fn default() -> Self {
-        Devices { cert_validity_days: 30, bootstrap_validity_days: 730 }
+        Devices { cert_validity_days: 30, bootstrap_validity_days: 730, expired_renewal_grace_days: 90 }
     }
 }
 
@@ -175,6 +257,7 @@ impl Default for Mqtt {
             publish_burst: l.burst,
             max_keep_alive_secs: l.max_keep_alive,
             max_connections: l.max_connections,
+            max_pending_per_source: l.pending.per_source,
         }
     }
 }
@@ -251,6 +334,14 @@ impl Config {
         range("mqtt.publish_burst", self.mqtt.publish_burst, self.mqtt.publish_rate_per_sec, 1_000_000)?;
         range("mqtt.max_keep_alive_secs", self.mqtt.max_keep_alive_secs, 10, u16::MAX)?;
         range("mqtt.max_connections", self.mqtt.max_connections, 1, 10_000_000)?;
+        range("mqtt.max_pending_per_source", self.mqtt.max_pending_per_source, 1, 100_000)?;
+        range("devices.expired_renewal_grace_days", self.devices.expired_renewal_grace_days, 0, 397)?;
+        range("https.max_pending_per_source", self.https.max_pending_per_source, 1, 100_000)?;
+        range("https.max_connections_per_source", self.https.max_connections_per_source, 1, 100_000)?;
+        range("retention.security_events_days", self.retention.security_events_days, 1, 3650)?;
+        range("retention.telemetry_days", self.retention.telemetry_days, 0, 36_500)?;
+        range("retention.max_security_events", self.retention.max_security_events, 1_000, 1_000_000_000)?;
+        range("accounts.operator_token_days", self.accounts.operator_token_days, 1, 397)?;
         Ok(())
     }
 
@@ -263,7 +354,28 @@ impl Config {
             rate_per_sec: self.mqtt.publish_rate_per_sec,
             burst: self.mqtt.publish_burst,
             max_keep_alive: self.mqtt.max_keep_alive_secs,
+            max_connections: self.mqtt.max_connections,
+            pending: crate::transport::admission::StageLimits {
+                per_source: self.mqtt.max_pending_per_source,
+                ..crate::transport::mqtt::MqttLimits::default().pending
+            },
             ..Default::default()
+        }
+    }
+
+    /// The HTTPS limits these settings describe.
+    pub fn https_limits(&self) -> crate::transport::https::HttpsLimits {
+        let d = crate::transport::https::HttpsLimits::default();
+        crate::transport::https::HttpsLimits {
+            pending: crate::transport::admission::StageLimits {
+                per_source: self.https.max_pending_per_source,
+                ..d.pending
+            },
+            anonymous: crate::transport::admission::StageLimits {
+                per_source: self.https.max_connections_per_source,
+                ..d.anonymous
+            },
+            ..d
         }
     }
 }
@@ -304,5 +416,9 @@ mod tests {
         check("[mqtt]\npublish_rate_per_sec = 100\npublish_burst = 10", Some("mqtt.publish_burst"));
         check("[public]\nhost = \"hub.example\"", Some("public.host"));
         check("[public]\nmqtt_port = 0", Some("public.mqtt_port"));
+        check("[retention]\nsecurity_events_days = 0", Some("retention.security_events_days"));
+        check("[accounts]\noperator_token_days = 400", Some("accounts.operator_token_days"));
+        check("[https]\nmax_pending_per_source = 0", Some("https.max_pending_per_source"));
+        check("[devices]\nexpired_renewal_grace_days = 500", Some("devices.expired_renewal_grace_days"));
     }
 }

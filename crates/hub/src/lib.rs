@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod accounts;
+pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod identity;
@@ -30,9 +31,9 @@ use identity::{Authorities, Identity, IdentitySettings};
 use secrets::{MasterKey, MasterKeySource, SecretString};
 use store::Store;
 
-/// Now, in Unix milliseconds.
+/// Now, in Unix milliseconds, from the system clock (code that compares times takes a [`clock::Clock`]).
 pub fn now_ms() -> i64 {
-    identity::ca::unix_ms(time::OffsetDateTime::now_utc())
+    clock::Clock::system().now_ms()
 }
 
 /// How devices and people reach this hub (goes into bootstrap files).
@@ -63,6 +64,10 @@ pub struct HubState {
     pub routing: routing::Routing,
     /// Public endpoints.
     pub public: Arc<PublicEndpoints>,
+    /// The hub's clock.
+    pub clock: clock::Clock,
+    /// Retention of stored data.
+    pub retention: telemetry::Retention,
 }
 
 /// Why the hub could not start. The message names what to fix.
@@ -112,6 +117,11 @@ pub struct RunningHub {
 /// Starts a hub: opens (or creates) the data directory, master key, database, CAs and server certificate, and
 /// binds both TLS listeners.
 pub async fn start(config: Config) -> Result<RunningHub, StartError> {
+    start_with_clock(config, clock::Clock::system()).await
+}
+
+/// [`start`] with another clock (tests move a manual clock to see what a day or a year later does).
+pub async fn start_with_clock(config: Config, clock: clock::Clock) -> Result<RunningHub, StartError> {
     config.validate()?;
     let data_dir = config.data_dir.clone();
     create_private_dir(&data_dir).map_err(failed(format!("creating data directory {}", data_dir.display())))?;
@@ -123,10 +133,9 @@ pub async fn start(config: Config) -> Result<RunningHub, StartError> {
     let master = Arc::new(master);
 
     let store = Store::open_sqlite(&data_dir.join("hearth.db")).await.map_err(failed("opening the database"))?;
-    let authorities =
-        Authorities::load_or_create(&store, &master, &config.public.hostnames, time::OffsetDateTime::now_utc())
-            .await
-            .map_err(failed("loading the certificate authorities"))?;
+    let authorities = Authorities::load_or_create(&store, &master, &config.public.hostnames, clock.now())
+        .await
+        .map_err(failed("loading the certificate authorities"))?;
     let tls_dir = data_dir.join("tls");
     std::fs::create_dir_all(&tls_dir).map_err(failed("creating the tls directory"))?;
     let server_ca_path = tls_dir.join("server-ca.pem");
@@ -142,16 +151,41 @@ pub async fn start(config: Config) -> Result<RunningHub, StartError> {
         IdentitySettings {
             device_cert_validity: time::Duration::days(i64::from(config.devices.cert_validity_days)),
             bootstrap_validity: time::Duration::days(i64::from(config.devices.bootstrap_validity_days)),
+            expired_renewal_grace: time::Duration::days(i64::from(config.devices.expired_renewal_grace_days)),
+        },
+        clock.clone(),
+    )
+    .await
+    .map_err(failed("loading revocations and certificate serials"))?;
+    let accounts = accounts::Accounts::new(
+        store.clone(),
+        master.clone(),
+        clock.clone(),
+        time::Duration::days(i64::from(config.accounts.operator_token_days)),
+    );
+    let routing = routing::Routing::default();
+    let commands = commands::Commands::new(store.clone(), routing.clone());
+    let monitor = monitoring::Monitor::start(store.clone(), clock.clone());
+    let (ingest, ingest_task) = telemetry::Ingest::start(
+        &store,
+        clock.clone(),
+        telemetry::IngestSettings {
+            data_dir: data_dir.clone(),
+            min_free_bytes: config.telemetry.min_free_disk_mb.saturating_mul(1 << 20),
         },
     )
     .await
-    .map_err(failed("loading revocations"))?;
-    let accounts = accounts::Accounts::new(store.clone(), master.clone());
-    let routing = routing::Routing::default();
-    let commands = commands::Commands::new(store.clone(), routing.clone());
-    let monitor = monitoring::Monitor::start(store.clone());
-    let (ingest, ingest_task) =
-        telemetry::Ingest::start(&store).await.map_err(failed("starting the telemetry writer"))?;
+    .map_err(failed("starting the telemetry writer"))?;
+    let retention = telemetry::Retention::new(
+        store.clone(),
+        clock.clone(),
+        telemetry::RetentionSettings {
+            telemetry_days: config.retention.telemetry_days,
+            security_events_days: config.retention.security_events_days,
+            max_security_events: config.retention.max_security_events,
+            interval: Duration::from_secs(3600),
+        },
+    );
 
     let mqtt_listener = TcpListener::bind(config.listen.mqtts)
         .await
@@ -178,24 +212,40 @@ pub async fn start(config: Config) -> Result<RunningHub, StartError> {
         monitor: monitor.clone(),
         routing: routing.clone(),
         public: public.clone(),
+        clock: clock.clone(),
+        retention: retention.clone(),
     };
     let mqtt_tls =
         transport::mqtt::tls_config(&identity, config.tls.allow_tls12).map_err(failed("configuring MQTTS TLS"))?;
-    let https_tls =
-        transport::https::tls_config(&identity, config.tls.allow_tls12).map_err(failed("configuring HTTPS TLS"))?;
+    let https_tls = transport::https::tls_config(
+        &identity,
+        config.tls.allow_tls12,
+        Duration::from_secs(u64::from(config.devices.expired_renewal_grace_days) * 86_400),
+    )
+    .map_err(failed("configuring HTTPS TLS"))?;
     let ctx = Arc::new(transport::mqtt::Ctx {
-        limits: transport::mqtt::MqttLimits { max_connections: config.mqtt.max_connections, ..config.mqtt_limits() },
+        limits: config.mqtt_limits(),
         store: store.clone(),
         ingest,
-        monitor,
+        monitor: monitor.clone(),
         routing,
         commands: commands.clone(),
-        identity,
+        identity: identity.clone(),
+        quotas: telemetry::Quotas::new(config.telemetry.max_bytes_per_device_per_day, clock.clone()),
+        clock: clock.clone(),
     });
     let tasks = vec![
         tokio::spawn(transport::mqtt::serve(mqtt_listener, mqtt_tls, ctx)),
-        tokio::spawn(transport::https::serve(https_listener, https_tls, transport::https::api::router(state.clone()))),
+        tokio::spawn(transport::https::serve(
+            https_listener,
+            https_tls,
+            transport::https::api::router(state.clone()),
+            config.https_limits(),
+            monitor,
+        )),
         commands.spawn_expiry(),
+        retention.spawn(),
+        identity.spawn_server_cert_refresh(Duration::from_secs(6 * 3600)),
     ];
     let setup_token = accounts.setup_token_if_needed().await.map_err(failed("creating the setup token"))?;
     Ok(RunningHub {
@@ -219,6 +269,7 @@ impl RunningHub {
             t.abort();
         }
         self.state.routing.close_all(routing::CloseReason::ShuttingDown);
+        self.state.monitor.flush().await;
         // Sessions end, dropping their ingest handles; the writer then drains and stops.
         if tokio::time::timeout(Duration::from_secs(10), self.ingest_task).await.is_err() {
             tracing::warn!("telemetry writer did not finish within 10 s");
@@ -241,7 +292,12 @@ pub async fn local_accounts(config: &Config) -> Result<accounts::Accounts, Start
     let (master, _) = MasterKey::load(env_key.as_deref(), config.secrets.master_key_file.as_deref(), &default_key)
         .map_err(failed("loading the master key"))?;
     let store = Store::open_sqlite(&config.data_dir.join("hearth.db")).await.map_err(failed("opening the database"))?;
-    Ok(accounts::Accounts::new(store, Arc::new(master)))
+    Ok(accounts::Accounts::new(
+        store,
+        Arc::new(master),
+        clock::Clock::system(),
+        time::Duration::days(i64::from(config.accounts.operator_token_days)),
+    ))
 }
 
 fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {

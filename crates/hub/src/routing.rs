@@ -1,15 +1,16 @@
 //! In-process routing from the hub's capabilities to live device connections.
 //!
-//! Each connected device registers a channel here; commands and administrative closes (revocation, session
-//! takeover) are sent through it. One device has at most one live connection: registering a new one hands back
-//! the old, which the caller closes. This is the single-node router; the scale-out design puts NATS behind the
-//! same API.
+//! Each connected device registers a channel here for commands, and a close signal for administrative closes
+//! (session takeover, shutdown). One device has at most one live connection: registering a new one closes the
+//! old. A close is a `watch` value, not a message in the bounded command channel, so it can never be dropped
+//! because that channel is full (before, a takeover close sent with `try_send` could be lost and leave two live
+//! sessions of one device). This is the single-node router; the scale-out design puts NATS behind the same API.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::store::CommandRow;
 use hearth_proto::DeviceId;
@@ -30,8 +31,6 @@ pub enum CloseReason {
 pub enum Downlink {
     /// Deliver a command.
     Command(CommandRow),
-    /// Close the connection.
-    Close(CloseReason),
 }
 
 /// A registered connection.
@@ -39,8 +38,24 @@ pub enum Downlink {
 pub struct Link {
     /// Unique per connection, to tell a connection from its successor.
     pub conn_id: u64,
-    /// Its channel.
+    /// Its command channel.
     pub tx: mpsc::Sender<Downlink>,
+    /// Its close signal (the session watches it).
+    pub close: Arc<watch::Sender<Option<CloseReason>>>,
+}
+
+impl Link {
+    /// A link and the receiving ends its session keeps.
+    pub fn new(conn_id: u64) -> (Link, mpsc::Receiver<Downlink>, watch::Receiver<Option<CloseReason>>) {
+        let (tx, rx) = mpsc::channel(64);
+        let (close, close_rx) = watch::channel(None);
+        (Link { conn_id, tx, close: Arc::new(close) }, rx, close_rx)
+    }
+
+    /// Asks the session to close. Never lost: the session sees the latest reason whenever it next looks.
+    pub fn close(&self, reason: CloseReason) {
+        self.close.send_replace(Some(reason));
+    }
 }
 
 /// The registry. Cheap to clone.
@@ -63,9 +78,11 @@ impl Routing {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Registers a connection; returns the one it replaces.
-    pub fn register(&self, device: &DeviceId, link: Link) -> Option<Link> {
-        self.lock().links.insert(device.clone(), link)
+    /// Registers a connection and closes the one it replaces (session takeover).
+    pub fn register(&self, device: &DeviceId, link: Link) {
+        if let Some(old) = self.lock().links.insert(device.clone(), link) {
+            old.close(CloseReason::SessionTakenOver);
+        }
     }
 
     /// Removes a connection if it is still the registered one.
@@ -111,7 +128,7 @@ impl Routing {
     pub fn close_all(&self, reason: CloseReason) {
         let links: Vec<Link> = self.lock().links.values().cloned().collect();
         for l in links {
-            let _ = l.tx.try_send(Downlink::Close(reason));
+            l.close(reason);
         }
     }
 

@@ -75,6 +75,26 @@ impl TestHub {
         Ok((resp.status().as_u16(), resp.json().await.unwrap_or(serde_json::Value::Null)))
     }
 
+    /// Occurrences of security events of `kind` stored so far (events are aggregated: rows carry a count). Flushes
+    /// the hub's aggregated events first, so what was recorded before the call is counted.
+    pub async fn event_count(&self, kind: &str) -> Result<u64> {
+        self.hub.state.monitor.flush().await;
+        let (status, events) = self.get(&format!("/api/v1/security-events?limit=1000&kind={kind}")).await?;
+        if status != 200 {
+            bail!("security events: {status} {events}");
+        }
+        Ok(events.as_array().context("array")?.iter().filter_map(|e| e["count"].as_u64()).sum())
+    }
+
+    /// Waits up to 5 s until at least `min` events of `kind` were recorded.
+    pub async fn has_events(&self, kind: &str, min: u64) -> bool {
+        eventually(std::time::Duration::from_secs(5), || async {
+            (self.event_count(kind).await.ok()? >= min).then_some(())
+        })
+        .await
+        .is_some()
+    }
+
     /// Manufactures `count` devices and returns their bootstrap files.
     pub async fn manufacture(&self, model: &str, count: usize) -> Result<Vec<BootstrapFile>> {
         let (status, body) =

@@ -114,7 +114,7 @@ async fn smoke(devices: usize, seconds: u64, out: PathBuf) -> Result<()> {
     let work = tempfile::tempdir()?;
     eprintln!("bench smoke: starting a hub");
     let lab = Lab::start(work.path()).await?;
-    let creds = lab.devices("smoke", devices, false).await?;
+    let creds = lab.devices("smoke", devices, true).await?;
     let cmd_creds = lab.devices("", devices.min(5), true).await?;
     let mut m = Metrics::new();
     let mut details = serde_json::Map::new();
@@ -171,7 +171,7 @@ async fn compare(a: RunArgs) -> Result<()> {
             a.devices.max(a.fanin_devices)
         );
         let lab = Lab::start(work.path()).await?;
-        let creds = lab.devices("bench", a.devices.max(a.fanin_devices), false).await?;
+        let creds = lab.devices("bench", a.devices.max(a.fanin_devices), true).await?;
         let cmd_creds = lab.devices("", a.command_devices, true).await?;
         let controller = lab.devices(CONTROLLER, 1, false).await?.remove(0);
         for kind in &kinds {

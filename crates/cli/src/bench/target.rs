@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
-use hearth_hub::identity::{Authorities, Identity, IdentitySettings};
+use hearth_hub::identity::Authorities;
 use hearth_hub::secrets::MasterKey;
 use hearth_hub::store::Store;
 use hearth_proto::DeviceId;
@@ -81,8 +81,6 @@ pub struct Lab {
     pub token: String,
     /// Server CA PEM path.
     pub server_ca: PathBuf,
-    store: Store,
-    master: Arc<MasterKey>,
     authorities: Arc<Authorities>,
 }
 
@@ -146,7 +144,7 @@ impl Lab {
         let hostnames = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
         let authorities =
             Arc::new(Authorities::load_or_create(&store, &master, &hostnames, time::OffsetDateTime::now_utc()).await?);
-        Ok(Lab { dir: dir.to_path_buf(), hub, hub_url, token, server_ca, store, master, authorities })
+        Ok(Lab { dir: dir.to_path_buf(), hub, hub_url, token, server_ca, authorities })
     }
 
     /// Issues `n` device certificates named `{prefix}-{i}` (keys from a pool of 64, so the run measures the
@@ -163,62 +161,77 @@ impl Lab {
                 rustls::crypto::aws_lc_rs::sign::any_ecdsa_type(&der).map_err(anyhow::Error::from)
             })
             .collect::<Result<_>>()?;
-        let identity = if enrol {
-            Some(
-                Identity::new(
-                    self.store.clone(),
-                    self.master.clone(),
-                    self.authorities.clone(),
-                    IdentitySettings {
-                        device_cert_validity: time::Duration::days(7),
-                        bootstrap_validity: time::Duration::days(1),
-                    },
-                )
-                .await?,
-            )
-        } else {
-            None
-        };
-        let made = match &identity {
-            Some(id) => id.manufacture(&hearth_proto::ModelId::parse("bench")?, n).await?,
-            None => Vec::new(),
-        };
+        // Hearth accepts only certificates it issued through enrolment (it checks each device's current serial),
+        // so enrolled devices go through the real API: manufacture, then enrol with a CSR each.
+        let made = if enrol { self.manufacture_and_enrol(n, &pool).await? } else { Vec::new() };
         let now = time::OffsetDateTime::now_utc();
         let mut creds = Vec::with_capacity(n);
         let step = (n / 10).max(1);
         for i in 0..n {
-            let key = &pool[i % pool.len()];
-            let id = match made.get(i) {
-                Some(m) => m.id.clone(),
-                None => DeviceId::parse(&format!("{prefix}-{i:07}"))?,
-            };
-            let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-            params.distinguished_name.push(rcgen::DnType::CommonName, id.as_str());
-            let csr = params.serialize_request(key)?.pem()?;
-            let chain = match (&identity, made.get(i)) {
-                (Some(identity), Some(m)) => {
-                    let req = hearth_proto::enrol::EnrolRequest {
-                        device_id: m.id.clone(),
-                        bootstrap_token: m.bootstrap_token.expose().to_owned(),
-                        csr_pem: csr,
-                    };
-                    identity.enrol(&req).await?.certificate_chain_pem
-                }
-                _ => {
-                    self.authorities
+            let (id, chain) = match made.get(i) {
+                Some((id, chain)) => (id.clone(), chain.clone()),
+                None => {
+                    let id = DeviceId::parse(&format!("{prefix}-{i:07}"))?;
+                    let csr = csr_for(&pool[i % pool.len()], &id)?;
+                    let chain = self
+                        .authorities
                         .issue_device_cert(&id, "bench", &csr, time::Duration::days(7), now)
                         .map_err(|e| anyhow::anyhow!("{e}"))?
-                        .chain_pem
+                        .chain_pem;
+                    (id, chain)
                 }
             };
             let tls =
                 hearth_agent::tls::client_config(&server_ca_pem, Some((&chain, signers[i % signers.len()].clone())))?;
             creds.push(DeviceCred { id: id.to_string(), tls: Arc::new(tls) });
-            if n >= 1000 && (i + 1) % step == 0 {
+            if n >= 1000 && !enrol && (i + 1) % step == 0 {
                 eprintln!("    certificates: {}/{n}", i + 1);
             }
         }
         Ok(creds)
+    }
+
+    /// Manufactures `n` devices through the API and enrols each with a CSR for key `i % pool.len()`, 16 at a
+    /// time. Returns (device id, certificate chain) in order.
+    async fn manufacture_and_enrol(&self, n: usize, pool: &[rcgen::KeyPair]) -> Result<Vec<(DeviceId, String)>> {
+        let client = crate::client::HubClient::new(&crate::HubArgs {
+            hub: self.hub_url.clone(),
+            ca: self.server_ca.clone(),
+            token: Some(self.token.clone()),
+        })?;
+        let mut made = Vec::with_capacity(n);
+        while made.len() < n {
+            let batch = (n - made.len()).min(10_000);
+            made.extend(client.manufacture("bench", batch).await?.devices);
+        }
+        let sem = Arc::new(tokio::sync::Semaphore::new(16));
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, m) in made.into_iter().enumerate() {
+            let csr = csr_for(&pool[i % pool.len()], &m.device_id)?;
+            let (client, sem) = (client.clone(), sem.clone());
+            tasks.spawn(async move {
+                let _permit = sem.acquire_owned().await?;
+                let req = hearth_proto::enrol::EnrolRequest {
+                    device_id: m.device_id.clone(),
+                    bootstrap_token: m.bootstrap_token,
+                    csr_pem: csr,
+                };
+                let chain = client.enrol(&req).await?.certificate_chain_pem;
+                anyhow::Ok((i, m.device_id, chain))
+            });
+        }
+        let mut out: Vec<Option<(DeviceId, String)>> = vec![None; n];
+        let step = (n / 10).max(1);
+        let mut done = 0;
+        while let Some(r) = tasks.join_next().await {
+            let (i, id, chain) = r??;
+            out[i] = Some((id, chain));
+            done += 1;
+            if n >= 1000 && done % step == 0 {
+                eprintln!("    enrolled: {done}/{n}");
+            }
+        }
+        out.into_iter().map(|x| x.context("an enrolment did not finish")).collect()
     }
 
     /// Starts Mosquitto with the same PKI and a per-device ACL (plus `controller`, which may use every device
@@ -266,4 +279,10 @@ impl Lab {
         let log = std::fs::read_to_string(dir.join("mosquitto.log")).unwrap_or_default();
         bail!("mosquitto did not start listening on {addr}: {log}")
     }
+}
+
+fn csr_for(key: &rcgen::KeyPair, id: &DeviceId) -> Result<String> {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(rcgen::DnType::CommonName, id.as_str());
+    Ok(params.serialize_request(key)?.pem()?)
 }

@@ -61,6 +61,8 @@ pub struct IssuedCert {
     pub chain_pem: String,
     /// Serial, hex.
     pub serial_hex: String,
+    /// SHA-256 of the certified public key (SubjectPublicKeyInfo), hex.
+    pub spki_sha256: String,
     /// Start of validity, Unix ms.
     pub not_before_ms: i64,
     /// End of validity, Unix ms.
@@ -99,8 +101,50 @@ pub struct Authorities {
     pub device_ca_der: CertificateDer<'static>,
     /// Server CA certificate, PEM (what clients of the hub trust).
     pub server_ca_pem: String,
-    /// The hub's server identity.
-    pub server: ServerIdentity,
+    /// The hub's server identity, replaced in place when it is renewed (new handshakes use the new one).
+    pub server: Arc<ServerCertResolver>,
+    hostnames: Vec<String>,
+}
+
+/// Hands rustls the hub's current server certificate, so a renewal takes effect without a restart (before, a
+/// hub running for a year served an expired certificate).
+#[derive(Debug)]
+pub struct ServerCertResolver {
+    current: std::sync::RwLock<(Arc<rustls::sign::CertifiedKey>, i64)>,
+}
+
+impl ServerCertResolver {
+    fn new(identity: &ServerIdentity) -> Result<ServerCertResolver, CaError> {
+        Ok(ServerCertResolver { current: std::sync::RwLock::new(Self::certified(identity)?) })
+    }
+
+    fn certified(identity: &ServerIdentity) -> Result<(Arc<rustls::sign::CertifiedKey>, i64), CaError> {
+        let provider = rustls::crypto::aws_lc_rs::default_provider();
+        let key = provider
+            .key_provider
+            .load_private_key(identity.private_key())
+            .map_err(|_| CaError::Corrupt("server key"))?;
+        let not_after = x509_parser::parse_x509_certificate(&identity.chain[0])
+            .map(|(_, c)| c.validity().not_after.timestamp() * 1000)
+            .map_err(|_| CaError::Corrupt("server certificate"))?;
+        Ok((Arc::new(rustls::sign::CertifiedKey::new(identity.chain.clone(), key)), not_after))
+    }
+
+    /// End of validity of the certificate served now, Unix ms.
+    pub fn not_after_ms(&self) -> i64 {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).1
+    }
+
+    fn replace(&self, identity: &ServerIdentity) -> Result<(), CaError> {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Self::certified(identity)?;
+        Ok(())
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ServerCertResolver {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current.read().unwrap_or_else(|p| p.into_inner()).0.clone())
+    }
 }
 
 impl std::fmt::Debug for Authorities {
@@ -142,7 +186,52 @@ impl Authorities {
             }
         };
         let device_ca_der = pem_to_der(&device_ca_pem)?;
-        Ok(Authorities { device_issuer, server_issuer, device_ca_pem, device_ca_der, server_ca_pem, server })
+        let server = Arc::new(ServerCertResolver::new(&server)?);
+        Ok(Authorities {
+            device_issuer,
+            server_issuer,
+            device_ca_pem,
+            device_ca_der,
+            server_ca_pem,
+            server,
+            hostnames: hostnames.to_vec(),
+        })
+    }
+
+    /// Renews the server certificate when it expires within 30 days (or another node renewed it): stores the
+    /// new one and serves it from the next handshake on. Returns true if the certificate served changed.
+    pub async fn refresh_server_cert(
+        &self,
+        store: &Store,
+        master: &MasterKey,
+        now: OffsetDateTime,
+    ) -> Result<bool, CaError> {
+        let stored = store.key(SERVER_CERT).await?;
+        let identity = match stored {
+            Some((pem, sealed)) if server_cert_fits(&pem, &self.hostnames, now) => {
+                let der = pem_to_der(&pem)?;
+                if x509_parser::parse_x509_certificate(&der).map(|(_, c)| c.validity().not_after.timestamp() * 1000)
+                    == Ok(self.server.not_after_ms())
+                {
+                    return Ok(false);
+                }
+                let key = master.unseal(SERVER_CERT, &sealed)?;
+                ServerIdentity { chain: vec![der, pem_to_der(&self.server_ca_pem)?], key: Arc::new(key) }
+            }
+            _ => {
+                let (cert, key) =
+                    server_cert(&self.server_issuer, "Hearth hub", &self.hostnames, Duration::days(397), now)?;
+                let key_der = Zeroizing::new(key.serialize_der());
+                let sealed = master.seal(SERVER_CERT, &key_der)?;
+                store.replace_key(SERVER_CERT, &cert.pem(), &sealed, unix_ms(now)).await?;
+                ServerIdentity {
+                    chain: vec![cert.der().clone(), pem_to_der(&self.server_ca_pem)?],
+                    key: Arc::new(key_der),
+                }
+            }
+        };
+        self.server.replace(&identity)?;
+        Ok(true)
     }
 
     /// Issues a fresh server certificate and key (PEM) for `hostnames`, signed by the server CA: for another
@@ -194,9 +283,11 @@ impl Authorities {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
         let cert = params.signed_by(&csr.public_key, &self.device_issuer)?;
+        let spki_sha256 = super::verifier::spki_sha256(cert.der()).ok_or(CsrError::Invalid)?;
         Ok(IssuedCert {
             chain_pem: format!("{}{}", cert.pem(), self.device_ca_pem),
             serial_hex,
+            spki_sha256,
             not_before_ms: unix_ms(not_before),
             not_after_ms: unix_ms(not_after),
         })

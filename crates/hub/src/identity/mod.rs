@@ -15,10 +15,11 @@ use tokio::sync::broadcast;
 use hearth_proto::enrol::{CertificateResponse, EnrolRequest};
 use hearth_proto::{DeviceId, ModelId};
 
+use crate::clock::Clock;
 use crate::secrets::{MasterKey, SecretString, random_base32, random_token};
-use crate::store::{EnrolOutcome, NewDevice, Store, TokenState};
+use crate::store::{CertRecord, EnrolOutcome, NewDevice, Store, TokenState};
 pub use ca::{Authorities, CsrError};
-pub use verifier::{DeviceCertVerifier, Revocations, device_id_of};
+pub use verifier::{CertFacts, CertRefusal, DeviceCertVerifier, DeviceCerts, Serials, cert_facts};
 
 /// MAC purposes, so a token of one kind can never be presented as another.
 const BOOTSTRAP: &str = "bootstrap";
@@ -42,6 +43,12 @@ pub enum EnrolError {
     /// The device is not enrolled (renewal).
     #[error("this device is not enrolled")]
     NotEnrolled,
+    /// The presented certificate was replaced by a newer one, or the key in the CSR is not the one certified.
+    #[error("this certificate has been superseded by a newer one of this device")]
+    Superseded,
+    /// The certificate expired longer ago than the renewal grace period allows.
+    #[error("this certificate expired too long ago to renew; ask the operator to re-issue a bootstrap token")]
+    Expired,
     /// The CSR was refused.
     #[error(transparent)]
     Csr(#[from] CsrError),
@@ -70,6 +77,29 @@ pub struct IdentitySettings {
     pub device_cert_validity: Duration,
     /// Lifetime of bootstrap tokens.
     pub bootstrap_validity: Duration,
+    /// How long after its certificate expired a device may still renew (over HTTPS, renewal only); zero
+    /// disables it, and such a device needs an operator to re-issue its bootstrap token.
+    pub expired_renewal_grace: Duration,
+}
+
+/// The certificate a device authenticated an HTTPS request with.
+#[derive(Debug, Clone)]
+pub struct PresentedCert {
+    /// What the certificate says.
+    pub facts: CertFacts,
+}
+
+/// A new bootstrap token for an existing device (shown once).
+#[derive(Debug)]
+pub struct ReissuedBootstrap {
+    /// Device id.
+    pub id: DeviceId,
+    /// Model.
+    pub model: ModelId,
+    /// The new single-use enrolment token.
+    pub bootstrap_token: SecretString,
+    /// When it stops working, Unix ms.
+    pub expires_at_ms: i64,
 }
 
 /// The identity capability.
@@ -78,33 +108,45 @@ pub struct Identity {
     store: Store,
     master: Arc<MasterKey>,
     authorities: Arc<Authorities>,
-    revocations: Arc<Revocations>,
-    revoked_tx: broadcast::Sender<DeviceId>,
+    certs: Arc<DeviceCerts>,
+    changed_tx: broadcast::Sender<DeviceId>,
     settings: IdentitySettings,
+    clock: Clock,
 }
 
 impl Identity {
-    /// Builds the capability; revoked ids are loaded from the store.
+    /// Builds the capability; revoked ids and accepted certificate serials are loaded from the store.
     pub async fn new(
         store: Store,
         master: Arc<MasterKey>,
         authorities: Arc<Authorities>,
         settings: IdentitySettings,
+        clock: Clock,
     ) -> Result<Identity, crate::store::StoreError> {
-        let revocations = Arc::new(Revocations::new(store.revoked_device_ids().await?));
-        let (revoked_tx, _) = broadcast::channel(256);
-        Ok(Identity { store, master, authorities, revocations, revoked_tx, settings })
+        let serials = store
+            .cert_serials()
+            .await?
+            .into_iter()
+            .map(|r| (r.device_id, Serials { current: r.current, prev: r.prev, used: r.used }));
+        let certs = Arc::new(DeviceCerts::new(store.revoked_device_ids().await?, serials));
+        let (changed_tx, _) = broadcast::channel(256);
+        Ok(Identity { store, master, authorities, certs, changed_tx, settings, clock })
     }
 
     /// The same capability with other settings (for example a batch of devices with a shorter enrolment
-    /// window); revocations stay shared.
+    /// window); the certificate view stays shared.
     pub fn with_settings(&self, settings: IdentitySettings) -> Identity {
         Identity { settings, ..self.clone() }
     }
 
-    /// The shared revocation set (for the TLS verifiers).
-    pub fn revocations(&self) -> Arc<Revocations> {
-        self.revocations.clone()
+    /// The settings.
+    pub fn settings(&self) -> &IdentitySettings {
+        &self.settings
+    }
+
+    /// The shared view of revocations and accepted serials (for the TLS verifiers and sessions).
+    pub fn certs(&self) -> Arc<DeviceCerts> {
+        self.certs.clone()
     }
 
     /// The authorities.
@@ -112,14 +154,42 @@ impl Identity {
         &self.authorities
     }
 
-    /// Subscribes to revocations (the MQTT endpoint closes the device's session).
-    pub fn on_revoke(&self) -> broadcast::Receiver<DeviceId> {
-        self.revoked_tx.subscribe()
+    /// What both listeners serve as their certificate (renewed in place).
+    pub fn server_cert_resolver(&self) -> Arc<ca::ServerCertResolver> {
+        self.authorities.server.clone()
+    }
+
+    /// Renews the server certificate when fewer than 30 days remain, checking every `every` while the hub runs.
+    pub fn spawn_server_cert_refresh(&self, every: std::time::Duration) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match this.refresh_server_cert().await {
+                    Ok(true) => tracing::info!("server certificate renewed"),
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(error = %e, "could not renew the server certificate; will retry"),
+                }
+            }
+        })
+    }
+
+    /// Renews the server certificate now if fewer than 30 days remain. True if the served certificate changed.
+    pub async fn refresh_server_cert(&self) -> Result<bool, ca::CaError> {
+        self.authorities.refresh_server_cert(&self.store, &self.master, self.clock.now()).await
+    }
+
+    /// Subscribes to certificate changes (revocation, re-enrolment, first use of a renewed certificate): a
+    /// live session of that device re-checks its own certificate and closes if it is no longer accepted.
+    pub fn on_cert_change(&self) -> broadcast::Receiver<DeviceId> {
+        self.changed_tx.subscribe()
     }
 
     /// Creates `count` device records of `model`: random ids, random bootstrap tokens and claim codes.
     pub async fn manufacture(&self, model: &ModelId, count: usize) -> Result<Vec<ManufacturedDevice>, EnrolError> {
-        let now = OffsetDateTime::now_utc();
+        let now = self.clock.now();
         let expires = ca::unix_ms(now + self.settings.bootstrap_validity);
         let mut made = Vec::with_capacity(count);
         let mut rows = Vec::with_capacity(count);
@@ -141,21 +211,21 @@ impl Identity {
         Ok(made)
     }
 
-    /// First enrolment: checks the CSR, then consumes the token and records the certificate atomically.
+    /// Enrolment: checks the token and the CSR, then consumes the token and records the certificate atomically.
+    ///
+    /// A device whose enrol reply was lost retries with the same token and the same key: as long as the
+    /// certificate issued for that key has never been used, it gets a new one (the unseen one is dropped).
+    /// A different key with a spent token is refused, so a copied token cannot take over the device.
     pub async fn enrol(&self, req: &EnrolRequest) -> Result<CertificateResponse, EnrolError> {
-        let now = OffsetDateTime::now_utc();
+        let now = self.clock.now();
+        let now_ms = ca::unix_ms(now);
         let mac = self.master.token_mac(BOOTSTRAP, &req.bootstrap_token);
         // Authenticate before doing any work for the caller (CSR verification, signing). An unknown device and
         // a wrong token get the same answer: nothing is disclosed before authentication.
-        match self
-            .store
-            .bootstrap_token_state(req.device_id.as_str(), &mac, ca::unix_ms(now))
-            .await
-            .map_err(internal)?
-        {
-            TokenState::Usable => {}
+        let state = self.store.bootstrap_token_state(req.device_id.as_str(), &mac, now_ms).await.map_err(internal)?;
+        match state {
+            TokenState::Usable | TokenState::Used => {}
             TokenState::Invalid => return Err(EnrolError::InvalidToken),
-            TokenState::Used => return Err(EnrolError::TokenUsed),
             TokenState::Expired => return Err(EnrolError::TokenExpired),
             TokenState::Revoked => return Err(EnrolError::Revoked),
         }
@@ -163,13 +233,28 @@ impl Identity {
             self.store.device(req.device_id.as_str()).await.map_err(internal)?.ok_or(EnrolError::InvalidToken)?;
         // The token is consumed only together with a certificate: a bad CSR leaves it usable.
         let issued = self.issue(&req.device_id, &device.model, &req.csr_pem, now)?;
-        let outcome = self
-            .store
-            .enrol(req.device_id.as_str(), &mac, ca::unix_ms(now), &issued.serial_hex, issued.not_after_ms)
-            .await
-            .map_err(internal)?;
+        let record =
+            CertRecord { serial: &issued.serial_hex, not_after: issued.not_after_ms, spki: &issued.spki_sha256 };
+        let outcome = if state == TokenState::Used {
+            // Only a retry for the same, never-used key.
+            if self.store.reenrol_same_key(req.device_id.as_str(), &mac, now_ms, &record).await.map_err(internal)? {
+                EnrolOutcome::Enrolled
+            } else {
+                EnrolOutcome::Used
+            }
+        } else {
+            self.store.enrol(req.device_id.as_str(), &mac, now_ms, &record).await.map_err(internal)?
+        };
         match outcome {
-            EnrolOutcome::Enrolled => Ok(response(&req.device_id, issued)),
+            EnrolOutcome::Enrolled => {
+                self.certs.set_serials(
+                    &req.device_id,
+                    Serials { current: issued.serial_hex.clone(), prev: None, used: false },
+                );
+                // A re-enrolment replaces the identity: any live session on an older certificate closes.
+                let _ = self.changed_tx.send(req.device_id.clone());
+                Ok(response(&req.device_id, issued))
+            }
             EnrolOutcome::Invalid => Err(EnrolError::InvalidToken),
             EnrolOutcome::Used => Err(EnrolError::TokenUsed),
             EnrolOutcome::Expired => Err(EnrolError::TokenExpired),
@@ -177,30 +262,83 @@ impl Identity {
         }
     }
 
-    /// Renewal for a device already authenticated by its certificate (mutual TLS).
-    pub async fn renew(&self, device: &DeviceId, csr_pem: &str) -> Result<CertificateResponse, EnrolError> {
-        let now = OffsetDateTime::now_utc();
-        if self.revocations.is_revoked(device.as_str()) {
-            return Err(EnrolError::Revoked);
+    /// Renewal for a device authenticated by its certificate (mutual TLS). With the current certificate, the
+    /// new one becomes current and the presented one stays accepted until the new one is first used. With that
+    /// previous certificate (the reply of a renewal was lost), only the key already certified may be renewed
+    /// again, and only while its certificate is unused: a copy of a superseded certificate can never renew
+    /// itself onto a key of its own.
+    pub async fn renew(&self, presented: &PresentedCert, csr_pem: &str) -> Result<CertificateResponse, EnrolError> {
+        let now = self.clock.now();
+        let device = &presented.facts.device;
+        match self.certs.check(device.as_str(), &presented.facts.serial) {
+            Ok(()) => {}
+            Err(CertRefusal::Revoked) => return Err(EnrolError::Revoked),
+            Err(CertRefusal::NotEnrolled) => return Err(EnrolError::NotEnrolled),
+            Err(CertRefusal::Superseded) => return Err(EnrolError::Superseded),
+        }
+        if presented.facts.not_after_ms < ca::unix_ms(now) {
+            let expired_for = ca::unix_ms(now) - presented.facts.not_after_ms;
+            if expired_for > self.settings.expired_renewal_grace.whole_milliseconds() as i64 {
+                return Err(EnrolError::Expired);
+            }
         }
         let row = self.store.device(device.as_str()).await.map_err(internal)?.ok_or(EnrolError::NotEnrolled)?;
         let issued = self.issue(device, &row.model, csr_pem, now)?;
-        if !self.store.renew(device.as_str(), &issued.serial_hex, issued.not_after_ms).await.map_err(internal)? {
-            return Err(EnrolError::NotEnrolled);
+        let record =
+            CertRecord { serial: &issued.serial_hex, not_after: issued.not_after_ms, spki: &issued.spki_sha256 };
+        let serials = self.certs.serials(device.as_str());
+        let is_current = serials.as_ref().is_some_and(|s| s.current == presented.facts.serial);
+        let renewed = if is_current {
+            self.store.renew_current(device.as_str(), &presented.facts.serial, &record).await.map_err(internal)?
+        } else {
+            self.store.renew_from_previous(device.as_str(), &presented.facts.serial, &record).await.map_err(internal)?
+        };
+        if !renewed {
+            return Err(EnrolError::Superseded);
         }
+        let prev = if is_current { Some(presented.facts.serial.clone()) } else { serials.and_then(|s| s.prev) };
+        self.certs.set_serials(device, Serials { current: issued.serial_hex.clone(), prev, used: false });
         Ok(response(device, issued))
+    }
+
+    /// Notes that a device connected with the certificate of `serial`. The first use of a renewed certificate
+    /// ends the previous one (recorded, and any session still on it is closed).
+    pub async fn cert_used(&self, device: &DeviceId, serial: &str) -> Result<(), crate::store::StoreError> {
+        if self.certs.mark_used(device.as_str(), serial) {
+            self.store.mark_cert_used(device.as_str(), serial, self.clock.now_ms()).await?;
+            let _ = self.changed_tx.send(device.clone());
+        }
+        Ok(())
+    }
+
+    /// Issues a new single-use bootstrap token for a device that is not revoked (its enrol reply was lost for
+    /// good, it was offline past its certificate's lifetime and grace, or its key was lost). The device's
+    /// current certificate keeps working until it enrols again; then only the new one does.
+    pub async fn reissue_bootstrap(&self, device: &DeviceId) -> Result<ReissuedBootstrap, EnrolError> {
+        let row = self.store.device(device.as_str()).await.map_err(internal)?.ok_or(EnrolError::InvalidToken)?;
+        if self.certs.is_revoked(device.as_str()) {
+            return Err(EnrolError::Revoked);
+        }
+        let model = ModelId::parse(&row.model).map_err(internal)?;
+        let token = random_token("hbt_", 32).map_err(internal)?;
+        let expires = ca::unix_ms(self.clock.now() + self.settings.bootstrap_validity);
+        let mac = self.master.token_mac(BOOTSTRAP, token.expose());
+        if !self.store.reissue_bootstrap(device.as_str(), &mac, expires).await.map_err(internal)? {
+            return Err(EnrolError::Revoked);
+        }
+        tracing::info!(device = %device, "bootstrap token re-issued");
+        Ok(ReissuedBootstrap { id: device.clone(), model, bootstrap_token: token, expires_at_ms: expires })
     }
 
     /// Revokes a device: recorded, refused at every later handshake, and its live session closed.
     /// Returns false if there is no such device.
     pub async fn revoke(&self, device: &DeviceId) -> Result<bool, crate::store::StoreError> {
-        let now = ca::unix_ms(OffsetDateTime::now_utc());
-        if !self.store.revoke(device.as_str(), now).await? {
+        if !self.store.revoke(device.as_str(), self.clock.now_ms()).await? {
             return Ok(false);
         }
-        self.revocations.revoke(device);
+        self.certs.revoke(device);
         // Nobody listening (no MQTT endpoint) is fine.
-        let _ = self.revoked_tx.send(device.clone());
+        let _ = self.changed_tx.send(device.clone());
         tracing::info!(device = %device, "device revoked");
         Ok(true)
     }

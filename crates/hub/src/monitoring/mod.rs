@@ -1,81 +1,228 @@
 //! Security monitoring, first part: every refusal the hub makes (bad certificate, ACL violation, invalid payload,
-//! limit breach) becomes a security event. Events go through a bounded channel to a writer that stores them in
-//! batches, so a flood of violations can neither block connections nor grow memory: when the channel is full the
-//! event is counted as dropped instead. Counters are kept in memory for the API.
+//! limit breach, failed login) becomes a security event, **aggregated per cause and source**.
+//!
+//! A hostile client can cause refusals far faster than a database should write rows or a log should print lines
+//! (16,000 refused topic filters in one SUBSCRIBE, thousands of failed handshakes a second). So `record` only
+//! bumps a counter in memory under the key (kind, device, source network); a flusher writes one row per key
+//! with its count, first and last time, and one sample detail, every [`FLUSH_INTERVAL`], and logs one line per
+//! row. At most [`MAX_KEYS`] keys are kept between flushes; events beyond that are counted in one
+//! `events_overflow` row, so neither memory, rows nor log lines grow with the attack rate. IPv6 sources are
+//! aggregated per /64 (one host usually owns a whole /64).
+//!
+//! Invariant: the cost of an event is O(1) memory and no I/O at the call site; rows and log lines per
+//! [`FLUSH_INTERVAL`] are at most [`MAX_KEYS`] + 1.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
+use crate::clock::Clock;
 use crate::store::{NewSecurityEvent, Store};
+
+/// How often aggregated events are written.
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(2);
+/// Most distinct (kind, device, source) keys held between two flushes.
+pub const MAX_KEYS: usize = 512;
+/// Longest detail kept, in characters.
+const MAX_DETAIL: usize = 200;
 
 /// One security event.
 #[derive(Debug, Clone)]
 pub struct SecurityEvent {
     /// The device, when authenticated.
     pub device: Option<String>,
-    /// The peer address.
-    pub source: Option<String>,
+    /// The peer address (aggregated per address, IPv6 per /64).
+    pub source: Option<IpAddr>,
     /// Stable kind (`acl_publish`, `acl_subscribe`, `invalid_payload`, `tls_refused`, `rate_limited`, …).
     pub kind: &'static str,
-    /// Detail.
+    /// Detail (of the first occurrence within a flush interval).
     pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    kind: &'static str,
+    device: Option<String>,
+    source: Option<String>,
+}
+
+#[derive(Debug)]
+struct Aggregate {
+    first_at: i64,
+    last_at: i64,
+    count: u64,
+    detail: String,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    keys: HashMap<Key, Aggregate>,
+    overflow: Option<Aggregate>,
 }
 
 /// Records security events. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Monitor {
-    tx: mpsc::Sender<(i64, SecurityEvent)>,
+    pending: Arc<Mutex<Pending>>,
     counts: Arc<Mutex<BTreeMap<&'static str, u64>>>,
-    dropped: Arc<AtomicU64>,
+    lost: Arc<AtomicU64>,
+    flush_tx: mpsc::Sender<oneshot::Sender<()>>,
+    clock: Clock,
 }
 
 impl Monitor {
-    /// Starts the writer task.
-    pub fn start(store: Store) -> Monitor {
-        let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(writer(store, rx));
-        Monitor { tx, counts: Arc::default(), dropped: Arc::default() }
+    /// Starts the flusher task.
+    pub fn start(store: Store, clock: Clock) -> Monitor {
+        let (flush_tx, flush_rx) = mpsc::channel(8);
+        let monitor =
+            Monitor { pending: Arc::default(), counts: Arc::default(), lost: Arc::default(), flush_tx, clock };
+        tokio::spawn(flusher(monitor.clone(), store, flush_rx));
+        monitor
     }
 
-    /// Records an event (never blocks).
+    /// Records an event: O(1), never blocks on I/O, never logs by itself.
     pub fn record(&self, event: SecurityEvent) {
-        tracing::warn!(kind = event.kind, device = ?event.device, source = ?event.source, detail = %event.detail, "security event");
         *self.counts.lock().unwrap_or_else(|p| p.into_inner()).entry(event.kind).or_default() += 1;
-        let now = crate::now_ms();
-        if self.tx.try_send((now, event)).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+        let now = self.clock.now_ms();
+        let key = Key { kind: event.kind, device: event.device, source: event.source.map(source_network) };
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let room = pending.keys.len() < MAX_KEYS;
+        match pending.keys.get_mut(&key) {
+            Some(a) => bump(a, now),
+            None if room => {
+                pending
+                    .keys
+                    .insert(key, Aggregate { first_at: now, last_at: now, count: 1, detail: clip(event.detail) });
+            }
+            None => match &mut pending.overflow {
+                Some(a) => bump(a, now),
+                None => {
+                    pending.overflow = Some(Aggregate {
+                        first_at: now,
+                        last_at: now,
+                        count: 1,
+                        detail: format!("more than {MAX_KEYS} distinct event sources in {FLUSH_INTERVAL:?}"),
+                    })
+                }
+            },
         }
     }
 
-    /// Counts by kind since start, plus `dropped_from_store`.
+    /// Writes everything aggregated so far now and waits until it is stored (tests, shutdown).
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.flush_tx.send(tx).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Events by kind since start (each occurrence counted), plus `lost_from_store`: events that could not be
+    /// written because the database refused them.
     pub fn counts(&self) -> BTreeMap<String, u64> {
         let mut out: BTreeMap<String, u64> =
             self.counts.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
-        out.insert("dropped_from_store".into(), self.dropped.load(Ordering::Relaxed));
+        out.insert("lost_from_store".into(), self.lost.load(Ordering::Relaxed));
         out
+    }
+
+    fn take(&self) -> Vec<NewSecurityEvent> {
+        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut rows: Vec<NewSecurityEvent> = pending
+            .keys
+            .into_iter()
+            .map(|(k, a)| row(k.kind, k.device, k.source, a))
+            .chain(pending.overflow.map(|a| row("events_overflow", None, None, a)))
+            .collect();
+        rows.sort_by_key(|r| r.at);
+        rows
     }
 }
 
-async fn writer(store: Store, mut rx: mpsc::Receiver<(i64, SecurityEvent)>) {
-    let mut batch = Vec::with_capacity(256);
-    while rx.recv_many(&mut batch, 256).await > 0 {
-        let rows: Vec<_> = batch
-            .drain(..)
-            .map(|(at, e)| NewSecurityEvent {
-                at,
-                device_id: e.device,
-                source: e.source,
-                kind: e.kind.to_owned(),
-                detail: e.detail,
-            })
-            .collect();
-        if let Err(e) = store.insert_security_events(&rows).await {
-            tracing::error!(error = %e, lost = rows.len(), "could not store security events");
-            tokio::time::sleep(Duration::from_millis(200)).await;
+fn bump(a: &mut Aggregate, now: i64) {
+    a.count += 1;
+    a.last_at = a.last_at.max(now);
+}
+
+fn row(kind: &'static str, device_id: Option<String>, source: Option<String>, a: Aggregate) -> NewSecurityEvent {
+    NewSecurityEvent {
+        at: a.first_at,
+        last_at: a.last_at,
+        count: i64::try_from(a.count).unwrap_or(i64::MAX),
+        device_id,
+        source,
+        kind: kind.to_owned(),
+        detail: a.detail,
+    }
+}
+
+/// The aggregation key of a source address: the address itself, or its /64 for IPv6.
+fn source_network(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
+fn clip(mut s: String) -> String {
+    if let Some((i, _)) = s.char_indices().nth(MAX_DETAIL) {
+        s.truncate(i);
+    }
+    s
+}
+
+async fn flusher(monitor: Monitor, store: Store, mut flush_rx: mpsc::Receiver<oneshot::Sender<()>>) {
+    let mut tick = tokio::time::interval(FLUSH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let done = tokio::select! {
+            _ = tick.tick() => None,
+            req = flush_rx.recv() => match req {
+                Some(done) => Some(done),
+                None => return,
+            },
+        };
+        let rows = monitor.take();
+        if !rows.is_empty() {
+            for r in &rows {
+                tracing::warn!(kind = %r.kind, device = ?r.device_id, source = ?r.source, count = r.count, detail = %r.detail, "security event");
+            }
+            if let Err(e) = store.insert_security_events(&rows).await {
+                let lost: i64 = rows.iter().map(|r| r.count).sum();
+                monitor.lost.fetch_add(u64::try_from(lost).unwrap_or(0), Ordering::Relaxed);
+                tracing::error!(error = %e, lost, "could not store security events");
+            }
         }
+        if let Some(done) = done {
+            let _ = done.send(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_sources_aggregate_per_64_and_mapped_v4_as_v4() {
+        assert_eq!(source_network("2001:db8:1:2:aaaa::1".parse().unwrap()), "2001:db8:1:2::/64");
+        assert_eq!(source_network("2001:db8:1:2:bbbb::9".parse().unwrap()), "2001:db8:1:2::/64");
+        assert_eq!(source_network("::ffff:10.0.0.1".parse().unwrap()), "10.0.0.1");
+        assert_eq!(source_network("192.0.2.7".parse().unwrap()), "192.0.2.7");
+    }
+
+    #[test]
+    fn details_are_clipped_on_a_char_boundary() {
+        let long = "é".repeat(500);
+        assert_eq!(clip(long).chars().count(), MAX_DETAIL);
     }
 }

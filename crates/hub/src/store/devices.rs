@@ -44,6 +44,30 @@ pub struct DeviceRow {
     pub state_json: Option<String>,
 }
 
+/// A certificate to record for a device.
+#[derive(Debug, Clone, Copy)]
+pub struct CertRecord<'a> {
+    /// Serial, hex.
+    pub serial: &'a str,
+    /// End of validity, Unix ms.
+    pub not_after: i64,
+    /// SHA-256 of the certified public key, hex.
+    pub spki: &'a str,
+}
+
+/// The accepted serials of one device, as stored.
+#[derive(Debug, Clone)]
+pub struct CertSerialsRow {
+    /// Device id.
+    pub device_id: String,
+    /// Current certificate serial.
+    pub current: String,
+    /// Previous serial, accepted until the current one is used.
+    pub prev: Option<String>,
+    /// Whether the current certificate has been used.
+    pub used: bool,
+}
+
 /// The state of a bootstrap token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenState {
@@ -118,25 +142,21 @@ impl Store {
         Ok(rows.iter().map(|r| r.get::<String, _>(0)).collect())
     }
 
-    /// Consumes the bootstrap token and records the first certificate, atomically: a token works once.
-    pub async fn enrol(
-        &self,
-        id: &str,
-        bootstrap_mac: &[u8],
-        now: i64,
-        cert_serial: &str,
-        cert_not_after: i64,
-    ) -> Result<EnrolOutcome> {
+    /// Consumes the bootstrap token and records the device's certificate, atomically: a token works once.
+    /// Enrolling again with a re-issued token replaces the certificate (the previous one stops working).
+    pub async fn enrol(&self, id: &str, bootstrap_mac: &[u8], now: i64, cert: &CertRecord<'_>) -> Result<EnrolOutcome> {
         let done = sqlx::query(
-            "UPDATE devices SET status = 'enrolled', bootstrap_used_at = $3, enrolled_at = $3, cert_serial = $4, \
-             cert_not_after = $5 WHERE id = $1 AND bootstrap_mac = $2 AND bootstrap_used_at IS NULL \
-             AND bootstrap_expires_at > $3 AND status = 'manufactured'",
+            "UPDATE devices SET status = 'enrolled', bootstrap_used_at = $3, enrolled_at = COALESCE(enrolled_at, $3), \
+             cert_serial = $4, cert_not_after = $5, cert_spki = $6, prev_cert_serial = NULL, cert_used_at = NULL \
+             WHERE id = $1 AND bootstrap_mac = $2 AND bootstrap_used_at IS NULL \
+             AND bootstrap_expires_at > $3 AND status IN ('manufactured', 'enrolled')",
         )
         .bind(id)
         .bind(bootstrap_mac)
         .bind(now)
-        .bind(cert_serial)
-        .bind(cert_not_after)
+        .bind(cert.serial)
+        .bind(cert.not_after)
+        .bind(cert.spki)
         .execute(&self.pool)
         .await?;
         if done.rows_affected() == 1 {
@@ -150,6 +170,107 @@ impl Store {
             TokenState::Expired => EnrolOutcome::Expired,
             TokenState::Revoked => EnrolOutcome::Revoked,
         })
+    }
+
+    /// A retried enrolment (the reply was lost): replaces the certificate only if the token is the one used,
+    /// still unexpired, the key is the one certified, and that certificate was never used. False otherwise.
+    pub async fn reenrol_same_key(
+        &self,
+        id: &str,
+        bootstrap_mac: &[u8],
+        now: i64,
+        cert: &CertRecord<'_>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE devices SET cert_serial = $4, cert_not_after = $5 \
+             WHERE id = $1 AND bootstrap_mac = $2 AND bootstrap_used_at IS NOT NULL AND bootstrap_expires_at > $3 \
+             AND status = 'enrolled' AND cert_spki = $6 AND cert_used_at IS NULL",
+        )
+        .bind(id)
+        .bind(bootstrap_mac)
+        .bind(now)
+        .bind(cert.serial)
+        .bind(cert.not_after)
+        .bind(cert.spki)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Renewal with the current certificate `presented`: the new certificate becomes current, the presented one
+    /// previous. False if `presented` is no longer current or the device is not enrolled.
+    pub async fn renew_current(&self, id: &str, presented: &str, cert: &CertRecord<'_>) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE devices SET prev_cert_serial = cert_serial, cert_serial = $3, cert_not_after = $4, \
+             cert_spki = $5, cert_used_at = NULL WHERE id = $1 AND status = 'enrolled' AND cert_serial = $2",
+        )
+        .bind(id)
+        .bind(presented)
+        .bind(cert.serial)
+        .bind(cert.not_after)
+        .bind(cert.spki)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Renewal with the previous certificate `presented` (a renewal reply was lost): allowed only for the key
+    /// already certified by the current, never-used certificate, which is replaced.
+    pub async fn renew_from_previous(&self, id: &str, presented: &str, cert: &CertRecord<'_>) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE devices SET cert_serial = $3, cert_not_after = $4 WHERE id = $1 AND status = 'enrolled' \
+             AND prev_cert_serial = $2 AND cert_spki = $5 AND cert_used_at IS NULL",
+        )
+        .bind(id)
+        .bind(presented)
+        .bind(cert.serial)
+        .bind(cert.not_after)
+        .bind(cert.spki)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records the first use of the current certificate; the previous one stops being accepted.
+    pub async fn mark_cert_used(&self, id: &str, serial: &str, now: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE devices SET cert_used_at = COALESCE(cert_used_at, $3), prev_cert_serial = NULL \
+             WHERE id = $1 AND cert_serial = $2",
+        )
+        .bind(id)
+        .bind(serial)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Gives a device that is not revoked a new, unused bootstrap token. False if it is revoked or unknown.
+    pub async fn reissue_bootstrap(&self, id: &str, bootstrap_mac: &[u8], expires_at: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE devices SET bootstrap_mac = $2, bootstrap_expires_at = $3, bootstrap_used_at = NULL \
+             WHERE id = $1 AND status <> 'revoked'",
+        )
+        .bind(id)
+        .bind(bootstrap_mac)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The accepted certificate serials of every enrolled device (loaded into the verifiers at start).
+    pub async fn cert_serials(&self) -> Result<Vec<CertSerialsRow>> {
+        let rows = sqlx::query(
+            "SELECT id, cert_serial, prev_cert_serial, cert_used_at IS NOT NULL FROM devices \
+             WHERE status = 'enrolled' AND cert_serial IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| CertSerialsRow { device_id: r.get(0), current: r.get(1), prev: r.get(2), used: r.get(3) })
+            .collect())
     }
 
     /// What a bootstrap token is worth now, read-only (checked before any work is done for the caller).
@@ -168,19 +289,6 @@ impl Store {
             Some(r) if r.get::<i64, _>(2) <= now => TokenState::Expired,
             Some(_) => TokenState::Usable,
         })
-    }
-
-    /// Records a renewed certificate for an enrolled (not revoked) device. False if the device is not enrolled.
-    pub async fn renew(&self, id: &str, cert_serial: &str, cert_not_after: i64) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE devices SET cert_serial = $2, cert_not_after = $3 WHERE id = $1 AND status = 'enrolled'",
-        )
-        .bind(id)
-        .bind(cert_serial)
-        .bind(cert_not_after)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
     }
 
     /// Marks a device revoked. False if there is no such device.

@@ -1,19 +1,25 @@
-//! Security events: refused connections, ACL violations, invalid payloads, limit breaches.
+//! Security events (aggregated per kind, device and source by `monitoring`), and their retention.
+
+use sqlx::Row as _;
 
 use super::{Result, Store};
 
-/// A security event to store.
+/// An aggregated security event to store.
 #[derive(Debug, Clone)]
 pub struct NewSecurityEvent {
-    /// When, Unix ms.
+    /// First occurrence, Unix ms.
     pub at: i64,
+    /// Last occurrence, Unix ms.
+    pub last_at: i64,
+    /// How many occurrences this row stands for.
+    pub count: i64,
     /// The device, when known.
     pub device_id: Option<String>,
-    /// The peer address.
+    /// The source address (IPv6: its /64).
     pub source: Option<String>,
     /// Stable kind.
     pub kind: String,
-    /// Detail.
+    /// Detail of the first occurrence.
     pub detail: String,
 }
 
@@ -22,11 +28,15 @@ pub struct NewSecurityEvent {
 pub struct SecurityEventRow {
     /// Row id.
     pub id: i64,
-    /// When.
+    /// First occurrence.
     pub at: i64,
+    /// Last occurrence.
+    pub last_at: i64,
+    /// Occurrences.
+    pub count: i64,
     /// The device, when known (authenticated).
     pub device_id: Option<String>,
-    /// The peer address.
+    /// The source address.
     pub source: Option<String>,
     /// Stable kind, for example `acl_publish`.
     pub kind: String,
@@ -38,15 +48,18 @@ impl Store {
     /// Records security events in one transaction.
     pub async fn insert_security_events(&self, events: &[NewSecurityEvent]) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        for NewSecurityEvent { at, device_id: device, source, kind, detail } in events {
+        for e in events {
             sqlx::query(
-                "INSERT INTO security_events (at, device_id, source, kind, detail) VALUES ($1, $2, $3, $4, $5)",
+                "INSERT INTO security_events (at, last_at, count, device_id, source, kind, detail) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
             )
-            .bind(at)
-            .bind(device)
-            .bind(source)
-            .bind(kind)
-            .bind(detail)
+            .bind(e.at)
+            .bind(e.last_at)
+            .bind(e.count)
+            .bind(&e.device_id)
+            .bind(&e.source)
+            .bind(&e.kind)
+            .bind(&e.detail)
             .execute(&mut *tx)
             .await?;
         }
@@ -54,15 +67,48 @@ impl Store {
         Ok(())
     }
 
-    /// Most recent security events, newest first, optionally of one device.
-    pub async fn security_events(&self, device_id: Option<&str>, limit: i64) -> Result<Vec<SecurityEventRow>> {
+    /// Most recent security events, newest first, optionally of one device or one kind.
+    pub async fn security_events(
+        &self,
+        device_id: Option<&str>,
+        kind: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<SecurityEventRow>> {
         Ok(sqlx::query_as::<_, SecurityEventRow>(
-            "SELECT id, at, device_id, source, kind, detail FROM security_events \
-             WHERE ($1 IS NULL OR device_id = $1) ORDER BY id DESC LIMIT $2",
+            "SELECT id, at, COALESCE(last_at, at) AS last_at, count, device_id, source, kind, detail \
+             FROM security_events WHERE ($1 IS NULL OR device_id = $1) AND ($2 IS NULL OR kind = $2) \
+             ORDER BY id DESC LIMIT $3",
         )
         .bind(device_id)
+        .bind(kind)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    /// Rows and summed occurrences of security events (for tests, `doctor` and the operator view).
+    pub async fn security_event_totals(&self) -> Result<(i64, i64)> {
+        let row =
+            sqlx::query("SELECT COUNT(*), COALESCE(SUM(count), 0) FROM security_events").fetch_one(&self.pool).await?;
+        Ok((row.get(0), row.get(1)))
+    }
+
+    /// Deletes security events whose last occurrence is before `before`, then the oldest beyond `max_rows`.
+    /// Returns how many rows went.
+    pub async fn prune_security_events(&self, before: i64, max_rows: i64) -> Result<u64> {
+        let aged = sqlx::query("DELETE FROM security_events WHERE COALESCE(last_at, at) < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        let over = sqlx::query(
+            "DELETE FROM security_events WHERE id <= \
+             (SELECT id FROM security_events ORDER BY id DESC LIMIT 1 OFFSET $1)",
+        )
+        .bind(max_rows)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(aged + over)
     }
 }

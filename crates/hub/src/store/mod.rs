@@ -20,8 +20,9 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 pub use commands::{CommandRow, NewCommand};
-pub use devices::{DeviceRow, EnrolOutcome, NewDevice, TokenState};
+pub use devices::{CertRecord, CertSerialsRow, DeviceRow, EnrolOutcome, NewDevice, TokenState};
 pub use events::{NewSecurityEvent, SecurityEventRow};
+pub use tokens::NewApiToken;
 pub use uplinks::{UplinkQuery, UplinkRecord, UplinkRow};
 
 /// A storage failure. The message is for the log, not for API callers.
@@ -62,13 +63,21 @@ impl Store {
     }
 
     async fn migrate(&self) -> Result<()> {
-        let migrations = vec![Migration::new(
-            1,
-            Cow::Borrowed("initial"),
-            MigrationType::Simple,
-            sqlx::AssertSqlSafe(include_str!("../../migrations/0001_initial.sql")).into_sql_str(),
-            false,
-        )];
+        let migrations = [
+            (1, "initial", include_str!("../../migrations/0001_initial.sql")),
+            (2, "hardening", include_str!("../../migrations/0002_hardening.sql")),
+        ]
+        .into_iter()
+        .map(|(version, name, sql)| {
+            Migration::new(
+                version,
+                Cow::Borrowed(name),
+                MigrationType::Simple,
+                sqlx::AssertSqlSafe(sql).into_sql_str(),
+                false,
+            )
+        })
+        .collect();
         Migrator::with_migrations(migrations).run(&self.pool).await?;
         Ok(())
     }

@@ -4,20 +4,80 @@ use sqlx::Row as _;
 
 use super::{Result, Store};
 
+/// An operator token to store (only its MAC).
+#[derive(Debug, Clone, Copy)]
+pub struct NewApiToken<'a> {
+    /// Id.
+    pub id: &'a str,
+    /// MAC of the value.
+    pub mac: &'a [u8],
+    /// Label.
+    pub label: &'a str,
+    /// Created, Unix ms.
+    pub created_at: i64,
+    /// Expires, Unix ms.
+    pub expires_at: i64,
+}
+
 impl Store {
-    /// Number of live operator tokens (zero means the hub still needs its owner set up).
-    pub async fn live_api_tokens(&self) -> Result<i64> {
-        let row = sqlx::query("SELECT COUNT(*) FROM api_tokens WHERE revoked_at IS NULL").fetch_one(&self.pool).await?;
+    /// Number of operator tokens ever created, live or not (zero means the hub still needs its owner set up).
+    pub async fn api_tokens_ever(&self) -> Result<i64> {
+        let row = sqlx::query("SELECT COUNT(*) FROM api_tokens").fetch_one(&self.pool).await?;
         Ok(row.get(0))
     }
 
-    /// The id of the live operator token with this MAC.
-    pub async fn api_token_id(&self, mac: &[u8]) -> Result<Option<String>> {
-        let row = sqlx::query("SELECT id FROM api_tokens WHERE token_mac = $1 AND revoked_at IS NULL")
+    /// The id and expiry of the unrevoked operator token with this MAC.
+    pub async fn api_token(&self, mac: &[u8]) -> Result<Option<(String, Option<i64>)>> {
+        let row = sqlx::query("SELECT id, expires_at FROM api_tokens WHERE token_mac = $1 AND revoked_at IS NULL")
             .bind(mac)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.map(|r| r.get(0)))
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    /// Stores a new operator token.
+    pub async fn insert_api_token(&self, t: &NewApiToken<'_>) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO api_tokens (id, token_mac, label, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(t.id)
+        .bind(t.mac)
+        .bind(t.label)
+        .bind(t.created_at)
+        .bind(t.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every operator token, newest first (tokens made before expiry existed show expiry 0: never set).
+    pub async fn api_tokens(&self) -> Result<Vec<crate::accounts::TokenInfo>> {
+        let rows = sqlx::query(
+            "SELECT id, label, created_at, COALESCE(expires_at, 0), revoked_at FROM api_tokens \
+             ORDER BY created_at DESC, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| crate::accounts::TokenInfo {
+                id: r.get(0),
+                label: r.get(1),
+                created_at_ms: r.get(2),
+                expires_at_ms: r.get(3),
+                revoked_at_ms: r.get(4),
+            })
+            .collect())
+    }
+
+    /// Revokes an operator token. False if there is no such unrevoked token.
+    pub async fn revoke_api_token(&self, id: &str, now: i64) -> Result<bool> {
+        let done = sqlx::query("UPDATE api_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+            .bind(id)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Replaces any setup token by a new one (only one is ever valid).
@@ -35,32 +95,28 @@ impl Store {
 
     /// Consumes a valid setup token and creates the first operator token, atomically. False if the setup token
     /// is unknown, used or expired.
-    pub async fn complete_setup(
-        &self,
-        setup_mac: &[u8],
-        now: i64,
-        token_id: &str,
-        token_mac: &[u8],
-        label: &str,
-    ) -> Result<bool> {
+    pub async fn complete_setup(&self, setup_mac: &[u8], token: &NewApiToken<'_>) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "UPDATE setup_tokens SET used_at = $2 WHERE token_mac = $1 AND used_at IS NULL AND expires_at > $2",
         )
         .bind(setup_mac)
-        .bind(now)
+        .bind(token.created_at)
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() != 1 {
             return Ok(false);
         }
-        sqlx::query("INSERT INTO api_tokens (id, token_mac, label, created_at) VALUES ($1, $2, $3, $4)")
-            .bind(token_id)
-            .bind(token_mac)
-            .bind(label)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO api_tokens (id, token_mac, label, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(token.id)
+        .bind(token.mac)
+        .bind(token.label)
+        .bind(token.created_at)
+        .bind(token.expires_at)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -54,10 +54,10 @@ pub struct UplinkQuery {
 /// Rows per INSERT statement (6 bound values each, well under SQLite's 32766-variable limit).
 const ROWS_PER_STATEMENT: usize = 500;
 
-/// Inserts a batch on the writer's connection inside the caller's transaction; duplicates of (device, seq) are
-/// ignored, which makes resending idempotent. Returns how many rows were new.
-pub async fn insert_batch(conn: &mut SqliteConnection, batch: &[UplinkRecord]) -> Result<u64> {
-    let mut inserted = 0;
+/// Inserts a batch on the writer's connection inside the caller's transaction. A row whose (device, seq) is
+/// already stored is not written. Returns, per record, whether it was written now.
+pub async fn insert_batch(conn: &mut SqliteConnection, batch: &[UplinkRecord]) -> Result<Vec<bool>> {
+    let mut written = std::collections::HashSet::new();
     for chunk in batch.chunks(ROWS_PER_STATEMENT) {
         let mut qb: QueryBuilder<Sqlite> =
             QueryBuilder::new("INSERT INTO uplinks (device_id, seq, kind, device_ts, received_at, body_json) ");
@@ -69,10 +69,30 @@ pub async fn insert_batch(conn: &mut SqliteConnection, batch: &[UplinkRecord]) -
                 .push_bind(r.received_at)
                 .push_bind(&r.body_json);
         });
-        qb.push(" ON CONFLICT (device_id, seq) DO NOTHING");
-        inserted += qb.build().execute(&mut *conn).await?.rows_affected();
+        qb.push(" ON CONFLICT (device_id, seq) DO NOTHING RETURNING device_id, seq");
+        for row in qb.build().fetch_all(&mut *conn).await? {
+            written.insert((row.get::<String, _>(0), row.get::<i64, _>(1)));
+        }
     }
-    Ok(inserted)
+    // A (device, seq) twice in one batch is written once: the first occurrence counts as written.
+    Ok(batch.iter().map(|r| written.remove(&(r.device_id.clone(), r.seq))).collect())
+}
+
+/// The stored body of one uplink (to tell a resend from a conflicting message).
+pub async fn stored_body(conn: &mut SqliteConnection, device_id: &str, seq: i64) -> Result<Option<String>> {
+    let row = sqlx::query("SELECT body_json FROM uplinks WHERE device_id = $1 AND seq = $2")
+        .bind(device_id)
+        .bind(seq)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// The highest seq stored for a device.
+pub async fn highest_seq(conn: &mut SqliteConnection, device_id: &str) -> Result<Option<i64>> {
+    let row =
+        sqlx::query("SELECT MAX(seq) FROM uplinks WHERE device_id = $1").bind(device_id).fetch_one(&mut *conn).await?;
+    Ok(row.get(0))
 }
 
 /// Applies the newest state uplink of a batch to the device row (only if newer than what is stored).
@@ -102,6 +122,25 @@ impl Store {
         .bind(q.limit)
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    /// Deletes at most `limit` uplinks received before `before`. Returns how many went.
+    pub async fn prune_uplinks(&self, before: i64, limit: i64) -> Result<u64> {
+        Ok(sqlx::query(
+            "DELETE FROM uplinks WHERE (device_id, seq) IN \
+             (SELECT device_id, seq FROM uplinks WHERE received_at < $1 LIMIT $2)",
+        )
+        .bind(before)
+        .bind(limit)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    /// How many uplinks are stored in all (for tests and `doctor`).
+    pub async fn uplink_total(&self) -> Result<i64> {
+        let row = sqlx::query("SELECT COUNT(*) FROM uplinks").fetch_one(&self.pool).await?;
+        Ok(row.get(0))
     }
 
     /// How many uplinks a device has stored (for tests and `doctor`).

@@ -1,6 +1,7 @@
 //! The only modules that know wire formats: MQTT (devices) and HTTPS/JSON (people, enrolment). Both listeners
 //! share one TLS policy, built here.
 
+pub mod admission;
 pub mod https;
 pub mod mqtt;
 
@@ -10,23 +11,30 @@ use crate::identity::{DeviceCertVerifier, Identity};
 
 /// The hub's TLS server configuration: TLS 1.3 (1.2 only when `allow_tls12`), aws-lc-rs, the hub's server
 /// certificate, and client certificates checked by [`DeviceCertVerifier`] (chain to the device CA and not
-/// revoked); `client_cert_required` makes one mandatory (MQTT) rather than optional (HTTPS, for renewal).
+/// revoked, one of the device's accepted serials); `client_cert_required` makes one mandatory (MQTT) rather than
+/// optional (HTTPS, for renewal), and `expired_grace` lets a recently expired one through (HTTPS renewal only).
 /// Session resumption is off: a resumed session would skip the certificate (and revocation) check.
 pub fn server_tls(
     identity: &Identity,
     allow_tls12: bool,
     client_cert_required: bool,
+    expired_grace: std::time::Duration,
     alpn: &[u8],
 ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
     let auth = identity.authorities();
-    let verifier = DeviceCertVerifier::new(auth.device_ca_der.clone(), identity.revocations(), client_cert_required)?;
+    let verifier = DeviceCertVerifier::new(
+        auth.device_ca_der.clone(),
+        identity.certs(),
+        client_cert_required,
+        expired_grace.as_secs(),
+    )?;
     let versions: &[&rustls::SupportedProtocolVersion] =
         if allow_tls12 { &[&rustls::version::TLS13, &rustls::version::TLS12] } else { &[&rustls::version::TLS13] };
     let mut config =
         rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
             .with_protocol_versions(versions)?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(auth.server.chain.clone(), auth.server.private_key())?;
+            .with_cert_resolver(identity.server_cert_resolver());
     config.alpn_protocols = vec![alpn.to_vec()];
     config.send_tls13_tickets = 0;
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});

@@ -94,10 +94,8 @@ async fn malformed_truncated_and_huge_packets_end_only_their_connection() {
 
     let (_, page) = hub.get(&format!("/api/v1/devices/{}/telemetry", dev.id)).await.expect("telemetry");
     assert_eq!(page["items"].as_array().map(Vec::len), Some(0), "nothing may be stored");
-    let (_, events) = hub.get("/api/v1/security-events?limit=500").await.expect("events");
-    let kinds: Vec<&str> = events.as_array().expect("array").iter().filter_map(|e| e["kind"].as_str()).collect();
-    assert!(kinds.contains(&"malformed_packet"), "{kinds:?}");
-    assert!(kinds.contains(&"packet_too_large"), "{kinds:?}");
+    assert!(hub.event_count("malformed_packet").await.expect("events") > 0);
+    assert!(hub.event_count("packet_too_large").await.expect("events") >= 100);
 }
 
 struct V5 {

@@ -70,13 +70,8 @@ async fn stored(hub: &TestHub, device: &str) -> usize {
 }
 
 /// Waits (up to 5 s: events are written in batches) until at least `min` events of `kind` are stored.
-async fn has_events(hub: &TestHub, kind: &str, min: usize) -> bool {
-    eventually(Duration::from_secs(5), || async {
-        let (_, events) = hub.get("/api/v1/security-events?limit=1000").await.ok()?;
-        (events.as_array()?.iter().filter(|e| e["kind"] == kind).count() >= min).then_some(())
-    })
-    .await
-    .is_some()
+async fn has_events(hub: &TestHub, kind: &str, min: u64) -> bool {
+    hub.has_events(kind, min).await
 }
 
 #[tokio::test]

@@ -155,6 +155,7 @@ async fn expired_bootstrap_tokens_are_refused() {
     let expired = hub.hub.state.identity.with_settings(IdentitySettings {
         device_cert_validity: time::Duration::days(1),
         bootstrap_validity: time::Duration::seconds(-1),
+        expired_renewal_grace: time::Duration::ZERO,
     });
     let made = expired.manufacture(&hearth_proto::ModelId::parse("old-stock").expect("model"), 1).await.expect("made");
     let key = rcgen::KeyPair::generate().expect("key");

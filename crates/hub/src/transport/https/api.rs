@@ -23,8 +23,10 @@ use hearth_proto::uplink::Fields;
 use super::PeerDevice;
 use super::error::ApiError;
 use crate::HubState;
+use crate::accounts::TokenRefusal;
 use crate::commands::CommandError;
-use crate::identity::EnrolError;
+use crate::identity::{EnrolError, PresentedCert};
+use crate::monitoring::SecurityEvent;
 use crate::store::{CommandRow, DeviceRow, UplinkQuery};
 
 /// Largest request body.
@@ -38,11 +40,14 @@ pub fn router(state: HubState) -> Router {
         .route("/healthz", get(healthz))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/setup", post(setup))
-        .route("/api/v1/enrol", post(enrol))
-        .route("/api/v1/renew", post(renew))
+        .route("/api/v1/enrol", post(enrol).layer(DefaultBodyLimit::max(hearth_proto::limits::MAX_ENROL_BODY)))
+        .route("/api/v1/renew", post(renew).layer(DefaultBodyLimit::max(hearth_proto::limits::MAX_ENROL_BODY)))
         .route("/api/v1/devices", get(list_devices).post(manufacture))
         .route("/api/v1/devices/{id}", get(get_device))
         .route("/api/v1/devices/{id}/revoke", post(revoke_device))
+        .route("/api/v1/devices/{id}/bootstrap", post(reissue_bootstrap))
+        .route("/api/v1/tokens", get(list_tokens).post(create_token))
+        .route("/api/v1/tokens/{id}/revoke", post(revoke_token))
         .route("/api/v1/devices/{id}/telemetry", get(telemetry))
         .route("/api/v1/devices/{id}/commands", post(send_command))
         .route("/api/v1/devices/{id}/commands/{command_id}", get(get_command))
@@ -55,8 +60,8 @@ pub fn router(state: HubState) -> Router {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Hearth hub API", version = "1", description = "Devices, telemetry and commands of a Hearth hub. Operator endpoints take `Authorization: Bearer <token>`."),
-    paths(healthz, setup, enrol, renew, manufacture, list_devices, get_device, revoke_device, telemetry, send_command, get_command, security_events),
-    components(schemas(super::error::ErrorBody, super::error::ErrorDetail, SetupRequest, SetupResponse, DeviceBody, DeviceList, TelemetryPage, TelemetryItem, CommandRequest, CommandBody, SecurityEventBody)),
+    paths(healthz, setup, enrol, renew, manufacture, list_devices, get_device, revoke_device, reissue_bootstrap, list_tokens, create_token, revoke_token, telemetry, send_command, get_command, security_events),
+    components(schemas(super::error::ErrorBody, super::error::ErrorDetail, SetupRequest, SetupResponse, DeviceBody, DeviceList, TelemetryPage, TelemetryItem, CommandRequest, CommandBody, SecurityEventBody, TokenBody, NewTokenRequest, NewTokenResponse)),
     modifiers(&BearerScheme)
 )]
 struct ApiDoc;
@@ -82,15 +87,29 @@ async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], openapi_document().to_json().unwrap_or_default())
 }
 
-/// JSON body extractor whose rejections are [`ApiError`]s.
+/// Time allowed to send a request body: a client trickling a body holds its connection no longer than this.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// JSON body extractor whose rejections are [`ApiError`]s; the body must arrive within [`BODY_TIMEOUT`].
 pub struct ApiJson<T>(pub T);
 
 impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
-        let Json(v) = Json::<T>::from_request(req, state).await?;
-        Ok(ApiJson(v))
+        match tokio::time::timeout(BODY_TIMEOUT, Json::<T>::from_request(req, state)).await {
+            Ok(Ok(Json(v))) => Ok(ApiJson(v)),
+            Ok(Err(rejection)) => Err(rejection.into()),
+            Err(_) => Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!("the request body did not arrive within {BODY_TIMEOUT:?}"),
+            )),
+        }
     }
+}
+
+fn peer_ip(parts_ext: &axum::http::Extensions) -> Option<std::net::IpAddr> {
+    parts_ext.get::<super::PeerAddr>().map(|p| p.0.ip())
 }
 
 /// An authenticated operator.
@@ -106,9 +125,24 @@ impl FromRequestParts<HubState> for OperatorAuth {
         let token = value.strip_prefix("Bearer ").ok_or_else(|| {
             ApiError::unauthorized("missing_token", "the Authorization header must be `Bearer <token>`")
         })?;
+        if token.len() > 256 {
+            return Err(ApiError::unauthorized("invalid_token", "the token is not valid"));
+        }
         match state.accounts.authenticate(token.trim()).await? {
-            Some(op) => Ok(OperatorAuth(op)),
-            None => Err(ApiError::unauthorized("invalid_token", "the token is not valid")),
+            Ok(op) => Ok(OperatorAuth(op)),
+            Err(refusal) => {
+                // Recorded (aggregated per source) like every other refusal.
+                state.monitor.record(SecurityEvent {
+                    device: None,
+                    source: peer_ip(&parts.extensions),
+                    kind: "auth_failed",
+                    detail: format!("operator token {refusal:?} for {} {}", parts.method, parts.uri.path()),
+                });
+                match refusal {
+                    TokenRefusal::Expired => Err(ApiError::unauthorized("token_expired", "the token has expired")),
+                    TokenRefusal::Invalid => Err(ApiError::unauthorized("invalid_token", "the token is not valid")),
+                }
+            }
         }
     }
 }
@@ -123,9 +157,11 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
+// Public only so that `fuzz/` deserializes the real body type (like `CommandRequest`); a plain comment, not a doc
+// comment, so the OpenAPI document stays the same.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SetupRequest {
+pub struct SetupRequest {
     /// The one-time setup token the hub printed at first start.
     setup_token: String,
     /// A label for the operator token (default `owner`).
@@ -144,6 +180,7 @@ struct SetupResponse {
     responses((status = 201, body = SetupResponse), (status = 401, body = super::error::ErrorBody, description = "Unknown, used or expired setup token")))]
 async fn setup(
     State(state): State<HubState>,
+    peer: Option<Extension<super::PeerAddr>>,
     ApiJson(req): ApiJson<SetupRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let label = req.label.unwrap_or_else(|| "owner".into());
@@ -153,9 +190,19 @@ async fn setup(
     match state.accounts.complete_setup(req.setup_token.trim(), &label).await? {
         Some(token) => {
             tracing::info!("owner setup completed; the setup token is now used up");
-            Ok((StatusCode::CREATED, Json(SetupResponse { token: token.expose().to_owned() })))
+            Ok((
+                StatusCode::CREATED,
+                [(header::CACHE_CONTROL, "no-store")],
+                Json(SetupResponse { token: token.expose().to_owned() }),
+            ))
         }
         None => {
+            state.monitor.record(SecurityEvent {
+                device: None,
+                source: peer.map(|p| p.0.0.ip()),
+                kind: "setup_failed",
+                detail: "unknown, used or expired setup token".into(),
+            });
             Err(ApiError::unauthorized("invalid_setup_token", "the setup token is unknown, already used or expired"))
         }
     }
@@ -168,6 +215,8 @@ fn enrol_error(e: EnrolError) -> ApiError {
         EnrolError::TokenUsed => ApiError::new(StatusCode::CONFLICT, "token_used", e.to_string()),
         EnrolError::Revoked => ApiError::new(StatusCode::FORBIDDEN, "revoked", e.to_string()),
         EnrolError::NotEnrolled => ApiError::new(StatusCode::CONFLICT, "not_enrolled", e.to_string()),
+        EnrolError::Superseded => ApiError::new(StatusCode::FORBIDDEN, "certificate_superseded", e.to_string()),
+        EnrolError::Expired => ApiError::new(StatusCode::FORBIDDEN, "certificate_expired", e.to_string()),
         EnrolError::Csr(c) => ApiError::bad_request("invalid_csr", c.to_string()),
         EnrolError::Internal(m) => ApiError::internal(m),
     }
@@ -189,9 +238,9 @@ async fn enrol(
         }
         Err(e) => {
             if !matches!(e, EnrolError::Internal(_)) {
-                state.monitor.record(crate::monitoring::SecurityEvent {
+                state.monitor.record(SecurityEvent {
                     device: Some(req.device_id.to_string()),
-                    source: Some(peer.0.to_string()),
+                    source: Some(peer.0.ip()),
                     kind: "enrol_refused",
                     detail: e.to_string(),
                 });
@@ -201,23 +250,50 @@ async fn enrol(
     }
 }
 
-/// Certificate renewal, authenticated by the device's current certificate (mutual TLS).
+/// Certificate renewal, authenticated by the device's current certificate (mutual TLS). A certificate expired
+/// within the hub's renewal grace period may renew (and do nothing else).
 #[utoipa::path(post, path = "/api/v1/renew", request_body(content = Object, description = "RenewRequest: csr_pem"),
-    responses((status = 200, body = Object, description = "CertificateResponse"), (status = 401, body = super::error::ErrorBody, description = "No client certificate")))]
+    responses((status = 200, body = Object, description = "CertificateResponse"), (status = 401, body = super::error::ErrorBody, description = "No client certificate"),
+        (status = 403, body = super::error::ErrorBody, description = "Revoked, superseded or expired past the grace period")))]
 async fn renew(
     State(state): State<HubState>,
     Extension(PeerDevice(peer)): Extension<PeerDevice>,
+    Extension(addr): Extension<super::PeerAddr>,
     ApiJson(req): ApiJson<RenewRequest>,
 ) -> Result<Json<CertificateResponse>, ApiError> {
-    let device = peer.ok_or_else(|| {
+    let facts = peer.ok_or_else(|| {
         ApiError::unauthorized(
             "client_certificate_required",
             "renewal needs the device's current certificate (mutual TLS)",
         )
     })?;
-    let resp = state.identity.renew(&device, &req.csr_pem).await.map_err(enrol_error)?;
-    tracing::info!(device = %device, "device certificate renewed");
-    Ok(Json(resp))
+    let device = facts.device.clone();
+    let expired = facts.not_after_ms < state.clock.now_ms();
+    match state.identity.renew(&PresentedCert { facts }, &req.csr_pem).await {
+        Ok(resp) => {
+            if expired {
+                state.monitor.record(SecurityEvent {
+                    device: Some(device.to_string()),
+                    source: Some(addr.0.ip()),
+                    kind: "renewed_after_expiry",
+                    detail: "an expired certificate was renewed within the grace period".into(),
+                });
+            }
+            tracing::info!(device = %device, "device certificate renewed");
+            Ok(Json(resp))
+        }
+        Err(e) => {
+            if !matches!(e, EnrolError::Internal(_)) {
+                state.monitor.record(SecurityEvent {
+                    device: Some(device.to_string()),
+                    source: Some(addr.0.ip()),
+                    kind: "renew_refused",
+                    detail: e.to_string(),
+                });
+            }
+            Err(enrol_error(e))
+        }
+    }
 }
 
 /// Creates a batch of device records (the factory). Secrets are returned once and stored only as MACs.
@@ -434,18 +510,19 @@ async fn telemetry(
     Ok(Json(TelemetryPage { items, next_after_seq }))
 }
 
+// Public with public fields so that `fuzz/` can run the body through `Commands::send`'s validation.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CommandRequest {
+pub struct CommandRequest {
     /// Command name (`a-z 0-9 _`), for example `ping`, `set_interval`, `report_state`.
-    name: String,
+    pub name: String,
     /// Arguments: names to numbers, booleans or short strings.
     #[serde(default)]
     #[schema(value_type = Object)]
-    args: Fields,
+    pub args: Fields,
     /// Seconds until the command times out (default 60).
     #[serde(default)]
-    timeout_secs: Option<u64>,
+    pub timeout_secs: Option<u64>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -515,11 +592,151 @@ async fn get_command(
     Ok(Json(row.into()))
 }
 
+#[derive(Serialize, ToSchema)]
+struct BootstrapBody {
+    /// Where the device reaches the hub.
+    #[schema(value_type = Object)]
+    hub: HubEndpoints,
+    /// The device with its new single-use bootstrap token (shown once).
+    #[schema(value_type = Object)]
+    device: ManufacturedDevice,
+    /// When the token stops working, Unix ms.
+    expires_at_ms: i64,
+}
+
+/// Re-issues a single-use bootstrap token for a device that is not revoked: for a device whose enrol reply was
+/// lost for good, that was offline past its certificate's lifetime and renewal grace, or lost its key. Its
+/// current certificate keeps working until it enrols again with the new token; then only the new one does.
+#[utoipa::path(post, path = "/api/v1/devices/{id}/bootstrap", params(("id" = String, Path)), security(("bearer" = [])),
+    responses((status = 201, body = BootstrapBody), (status = 404, body = super::error::ErrorBody), (status = 403, body = super::error::ErrorBody, description = "Revoked")))]
+async fn reissue_bootstrap(
+    State(state): State<HubState>,
+    auth: OperatorAuth,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let id = device_id(&id)?;
+    let made = state.identity.reissue_bootstrap(&id).await.map_err(|e| match e {
+        EnrolError::InvalidToken => ApiError::not_found("device"),
+        other => enrol_error(other),
+    })?;
+    tracing::info!(device = %id, token = %auth.0.token_id, "bootstrap token re-issued by an operator");
+    let body = BootstrapBody {
+        hub: HubEndpoints {
+            url: state.public.https_url.clone(),
+            mqtt_host: state.public.mqtt_host.clone(),
+            mqtt_port: state.public.mqtt_port,
+            ca_pem: state.identity.authorities().server_ca_pem.clone(),
+        },
+        device: ManufacturedDevice {
+            device_id: made.id,
+            model: made.model,
+            bootstrap_token: made.bootstrap_token.expose().to_owned(),
+            // The claim code is not re-issued (the hub keeps only its MAC); the label's code stays valid.
+            claim_code: String::new(),
+        },
+        expires_at_ms: made.expires_at_ms,
+    };
+    Ok((StatusCode::CREATED, [(header::CACHE_CONTROL, "no-store")], Json(body)))
+}
+
+#[derive(Serialize, ToSchema)]
+struct TokenBody {
+    id: String,
+    label: String,
+    created_at_ms: i64,
+    /// 0 for a token made before tokens expired (it never expires; revoke it).
+    expires_at_ms: i64,
+    revoked_at_ms: Option<i64>,
+}
+
+/// Lists operator tokens (never their values), newest first.
+#[utoipa::path(get, path = "/api/v1/tokens", security(("bearer" = [])),
+    responses((status = 200, body = [TokenBody]), (status = 401, body = super::error::ErrorBody)))]
+async fn list_tokens(State(state): State<HubState>, _auth: OperatorAuth) -> Result<Json<Vec<TokenBody>>, ApiError> {
+    let tokens = state.accounts.tokens().await?;
+    Ok(Json(
+        tokens
+            .into_iter()
+            .map(|t| TokenBody {
+                id: t.id,
+                label: t.label,
+                created_at_ms: t.created_at_ms,
+                expires_at_ms: t.expires_at_ms,
+                revoked_at_ms: t.revoked_at_ms,
+            })
+            .collect(),
+    ))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct NewTokenRequest {
+    /// What the token is for (1 to 64 bytes).
+    label: String,
+    /// Days until it expires (1 to 397; default the hub's `accounts.operator_token_days`).
+    #[serde(default)]
+    expires_in_days: Option<u32>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct NewTokenResponse {
+    id: String,
+    /// The token. Shown once; store it safely.
+    token: String,
+    expires_at_ms: i64,
+}
+
+/// Creates an operator token.
+#[utoipa::path(post, path = "/api/v1/tokens", request_body = NewTokenRequest, security(("bearer" = [])),
+    responses((status = 201, body = NewTokenResponse), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody)))]
+async fn create_token(
+    State(state): State<HubState>,
+    auth: OperatorAuth,
+    ApiJson(req): ApiJson<NewTokenRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    if req.label.is_empty() || req.label.len() > 64 {
+        return Err(ApiError::bad_request("invalid_label", "label must be 1 to 64 bytes"));
+    }
+    let validity = match req.expires_in_days {
+        None => None,
+        Some(d @ 1..=397) => Some(time::Duration::days(i64::from(d))),
+        Some(_) => return Err(ApiError::bad_request("invalid_expiry", "expires_in_days must be 1 to 397")),
+    };
+    let made = state.accounts.create_token(&req.label, validity).await?;
+    tracing::info!(token = %made.id, by = %auth.0.token_id, "operator token created");
+    Ok((
+        StatusCode::CREATED,
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(NewTokenResponse {
+            id: made.id,
+            token: made.token.expose().to_owned(),
+            expires_at_ms: made.expires_at_ms,
+        }),
+    ))
+}
+
+/// Revokes an operator token (also the caller's own).
+#[utoipa::path(post, path = "/api/v1/tokens/{id}/revoke", params(("id" = String, Path)), security(("bearer" = [])),
+    responses((status = 204, description = "Revoked"), (status = 404, body = super::error::ErrorBody)))]
+async fn revoke_token(
+    State(state): State<HubState>,
+    auth: OperatorAuth,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if id.len() > 64 || !state.accounts.revoke_token(&id).await? {
+        return Err(ApiError::not_found("token"));
+    }
+    tracing::info!(token = %id, by = %auth.0.token_id, "operator token revoked");
+    Ok(StatusCode::NO_CONTENT)
+}
+
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 struct EventParams {
     /// Only events of this device.
     device: Option<String>,
+    /// Only events of this kind.
+    kind: Option<String>,
     /// How many, newest first, 1 to 1000 (default 100).
     limit: Option<i64>,
 }
@@ -527,7 +744,12 @@ struct EventParams {
 #[derive(Serialize, ToSchema)]
 struct SecurityEventBody {
     id: i64,
+    /// First occurrence in this row's interval.
     at_ms: i64,
+    /// Last occurrence.
+    last_at_ms: i64,
+    /// Occurrences this row stands for (events are aggregated per kind, device and source).
+    count: i64,
     device_id: Option<String>,
     source: Option<String>,
     kind: String,
@@ -547,12 +769,17 @@ async fn security_events(
         Some(d) => Some(device_id(d)?),
         None => None,
     };
-    let rows = state.store.security_events(device.as_ref().map(DeviceId::as_str), limit).await?;
+    if p.kind.as_ref().is_some_and(|k| k.len() > 64) {
+        return Err(ApiError::bad_request("invalid_kind", "kind is at most 64 bytes"));
+    }
+    let rows = state.store.security_events(device.as_ref().map(DeviceId::as_str), p.kind.as_deref(), limit).await?;
     Ok(Json(
         rows.into_iter()
             .map(|r| SecurityEventBody {
                 id: r.id,
                 at_ms: r.at,
+                last_at_ms: r.last_at,
+                count: r.count,
                 device_id: r.device_id,
                 source: r.source,
                 kind: r.kind,

@@ -14,68 +14,143 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::identity::{Identity, device_id_of};
-use hearth_proto::DeviceId;
+use super::admission::{Stage, StageLimits};
+use crate::identity::{CertFacts, Identity, cert_facts};
+use crate::monitoring::{Monitor, SecurityEvent};
 
-/// The device that authenticated the connection with its certificate, if any.
+/// The device certificate that authenticated the connection, if any (it may be expired within the renewal
+/// grace period: only renewal accepts such a connection).
 #[derive(Debug, Clone)]
-pub struct PeerDevice(pub Option<DeviceId>);
+pub struct PeerDevice(pub Option<CertFacts>);
 
 /// The connection's remote address.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
 
-/// Builds the TLS configuration of the HTTPS listener.
-pub fn tls_config(identity: &Identity, allow_tls12: bool) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
-    super::server_tls(identity, allow_tls12, false, b"http/1.1")
+/// Builds the TLS configuration of the HTTPS listener: a device certificate is optional, and one expired for
+/// at most `expired_grace` is let through for renewal.
+pub fn tls_config(
+    identity: &Identity,
+    allow_tls12: bool,
+    expired_grace: std::time::Duration,
+) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+    super::server_tls(identity, allow_tls12, false, expired_grace, b"http/1.1")
 }
 
-/// Most concurrent HTTPS connections; more are closed at accept (they would share the process's file
-/// descriptors with the devices' MQTT connections).
-pub const MAX_CONNECTIONS: usize = 4096;
+/// Limits of the HTTPS listener.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpsLimits {
+    /// Connections in their TLS handshake: in all and per source.
+    pub pending: StageLimits,
+    /// Established connections without a device certificate (people, programs, enrolment): in all and per
+    /// source. Connections with a device certificate use their own [`HttpsLimits::device_connections`], so
+    /// anonymous clients can never take the slots devices need to renew.
+    pub anonymous: StageLimits,
+    /// Established connections with a device certificate.
+    pub device_connections: usize,
+    /// Time allowed for the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Time allowed to send the request headers.
+    pub header_timeout: Duration,
+    /// Longest life of one connection, so a client that trickles requests or never reads the answer cannot hold
+    /// a connection (requests here are small; clients simply reconnect).
+    pub max_lifetime: Duration,
+}
 
-/// Longest life of one HTTPS connection, so a client that trickles a body or never reads the answer cannot hold
-/// a connection (requests here are small; clients simply reconnect).
-pub const MAX_CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
+impl Default for HttpsLimits {
+    fn default() -> Self {
+        HttpsLimits {
+            pending: StageLimits { total: 1024, per_source: 32 },
+            anonymous: StageLimits { total: 3072, per_source: 64 },
+            device_connections: 1024,
+            handshake_timeout: Duration::from_secs(5),
+            header_timeout: Duration::from_secs(10),
+            max_lifetime: Duration::from_secs(60),
+        }
+    }
+}
 
 /// Serves `app` over TLS until the task is aborted.
-pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, app: Router) {
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    app: Router,
+    limits: HttpsLimits,
+    monitor: Monitor,
+) {
     let acceptor = TlsAcceptor::from(tls);
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let pending = Stage::new(limits.pending);
+    let anonymous = Stage::new(limits.anonymous);
+    let devices = Stage::new(StageLimits { total: limits.device_connections, per_source: 0 });
     loop {
         let (tcp, peer) = super::accept(&listener).await;
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(peer = %peer, "too many HTTPS connections; closing a new one");
-            continue;
+        let slot = match pending.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(refused) => {
+                monitor.record(SecurityEvent {
+                    device: None,
+                    source: Some(peer.ip()),
+                    kind: "connection_refused",
+                    detail: format!("HTTPS: {refused}"),
+                });
+                continue;
+            }
         };
         let acceptor = acceptor.clone();
         let app = app.clone();
+        let (anonymous, devices, monitor) = (anonymous.clone(), devices.clone(), monitor.clone());
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+            let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
-                    tracing::debug!(peer = %peer, error = %e, "HTTPS handshake failed");
+                    monitor.record(SecurityEvent {
+                        device: None,
+                        source: Some(peer.ip()),
+                        kind: "tls_refused",
+                        detail: format!("HTTPS: {e}"),
+                    });
                     return;
                 }
-                Err(_) => return,
+                Err(_) => {
+                    monitor.record(SecurityEvent {
+                        device: None,
+                        source: Some(peer.ip()),
+                        kind: "handshake_timeout",
+                        detail: format!("HTTPS: no TLS handshake within {:?}", limits.handshake_timeout),
+                    });
+                    return;
+                }
             };
-            let device = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(device_id_of);
+            let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| cert_facts(c));
+            let stage = if cert.is_some() { &devices } else { &anonymous };
+            let _slot = match stage.admit(peer.ip()) {
+                Ok(s) => s,
+                Err(refused) => {
+                    monitor.record(SecurityEvent {
+                        device: cert.map(|c| c.device.to_string()),
+                        source: Some(peer.ip()),
+                        kind: "connection_refused",
+                        detail: format!("HTTPS after handshake: {refused}"),
+                    });
+                    return;
+                }
+            };
+            drop(slot);
             let svc =
                 tower::ServiceExt::map_request(app, move |mut req: axum::http::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(PeerDevice(device.clone()));
+                    req.extensions_mut().insert(PeerDevice(cert.clone()));
                     req.extensions_mut().insert(PeerAddr(peer));
                     req
                 });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
+                .header_read_timeout(limits.header_timeout)
                 .serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc));
-            match tokio::time::timeout(MAX_CONNECTION_LIFETIME, conn).await {
+            match tokio::time::timeout(limits.max_lifetime, conn).await {
                 Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "HTTPS connection ended with an error"),
                 Err(_) => tracing::debug!(peer = %peer, "HTTPS connection closed at its maximum lifetime"),
                 Ok(Ok(())) => {}
             }
-            drop(slot);
         });
     }
 }

@@ -6,18 +6,19 @@ pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use super::admission::{Slot, Stage, StageLimits};
+use crate::clock::Clock;
 use crate::commands::Commands;
-use crate::identity::{Identity, device_id_of};
+use crate::identity::{Identity, cert_facts};
 use crate::monitoring::{Monitor, SecurityEvent};
 use crate::routing::Routing;
 use crate::store::Store;
-use crate::telemetry::Ingest;
+use crate::telemetry::{Ingest, Quotas};
 
 /// Per-connection limits.
 #[derive(Debug, Clone)]
@@ -28,16 +29,20 @@ pub struct MqttLimits {
     pub receive_max: u16,
     /// Subscriptions per session.
     pub max_subscriptions: usize,
-    /// Sustained publishes per second.
+    /// Topic filters in one SUBSCRIBE or UNSUBSCRIBE; more close the connection.
+    pub max_filters_per_packet: usize,
+    /// Sustained packets (and topic filters) per second.
     pub rate_per_sec: u32,
-    /// Burst of publishes.
+    /// Burst of packets.
     pub burst: u32,
     /// Largest keep-alive accepted; 0 or larger is replaced by this.
     pub max_keep_alive: u16,
     /// Time from TCP accept to the end of the TLS handshake, and again to CONNECT.
     pub connect_timeout: Duration,
-    /// Most concurrent connections; more are closed at accept.
+    /// Most concurrent device sessions (authenticated, CONNECT accepted).
     pub max_connections: usize,
+    /// Connections in their handshake or before CONNECT: in all, and per source address.
+    pub pending: StageLimits,
 }
 
 impl Default for MqttLimits {
@@ -46,11 +51,13 @@ impl Default for MqttLimits {
             max_packet: 64 * 1024,
             receive_max: 64,
             max_subscriptions: 8,
+            max_filters_per_packet: 16,
             rate_per_sec: 100,
             burst: 200,
             max_keep_alive: 600,
-            connect_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
             max_connections: 200_000,
+            pending: StageLimits { total: 2048, per_source: 64 },
         }
     }
 }
@@ -70,55 +77,83 @@ pub struct Ctx {
     pub routing: Routing,
     /// Commands.
     pub commands: Commands,
-    /// Identity (revocation notices).
+    /// Identity (certificate checks and change notices).
     pub identity: Identity,
+    /// Daily uplink quotas.
+    pub quotas: Quotas,
+    /// The hub's clock.
+    pub clock: Clock,
 }
 
 /// Builds the TLS configuration of the MQTT listener.
 pub fn tls_config(identity: &Identity, allow_tls12: bool) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
-    super::server_tls(identity, allow_tls12, true, b"mqtt")
+    super::server_tls(identity, allow_tls12, true, Duration::ZERO, b"mqtt")
 }
 
 /// Accepts connections until the task is aborted.
 pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, ctx: Arc<Ctx>) {
     let acceptor = TlsAcceptor::from(tls);
-    let active = Arc::new(AtomicUsize::new(0));
+    let pending = Stage::new(ctx.limits.pending);
+    let sessions = Stage::new(StageLimits { total: ctx.limits.max_connections, per_source: 0 });
     loop {
         let (tcp, peer) = super::accept(&listener).await;
-        if active.load(Ordering::Relaxed) >= ctx.limits.max_connections {
-            drop(tcp);
-            continue;
-        }
+        // Before any work: a source holding its share of pending slots, or a full pending stage, is closed.
+        let slot = match pending.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(refused) => {
+                ctx.monitor.record(SecurityEvent {
+                    device: None,
+                    source: Some(peer.ip()),
+                    kind: "connection_refused",
+                    detail: format!("MQTTS: {refused}"),
+                });
+                drop(tcp);
+                continue;
+            }
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let ctx = ctx.clone();
-        let active = active.clone();
-        active.fetch_add(1, Ordering::Relaxed);
+        let sessions = sessions.clone();
         tokio::spawn(async move {
-            handle(tcp, peer, acceptor, ctx).await;
-            active.fetch_sub(1, Ordering::Relaxed);
+            handle(tcp, peer, acceptor, ctx, slot, sessions).await;
         });
     }
 }
 
-async fn handle(tcp: tokio::net::TcpStream, peer: SocketAddr, acceptor: TlsAcceptor, ctx: Arc<Ctx>) {
+async fn handle(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    ctx: Arc<Ctx>,
+    pending: Slot,
+    sessions: Stage,
+) {
     let tls = match tokio::time::timeout(ctx.limits.connect_timeout, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             ctx.monitor.record(SecurityEvent {
                 device: None,
-                source: Some(peer.to_string()),
+                source: Some(peer.ip()),
                 kind: "tls_refused",
-                detail: e.to_string(),
+                detail: format!("MQTTS: {e}"),
             });
             return;
         }
-        Err(_) => return,
+        Err(_) => {
+            ctx.monitor.record(SecurityEvent {
+                device: None,
+                source: Some(peer.ip()),
+                kind: "handshake_timeout",
+                detail: format!("MQTTS: no TLS handshake within {:?}", ctx.limits.connect_timeout),
+            });
+            return;
+        }
     };
-    let device = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(device_id_of);
-    let Some(device) = device else {
+    let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| cert_facts(c));
+    let Some(cert) = cert else {
         // Unreachable with the mandatory verifier; refuse rather than guess.
         return;
     };
-    session::run(tls, device, peer, ctx).await;
+    session::run(tls, cert, peer, ctx, session::Admission { pending, sessions }).await;
 }

@@ -1,8 +1,16 @@
 //! One device's MQTT session: CONNECT, access control on every topic, limits, durable ingest with PUBACK after
 //! commit, command delivery, keep-alive. The device is who its certificate says; nothing in the packets can
-//! change that.
+//! change that, and the session closes as soon as that certificate stops being accepted (revocation, or a newer
+//! certificate of the device in use).
+//!
+//! Costs are charged per item, not per packet: every topic filter of a SUBSCRIBE spends from the same rate
+//! budget as a packet, a SUBSCRIBE carries at most `max_filters_per_packet` filters, and refusals become
+//! aggregated security events (one per cause and source), never a row or a log line each.
+//!
+//! PUBACKs leave in the order their PUBLISHes arrived (MQTT 5 §4.6): an answer that is ready at once (a refusal,
+//! a command answer) waits behind earlier messages still waiting for their commit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::num::NonZeroU16;
 use std::sync::Arc;
@@ -21,10 +29,24 @@ use hearth_proto::{DeviceId, TopicFilterDecision};
 
 use super::wire::{In, Out, Reason, Version, Wire, WireError};
 use super::{Ctx, MqttLimits};
+use crate::identity::{CertFacts, CertRefusal};
 use crate::monitoring::SecurityEvent;
 use crate::routing::{CloseReason, Downlink, Link};
 use crate::store::{CommandRow, UplinkRecord};
-use crate::telemetry::{Durable, IngestItem};
+use crate::telemetry::{Durable, IngestItem, Outcome};
+use crate::transport::admission::{Slot, Stage};
+
+/// How often, at most, a busy session tells the store that its device is active.
+const SEEN_EVERY: Duration = Duration::from_secs(30);
+
+/// The admission slots a connection holds: its pending slot until CONNECT is accepted, then a session slot.
+#[derive(Debug)]
+pub struct Admission {
+    /// Held from TCP accept until CONNECT is accepted.
+    pub pending: Slot,
+    /// Where the session slot comes from.
+    pub sessions: Stage,
+}
 
 /// How a session ended (for logs and tests).
 #[derive(Debug)]
@@ -35,54 +57,74 @@ enum End {
     Hub(Reason, String),
 }
 
+/// A PUBACK's reason code, reason string and user properties.
+type Answer = (Reason, Option<String>, Vec<(ByteString, ByteString)>);
+
+/// An answer to a QoS 1 PUBLISH, in arrival order; `None` while the message waits for its commit.
+#[derive(Debug)]
+struct PendingAck {
+    packet_id: NonZeroU16,
+    answer: Option<Answer>,
+}
+
 struct Session<S> {
     io: S,
     ctx: Arc<Ctx>,
     device: DeviceId,
+    serial: String,
     peer: SocketAddr,
     wire: Wire,
     rbuf: BytesMut,
     wbuf: BytesMut,
-    /// QoS 1 messages handed to the writer and not yet acknowledged.
-    inflight_in: usize,
+    /// QoS 1 messages received and not yet answered, in arrival order.
+    acks: VecDeque<PendingAck>,
     durable_tx: mpsc::UnboundedSender<Durable>,
     /// Commands sent and not yet PUBACKed by the device: packet id → command id.
     inflight_out: HashMap<u16, String>,
     next_packet_id: u16,
+    /// What the client accepts: unacknowledged QoS 1 messages, and the largest packet.
+    client_receive_max: u16,
+    client_max_packet: Option<u32>,
     subscribed: bool,
     subscriptions: usize,
     persistent: bool,
     tokens: f64,
     refilled: Instant,
+    seen_at: Instant,
 }
 
 /// Runs a session on an authenticated TLS stream until it ends.
-pub async fn run<S>(io: S, device: DeviceId, peer: SocketAddr, ctx: Arc<Ctx>)
+pub async fn run<S>(io: S, cert: CertFacts, peer: SocketAddr, ctx: Arc<Ctx>, admission: Admission)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let limits = ctx.limits.clone();
-    // Subscribe to revocations before anything else, so a revocation during the handshake or CONNECT is seen.
-    let mut revoked = ctx.identity.on_revoke();
+    // Subscribe to certificate changes before anything else, so a revocation during the handshake or CONNECT
+    // is seen.
+    let mut changed = ctx.identity.on_cert_change();
     let (durable_tx, mut durable_rx) = mpsc::unbounded_channel();
     let mut s = Session {
         io,
         ctx: ctx.clone(),
-        device,
+        device: cert.device,
+        serial: cert.serial,
         peer,
         wire: Wire::new(limits.max_packet),
         // Small to start (idle connections dominate memory); the codec reserves more for a large packet.
         rbuf: BytesMut::with_capacity(1024),
         wbuf: BytesMut::with_capacity(256),
-        inflight_in: 0,
+        acks: VecDeque::new(),
         durable_tx,
         inflight_out: HashMap::new(),
         next_packet_id: 1,
+        client_receive_max: u16::MAX,
+        client_max_packet: None,
         subscribed: false,
         subscriptions: 0,
         persistent: false,
         tokens: f64::from(limits.burst),
         refilled: Instant::now(),
+        seen_at: Instant::now(),
     };
 
     // CONNECT must arrive promptly.
@@ -94,24 +136,42 @@ where
             return;
         }
         Err(_) => {
-            tracing::debug!(peer = %s.peer, "no CONNECT in time");
+            s.security("connect_timeout", format!("no CONNECT within {:?}", limits.connect_timeout));
             return;
         }
     };
-    // The certificate was checked at the handshake; the device may have been revoked since.
-    if ctx.identity.revocations().is_revoked(s.device.as_str()) {
-        s.security("revoked", "revoked between handshake and CONNECT".into());
+    // The certificate was checked at the handshake; it may have been revoked or superseded since.
+    if let Err(refusal) = ctx.identity.certs().check(s.device.as_str(), &s.serial) {
+        s.security(refusal_kind(refusal), format!("{refusal} between handshake and CONNECT"));
         return;
     }
     let Some(keep_alive) = s.accept_connect(connect).await else {
         let _ = s.flush().await;
         return;
     };
+    let Admission { pending, sessions } = admission;
+    let _session_slot = match sessions.admit(peer.ip()) {
+        Ok(slot) => slot,
+        Err(full) => {
+            tracing::warn!(device = %s.device, "no session slot free ({full}); closing");
+            s.wire.encode(
+                Out::Disconnect {
+                    reason: Reason::ServerUnavailable,
+                    reason_string: Some("hub full; retry later".into()),
+                },
+                &mut s.wbuf,
+            );
+            let _ = s.flush().await;
+            return;
+        }
+    };
+    drop(pending);
 
     let conn_id = ctx.routing.next_conn_id();
-    let (link_tx, mut link_rx) = mpsc::channel(64);
-    if let Some(old) = ctx.routing.register(&s.device, Link { conn_id, tx: link_tx }) {
-        let _ = old.tx.try_send(Downlink::Close(CloseReason::SessionTakenOver));
+    let (link, mut link_rx, mut close_rx) = Link::new(conn_id);
+    ctx.routing.register(&s.device, link);
+    if let Err(e) = ctx.identity.cert_used(&s.device, &s.serial).await {
+        tracing::warn!(error = %e, device = %s.device, "could not record the first use of a certificate");
     }
     ctx.ingest.seen(s.device.as_str());
     tracing::info!(device = %s.device, peer = %s.peer, version = ?s.wire.version(), "device connected");
@@ -123,9 +183,9 @@ where
     // Keep-alive: the client must send something within 1.5 × its keep-alive.
     let idle_limit = Duration::from_millis(u64::from(keep_alive) * 1500);
     let mut deadline = Instant::now() + idle_limit;
-    let revocations = ctx.identity.revocations();
+    let certs = ctx.identity.certs();
     let end = loop {
-        let can_read = s.inflight_in < usize::from(limits.receive_max) + 1;
+        let can_read = s.acks.len() < usize::from(limits.receive_max) + 1;
         let step = tokio::select! {
             read = s.io.read_buf(&mut s.rbuf), if can_read => match read {
                 Ok(0) | Err(_) => Err(End::Client),
@@ -135,26 +195,39 @@ where
                 }
             },
             Some(d) = durable_rx.recv() => {
-                // Acknowledge everything the writer has committed so far in one TLS record and one write.
+                // Answer everything the writer has decided so far in one TLS record and one write.
                 let mut next = Some(d);
+                let mut result = Ok(());
                 while let Some(d) = next {
-                    s.inflight_in -= 1;
-                    s.wire.encode(Out::PubAck { packet_id: d.packet_id, reason: Reason::Success, reason_string: None }, &mut s.wbuf);
+                    if let Err(end) = s.on_durable(d) {
+                        result = Err(end);
+                        break;
+                    }
                     next = durable_rx.try_recv().ok();
                 }
-                Ok(())
+                s.release_acks();
+                result
             }
             Some(msg) = link_rx.recv() => match msg {
                 Downlink::Command(row) => { if s.subscribed { s.send_command(&row).await; } Ok(()) }
-                Downlink::Close(CloseReason::Revoked) => Err(End::Hub(Reason::NotAuthorized, "device revoked".into())),
-                Downlink::Close(CloseReason::SessionTakenOver) => Err(End::Hub(Reason::SessionTakenOver, "another connection of this device took over".into())),
-                Downlink::Close(CloseReason::ShuttingDown) => Err(End::Hub(Reason::ServerShuttingDown, "hub shutting down".into())),
             },
-            notice = revoked.recv() => match notice {
+            changed = close_rx.changed() => {
+                let reason = if changed.is_ok() { *close_rx.borrow_and_update() } else { Some(CloseReason::SessionTakenOver) };
+                match reason {
+                    None => Ok(()),
+                    Some(CloseReason::Revoked) => Err(End::Hub(Reason::NotAuthorized, "device revoked".into())),
+                    Some(CloseReason::SessionTakenOver) => Err(End::Hub(Reason::SessionTakenOver, "another connection of this device took over".into())),
+                    Some(CloseReason::ShuttingDown) => Err(End::Hub(Reason::ServerShuttingDown, "hub shutting down".into())),
+                }
+            }
+            notice = changed.recv() => match notice {
                 Ok(id) if id != s.device => Ok(()),
-                // Missed notices (lagged) or a closed channel: decide from the authoritative set.
-                Err(_) if !revocations.is_revoked(s.device.as_str()) => Ok(()),
-                _ => Err(End::Hub(Reason::NotAuthorized, "device revoked".into())),
+                // Our device changed, or notices were missed (lagged): decide from the authoritative view.
+                _ => match certs.check(s.device.as_str(), &s.serial) {
+                    Ok(()) => Ok(()),
+                    Err(CertRefusal::Revoked) => Err(End::Hub(Reason::NotAuthorized, "device revoked".into())),
+                    Err(other) => Err(End::Hub(Reason::NotAuthorized, other.to_string())),
+                },
             },
             _ = sleep_until(deadline) => Err(End::Hub(Reason::KeepAliveTimeout, "keep-alive expired".into())),
         };
@@ -177,6 +250,14 @@ where
     }
     ctx.ingest.seen(s.device.as_str());
     tracing::info!(device = %s.device, peer = %s.peer, end = ?end, "device disconnected");
+}
+
+fn refusal_kind(r: CertRefusal) -> &'static str {
+    match r {
+        CertRefusal::Revoked => "revoked",
+        CertRefusal::Superseded => "superseded_certificate",
+        CertRefusal::NotEnrolled => "not_enrolled",
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
@@ -202,7 +283,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Checks CONNECT and answers CONNACK. Returns the keep-alive to enforce, or `None` if refused.
     async fn accept_connect(&mut self, packet: In) -> Option<u16> {
         let limits = self.ctx.limits.clone();
-        let In::Connect { client_id, keep_alive, clean, session_expiry } = packet else {
+        let In::Connect { client_id, keep_alive, clean, session_expiry, receive_max, max_packet_size } = packet else {
             self.security("protocol_error", "first packet is not CONNECT".into());
             return None;
         };
@@ -231,6 +312,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         } else {
             (keep_alive, None)
         };
+        self.client_receive_max = receive_max.max(1);
+        self.client_max_packet = max_packet_size;
         self.persistent = !clean || (v5 && session_expiry > 0);
         let session_present = !clean && self.ctx.routing.has_persistent_subscription(&self.device);
         if clean {
@@ -293,8 +376,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
                 Ok(())
             }
-            In::Subscribe { packet_id, filters } => self.on_subscribe(packet_id, filters).await,
+            In::Subscribe { packet_id, filters } => {
+                self.charge_filters(filters.len(), "SUBSCRIBE")?;
+                self.on_subscribe(packet_id, filters).await
+            }
             In::Unsubscribe { packet_id, filters } => {
+                self.charge_filters(filters.len(), "UNSUBSCRIBE")?;
                 for f in &filters {
                     if topic::authorize_subscribe(&self.device, f) == TopicFilterDecision::Commands && self.subscribed {
                         self.subscribed = false;
@@ -333,7 +420,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             self.security("qos_not_supported", "QoS 2 publish".into());
             return Err(End::Hub(Reason::QosNotSupported, "QoS 2 is not supported; use QoS 0 or 1".into()));
         }
-        if retain && self.wire.version() == Some(Version::V5) {
+        if retain {
+            // Refused on both versions (3.1.1 has no reason code: the connection closes).
             self.security("retain_not_supported", "retained publish".into());
             return Err(End::Hub(Reason::RetainNotSupported, "retained messages are not supported".into()));
         }
@@ -347,9 +435,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         // MQTT 5 clients know the hub's receive maximum and exceeding it is their error; 3.1.1 clients have no
         // such notion, so for them the session simply stops reading until acknowledgements catch up.
         let v5 = self.wire.version() == Some(Version::V5);
-        if v5 && qos1.is_some() && self.inflight_in >= usize::from(self.ctx.limits.receive_max) {
-            self.security("receive_maximum_exceeded", format!("{} unacknowledged", self.inflight_in + 1));
+        if v5 && qos1.is_some() && self.acks.len() >= usize::from(self.ctx.limits.receive_max) {
+            self.security("receive_maximum_exceeded", format!("{} unacknowledged", self.acks.len() + 1));
             return Err(End::Hub(Reason::ReceiveMaximumExceeded, "too many unacknowledged QoS 1 messages".into()));
+        }
+        if self.seen_at.elapsed() >= SEEN_EVERY {
+            self.seen_at = Instant::now();
+            self.ctx.ingest.seen(self.device.as_str());
         }
         let kind = match topic::authorize_publish(&self.device, &topic_name) {
             Ok(k) => k,
@@ -383,10 +475,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     }
                 }
                 if let Some(id) = qos1 {
-                    self.wire.encode(
-                        Out::PubAck { packet_id: id, reason: Reason::Success, reason_string: None },
-                        &mut self.wbuf,
-                    );
+                    self.answer_now(id, Reason::Success, None, Vec::new());
                 }
                 Ok(())
             }
@@ -398,6 +487,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         return self.refuse_publish(qos1, Reason::PayloadFormatInvalid, e.to_string());
                     }
                 };
+                if let Err(e) = self.ctx.quotas.charge(self.device.as_str(), payload.len() as u64) {
+                    self.security("quota_exceeded", e.to_string());
+                    return self.refuse_publish(qos1, Reason::QuotaExceeded, e.to_string());
+                }
+                if !self.ctx.ingest.available() {
+                    // Storage is failing or the disk is nearly full: refuse now rather than queue behind it.
+                    return self.refuse_publish(
+                        qos1,
+                        Reason::UnspecifiedError,
+                        "storage unavailable; keep the message and resend later".into(),
+                    );
+                }
                 let record = UplinkRecord {
                     device_id: self.device.to_string(),
                     seq: uplink.seq as i64,
@@ -407,14 +508,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         UplinkBody::State { .. } => "state",
                     },
                     device_ts: uplink.ts as i64,
-                    received_at: crate::now_ms(),
+                    received_at: self.ctx.clock.now_ms(),
                     // What was validated, re-encoded: a payload with duplicate keys is stored as the value that
                     // was checked, never as the raw text that smuggled a second copy past the limits.
                     body_json: uplink.to_json_string(),
                 };
                 let ack = qos1.map(|id| (self.durable_tx.clone(), id));
-                if qos1.is_some() {
-                    self.inflight_in += 1;
+                if let Some(id) = qos1 {
+                    self.acks.push_back(PendingAck { packet_id: id, answer: None });
                 }
                 if self.ctx.ingest.submit(IngestItem { record, ack }).await.is_err() {
                     return Err(End::Hub(Reason::ServerShuttingDown, "hub shutting down".into()));
@@ -424,12 +525,73 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
+    /// Records what the writer decided for a message; the answer leaves in arrival order.
+    fn on_durable(&mut self, d: Durable) -> Result<(), End> {
+        let v5 = self.wire.version() == Some(Version::V5);
+        let answer = match d.outcome {
+            Outcome::Stored | Outcome::Duplicate => (Reason::Success, None, Vec::new()),
+            Outcome::Conflict { highest_seq } => {
+                self.security(
+                    "seq_conflict",
+                    format!("a different message is stored under this seq; highest stored seq is {highest_seq}"),
+                );
+                let text = format!(
+                    "seq_conflict: a different message is stored under this seq; highest stored seq is {highest_seq}"
+                );
+                if !v5 {
+                    return Err(End::Hub(Reason::ImplementationSpecific, text));
+                }
+                (
+                    Reason::ImplementationSpecific,
+                    Some(text),
+                    vec![(ByteString::from_static("highest_seq"), ByteString::from(highest_seq.to_string()))],
+                )
+            }
+            Outcome::Unavailable => {
+                let text = "storage unavailable; keep the message and resend later".to_owned();
+                if !v5 {
+                    return Err(End::Hub(Reason::ServerUnavailable, text));
+                }
+                (Reason::UnspecifiedError, Some(text), Vec::new())
+            }
+        };
+        match self.acks.iter_mut().find(|a| a.packet_id == d.packet_id && a.answer.is_none()) {
+            Some(slot) => slot.answer = Some(answer),
+            None => tracing::warn!(device = %self.device, packet_id = d.packet_id, "outcome for no pending message"),
+        }
+        Ok(())
+    }
+
+    /// Queues an answer that is ready now (it still leaves after earlier, unanswered messages).
+    fn answer_now(
+        &mut self,
+        id: NonZeroU16,
+        reason: Reason,
+        text: Option<String>,
+        props: Vec<(ByteString, ByteString)>,
+    ) {
+        self.acks.push_back(PendingAck { packet_id: id, answer: Some((reason, text, props)) });
+        self.release_acks();
+    }
+
+    /// Encodes every answer at the front of the queue that is ready.
+    fn release_acks(&mut self) {
+        while self.acks.front().is_some_and(|a| a.answer.is_some()) {
+            let Some(PendingAck { packet_id, answer: Some((reason, reason_string, properties)) }) =
+                self.acks.pop_front()
+            else {
+                break;
+            };
+            self.wire.encode(Out::PubAck { packet_id, reason, reason_string, properties }, &mut self.wbuf);
+        }
+    }
+
     /// Refuses a publish: MQTT 5 QoS 1 gets a PUBACK with the reason; anything else ends the connection
     /// (MQTT 3.1.1 has no way to refuse a single message).
     fn refuse_publish(&mut self, qos1: Option<NonZeroU16>, reason: Reason, text: String) -> Result<(), End> {
         match (self.wire.version(), qos1) {
             (Some(Version::V5), Some(id)) => {
-                self.wire.encode(Out::PubAck { packet_id: id, reason, reason_string: Some(text) }, &mut self.wbuf);
+                self.answer_now(id, reason, Some(text), Vec::new());
                 Ok(())
             }
             _ => Err(End::Hub(reason, text)),
@@ -439,6 +601,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     async fn on_subscribe(&mut self, packet_id: NonZeroU16, filters: Vec<(ByteString, u8)>) -> Result<(), End> {
         let mut results = Vec::with_capacity(filters.len());
         let mut newly = false;
+        let (mut invalid, mut denied) = (None, None);
         for (filter, qos) in &filters {
             let result = match topic::authorize_subscribe(&self.device, filter) {
                 TopicFilterDecision::Commands => {
@@ -456,15 +619,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     }
                 }
                 TopicFilterDecision::Invalid(e) => {
-                    self.security("invalid_topic", format!("subscribe {:?}: {e}", truncate(filter)));
+                    invalid.get_or_insert_with(|| format!("{:?}: {e}", truncate(filter)));
                     Err(Reason::TopicFilterInvalid)
                 }
                 TopicFilterDecision::NotAuthorized => {
-                    self.security("acl_subscribe", format!("subscribe {:?}", truncate(filter)));
+                    denied.get_or_insert_with(|| format!("{:?}", truncate(filter)));
                     Err(Reason::NotAuthorized)
                 }
             };
             results.push(result);
+        }
+        // One event per cause and packet, whatever the number of filters.
+        let refused = |r: Reason| results.iter().filter(|x| **x == Err(r)).count();
+        if let Some(first) = invalid {
+            let n = refused(Reason::TopicFilterInvalid);
+            self.security("invalid_topic", format!("subscribe: {n} invalid filter(s), first {first}"));
+        }
+        if let Some(first) = denied {
+            let n = refused(Reason::NotAuthorized);
+            self.security(
+                "acl_subscribe",
+                format!("subscribe: {n} filter(s) outside the device's topics, first {first}"),
+            );
         }
         self.wire.encode(Out::SubAck { packet_id, results }, &mut self.wbuf);
         if newly {
@@ -488,20 +664,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     async fn send_command(&mut self, row: &CommandRow) {
-        if self.inflight_out.len() >= 64 {
+        // Never more unacknowledged than the client accepts (its Receive Maximum), nor more than 64.
+        if self.inflight_out.len() >= usize::from(self.client_receive_max).min(64) {
             // The device is not acknowledging; the command stays open and is sent on the next subscribe.
+            return;
+        }
+        let topic = ByteString::from(topic::command_topic(&self.device));
+        let payload = Bytes::from(crate::commands::to_wire(row));
+        // Fixed header (≤ 5), topic length prefix, packet id and an empty property block: a safe upper bound.
+        let size = 5 + 2 + topic.len() + 2 + 1 + payload.len();
+        if self.client_max_packet.is_some_and(|max| size as u64 > u64::from(max)) {
+            tracing::warn!(device = %self.device, command = %row.id, size, max = ?self.client_max_packet,
+                "command larger than the client's maximum packet size; not sent");
             return;
         }
         let packet_id = self.alloc_packet_id();
         self.inflight_out.insert(packet_id.get(), row.id.clone());
-        self.wire.encode(
-            Out::Publish {
-                topic: ByteString::from(topic::command_topic(&self.device)),
-                payload: Bytes::from(crate::commands::to_wire(row)),
-                packet_id,
-            },
-            &mut self.wbuf,
-        );
+        self.wire.encode(Out::Publish { topic, payload, packet_id }, &mut self.wbuf);
         if let Err(e) = self.ctx.commands.mark_sent(&row.id).await {
             tracing::warn!(error = %e, "could not mark a command sent");
         }
@@ -518,17 +697,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     fn take_token(&mut self) -> bool {
+        self.take_tokens(1)
+    }
+
+    /// Spends `n` from the rate budget, or nothing if it holds fewer.
+    fn take_tokens(&mut self, n: usize) -> bool {
         let limits = &self.ctx.limits;
         let now = Instant::now();
         let elapsed = now.duration_since(self.refilled).as_secs_f64();
         self.refilled = now;
         self.tokens = (self.tokens + elapsed * f64::from(limits.rate_per_sec)).min(f64::from(limits.burst));
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        let n = n as f64;
+        if self.tokens >= n {
+            self.tokens -= n;
             true
         } else {
             false
         }
+    }
+
+    /// Charges the topic filters of a SUBSCRIBE or UNSUBSCRIBE (the packet itself was charged already): too
+    /// many in one packet, or more than the rate budget holds, close the connection.
+    fn charge_filters(&mut self, count: usize, packet: &str) -> Result<(), End> {
+        let max = self.ctx.limits.max_filters_per_packet;
+        if count > max {
+            self.security("too_many_filters", format!("{packet} with {count} topic filters, limit {max}"));
+            return Err(End::Hub(Reason::QuotaExceeded, format!("at most {max} topic filters per {packet}")));
+        }
+        if !self.take_tokens(count.saturating_sub(1)) {
+            self.security("rate_limited", format!("{packet} filters beyond {}/s", self.ctx.limits.rate_per_sec));
+            return Err(End::Hub(Reason::MessageRateTooHigh, "packet rate limit exceeded".into()));
+        }
+        Ok(())
     }
 
     /// Writes what is buffered. A peer that stops reading for 30 s is dropped: a stuck write would otherwise
@@ -550,7 +750,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     fn security(&self, kind: &'static str, detail: String) {
         self.ctx.monitor.record(SecurityEvent {
             device: Some(self.device.to_string()),
-            source: Some(self.peer.to_string()),
+            source: Some(self.peer.ip()),
             kind,
             detail,
         });

@@ -34,6 +34,10 @@ pub enum In {
         clean: bool,
         /// MQTT 5 session expiry interval (3.1.1: 0 when clean, "forever" otherwise).
         session_expiry: u32,
+        /// MQTT 5: QoS 1 messages the client accepts unacknowledged (3.1.1 and absent: 65535).
+        receive_max: u16,
+        /// MQTT 5: the largest packet the client accepts, if it set one.
+        max_packet_size: Option<u32>,
     },
     /// PUBLISH.
     Publish {
@@ -86,6 +90,8 @@ pub enum Reason {
     MalformedPacket,
     /// 0x82.
     ProtocolError,
+    /// 0x83 (a seq conflict on PUBACK).
+    ImplementationSpecific,
     /// 0x85 (CONNACK only).
     ClientIdNotValid,
     /// 0x87.
@@ -148,6 +154,8 @@ pub enum Out {
         reason: Reason,
         /// MQTT 5: human-readable reason.
         reason_string: Option<String>,
+        /// MQTT 5: user properties (for example `highest_seq` on a seq conflict).
+        properties: Vec<(ByteString, ByteString)>,
     },
     /// SUBACK: per filter, granted QoS or a refusal.
     SubAck {
@@ -291,6 +299,8 @@ fn from_v3(p: v3::Packet) -> In {
             keep_alive: c.keep_alive,
             clean: c.clean_session,
             session_expiry: if c.clean_session { 0 } else { u32::MAX },
+            receive_max: u16::MAX,
+            max_packet_size: None,
         },
         v3::Packet::Publish(p) => publish_in(*p),
         v3::Packet::PublishAck { packet_id } => In::PubAck { packet_id },
@@ -317,6 +327,8 @@ fn from_v5(p: v5::Packet) -> In {
             keep_alive: c.keep_alive,
             clean: c.clean_start,
             session_expiry: c.session_expiry_interval_secs,
+            receive_max: c.receive_max.map_or(u16::MAX, NonZeroU16::get),
+            max_packet_size: c.max_packet_size.map(std::num::NonZeroU32::get),
         },
         v5::Packet::Publish(p) => publish_in(*p),
         v5::Packet::PublishAck(a) => In::PubAck { packet_id: a.packet_id },
@@ -401,10 +413,10 @@ fn to_v5(out: Out) -> v5::Packet {
             reason_string: reason_string.map(ByteString::from),
             ..v5::ConnectAck::default()
         })),
-        Out::PubAck { packet_id, reason, reason_string } => v5::Packet::PublishAck(v5::PublishAck {
+        Out::PubAck { packet_id, reason, reason_string, properties } => v5::Packet::PublishAck(v5::PublishAck {
             packet_id,
             reason_code: puback_reason(reason),
-            properties: Vec::new(),
+            properties,
             reason_string: reason_string.map(ByteString::from),
         }),
         Out::SubAck { packet_id, results } => v5::Packet::SubscribeAck(v5::SubscribeAck {
@@ -471,6 +483,7 @@ fn puback_reason(r: Reason) -> v5::PublishAckReason {
         Reason::TopicNameInvalid => P::TopicNameInvalid,
         Reason::QuotaExceeded => P::QuotaExceeded,
         Reason::PayloadFormatInvalid => P::PayloadFormatInvalid,
+        Reason::ImplementationSpecific => P::ImplementationSpecificError,
         _ => P::UnspecifiedError,
     }
 }
@@ -496,6 +509,7 @@ fn disconnect_reason(r: Reason) -> v5::DisconnectReasonCode {
         Reason::PayloadFormatInvalid => D::PayloadFormatInvalid,
         Reason::RetainNotSupported => D::RetainNotSupported,
         Reason::QosNotSupported => D::QosNotSupported,
+        Reason::ImplementationSpecific => D::ImplementationSpecificError,
         Reason::ClientIdNotValid | Reason::UnspecifiedError => D::UnspecifiedError,
     }
 }

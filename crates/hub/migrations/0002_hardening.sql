@@ -1,0 +1,20 @@
+-- Hardening (issue 6): aggregated security events, superseded certificates, operator token expiry, retention.
+
+-- One row per (kind, device, source) and flush interval: first time in `at`, last in `last_at`, how many.
+ALTER TABLE security_events ADD COLUMN last_at INTEGER;
+ALTER TABLE security_events ADD COLUMN count INTEGER NOT NULL DEFAULT 1;
+CREATE INDEX security_events_by_time ON security_events (at);
+
+-- The previous certificate stays valid only until the renewed one is first used; the public key of the current
+-- certificate (SHA-256 of its SubjectPublicKeyInfo, hex) lets a device whose renew or enrol reply was lost get
+-- its certificate again, but only for the key it already proved.
+ALTER TABLE devices ADD COLUMN prev_cert_serial TEXT;
+ALTER TABLE devices ADD COLUMN cert_spki TEXT;
+-- When the current certificate was first used to connect (NULL: not yet; a lost enrol reply may be retried).
+ALTER TABLE devices ADD COLUMN cert_used_at INTEGER;
+
+-- Operator tokens expire and can be listed and revoked.
+ALTER TABLE api_tokens ADD COLUMN expires_at INTEGER;
+
+-- Retention deletes by receive time.
+CREATE INDEX uplinks_by_received ON uplinks (received_at);
