@@ -136,3 +136,39 @@ impl Routing {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn takeover_close_is_not_lost_when_the_command_channel_is_full() {
+        let routing = Routing::default();
+        let device = DeviceId::parse("abcdefghijklmnop").expect("id");
+        let (old, _old_commands, old_close) = Link::new(1);
+        // The old session stopped reading: its command channel is full.
+        while old
+            .tx
+            .try_send(Downlink::Command(crate::store::CommandRow {
+                id: "c".into(),
+                device_id: "abcdefghijklmnop".into(),
+                name: "ping".into(),
+                args_json: "{}".into(),
+                status: "pending".into(),
+                created_at: 0,
+                expires_at: 0,
+                sent_at: None,
+                answered_at: None,
+                detail: None,
+            }))
+            .is_ok()
+        {}
+        routing.register(&device, old);
+        let (new, _new_commands, new_close) = Link::new(2);
+        routing.register(&device, new);
+        assert_eq!(*old_close.borrow(), Some(CloseReason::SessionTakenOver), "the old session is told to close");
+        assert_eq!(*new_close.borrow(), None);
+        routing.unregister(&device, 1);
+        assert!(routing.is_connected(&device), "the old session's end does not remove the new one");
+    }
+}

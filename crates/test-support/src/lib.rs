@@ -3,6 +3,8 @@
 //! that needs one (mosquitto, openssl, …) says clearly that it is skipped when the tool is missing, unless
 //! `HEARTH_REQUIRE_ALL=1` (set by CI), which turns the skip into a failure.
 
+pub mod mqtt;
+
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
@@ -39,10 +41,18 @@ impl TestHub {
 
     /// Starts a hub after `adjust` has changed the test configuration.
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Result<TestHub> {
+        Self::start_with_clock(adjust, hearth_hub::clock::Clock::system()).await
+    }
+
+    /// Starts a hub on `clock` (a manual clock lets a test move time) after `adjust` changed the configuration.
+    pub async fn start_with_clock(
+        adjust: impl FnOnce(&mut Config),
+        clock: hearth_hub::clock::Clock,
+    ) -> Result<TestHub> {
         let dir = tempfile::tempdir()?;
         let mut config = test_config(dir.path());
         adjust(&mut config);
-        let hub = hearth_hub::start(config).await?;
+        let hub = hearth_hub::start_with_clock(config, clock).await?;
         let client = client_for(&hub.server_ca_path, None)?;
         let setup = hub.setup_token.as_ref().context("a new hub prints a setup token")?.expose().to_owned();
         let resp = client
@@ -146,6 +156,12 @@ pub fn client_for(ca_path: &Path, identity_pem: Option<&[u8]>) -> Result<reqwest
         builder = builder.identity(reqwest::Identity::from_pem(pem)?);
     }
     Ok(builder.build()?)
+}
+
+/// A client that trusts the CA at `ca_path` and connects from `local` (another source address on loopback).
+pub fn client_from(ca_path: &Path, local: std::net::IpAddr) -> Result<reqwest::Client> {
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(ca_path)?)?;
+    Ok(reqwest::Client::builder().tls_certs_only([ca]).local_address(local).build()?)
 }
 
 /// Path of a binary built from this workspace (`hearth`, `hearth-agent`), next to the test executable's

@@ -134,7 +134,10 @@ impl Ingest {
         clock: Clock,
         settings: IngestSettings,
     ) -> Result<(Ingest, tokio::task::JoinHandle<()>), store::StoreError> {
-        let conn = store.writer_connection().await?;
+        let mut conn = store.writer_connection().await?;
+        // Wait at most 2 s for a lock held elsewhere: past that the batch fails and devices are told to resend
+        // later, instead of every session stalling behind the writer.
+        sqlx::query("PRAGMA busy_timeout = 2000").execute(&mut *conn).await.map_err(store::StoreError::Db)?;
         let (tx, rx) = mpsc::channel(MAX_BATCH * 2);
         let health = Arc::new(Health::default());
         let task = tokio::spawn(writer(conn, rx, health.clone()));

@@ -4,5 +4,6 @@
 mod api;
 mod bad_input;
 mod enrol;
+mod hardening;
 mod interop;
 mod session;

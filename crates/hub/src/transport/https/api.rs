@@ -668,9 +668,10 @@ async fn list_tokens(State(state): State<HubState>, _auth: OperatorAuth) -> Resu
     ))
 }
 
+// Public only so that `fuzz/` deserializes the real body type, as `SetupRequest`.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewTokenRequest {
+pub struct NewTokenRequest {
     /// What the token is for (1 to 64 bytes).
     label: String,
     /// Days until it expires (1 to 397; default the hub's `accounts.operator_token_days`).

@@ -178,64 +178,71 @@ where
     if s.subscribed {
         s.deliver_open_commands().await;
     }
+    // Packets sent right behind CONNECT (in the same read) are already buffered: handle them now, not on the
+    // next read, which may never come.
+    let pipelined = s.process_input().await;
     let _ = s.flush().await;
 
     // Keep-alive: the client must send something within 1.5 × its keep-alive.
     let idle_limit = Duration::from_millis(u64::from(keep_alive) * 1500);
     let mut deadline = Instant::now() + idle_limit;
     let certs = ctx.identity.certs();
-    let end = loop {
-        let can_read = s.acks.len() < usize::from(limits.receive_max) + 1;
-        let step = tokio::select! {
-            read = s.io.read_buf(&mut s.rbuf), if can_read => match read {
-                Ok(0) | Err(_) => Err(End::Client),
-                Ok(_) => {
-                    deadline = Instant::now() + idle_limit;
-                    s.process_input().await
-                }
-            },
-            Some(d) = durable_rx.recv() => {
-                // Answer everything the writer has decided so far in one TLS record and one write.
-                let mut next = Some(d);
-                let mut result = Ok(());
-                while let Some(d) = next {
-                    if let Err(end) = s.on_durable(d) {
-                        result = Err(end);
-                        break;
+    let end = if let Err(end) = pipelined {
+        end
+    } else {
+        loop {
+            let can_read = s.acks.len() < usize::from(limits.receive_max) + 1;
+            let step = tokio::select! {
+                read = s.io.read_buf(&mut s.rbuf), if can_read => match read {
+                    Ok(0) | Err(_) => Err(End::Client),
+                    Ok(_) => {
+                        deadline = Instant::now() + idle_limit;
+                        s.process_input().await
                     }
-                    next = durable_rx.try_recv().ok();
-                }
-                s.release_acks();
-                result
-            }
-            Some(msg) = link_rx.recv() => match msg {
-                Downlink::Command(row) => { if s.subscribed { s.send_command(&row).await; } Ok(()) }
-            },
-            changed = close_rx.changed() => {
-                let reason = if changed.is_ok() { *close_rx.borrow_and_update() } else { Some(CloseReason::SessionTakenOver) };
-                match reason {
-                    None => Ok(()),
-                    Some(CloseReason::Revoked) => Err(End::Hub(Reason::NotAuthorized, "device revoked".into())),
-                    Some(CloseReason::SessionTakenOver) => Err(End::Hub(Reason::SessionTakenOver, "another connection of this device took over".into())),
-                    Some(CloseReason::ShuttingDown) => Err(End::Hub(Reason::ServerShuttingDown, "hub shutting down".into())),
-                }
-            }
-            notice = changed.recv() => match notice {
-                Ok(id) if id != s.device => Ok(()),
-                // Our device changed, or notices were missed (lagged): decide from the authoritative view.
-                _ => match certs.check(s.device.as_str(), &s.serial) {
-                    Ok(()) => Ok(()),
-                    Err(CertRefusal::Revoked) => Err(End::Hub(Reason::NotAuthorized, "device revoked".into())),
-                    Err(other) => Err(End::Hub(Reason::NotAuthorized, other.to_string())),
                 },
-            },
-            _ = sleep_until(deadline) => Err(End::Hub(Reason::KeepAliveTimeout, "keep-alive expired".into())),
-        };
-        if s.flush().await.is_err() {
-            break End::Client;
-        }
-        if let Err(end) = step {
-            break end;
+                Some(d) = durable_rx.recv() => {
+                    // Answer everything the writer has decided so far in one TLS record and one write.
+                    let mut next = Some(d);
+                    let mut result = Ok(());
+                    while let Some(d) = next {
+                        if let Err(end) = s.on_durable(d) {
+                            result = Err(end);
+                            break;
+                        }
+                        next = durable_rx.try_recv().ok();
+                    }
+                    s.release_acks();
+                    result
+                }
+                Some(msg) = link_rx.recv() => match msg {
+                    Downlink::Command(row) => { if s.subscribed { s.send_command(&row).await; } Ok(()) }
+                },
+                changed = close_rx.changed() => {
+                    let reason = if changed.is_ok() { *close_rx.borrow_and_update() } else { Some(CloseReason::SessionTakenOver) };
+                    match reason {
+                        None => Ok(()),
+                        Some(CloseReason::Revoked) => Err(End::Hub(Reason::NotAuthorized, "device revoked".into())),
+                        Some(CloseReason::SessionTakenOver) => Err(End::Hub(Reason::SessionTakenOver, "another connection of this device took over".into())),
+                        Some(CloseReason::ShuttingDown) => Err(End::Hub(Reason::ServerShuttingDown, "hub shutting down".into())),
+                    }
+                }
+                notice = changed.recv() => match notice {
+                    Ok(id) if id != s.device => Ok(()),
+                    // Our device changed, or notices were missed (lagged): decide from the authoritative view.
+                    _ => match certs.check(s.device.as_str(), &s.serial) {
+                        Ok(()) => Ok(()),
+                        Err(CertRefusal::Revoked) => Err(End::Hub(Reason::NotAuthorized, "device revoked".into())),
+                        Err(other) => Err(End::Hub(Reason::NotAuthorized, other.to_string())),
+                    },
+                },
+                _ = sleep_until(deadline) => Err(End::Hub(Reason::KeepAliveTimeout, "keep-alive expired".into())),
+            };
+            if s.flush().await.is_err() {
+                break End::Client;
+            }
+            if let Err(end) = step {
+                break end;
+            }
         }
     };
 
