@@ -104,7 +104,7 @@ const DEVICE_COLUMNS: &str =
 impl Store {
     /// Inserts a factory batch in one transaction (all or nothing).
     pub async fn insert_devices(&self, devices: &[NewDevice], now: i64) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = super::WriteTx::begin(&self.pool).await?;
         for d in devices {
             sqlx::query(
                 "INSERT INTO devices (id, model, status, bootstrap_mac, bootstrap_expires_at, claim_mac, created_at) \
@@ -116,7 +116,7 @@ impl Store {
             .bind(d.bootstrap_expires_at)
             .bind(&d.claim_mac)
             .bind(now)
-            .execute(&mut *tx)
+            .execute(tx.conn())
             .await?;
         }
         tx.commit().await?;

@@ -47,7 +47,7 @@ pub struct SecurityEventRow {
 impl Store {
     /// Records security events in one transaction.
     pub async fn insert_security_events(&self, events: &[NewSecurityEvent]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = super::WriteTx::begin(&self.pool).await?;
         for e in events {
             sqlx::query(
                 "INSERT INTO security_events (at, last_at, count, device_id, source, kind, detail) \
@@ -60,7 +60,7 @@ impl Store {
             .bind(&e.source)
             .bind(&e.kind)
             .bind(&e.detail)
-            .execute(&mut *tx)
+            .execute(tx.conn())
             .await?;
         }
         tx.commit().await?;

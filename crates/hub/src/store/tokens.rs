@@ -82,12 +82,12 @@ impl Store {
 
     /// Replaces any setup token by a new one (only one is ever valid).
     pub async fn replace_setup_token(&self, mac: &[u8], expires_at: i64) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM setup_tokens").execute(&mut *tx).await?;
+        let mut tx = super::WriteTx::begin(&self.pool).await?;
+        sqlx::query("DELETE FROM setup_tokens").execute(tx.conn()).await?;
         sqlx::query("INSERT INTO setup_tokens (token_mac, expires_at) VALUES ($1, $2)")
             .bind(mac)
             .bind(expires_at)
-            .execute(&mut *tx)
+            .execute(tx.conn())
             .await?;
         tx.commit().await?;
         Ok(())
@@ -96,13 +96,13 @@ impl Store {
     /// Consumes a valid setup token and creates the first operator token, atomically. False if the setup token
     /// is unknown, used or expired.
     pub async fn complete_setup(&self, setup_mac: &[u8], token: &NewApiToken<'_>) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = super::WriteTx::begin(&self.pool).await?;
         let done = sqlx::query(
             "UPDATE setup_tokens SET used_at = $2 WHERE token_mac = $1 AND used_at IS NULL AND expires_at > $2",
         )
         .bind(setup_mac)
         .bind(token.created_at)
-        .execute(&mut *tx)
+        .execute(tx.conn())
         .await?;
         if done.rows_affected() != 1 {
             return Ok(false);
@@ -115,7 +115,7 @@ impl Store {
         .bind(token.label)
         .bind(token.created_at)
         .bind(token.expires_at)
-        .execute(&mut *tx)
+        .execute(tx.conn())
         .await?;
         tx.commit().await?;
         Ok(true)

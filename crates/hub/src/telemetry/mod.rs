@@ -134,13 +134,9 @@ impl Ingest {
         clock: Clock,
         settings: IngestSettings,
     ) -> Result<(Ingest, tokio::task::JoinHandle<()>), store::StoreError> {
-        let mut conn = store.writer_connection().await?;
-        // Wait at most 2 s for a lock held elsewhere: past that the batch fails and devices are told to resend
-        // later, instead of every session stalling behind the writer.
-        sqlx::query("PRAGMA busy_timeout = 2000").execute(&mut *conn).await.map_err(store::StoreError::Db)?;
         let (tx, rx) = mpsc::channel(MAX_BATCH * 2);
         let health = Arc::new(Health::default());
-        let task = tokio::spawn(writer(conn, rx, health.clone()));
+        let task = tokio::spawn(writer(store.clone(), rx, health.clone()));
         if settings.min_free_bytes > 0 {
             tokio::spawn(watch_disk(Arc::downgrade(&health), settings));
         }
@@ -170,11 +166,7 @@ impl Ingest {
     }
 }
 
-async fn writer(
-    mut conn: sqlx::pool::PoolConnection<sqlx::Sqlite>,
-    mut rx: mpsc::Receiver<WriterItem>,
-    health: Arc<Health>,
-) {
+async fn writer(store: Store, mut rx: mpsc::Receiver<WriterItem>, health: Arc<Health>) {
     let mut batch: Vec<WriterItem> = Vec::with_capacity(MAX_BATCH);
     let mut seen: HashMap<String, i64> = HashMap::new();
     let mut records: Vec<UplinkRecord> = Vec::with_capacity(MAX_BATCH);
@@ -196,7 +188,7 @@ async fn writer(
             }
         }
         let touched: Vec<(String, i64)> = seen.drain().collect();
-        let outcomes = match commit(&mut conn, &records, &touched).await {
+        let outcomes = match commit(&store, &records, &touched).await {
             Ok(outcomes) => {
                 *health.failed_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 backoff = FIRST_BACKOFF;
@@ -223,13 +215,14 @@ async fn writer(
 }
 
 async fn commit(
-    conn: &mut sqlx::SqliteConnection,
+    store: &Store,
     records: &[UplinkRecord],
     touched: &[(String, i64)],
 ) -> Result<Vec<Outcome>, store::StoreError> {
-    use sqlx::Connection as _;
-    let mut tx = conn.begin().await.map_err(store::StoreError::Db)?;
-    let inserted = store::uplinks::insert_batch(&mut tx, records).await?;
+    // A pooled connection per batch (the pool keeps it warm): a batch that fails closes its connection, so no
+    // half-rolled-back state can leak into the next one (see `store::WriteTx`).
+    let mut tx = store.write_tx().await?;
+    let inserted = store::uplinks::insert_batch(tx.conn(), records).await?;
     let mut outcomes = Vec::with_capacity(records.len());
     let mut highest: HashMap<&str, i64> = HashMap::new();
     for (r, new) in records.iter().zip(&inserted) {
@@ -238,14 +231,14 @@ async fn commit(
             continue;
         }
         // Rare (resends after a lost PUBACK): compare with what is stored.
-        let same = store::uplinks::stored_body(&mut tx, &r.device_id, r.seq).await?.is_some_and(|b| b == r.body_json);
+        let same = store::uplinks::stored_body(tx.conn(), &r.device_id, r.seq).await?.is_some_and(|b| b == r.body_json);
         if same {
             outcomes.push(Outcome::Duplicate);
         } else {
             let h = match highest.get(r.device_id.as_str()) {
                 Some(h) => *h,
                 None => {
-                    let h = store::uplinks::highest_seq(&mut tx, &r.device_id).await?.unwrap_or(0);
+                    let h = store::uplinks::highest_seq(tx.conn(), &r.device_id).await?.unwrap_or(0);
                     highest.insert(&r.device_id, h);
                     h
                 }
@@ -253,7 +246,7 @@ async fn commit(
             outcomes.push(Outcome::Conflict { highest_seq: h });
         }
     }
-    store::devices::touch_batch(&mut tx, touched).await?;
+    store::devices::touch_batch(tx.conn(), touched).await?;
     // Apply the newest state of each device in the batch (only what was stored now).
     let mut newest: HashMap<&str, &UplinkRecord> = HashMap::new();
     for (r, _) in records.iter().zip(&outcomes).filter(|(r, o)| r.kind == "state" && **o == Outcome::Stored) {
@@ -263,9 +256,9 @@ async fn commit(
         }
     }
     for r in newest.values() {
-        store::uplinks::apply_state(&mut tx, &r.device_id, r.seq, &r.body_json).await?;
+        store::uplinks::apply_state(tx.conn(), &r.device_id, r.seq, &r.body_json).await?;
     }
-    tx.commit().await.map_err(store::StoreError::Db)?;
+    tx.commit().await?;
     Ok(outcomes)
 }
 

@@ -5,5 +5,6 @@ mod api;
 mod bad_input;
 mod enrol;
 mod hardening;
+mod hostile;
 mod interop;
 mod session;
