@@ -9,7 +9,6 @@
 //! database alone does not let anyone test guesses.
 
 use std::fmt;
-use std::io::Write as _;
 use std::path::Path;
 
 use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
@@ -232,15 +231,10 @@ pub fn random_base32(len: usize) -> Result<String, SecretError> {
     Ok(buf.iter().map(|b| ALPHABET[(b & 31) as usize] as char).collect())
 }
 
-/// Writes `contents` to `path` with mode 0600, atomically (temporary file, fsync, rename).
+/// Writes `contents` to `path` with mode 0600, atomically and durably (temporary file, fsync, rename, fsync of
+/// the directory: the master key must be on disk before the database holding keys sealed under it is).
 pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-    f.write_all(contents)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    hearth_fsutil::write_atomic(path, contents, 0o600)
 }
 
 fn check_private(path: &Path) -> Result<(), SecretError> {
