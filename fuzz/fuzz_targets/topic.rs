@@ -1,8 +1,8 @@
 //! Fuzzes the topic access rules: nothing outside the device's own prefix is ever authorized.
 #![no_main]
 
-use hearth_proto::topic::{TopicFilterDecision, authorize_publish, authorize_subscribe};
 use hearth_proto::DeviceId;
+use hearth_proto::topic::{TopicFilterDecision, authorize_publish, authorize_subscribe};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let Ok(topic) = std::str::from_utf8(data) else { return };

@@ -11,6 +11,7 @@ mod disk_full;
 mod hostile_load;
 mod kill9;
 mod network;
+mod soak;
 
 /// How hard to push.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +68,6 @@ pub fn rss_kib(pid: u32) -> u64 {
 }
 
 /// Open file descriptors of a process.
-#[allow(dead_code)] // used by the hostile-load and network faults
 pub fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }
