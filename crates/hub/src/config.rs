@@ -406,6 +406,31 @@ mod tests {
     }
 
     #[test]
+    fn every_setting_in_the_example_file_exists_and_parses() {
+        // Uncomment every `#name = value` line: the result must be a valid configuration (unknown names are
+        // refused), so the example cannot document a setting that does not exist.
+        let example = include_str!("../../../hearth.example.toml");
+        let text: String = example
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(rest)
+                    if rest
+                        .split_once(" = ")
+                        .is_some_and(|(k, _)| k.chars().all(|c| c.is_ascii_lowercase() || c == '_')) =>
+                {
+                    format!("{rest}\n")
+                }
+                _ => format!("{l}\n"),
+            })
+            .collect();
+        // Parsed, not validated: `public.host` shows an example name that is not among the default hostnames.
+        let config: Config = toml::from_str(&text).expect("every setting in the example exists");
+        assert_eq!(config.retention.telemetry_days, 365);
+        assert_eq!(config.devices.expired_renewal_grace_days, 90);
+        assert!(text.lines().filter(|l| !l.starts_with('#') && l.contains(" = ")).count() >= 25);
+    }
+
+    #[test]
     fn bad_settings_are_named() {
         check("", None);
         check("[mqtt]\nreceive_maximum = 0", Some("mqtt.receive_maximum"));
