@@ -1,6 +1,9 @@
 //! Developer tasks. `cargo xtask ci` runs `.ci/run`, the one definition of what CI checks, so a green local run
 //! means a green CI run. `cargo xtask fuzz` runs every fuzz target for a while on a copy of its seed corpus.
 
+#[cfg(test)]
+mod tidy;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -9,7 +12,9 @@ use std::time::Instant;
 use anyhow::{Context as _, Result, bail};
 
 const USAGE: &str = "usage: cargo xtask ci                               run what CI runs (format, lint, tests, fuzz build, bench smoke)
-       cargo xtask fuzz [--seconds N] [TARGET...]   fuzz each target (default: all) for N seconds (default 20)";
+       cargo xtask fuzz [--seconds N] [TARGET...]   fuzz each target (default: all) for N seconds (default 20)
+       cargo xtask faults [--long] [FILTER]         the fault suite (short: as in CI; long: 50 kill trials, a
+                                                    30-minute soak, …), figures in target/faults/report.md";
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
@@ -23,6 +28,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         "fuzz" => fuzz(args.collect()),
+        "faults" => faults(args.collect()),
         _ => {
             eprintln!("{USAGE}");
             bail!("unknown task {task:?}")
@@ -36,6 +42,76 @@ fn root() -> PathBuf {
 
 fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+/// Runs the fault suite (`crates/cli/tests/it/faults`) one fault at a time, short or long, and renders the figures
+/// each fault reports into `target/faults/report.md` (the table `docs/RELIABILITY.md` takes).
+fn faults(args: Vec<String>) -> Result<()> {
+    let long = args.iter().any(|a| a == "--long");
+    let filter = args.iter().find(|a| !a.starts_with("--")).cloned().unwrap_or_default();
+    let dir = root().join("target/faults");
+    fs::create_dir_all(&dir).context("while creating target/faults")?;
+    let jsonl = dir.join("report.jsonl");
+    let _ = fs::remove_file(&jsonl);
+    let started = Instant::now();
+    let status = cargo()
+        .current_dir(root())
+        .args(["test", "--locked", "-p", "hearth-cli", "--test", "it"])
+        .arg(format!("faults::{filter}"))
+        .args(["--", "--test-threads=1", "--nocapture"])
+        .env("HEARTH_FAULTS", if long { "long" } else { "short" })
+        .env("HEARTH_FAULTS_REPORT", &jsonl)
+        .status()
+        .context("while running the fault suite")?;
+    let lines = fs::read_to_string(&jsonl).unwrap_or_default();
+    let mut md = format!("| fault | mode | trials | what was checked | figures |\n|---|---|---|---|---|\n");
+    for line in lines.lines() {
+        md.push_str(&report_row(line));
+    }
+    fs::write(dir.join("report.md"), &md).context("while writing target/faults/report.md")?;
+    println!("{md}");
+    println!("fault suite: {:.0} s, report in target/faults/report.md", started.elapsed().as_secs_f64());
+    if !status.success() {
+        bail!("the fault suite failed: {status}");
+    }
+    Ok(())
+}
+
+/// One markdown row from one JSON report line (`{"fault","mode","trials","checked","figures":{…}}`), without a
+/// JSON dependency: the fields are pulled out as text.
+fn report_row(line: &str) -> String {
+    let field = |name: &str| -> String {
+        let key = format!("\"{name}\":");
+        let Some(start) = line.find(&key).map(|i| i + key.len()) else { return String::new() };
+        let rest = &line[start..];
+        if let Some(stripped) = rest.strip_prefix('"') {
+            stripped.split('"').next().unwrap_or("").to_owned()
+        } else if rest.starts_with('{') {
+            let mut depth = 0;
+            let end = rest
+                .char_indices()
+                .find(|(_, c)| {
+                    depth += match c {
+                        '{' => 1,
+                        '}' => -1,
+                        _ => 0,
+                    };
+                    depth == 0
+                })
+                .map_or(rest.len(), |(i, _)| i + 1);
+            rest[..end].to_owned()
+        } else {
+            rest.split([',', '}']).next().unwrap_or("").to_owned()
+        }
+    };
+    format!(
+        "| {} | {} | {} | {} | `{}` |\n",
+        field("fault"),
+        field("mode"),
+        field("trials"),
+        field("checked"),
+        field("figures")
+    )
 }
 
 /// Stable Rust supports only `-s none` (no sanitizer); the build and the runs must use the same flags, or each run
@@ -188,6 +264,13 @@ fn executions(log: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_fault_report_line_becomes_a_table_row() {
+        let line =
+            r#"{"checked":"nothing lost","fault":"kill -9","figures":{"a":1,"b":{"c":2}},"mode":"long","trials":50}"#;
+        assert_eq!(super::report_row(line), "| kill -9 | long | 50 | nothing lost | `{\"a\":1,\"b\":{\"c\":2}}` |\n");
+    }
+
     use super::executions;
 
     #[test]

@@ -93,7 +93,7 @@ impl Accounts {
     /// Issues a new setup token (replacing any earlier one), also when owners exist: the recovery path for a
     /// lost operator token, open only to someone who can read the data directory and the master key.
     pub async fn issue_setup_token(&self) -> Result<SecretString, StoreError> {
-        let token = random_token("hst_", 32).map_err(|e| StoreError::Db(sqlx::Error::Protocol(e.to_string())))?;
+        let token = random_token("hst_", 32).map_err(|e| StoreError::Random(e.to_string()))?;
         let expires = unix_ms(self.clock.now() + SETUP_TOKEN_VALIDITY);
         self.store.replace_setup_token(&self.master.token_mac(SETUP, token.expose()), expires).await?;
         Ok(token)
@@ -102,8 +102,8 @@ impl Accounts {
     /// Exchanges the setup token for the first operator token. `None` if the setup token is unknown, used or
     /// expired.
     pub async fn complete_setup(&self, setup_token: &str, label: &str) -> Result<Option<SecretString>, StoreError> {
-        let token = random_token("hop_", 32).map_err(|e| StoreError::Db(sqlx::Error::Protocol(e.to_string())))?;
-        let id = random_base32(12).map_err(|e| StoreError::Db(sqlx::Error::Protocol(e.to_string())))?;
+        let token = random_token("hop_", 32).map_err(|e| StoreError::Random(e.to_string()))?;
+        let id = random_base32(12).map_err(|e| StoreError::Random(e.to_string()))?;
         let now = self.clock.now();
         let done = self
             .store
@@ -135,8 +135,8 @@ impl Accounts {
     /// Creates an operator token valid for `validity` (at most [`MAX_TOKEN_VALIDITY`]; default the hub's).
     pub async fn create_token(&self, label: &str, validity: Option<Duration>) -> Result<NewToken, StoreError> {
         let validity = validity.unwrap_or(self.token_validity).min(MAX_TOKEN_VALIDITY);
-        let token = random_token("hop_", 32).map_err(|e| StoreError::Db(sqlx::Error::Protocol(e.to_string())))?;
-        let id = random_base32(12).map_err(|e| StoreError::Db(sqlx::Error::Protocol(e.to_string())))?;
+        let token = random_token("hop_", 32).map_err(|e| StoreError::Random(e.to_string()))?;
+        let id = random_base32(12).map_err(|e| StoreError::Random(e.to_string()))?;
         let now = self.clock.now();
         let expires_at = unix_ms(now + validity);
         self.store

@@ -75,7 +75,7 @@ impl Commands {
             return Err(CommandError::NotEnrolled(row.status));
         }
         let now = crate::now_ms();
-        let id = format!("c{}", random_base32(15).map_err(|e| StoreError::Db(sqlx::Error::Protocol(e.to_string())))?);
+        let id = format!("c{}", random_base32(15).map_err(|e| StoreError::Random(e.to_string()))?);
         let new = NewCommand {
             id: id.clone(),
             device_id: device.to_string(),

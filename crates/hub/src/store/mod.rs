@@ -34,6 +34,9 @@ pub enum StoreError {
     /// A schema migration failed.
     #[error("migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// No randomness for a new id or token (raised by capabilities that mint them before storing).
+    #[error("no randomness: {0}")]
+    Random(String),
 }
 
 /// Result of store calls.
