@@ -64,7 +64,7 @@ fn faults(args: Vec<String>) -> Result<()> {
         .status()
         .context("while running the fault suite")?;
     let lines = fs::read_to_string(&jsonl).unwrap_or_default();
-    let mut md = format!("| fault | mode | trials | what was checked | figures |\n|---|---|---|---|---|\n");
+    let mut md = String::from("| fault | mode | trials | what was checked | figures |\n|---|---|---|---|---|\n");
     for line in lines.lines() {
         md.push_str(&report_row(line));
     }
