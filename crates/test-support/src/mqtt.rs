@@ -122,7 +122,7 @@ impl V5 {
             packet_id: NonZeroU16::new(id).unwrap_or(NonZeroU16::MIN),
             id: None,
             user_properties: Vec::new(),
-            topic_filters: filters.iter().map(|f| (ByteString::from(f.as_str()), opts.clone())).collect(),
+            topic_filters: filters.iter().map(|f| (ByteString::from(f.as_str()), opts)).collect(),
         };
         self.send(v5::Packet::Subscribe(sub)).await
     }
