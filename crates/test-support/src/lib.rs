@@ -328,6 +328,8 @@ pub async fn tls_connect(
     };
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(hub.mqtt_addr).await?;
+    // Without it the first packet after the handshake waits for the server's delayed ACK (about 40 ms).
+    tcp.set_nodelay(true)?;
     let mut tls = connector.connect(ServerName::try_from("127.0.0.1")?.to_owned(), tcp).await?;
     // In TLS 1.3 a refused client certificate shows only on the first read; surface it now.
     use tokio::io::AsyncWriteExt as _;

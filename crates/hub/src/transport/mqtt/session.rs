@@ -27,7 +27,7 @@ use hearth_proto::topic::{self, DeviceTopic, PublishDenied};
 use hearth_proto::uplink::{Uplink, UplinkBody};
 use hearth_proto::{DeviceId, TopicFilterDecision};
 
-use super::wire::{In, Out, Reason, Version, Wire, WireError};
+use super::wire::{In, Out, PublishViolation, Reason, Version, Wire, WireError};
 use super::{Ctx, MqttLimits};
 use crate::identity::{CertFacts, CertRefusal};
 use crate::monitoring::SecurityEvent;
@@ -374,7 +374,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return Err(End::Hub(Reason::MessageRateTooHigh, "packet rate limit exceeded".into()));
         }
         match packet {
-            In::Publish { topic, payload, qos, retain, packet_id } => {
+            In::Publish { violation: Some(v), .. } => {
+                let (kind, reason, text) = match v {
+                    PublishViolation::DupOnQos0 => {
+                        ("malformed_packet", Reason::MalformedPacket, "DUP set on a QoS 0 PUBLISH")
+                    }
+                    PublishViolation::TopicAlias => (
+                        "protocol_error",
+                        Reason::TopicAliasInvalid,
+                        "topic aliases are not allowed (Topic Alias Maximum 0)",
+                    ),
+                    PublishViolation::SubscriptionIdentifier => (
+                        "protocol_error",
+                        Reason::ProtocolError,
+                        "a client PUBLISH may not carry a subscription identifier",
+                    ),
+                };
+                self.security(kind, text.into());
+                Err(End::Hub(reason, text.into()))
+            }
+            In::Publish { topic, payload, qos, retain, packet_id, violation: None } => {
                 self.on_publish(topic, payload, qos, retain, packet_id).await
             }
             In::PubAck { packet_id } => {

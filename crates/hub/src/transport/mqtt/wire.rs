@@ -51,6 +51,8 @@ pub enum In {
         retain: bool,
         /// Packet id (QoS > 0).
         packet_id: Option<NonZeroU16>,
+        /// Why the PUBLISH breaks a rule the codec does not check, if it does (the session refuses it).
+        violation: Option<PublishViolation>,
     },
     /// PUBACK for a message the hub sent.
     PubAck {
@@ -77,6 +79,17 @@ pub enum In {
     Disconnect,
     /// A packet a client must not send to a server, or QoS 2 flow packets.
     Unexpected(&'static str),
+}
+
+/// A rule of PUBLISH that `rmqtt-codec` does not enforce itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishViolation {
+    /// The DUP flag on a QoS 0 message (MQTT-3.3.1-2: malformed).
+    DupOnQos0,
+    /// A topic alias, which the hub does not allow (Topic Alias Maximum 0; MQTT 5 §3.3.2.3.4: 0x94).
+    TopicAlias,
+    /// A subscription identifier, which only a server may send (MQTT-3.3.4-6: protocol error).
+    SubscriptionIdentifier,
 }
 
 /// MQTT 5 reason codes the hub uses (3.1.1 maps them to its return codes or to closing the connection).
@@ -110,6 +123,8 @@ pub enum Reason {
     TopicNameInvalid,
     /// 0x93.
     ReceiveMaximumExceeded,
+    /// 0x94.
+    TopicAliasInvalid,
     /// 0x95.
     PacketTooLarge,
     /// 0x96.
@@ -289,7 +304,24 @@ fn qos_num(q: QoS) -> u8 {
 }
 
 fn publish_in(p: Publish) -> In {
-    In::Publish { topic: p.topic, payload: p.payload, qos: qos_num(p.qos), retain: p.retain, packet_id: p.packet_id }
+    let props = p.properties.as_ref();
+    let violation = if p.dup && p.qos == QoS::AtMostOnce {
+        Some(PublishViolation::DupOnQos0)
+    } else if props.is_some_and(|x| x.topic_alias.is_some()) {
+        Some(PublishViolation::TopicAlias)
+    } else if props.is_some_and(|x| !x.subscription_ids.is_empty()) {
+        Some(PublishViolation::SubscriptionIdentifier)
+    } else {
+        None
+    };
+    In::Publish {
+        topic: p.topic,
+        payload: p.payload,
+        qos: qos_num(p.qos),
+        retain: p.retain,
+        packet_id: p.packet_id,
+        violation,
+    }
 }
 
 fn from_v3(p: v3::Packet) -> In {
@@ -502,6 +534,7 @@ fn disconnect_reason(r: Reason) -> v5::DisconnectReasonCode {
         Reason::TopicFilterInvalid => D::TopicFilterInvalid,
         Reason::TopicNameInvalid => D::TopicNameInvalid,
         Reason::ReceiveMaximumExceeded => D::ReceiveMaximumExceeded,
+        Reason::TopicAliasInvalid => D::TopicAliasInvalid,
         Reason::PacketTooLarge => D::PacketTooLarge,
         Reason::MessageRateTooHigh => D::MessageRateTooHigh,
         Reason::QuotaExceeded => D::QuotaExceeded,
