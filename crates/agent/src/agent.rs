@@ -3,15 +3,24 @@
 //! answer commands, renew the certificate in time, and reconnect with full-jitter backoff.
 //!
 //! Sampling never waits for the network: while the hub is unreachable the queue fills (dropping the oldest when
-//! full) and drains once connected. Un-acknowledged messages stay in the queue and are resent after a
-//! reconnect; the hub de-duplicates by seq. Queue operations run on tokio's blocking pool (redb fsyncs).
+//! full, recorded in a gap marker) and drains once connected. Un-acknowledged messages stay in the queue and
+//! are resent after a reconnect; the hub de-duplicates by seq. Queue operations run on tokio's blocking pool
+//! (redb fsyncs).
+//!
+//! **Seq conflicts.** The hub refuses an uplink whose seq it already holds with different content: PUBACK
+//! `0x83` (implementation specific error), a reason string starting with [`SEQ_CONFLICT_REASON`], and the user
+//! property [`HIGHEST_SEQ_PROPERTY`] = the highest seq it holds for the device, in decimal (an identical resend
+//! gets `0x00`). The agent then stops publishing uplinks, waits for the PUBACKs of those in flight (each is
+//! stored or refused by then, so nothing the hub stored is sent again under a new seq), renumbers the whole
+//! queue in one transaction so that the oldest message gets `highest_seq + 1` (or, without the property,
+//! `max(now, next seq)`), and reconnects; the new session resends everything. See [`crate::queue`].
 
 use std::collections::VecDeque;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -23,12 +32,21 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use crate::backoff::Backoff;
+pub use crate::clock::now_ms;
+use crate::clock::{Clock, SystemClock};
 use crate::commands::{self, Action};
 use crate::enrol::{self, Identity};
 use crate::keystore::{FileKeyStore, KeyStore};
 use crate::mqtt::{self, ConnectOptions, Event, MqttConnection, MqttError, QoS};
-use crate::queue::{DEFAULT_CAPACITY, Queue, QueueError, QueuedUplink};
+use crate::queue::{DEFAULT_CAPACITY, MAX_SEQ, Queue, QueueError, QueuedUplink};
 use crate::source::{SystemSource, TelemetrySource};
+
+/// Start of the PUBACK reason string with which the hub refuses an uplink whose (device, seq) it already holds
+/// with different content (reason code [`mqtt::REASON_IMPLEMENTATION_SPECIFIC`], `0x83`).
+pub const SEQ_CONFLICT_REASON: &str = "seq_conflict";
+/// PUBACK user property in which the hub reports, with a seq conflict, the highest seq it holds for the
+/// device (a decimal `u64`).
+pub const HIGHEST_SEQ_PROPERTY: &str = "highest_seq";
 
 /// Firmware version reported in the state uplink.
 pub const FIRMWARE_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -47,8 +65,10 @@ pub struct AgentConfig {
     pub backoff_min: Duration,
     /// Largest reconnect/retry delay (default 60 s).
     pub backoff_max: Duration,
-    /// MQTT keep-alive (default 30 s).
+    /// MQTT keep-alive (default 30 s; zero turns it off).
     pub keep_alive: Duration,
+    /// Limit for TCP connect, TLS handshake and CONNACK together (default 10 s).
+    pub connect_timeout: Duration,
     /// Where telemetry comes from (default [`SystemSource`]).
     pub source: Box<dyn TelemetrySource>,
     /// Connect MQTT to this `host:port` instead of the hub's advertised address (tests, port forwarding).
@@ -58,6 +78,8 @@ pub struct AgentConfig {
     pub key_store: Option<Arc<dyn KeyStore>>,
     /// Count into these counters (so a caller can watch an agent that is still enrolling); default: new ones.
     pub stats: Option<Arc<AgentStats>>,
+    /// The wall clock (default [`SystemClock`]); sampling times still come from tokio's timer.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -83,10 +105,12 @@ impl AgentConfig {
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             keep_alive: mqtt::DEFAULT_KEEP_ALIVE,
+            connect_timeout: mqtt::DEFAULT_CONNECT_TIMEOUT,
             source: Box::new(SystemSource),
             mqtt_addr: None,
             key_store: None,
             stats: None,
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -108,6 +132,8 @@ pub struct AgentStats {
     pub commands_handled: AtomicU64,
     /// Certificate renewals completed.
     pub renewals: AtomicU64,
+    /// Times the queue was renumbered because the hub held different data under a queued seq.
+    pub renumbered: AtomicU64,
 }
 
 /// A copy of [`AgentStats`] at one moment; snapshots add up (see the simulator's fleet report).
@@ -127,6 +153,8 @@ pub struct StatsSnapshot {
     pub commands_handled: u64,
     /// See [`AgentStats::renewals`].
     pub renewals: u64,
+    /// See [`AgentStats::renumbered`].
+    pub renumbered: u64,
 }
 
 impl AgentStats {
@@ -141,6 +169,7 @@ impl AgentStats {
             connects: get(&self.connects),
             commands_handled: get(&self.commands_handled),
             renewals: get(&self.renewals),
+            renumbered: get(&self.renumbered),
         }
     }
 }
@@ -154,6 +183,7 @@ impl std::ops::AddAssign for StatsSnapshot {
         self.connects += o.connects;
         self.commands_handled += o.commands_handled;
         self.renewals += o.renewals;
+        self.renumbered += o.renumbered;
     }
 }
 
@@ -168,8 +198,10 @@ pub struct Agent {
     sampler: Sampler,
     backoff: Backoff,
     keep_alive: Duration,
+    connect_timeout: Duration,
     mqtt_addr: Option<String>,
     topics: Topics,
+    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -190,6 +222,8 @@ struct Topics {
 enum SessionEnd {
     Shutdown,
     Renew,
+    /// The queue was renumbered after a seq conflict; reconnect to resend it.
+    Renumbered,
 }
 
 impl Agent {
@@ -213,10 +247,13 @@ impl Agent {
             .context("while establishing the device identity")?;
         backoff.reset();
         let tls = Arc::new(identity.tls_config().context("while building the tls configuration")?);
+        let clock = config.clock;
         let queue = {
             let dir = state_dir.clone();
             let capacity = config.queue_capacity;
-            tokio::task::spawn_blocking(move || Queue::open(&dir, capacity))
+            // A new queue file starts its seqs at the clock, so it never reuses seqs an earlier file gave out.
+            let now = clock.now_ms();
+            tokio::task::spawn_blocking(move || Queue::open(&dir, capacity, now))
                 .await
                 .context("while opening the queue")??
         };
@@ -230,7 +267,7 @@ impl Agent {
             ack: DeviceTopic::CommandAck.for_device(&id).into(),
             commands: command_topic(&id),
         };
-        let sampler = Sampler::new(config.source, queue.clone(), stats.clone(), config.interval);
+        let sampler = Sampler::new(config.source, queue.clone(), stats.clone(), config.interval, clock.clone());
         Ok(Agent {
             state_dir,
             identity,
@@ -240,8 +277,10 @@ impl Agent {
             sampler,
             backoff,
             keep_alive: config.keep_alive,
+            connect_timeout: config.connect_timeout,
             mqtt_addr: config.mqtt_addr,
             topics,
+            clock,
         })
     }
 
@@ -273,7 +312,7 @@ impl Agent {
             if is_shut_down(&shutdown) {
                 return Ok(());
             }
-            if now_ms() >= self.identity.renew_after_ms() && Instant::now() >= next_renew_try {
+            if self.clock.now_ms() >= self.identity.renew_after_ms() && Instant::now() >= next_renew_try {
                 let state_dir = self.state_dir.clone();
                 let renewal = enrol::renew(&state_dir, &self.identity);
                 match self.sampler.while_sampling(renewal, &mut shutdown).await? {
@@ -318,6 +357,17 @@ impl Agent {
                     next_renew_try = Instant::now();
                     continue;
                 }
+                Ok((SessionEnd::Renumbered, conn)) => {
+                    if let Some(conn) = conn {
+                        conn.disconnect().await;
+                    }
+                    // Short (the session's SUBACK reset the backoff), but a hub that keeps refusing cannot make
+                    // this a tight loop.
+                    let sleep = tokio::time::sleep(self.backoff.next_delay());
+                    if self.sampler.while_sampling(sleep, &mut shutdown).await?.is_none() {
+                        return Ok(());
+                    }
+                }
                 Err(SessionError::Local(e)) => return Err(e),
                 Err(SessionError::Mqtt(e)) => {
                     let delay = self.backoff.next_delay();
@@ -336,6 +386,7 @@ impl Agent {
         let server_name = self.identity.mqtt_server_name()?;
         let mut opts = ConnectOptions::new(addr, server_name, self.tls.clone(), self.identity.device_id().as_str());
         opts.keep_alive = self.keep_alive;
+        opts.connect_timeout = self.connect_timeout;
         Ok(opts)
     }
 
@@ -355,7 +406,11 @@ impl Agent {
         // Next seq to send; starting at 0 resends whatever the previous session left un-acknowledged.
         let mut cursor = 0u64;
         let mut exhausted = false;
-        let renew_in = Duration::from_millis(self.identity.renew_after_ms().saturating_sub(now_ms()));
+        // After a seq conflict: the hub's highest seq (if it said), until the uplinks in flight are answered.
+        let mut conflict: Option<Option<u64>> = None;
+        // The highest seq the hub stored in this session: renumbering must start above it too.
+        let mut highest_stored = 0u64;
+        let renew_in = Duration::from_millis(self.identity.renew_after_ms().saturating_sub(self.clock.now_ms()));
         // After a failed renewal, wait for the retry time: ending the session at once would reconnect in a loop.
         let renew_at = tokio::time::sleep_until((Instant::now() + renew_in).max(renew_not_before));
         tokio::pin!(renew_at);
@@ -369,12 +424,18 @@ impl Agent {
                     inflight.push_back((pid, None));
                 }
             }
+            if let Some(highest) = conflict
+                && !inflight.iter().any(|(_, item)| item.is_some())
+            {
+                self.renumber(highest, highest_stored).await?;
+                return Ok(SessionEnd::Renumbered);
+            }
             if self.sampler.take_dirty() {
                 exhausted = false;
             }
             let free = usize::from(conn.max_inflight()).saturating_sub(conn.inflight());
-            if free > 0 && !exhausted {
-                let batch = blocking(&self.queue, move |q| q.peek_from(cursor, free)).await?;
+            if free > 0 && !exhausted && conflict.is_none() {
+                let batch = blocking(&self.queue, move |q| q.next_to_send(cursor, free)).await?;
                 exhausted = batch.len() < free;
                 for QueuedUplink { seq, topic, payload } in batch {
                     let topic = match topic {
@@ -394,10 +455,40 @@ impl Agent {
                     Event::PubAck { packet_id, reason_code } => {
                         let Some(i) = inflight.iter().position(|(p, _)| *p == packet_id) else { continue };
                         let Some((_, item)) = inflight.remove(i) else { continue };
-                        self.on_puback(item, reason_code).await?;
-                        if !mqtt::is_success(reason_code) && reason_code != mqtt::REASON_PAYLOAD_FORMAT_INVALID {
-                            // The message stays queued; a new session resends it after a backoff.
-                            return Err(SessionError::Mqtt(MqttError::Protocol("hub refused a publish")));
+                        let details = conn.last_puback();
+                        let outcome = classify_puback(
+                            reason_code,
+                            details.and_then(|d| d.reason_string.as_deref()),
+                            details.and_then(|d| d.user_property(HIGHEST_SEQ_PROPERTY)),
+                        );
+                        let Some(seq) = item else {
+                            if !mqtt::is_success(reason_code) {
+                                tracing::warn!(reason_code, "the hub refused a command acknowledgement");
+                            }
+                            continue;
+                        };
+                        match outcome {
+                            PubAckOutcome::Stored => {
+                                blocking(&self.queue, move |q| q.ack(&[seq])).await?;
+                                self.stats.acked.fetch_add(1, Ordering::Relaxed);
+                                highest_stored = highest_stored.max(seq);
+                            }
+                            PubAckOutcome::Invalid => {
+                                // The hub will never accept this message; resending would loop forever.
+                                tracing::warn!(seq, "the hub refused an uplink as invalid; dropping it");
+                                blocking(&self.queue, move |q| q.ack(&[seq])).await?;
+                                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                            }
+                            PubAckOutcome::SeqConflict { highest } => {
+                                tracing::debug!(seq, ?highest, "the hub holds different data under this seq");
+                                // `None < Some`: the highest seq any refusal reported wins.
+                                conflict = Some(conflict.flatten().max(highest));
+                            }
+                            PubAckOutcome::Refused => {
+                                tracing::warn!(seq, reason_code, "the hub did not accept an uplink; will resend");
+                                // The message stays queued; a new session resends it after a backoff.
+                                return Err(SessionError::Mqtt(MqttError::Protocol("hub refused a publish")));
+                            }
                         }
                     }
                     Event::Message { topic, payload } => {
@@ -405,7 +496,7 @@ impl Agent {
                             tracing::debug!(%topic, "ignored a message outside the command topic");
                             continue;
                         }
-                        if let Some((ack, action)) = commands::handle(&payload, now_ms()) {
+                        if let Some((ack, action)) = commands::handle(&payload, self.clock.now_ms()) {
                             tracing::info!(id = %ack.id, status = ack.status.as_str(), "answered a command");
                             acks.push_back(Bytes::from(ack.to_json()));
                             self.stats.commands_handled.fetch_add(1, Ordering::Relaxed);
@@ -431,27 +522,69 @@ impl Agent {
         }
     }
 
-    async fn on_puback(&mut self, item: Option<u64>, reason_code: u8) -> anyhow::Result<()> {
-        let Some(seq) = item else {
-            if !mqtt::is_success(reason_code) {
-                tracing::warn!(reason_code, "the hub refused a command acknowledgement");
-            }
-            return Ok(());
-        };
-        match reason_code {
-            code if mqtt::is_success(code) => {
-                blocking(&self.queue, move |q| q.ack(&[seq])).await?;
-                self.stats.acked.fetch_add(1, Ordering::Relaxed);
-            }
-            mqtt::REASON_PAYLOAD_FORMAT_INVALID => {
-                // The hub will never accept this message; resending would loop forever.
-                tracing::warn!(seq, "the hub refused an uplink as invalid; dropping it");
-                blocking(&self.queue, move |q| q.ack(&[seq])).await?;
-                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-            }
-            other => tracing::warn!(seq, reason_code = other, "the hub did not accept an uplink; will resend"),
+    /// Renumbers the queue after a seq conflict so that the oldest message gets a seq above everything the hub
+    /// holds: `highest + 1` as the hub reported, else `max(now, next seq)` (see [`renumber_start`]).
+    async fn renumber(&mut self, highest: Option<u64>, highest_stored: u64) -> Result<(), SessionError> {
+        let now = self.clock.now_ms();
+        let (len, next_seq) = blocking(&self.queue, |q| Ok((q.len()?, q.next_seq()?))).await?;
+        let first = renumber_start(highest, highest_stored, next_seq, now);
+        if first.checked_add(len).is_none_or(|end| end - 1 > MAX_SEQ) {
+            // Not a local failure: the hub's number is out of range. Keep everything and try again later.
+            tracing::error!(?highest, len, "the hub's highest seq leaves no room to renumber the queue");
+            return Err(SessionError::Mqtt(MqttError::Protocol("seq conflict beyond the largest seq")));
         }
+        let done = blocking(&self.queue, move |q| q.renumber_from(first)).await?;
+        self.stats.renumbered.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            count = done.count,
+            first = done.first,
+            hub_highest_seq = ?highest,
+            "the hub holds different data under queued seqs; renumbered the queue and will resend it"
+        );
         Ok(())
+    }
+}
+
+/// What a PUBACK for a queued uplink means for the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PubAckOutcome {
+    /// Stored (any reason code below `0x80`): delete the message.
+    Stored,
+    /// Refused as invalid (`0x99`): delete the message; resending would loop forever.
+    Invalid,
+    /// The hub holds different data under this seq (`0x83` with a [`SEQ_CONFLICT_REASON`] reason string or a
+    /// [`HIGHEST_SEQ_PROPERTY`] property): renumber the queue above `highest` and resend.
+    SeqConflict {
+        /// The highest seq the hub holds for the device, if it said (and it parsed as a decimal `u64`).
+        highest: Option<u64>,
+    },
+    /// Refused for another reason: keep the message and resend it after a reconnect.
+    Refused,
+}
+
+/// Classifies a PUBACK from its reason code, reason string and [`HIGHEST_SEQ_PROPERTY`] user property.
+pub fn classify_puback(reason_code: u8, reason_string: Option<&str>, highest_seq: Option<&str>) -> PubAckOutcome {
+    match reason_code {
+        code if mqtt::is_success(code) => PubAckOutcome::Stored,
+        mqtt::REASON_PAYLOAD_FORMAT_INVALID => PubAckOutcome::Invalid,
+        mqtt::REASON_IMPLEMENTATION_SPECIFIC
+            if reason_string.is_some_and(|r| r.starts_with(SEQ_CONFLICT_REASON)) || highest_seq.is_some() =>
+        {
+            PubAckOutcome::SeqConflict { highest: highest_seq.and_then(|h| h.parse().ok()) }
+        }
+        _ => PubAckOutcome::Refused,
+    }
+}
+
+/// The seq the oldest queued message gets when the queue is renumbered after a seq conflict: above the hub's
+/// `highest` seq if it reported one, else above everything this queue handed out (`next_seq`) and at least the
+/// clock (a recreated queue starts at the clock); in both cases above the highest seq the hub stored in this
+/// session (`highest_stored`, 0 for none).
+pub fn renumber_start(highest: Option<u64>, highest_stored: u64, next_seq: u64, now_ms: u64) -> u64 {
+    let above_stored = highest_stored.saturating_add(1);
+    match highest {
+        Some(h) => h.saturating_add(1).max(above_stored),
+        None => now_ms.max(next_seq).max(above_stored),
     }
 }
 
@@ -479,14 +612,21 @@ struct Sampler {
     source: Box<dyn TelemetrySource>,
     queue: Queue,
     stats: Arc<AgentStats>,
+    clock: Arc<dyn Clock>,
     ticker: Interval,
     /// Set whenever something was queued, so the session knows to look at the queue again.
     dirty: bool,
 }
 
 impl Sampler {
-    fn new(source: Box<dyn TelemetrySource>, queue: Queue, stats: Arc<AgentStats>, interval: Duration) -> Sampler {
-        Sampler { source, queue, stats, ticker: ticker(interval), dirty: true }
+    fn new(
+        source: Box<dyn TelemetrySource>,
+        queue: Queue,
+        stats: Arc<AgentStats>,
+        interval: Duration,
+        clock: Arc<dyn Clock>,
+    ) -> Sampler {
+        Sampler { source, queue, stats, clock, ticker: ticker(interval), dirty: true }
     }
 
     fn set_interval(&mut self, interval: Duration) {
@@ -503,7 +643,7 @@ impl Sampler {
     }
 
     async fn sample(&mut self) -> anyhow::Result<()> {
-        let metrics = self.source.sample(now_ms());
+        let metrics = self.source.sample(self.clock.now_ms());
         if metrics.is_empty() {
             return Ok(());
         }
@@ -520,12 +660,16 @@ impl Sampler {
     }
 
     async fn push(&mut self, body: UplinkBody) -> anyhow::Result<()> {
-        let ts = now_ms();
+        let ts = self.clock.now_ms();
         let pushed = blocking(&self.queue, move |q| q.push(body, ts)).await?;
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
         if pushed.dropped > 0 {
             self.stats.dropped.fetch_add(pushed.dropped, Ordering::Relaxed);
-            tracing::warn!(dropped = pushed.dropped, "queue full; dropped the oldest uplinks");
+            tracing::warn!(
+                dropped = pushed.dropped,
+                gap_marker = pushed.gap_marker,
+                "queue full; dropped the oldest uplinks (counted in the gap marker)"
+            );
         }
         self.dirty = true;
         Ok(())
@@ -581,8 +725,52 @@ async fn wait_shutdown(rx: &mut watch::Receiver<bool>) {
     }
 }
 
-/// Unix time in milliseconds (at least 1, as the protocol requires).
-pub fn now_ms() -> u64 {
-    let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(1);
-    u64::try_from(ms).unwrap_or(u64::MAX).max(1)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classify_puback_reads_the_seq_conflict_refusal() {
+        use PubAckOutcome::*;
+        let check = |code: u8, reason: Option<&str>, highest: Option<&str>, expected: PubAckOutcome| {
+            assert_eq!(classify_puback(code, reason, highest), expected, "{code:#x} {reason:?} {highest:?}");
+        };
+        check(0x00, None, None, Stored);
+        check(0x10, None, None, Stored);
+        // An identical resend is acknowledged as stored, whatever else the hub says.
+        check(0x00, Some("duplicate"), Some("77"), Stored);
+        check(0x99, None, None, Invalid);
+        check(
+            0x83,
+            Some("seq_conflict: seq 5 holds different data"),
+            Some("1764000000123"),
+            SeqConflict { highest: Some(1_764_000_000_123) },
+        );
+        check(0x83, Some("seq_conflict"), None, SeqConflict { highest: None });
+        check(0x83, None, Some("42"), SeqConflict { highest: Some(42) });
+        check(0x83, Some("seq_conflict"), Some("not a number"), SeqConflict { highest: None });
+        check(0x83, Some("seq_conflict"), Some("-1"), SeqConflict { highest: None });
+        // 0x83 for anything else, and other refusals, keep the message for a later resend.
+        check(0x83, Some("storage unavailable"), None, Refused);
+        check(0x83, None, None, Refused);
+        check(0x87, Some("seq_conflict"), Some("42"), Refused);
+        check(0x97, None, None, Refused);
+    }
+
+    #[test]
+    fn renumber_start_lies_above_everything_the_hub_may_hold() {
+        let check = |highest: Option<u64>, stored: u64, next: u64, now: u64, expected: u64| {
+            assert_eq!(renumber_start(highest, stored, next, now), expected, "{highest:?} {stored} {next} {now}");
+        };
+        // The hub's highest seq decides, even below our own numbering or the clock.
+        check(Some(1000), 0, 7, 1_764_000_000_000, 1001);
+        check(Some(1000), 0, 5000, 1, 1001);
+        // … unless this session stored something higher.
+        check(Some(1000), 1500, 2000, 1, 1501);
+        // Without the property: above the clock and above every seq this queue handed out.
+        check(None, 0, 7, 1_764_000_000_000, 1_764_000_000_000);
+        check(None, 0, 1_764_000_000_500, 1_764_000_000_000, 1_764_000_000_500);
+        check(None, 1_764_000_000_600, 1_764_000_000_500, 1_764_000_000_000, 1_764_000_000_601);
+        check(Some(u64::MAX), 0, 1, 1, u64::MAX);
+    }
 }

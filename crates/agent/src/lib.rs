@@ -13,6 +13,7 @@
 //! | [`commands`] | answers to hub commands |
 //! | [`source`] | telemetry sources |
 //! | [`backoff`] | full-jitter backoff and its random generator |
+//! | [`clock`] | the wall clock, injectable for tests |
 //! | [`agent`] | the loop tying them together |
 
 #![forbid(unsafe_code)]
@@ -21,6 +22,7 @@
 
 pub mod agent;
 pub mod backoff;
+pub mod clock;
 pub mod commands;
 pub mod enrol;
 mod fsutil;
@@ -31,4 +33,5 @@ pub mod source;
 pub mod tls;
 
 pub use agent::{Agent, AgentConfig, AgentStats, StatsSnapshot};
+pub use clock::{Clock, SystemClock};
 pub use source::{SystemSource, TelemetrySource};

@@ -1,6 +1,7 @@
 //! A small MQTT 5 client over TLS, built on `rmqtt-codec`'s v5 codec (the wire format is never hand-written
 //! here): CONNECT/CONNACK, one SUBSCRIBE, QoS 0/1 publishing with packet ids and an inflight window, keep-alive
-//! with PINGREQ, incoming QoS 1 messages acknowledged, and a clean DISCONNECT.
+//! with PINGREQ, incoming QoS 1 messages acknowledged, and a clean DISCONNECT. A PUBACK's reason string and
+//! user properties are kept for [`MqttConnection::last_puback`].
 //!
 //! It is deliberately lean, because the load generator runs thousands of them: one [`MqttConnection`] is a
 //! plain struct driven by its owner's task (no background task, no channels). [`MqttConnection::publish`]
@@ -67,6 +68,8 @@ pub fn is_success(reason_code: u8) -> bool {
 }
 /// PUBACK reason: the hub validated the payload and refused it; resending will not help.
 pub const REASON_PAYLOAD_FORMAT_INVALID: u8 = 0x99;
+/// PUBACK reason: implementation specific error (the hub uses it for a seq conflict, see [`crate::agent`]).
+pub const REASON_IMPLEMENTATION_SPECIFIC: u8 = 0x83;
 
 /// How much is read from the socket at once.
 const READ_CHUNK: usize = 8 * 1024;
@@ -203,6 +206,27 @@ pub enum Event {
     },
 }
 
+/// What a PUBACK carried besides its packet id and reason code: the MQTT 5 properties a hub may add to
+/// explain itself. See [`MqttConnection::last_puback`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PubAckDetails {
+    /// The packet id, as in [`Event::PubAck`].
+    pub packet_id: u16,
+    /// The reason code, as in [`Event::PubAck`].
+    pub reason_code: u8,
+    /// The hub's explanation, if it sent one.
+    pub reason_string: Option<ByteString>,
+    /// The user properties (name, value), in the order received; a name may repeat.
+    pub user_properties: Vec<(ByteString, ByteString)>,
+}
+
+impl PubAckDetails {
+    /// The value of the first user property called `name`.
+    pub fn user_property(&self, name: &str) -> Option<&str> {
+        self.user_properties.iter().find(|(k, _)| k == name).map(|(_, v)| &**v)
+    }
+}
+
 /// One MQTT 5 session. See the module documentation for how to drive it.
 pub struct MqttConnection<S = TlsStream<TcpStream>> {
     io: S,
@@ -218,6 +242,7 @@ pub struct MqttConnection<S = TlsStream<TcpStream>> {
     max_inflight: u16,
     next_pid: u16,
     session_present: bool,
+    last_puback: Option<PubAckDetails>,
 }
 
 impl<S> std::fmt::Debug for MqttConnection<S> {
@@ -265,6 +290,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MqttConnection<S> {
             max_inflight: opts.inflight.max(1),
             next_pid: 0,
             session_present: false,
+            last_puback: None,
         };
         let connect = Connect {
             clean_start: true,
@@ -375,6 +401,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MqttConnection<S> {
         self.session_present
     }
 
+    /// The details of the PUBACK most recently returned as [`Event::PubAck`] (reason string, user
+    /// properties); read them right after that event, before polling [`MqttConnection::next_event`] again.
+    pub fn last_puback(&self) -> Option<&PubAckDetails> {
+        self.last_puback.as_ref()
+    }
+
     /// Sends what is queued and waits for the next event. Cancel-safe: dropping the future loses nothing.
     pub async fn next_event(&mut self) -> Result<Event, MqttError> {
         loop {
@@ -442,7 +474,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MqttConnection<S> {
                 match self.inflight.iter().position(|p| *p == pid) {
                     Some(i) => {
                         self.inflight.swap_remove(i);
-                        Ok(Some(Event::PubAck { packet_id: pid, reason_code: ack.reason_code as u8 }))
+                        let reason_code = ack.reason_code as u8;
+                        self.last_puback = Some(PubAckDetails {
+                            packet_id: pid,
+                            reason_code,
+                            reason_string: ack.reason_string,
+                            user_properties: ack.properties,
+                        });
+                        Ok(Some(Event::PubAck { packet_id: pid, reason_code }))
                     }
                     None => {
                         tracing::debug!(packet_id = pid, "PUBACK for an unknown packet id ignored");
@@ -467,13 +506,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MqttConnection<S> {
     /// Runs socket I/O until a whole packet has been decoded. With `keep_alive`, also sends PINGREQ when idle
     /// and fails when a PINGREQ goes unanswered for a keep-alive interval.
     async fn next_packet(&mut self, keep_alive: bool) -> Result<Packet, MqttError> {
+        // A zero keep-alive (ours, or the hub's Server Keep Alive) turns pings off; the timer is then never armed
+        // and must not be polled either, or the always-expired timer makes this loop spin.
+        let keep_alive = keep_alive && !self.keep_alive.is_zero();
         loop {
             if let Some((packet, _)) =
                 self.codec.decode(&mut self.rbuf).map_err(|e| MqttError::Decode(e.to_string()))?
             {
                 return Ok(packet);
             }
-            if keep_alive && !self.keep_alive.is_zero() {
+            if keep_alive {
                 let now = Instant::now();
                 let deadline = match self.ping_sent {
                     Some(sent) if now >= sent + self.keep_alive => {

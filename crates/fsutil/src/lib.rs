@@ -3,6 +3,7 @@
 //! behind, and a secret is never readable by others, not even briefly. No dependencies beyond `std`.
 
 #![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};

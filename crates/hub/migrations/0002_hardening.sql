@@ -4,12 +4,15 @@
 ALTER TABLE security_events ADD COLUMN last_at INTEGER;
 ALTER TABLE security_events ADD COLUMN count INTEGER NOT NULL DEFAULT 1;
 CREATE INDEX security_events_by_time ON security_events (at);
+CREATE INDEX security_events_by_last ON security_events (last_at);
 
 -- The previous certificate stays valid only until the renewed one is first used; the public key of the current
 -- certificate (SHA-256 of its SubjectPublicKeyInfo, hex) lets a device whose renew or enrol reply was lost get
--- its certificate again, but only for the key it already proved.
+-- that same certificate again, but only for the key it already proved.
 ALTER TABLE devices ADD COLUMN prev_cert_serial TEXT;
 ALTER TABLE devices ADD COLUMN cert_spki TEXT;
+-- The current certificate chain (public): a retry after a lost enrol or renew answer gets it again, unchanged.
+ALTER TABLE devices ADD COLUMN cert_chain_pem TEXT;
 -- When the current certificate was first used to connect (NULL: not yet; a lost enrol reply may be retried).
 ALTER TABLE devices ADD COLUMN cert_used_at INTEGER;
 

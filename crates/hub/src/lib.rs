@@ -6,6 +6,7 @@
 //! `monitoring`, `routing`, `store` (the only SQL), `transport::{mqtt, https}` (the only wire formats).
 
 #![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod accounts;
 pub mod clock;

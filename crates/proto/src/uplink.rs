@@ -6,8 +6,10 @@
 //! {"v":1,"seq":44,"ts":1764000000200,"state":{"firmware":"1.0.0","queue_dropped":0}}       // state
 //! ```
 //!
-//! `seq` is the device's sequence number, shared by all three kinds, starting at 1 and rising by one per message
-//! the device queues; the hub stores each (device, seq) once, so a device may resend freely. `ts` is the device's
+//! `seq` is the device's sequence number, shared by all three kinds, rising with every message the device
+//! queues (a new queue starts at the wall-clock milliseconds, so a lost queue never repeats a seq); the hub
+//! stores each (device, seq) once, so a device may resend the same message freely, and refuses a different
+//! message under a stored seq. `ts` is the device's
 //! clock in Unix milliseconds. Field names are 1..=64 characters of `a-z 0-9 _ .`; values are finite numbers,
 //! booleans or strings of at most 256 bytes; at most 64 fields. The whole payload is at most 16 KiB. Unknown
 //! top-level keys are refused, so a typo is an error rather than lost data.

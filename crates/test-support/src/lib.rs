@@ -308,6 +308,15 @@ pub async fn tls_connect(
     hub: &RunningHub,
     device: Option<&TestDevice>,
 ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    tls_connect_to(hub, hub.mqtt_addr, device).await
+}
+
+/// A TLS connection to `addr` (one of the hub's ports) as `device` (or with no certificate).
+pub async fn tls_connect_to(
+    hub: &RunningHub,
+    addr: std::net::SocketAddr,
+    device: Option<&TestDevice>,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     use rustls::pki_types::pem::PemObject as _;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     let mut roots = rustls::RootCertStore::empty();
@@ -327,7 +336,7 @@ pub async fn tls_connect(
         None => builder.with_no_client_auth(),
     };
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(hub.mqtt_addr).await?;
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
     // Without it the first packet after the handshake waits for the server's delayed ACK (about 40 ms).
     tcp.set_nodelay(true)?;
     let mut tls = connector.connect(ServerName::try_from("127.0.0.1")?.to_owned(), tcp).await?;

@@ -182,6 +182,34 @@ async fn unanswered_ping_ends_the_connection() {
     drop(hub.await.unwrap());
 }
 
+#[test]
+fn zero_keep_alive_from_the_hub_waits_without_spinning() {
+    // Regression: with Server Keep Alive 0 (or a configured keep-alive of 0) the keep-alive timer stayed at
+    // sleep(0), was polled anyway, and `next_event` spun on one core. On a paused clock an idle connection lets
+    // time jump to the one-hour timeout; a spinning one never lets the runtime idle, so time stands still.
+    let (done_tx, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+        rt.block_on(async {
+            let (io, mut peer) = pair();
+            let hub = tokio::spawn(async move {
+                peer.recv().await;
+                let ack = ConnectAck { server_keepalive_sec: Some(0), ..ConnectAck::default() };
+                peer.send(Packet::ConnectAck(Box::new(ack))).await;
+                // Keep the pipe open, say nothing.
+                std::future::pending::<()>().await;
+            });
+            let mut conn = MqttConnection::handshake(io, &options(Duration::from_secs(30))).await.unwrap();
+            assert_eq!(conn.keep_alive(), Duration::ZERO);
+            let waited = tokio::time::timeout(Duration::from_secs(3600), conn.next_event()).await;
+            assert!(waited.is_err(), "nothing arrives, so the wait times out: {waited:?}");
+            hub.abort();
+        });
+        let _ = done_tx.send(());
+    });
+    done.recv_timeout(Duration::from_secs(20)).expect("next_event spun instead of waiting");
+}
+
 #[tokio::test]
 async fn oversized_packet_from_the_hub_is_refused() {
     let (io, mut peer) = pair();
@@ -203,6 +231,51 @@ async fn oversized_packet_from_the_hub_is_refused() {
     let mut conn = MqttConnection::handshake(io, &options(Duration::from_secs(30))).await.unwrap();
     let err = conn.next_event().await.unwrap_err();
     assert!(matches!(err, MqttError::Decode(_)), "{err}");
+}
+
+#[tokio::test]
+async fn puback_details_carry_the_reason_string_and_user_properties() {
+    let (io, mut peer) = pair();
+    let hub = tokio::spawn(async move {
+        peer.recv().await;
+        peer.send(Packet::ConnectAck(Box::default())).await;
+        for reason in [PublishAckReason::ImplementationSpecificError, PublishAckReason::Success] {
+            let Packet::Publish(p) = peer.recv().await else { panic!("expected PUBLISH") };
+            let refused = reason != PublishAckReason::Success;
+            peer.send(Packet::PublishAck(PublishAck {
+                packet_id: p.packet_id.unwrap(),
+                reason_code: reason,
+                properties: if refused {
+                    vec![("other".into(), "x".into()), ("highest_seq".into(), "1764000000123".into())]
+                } else {
+                    Vec::new()
+                },
+                reason_string: refused.then(|| "seq_conflict: seq 7 holds different data".into()),
+            }))
+            .await;
+        }
+        peer
+    });
+    let mut conn = MqttConnection::handshake(io, &options(Duration::from_secs(30))).await.unwrap();
+    assert_eq!(conn.last_puback(), None);
+    let a = conn.publish("devices/dev-1/telemetry", Bytes::from_static(b"a"), QoS::AtLeastOnce).unwrap().unwrap();
+    assert_eq!(
+        conn.next_event().await.unwrap(),
+        Event::PubAck { packet_id: a, reason_code: REASON_IMPLEMENTATION_SPECIFIC }
+    );
+    let details = conn.last_puback().unwrap();
+    assert_eq!((details.packet_id, details.reason_code), (a, 0x83));
+    assert_eq!(details.reason_string.as_deref(), Some("seq_conflict: seq 7 holds different data"));
+    assert_eq!(details.user_property("highest_seq"), Some("1764000000123"));
+    assert_eq!(details.user_property("other"), Some("x"));
+    assert_eq!(details.user_property("missing"), None);
+
+    // The next PUBACK replaces them: nothing of the refusal sticks to a success.
+    let b = conn.publish("devices/dev-1/telemetry", Bytes::from_static(b"b"), QoS::AtLeastOnce).unwrap().unwrap();
+    assert_eq!(conn.next_event().await.unwrap(), Event::PubAck { packet_id: b, reason_code: REASON_SUCCESS });
+    let details = conn.last_puback().unwrap();
+    assert_eq!((details.packet_id, details.reason_string.as_deref(), details.user_properties.len()), (b, None, 0));
+    drop(hub.await.unwrap());
 }
 
 #[test]

@@ -1,8 +1,11 @@
 //! The agent loop end to end against a scripted MQTT broker on 127.0.0.1 with mutual TLS (the real hub's
 //! end-to-end tests live in `crates/cli/tests`): connect, subscribe, state first, telemetry forwarded and
-//! deleted after PUBACK, a command answered, and a clean DISCONNECT on shutdown.
+//! deleted after PUBACK, a command answered, and a clean DISCONNECT on shutdown. `queue` covers the queue
+//! against a fake hub: seq conflicts and a day offline.
 
 #![allow(clippy::unwrap_used)]
+
+mod queue;
 
 use std::sync::Arc;
 use std::time::Duration;

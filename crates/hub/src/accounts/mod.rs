@@ -37,6 +37,8 @@ pub const MAX_TOKEN_VALIDITY: Duration = Duration::days(397);
 pub struct Operator {
     /// The id of the token used.
     pub token_id: String,
+    /// When that token expires (None: a token from before tokens expired).
+    pub expires_at_ms: Option<i64>,
 }
 
 /// Why a bearer token was not accepted.
@@ -129,16 +131,22 @@ impl Accounts {
         if expires_at.is_some_and(|t| t <= self.clock.now_ms()) {
             return Ok(Err(TokenRefusal::Expired));
         }
-        Ok(Ok(Operator { token_id }))
+        Ok(Ok(Operator { token_id, expires_at_ms: expires_at }))
     }
 
-    /// Creates an operator token valid for `validity` (at most [`MAX_TOKEN_VALIDITY`]; default the hub's).
-    pub async fn create_token(&self, label: &str, validity: Option<Duration>) -> Result<NewToken, StoreError> {
+    /// Creates an operator token for `by`, valid for `validity` (at most [`MAX_TOKEN_VALIDITY`]; default the
+    /// hub's), and never beyond `by`'s own token: a stolen token cannot mint itself a longer life.
+    pub async fn create_token(
+        &self,
+        by: &Operator,
+        label: &str,
+        validity: Option<Duration>,
+    ) -> Result<NewToken, StoreError> {
         let validity = validity.unwrap_or(self.token_validity).min(MAX_TOKEN_VALIDITY);
         let token = random_token("hop_", 32).map_err(|e| StoreError::Random(e.to_string()))?;
         let id = random_base32(12).map_err(|e| StoreError::Random(e.to_string()))?;
         let now = self.clock.now();
-        let expires_at = unix_ms(now + validity);
+        let expires_at = by.expires_at_ms.map_or(unix_ms(now + validity), |cap| cap.min(unix_ms(now + validity)));
         self.store
             .insert_api_token(&NewApiToken {
                 id: &id,

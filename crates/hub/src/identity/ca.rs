@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use rcgen::PublicKeyData as _;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
@@ -245,6 +246,15 @@ impl Authorities {
         Ok((format!("{}{}", cert.pem(), self.server_ca_pem), Zeroizing::new(key.serialize_pem())))
     }
 
+    /// SHA-256 (hex) of the public key in `csr_pem`, after the same checks as issuing (signature, subject,
+    /// algorithm): to recognise a retry for a key the hub already certified without signing anything.
+    pub fn csr_key_sha256(&self, device: &DeviceId, csr_pem: &str) -> Result<String, CsrError> {
+        let csr = parse_csr(device, csr_pem)?;
+        Ok(hex(
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &csr.public_key.subject_public_key_info()).as_ref()
+        ))
+    }
+
     /// Issues a device certificate for the key in `csr_pem`. The subject is set by the hub (CN = device id,
     /// OU = model); the CSR contributes only its public key, after its signature and subject are checked.
     pub fn issue_device_cert(
@@ -255,18 +265,7 @@ impl Authorities {
         validity: Duration,
         now: OffsetDateTime,
     ) -> Result<IssuedCert, IssueError> {
-        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|_| CsrError::Invalid)?;
-        if let Some(cn) = csr.params.distinguished_name.get(&DnType::CommonName) {
-            let found = dn_value_text(cn).unwrap_or_else(|| "<not a text value>".into());
-            if found != device.as_str() {
-                return Err(CsrError::SubjectMismatch { found }.into());
-            }
-        }
-        let alg = csr.public_key.algorithm();
-        let accepted = [&rcgen::PKCS_ECDSA_P256_SHA256, &rcgen::PKCS_ECDSA_P384_SHA384, &rcgen::PKCS_ED25519];
-        if !accepted.contains(&alg) {
-            return Err(CsrError::Algorithm.into());
-        }
+        let csr = parse_csr(device, csr_pem)?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         let mut name = DistinguishedName::new();
         name.push(DnType::CommonName, device.as_str());
@@ -283,7 +282,9 @@ impl Authorities {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
         let cert = params.signed_by(&csr.public_key, &self.device_issuer)?;
-        let spki_sha256 = super::verifier::spki_sha256(cert.der()).ok_or(CsrError::Invalid)?;
+        let spki_sha256 =
+            hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &csr.public_key.subject_public_key_info())
+                .as_ref());
         Ok(IssuedCert {
             chain_pem: format!("{}{}", cert.pem(), self.device_ca_pem),
             serial_hex,
@@ -306,6 +307,24 @@ pub enum IssueError {
     /// No randomness for the serial number (the hub's fault).
     #[error(transparent)]
     Random(#[from] crate::secrets::SecretError),
+}
+
+/// Parses a CSR (its signature is verified) and checks what the hub requires of it: a subject naming `device`
+/// (or none) and an accepted key algorithm.
+fn parse_csr(device: &DeviceId, csr_pem: &str) -> Result<CertificateSigningRequestParams, CsrError> {
+    let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|_| CsrError::Invalid)?;
+    if let Some(cn) = csr.params.distinguished_name.get(&DnType::CommonName) {
+        let found = dn_value_text(cn).unwrap_or_else(|| "<not a text value>".into());
+        if found != device.as_str() {
+            return Err(CsrError::SubjectMismatch { found });
+        }
+    }
+    let alg = csr.public_key.algorithm();
+    let accepted = [&rcgen::PKCS_ECDSA_P256_SHA256, &rcgen::PKCS_ECDSA_P384_SHA384, &rcgen::PKCS_ED25519];
+    if !accepted.contains(&alg) {
+        return Err(CsrError::Algorithm);
+    }
+    Ok(csr)
 }
 
 fn dn_value_text(v: &rcgen::DnValue) -> Option<String> {

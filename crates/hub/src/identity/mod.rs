@@ -105,6 +105,8 @@ pub struct ReissuedBootstrap {
 /// The identity capability.
 #[derive(Debug, Clone)]
 pub struct Identity {
+    locks: Arc<Vec<tokio::sync::Mutex<()>>>,
+    lock_hasher: std::collections::hash_map::RandomState,
     store: Store,
     master: Arc<MasterKey>,
     authorities: Arc<Authorities>,
@@ -130,7 +132,18 @@ impl Identity {
             .map(|r| (r.device_id, Serials { current: r.current, prev: r.prev, used: r.used }));
         let certs = Arc::new(DeviceCerts::new(store.revoked_device_ids().await?, serials));
         let (changed_tx, _) = broadcast::channel(256);
-        Ok(Identity { store, master, authorities, certs, changed_tx, settings, clock })
+        let locks = Arc::new((0..64).map(|_| tokio::sync::Mutex::new(())).collect());
+        Ok(Identity {
+            locks,
+            lock_hasher: std::collections::hash_map::RandomState::new(),
+            store,
+            master,
+            authorities,
+            certs,
+            changed_tx,
+            settings,
+            clock,
+        })
     }
 
     /// The same capability with other settings (for example a batch of devices with a shorter enrolment
@@ -213,50 +226,46 @@ impl Identity {
 
     /// Enrolment: checks the token and the CSR, then consumes the token and records the certificate atomically.
     ///
-    /// A device whose enrol reply was lost retries with the same token and the same key: as long as the
-    /// certificate issued for that key has never been used, it gets a new one (the unseen one is dropped).
-    /// A different key with a spent token is refused, so a copied token cannot take over the device.
+    /// A device whose enrol answer was lost retries with the same token and the same key and gets the *same*
+    /// certificate again: nothing changes, so replaying a captured request can neither lock the device out nor
+    /// give anyone a certificate for another key. A different key with a spent token is refused.
     pub async fn enrol(&self, req: &EnrolRequest) -> Result<CertificateResponse, EnrolError> {
         let now = self.clock.now();
         let now_ms = ca::unix_ms(now);
+        let id = &req.device_id;
         let mac = self.master.token_mac(BOOTSTRAP, &req.bootstrap_token);
         // Authenticate before doing any work for the caller (CSR verification, signing). An unknown device and
         // a wrong token get the same answer: nothing is disclosed before authentication.
-        let state = self.store.bootstrap_token_state(req.device_id.as_str(), &mac, now_ms).await.map_err(internal)?;
+        let state = self.store.bootstrap_token_state(id.as_str(), &mac, now_ms).await.map_err(internal)?;
         match state {
             TokenState::Usable | TokenState::Used => {}
             TokenState::Invalid => return Err(EnrolError::InvalidToken),
             TokenState::Expired => return Err(EnrolError::TokenExpired),
             TokenState::Revoked => return Err(EnrolError::Revoked),
         }
-        let device =
-            self.store.device(req.device_id.as_str()).await.map_err(internal)?.ok_or(EnrolError::InvalidToken)?;
+        let _guard = self.lock(id).await;
+        if state == TokenState::Used {
+            return self.same_certificate_again(id, &req.csr_pem, EnrolError::TokenUsed).await;
+        }
+        let device = self.store.device(id.as_str()).await.map_err(internal)?.ok_or(EnrolError::InvalidToken)?;
         // The token is consumed only together with a certificate: a bad CSR leaves it usable.
-        let issued = self.issue(&req.device_id, &device.model, &req.csr_pem, now)?;
-        let record =
-            CertRecord { serial: &issued.serial_hex, not_after: issued.not_after_ms, spki: &issued.spki_sha256 };
-        let outcome = if state == TokenState::Used {
-            // Only a retry for the same, never-used key.
-            if self.store.reenrol_same_key(req.device_id.as_str(), &mac, now_ms, &record).await.map_err(internal)? {
-                EnrolOutcome::Enrolled
-            } else {
-                EnrolOutcome::Used
-            }
-        } else {
-            self.store.enrol(req.device_id.as_str(), &mac, now_ms, &record).await.map_err(internal)?
+        let issued = self.issue(id, &device.model, &req.csr_pem, now)?;
+        let record = CertRecord {
+            serial: &issued.serial_hex,
+            not_after: issued.not_after_ms,
+            spki: &issued.spki_sha256,
+            chain: &issued.chain_pem,
         };
-        match outcome {
+        match self.store.enrol(id.as_str(), &mac, now_ms, &record).await.map_err(internal)? {
             EnrolOutcome::Enrolled => {
-                self.certs.set_serials(
-                    &req.device_id,
-                    Serials { current: issued.serial_hex.clone(), prev: None, used: false },
-                );
+                self.reload_serials(id).await.map_err(internal)?;
                 // A re-enrolment replaces the identity: any live session on an older certificate closes.
-                let _ = self.changed_tx.send(req.device_id.clone());
-                Ok(response(&req.device_id, issued))
+                let _ = self.changed_tx.send(id.clone());
+                Ok(response(id, issued))
             }
+            // Lost a race with a concurrent request with this token: the same key gets that certificate.
+            EnrolOutcome::Used => self.same_certificate_again(id, &req.csr_pem, EnrolError::TokenUsed).await,
             EnrolOutcome::Invalid => Err(EnrolError::InvalidToken),
-            EnrolOutcome::Used => Err(EnrolError::TokenUsed),
             EnrolOutcome::Expired => Err(EnrolError::TokenExpired),
             EnrolOutcome::Revoked => Err(EnrolError::Revoked),
         }
@@ -264,12 +273,13 @@ impl Identity {
 
     /// Renewal for a device authenticated by its certificate (mutual TLS). With the current certificate, the
     /// new one becomes current and the presented one stays accepted until the new one is first used. With that
-    /// previous certificate (the reply of a renewal was lost), only the key already certified may be renewed
-    /// again, and only while its certificate is unused: a copy of a superseded certificate can never renew
-    /// itself onto a key of its own.
+    /// previous certificate (the answer of a renewal was lost), the device gets the current certificate again,
+    /// and only for the key it certifies: a copy of a superseded certificate can never renew itself onto a key
+    /// of its own, and a replay changes nothing.
     pub async fn renew(&self, presented: &PresentedCert, csr_pem: &str) -> Result<CertificateResponse, EnrolError> {
         let now = self.clock.now();
         let device = &presented.facts.device;
+        let _guard = self.lock(device).await;
         match self.certs.check(device.as_str(), &presented.facts.serial) {
             Ok(()) => {}
             Err(CertRefusal::Revoked) => return Err(EnrolError::Revoked),
@@ -282,39 +292,64 @@ impl Identity {
                 return Err(EnrolError::Expired);
             }
         }
+        let is_current = self.certs.serials(device.as_str()).is_some_and(|s| s.current == presented.facts.serial);
+        if !is_current {
+            return self.same_certificate_again(device, csr_pem, EnrolError::Superseded).await;
+        }
         let row = self.store.device(device.as_str()).await.map_err(internal)?.ok_or(EnrolError::NotEnrolled)?;
         let issued = self.issue(device, &row.model, csr_pem, now)?;
-        let record =
-            CertRecord { serial: &issued.serial_hex, not_after: issued.not_after_ms, spki: &issued.spki_sha256 };
-        let serials = self.certs.serials(device.as_str());
-        let is_current = serials.as_ref().is_some_and(|s| s.current == presented.facts.serial);
-        let renewed = if is_current {
-            self.store.renew_current(device.as_str(), &presented.facts.serial, &record).await.map_err(internal)?
-        } else {
-            self.store.renew_from_previous(device.as_str(), &presented.facts.serial, &record).await.map_err(internal)?
+        let record = CertRecord {
+            serial: &issued.serial_hex,
+            not_after: issued.not_after_ms,
+            spki: &issued.spki_sha256,
+            chain: &issued.chain_pem,
         };
-        if !renewed {
+        if !self.store.renew_current(device.as_str(), &presented.facts.serial, &record).await.map_err(internal)? {
             return Err(EnrolError::Superseded);
         }
-        let prev = if is_current { Some(presented.facts.serial.clone()) } else { serials.and_then(|s| s.prev) };
-        self.certs.set_serials(device, Serials { current: issued.serial_hex.clone(), prev, used: false });
+        self.reload_serials(device).await.map_err(internal)?;
         Ok(response(device, issued))
     }
 
-    /// Notes that a device connected with the certificate of `serial`. The first use of a renewed certificate
-    /// ends the previous one (recorded, and any session still on it is closed).
-    pub async fn cert_used(&self, device: &DeviceId, serial: &str) -> Result<(), crate::store::StoreError> {
-        if self.certs.mark_used(device.as_str(), serial) {
-            self.store.mark_cert_used(device.as_str(), serial, self.clock.now_ms()).await?;
-            let _ = self.changed_tx.send(device.clone());
+    /// The device's current certificate again, if the CSR is for the key it certifies (a retry after a lost
+    /// answer); `otherwise` if not.
+    async fn same_certificate_again(
+        &self,
+        device: &DeviceId,
+        csr_pem: &str,
+        otherwise: EnrolError,
+    ) -> Result<CertificateResponse, EnrolError> {
+        let key = self.authorities.csr_key_sha256(device, csr_pem)?;
+        let current = self.store.current_cert(device.as_str()).await.map_err(internal)?;
+        match current {
+            Some(c) if c.status == "enrolled" && c.spki.as_deref() == Some(key.as_str()) => {
+                let chain = c.chain_pem.ok_or(otherwise)?;
+                response_from_chain(device, &chain).ok_or_else(|| internal("a stored certificate does not parse"))
+            }
+            _ => Err(otherwise),
         }
+    }
+
+    /// Notes that a device connected with the certificate of `serial`. The first use of a renewed certificate
+    /// ends the previous one (recorded first, then in memory, and any session still on it is closed).
+    pub async fn cert_used(&self, device: &DeviceId, serial: &str) -> Result<(), crate::store::StoreError> {
+        let first_use =
+            self.certs.serials(device.as_str()).is_some_and(|s| s.current == serial && (!s.used || s.prev.is_some()));
+        if !first_use {
+            return Ok(());
+        }
+        let _guard = self.lock(device).await;
+        self.store.mark_cert_used(device.as_str(), serial, self.clock.now_ms()).await?;
+        self.reload_serials(device).await?;
+        let _ = self.changed_tx.send(device.clone());
         Ok(())
     }
 
-    /// Issues a new single-use bootstrap token for a device that is not revoked (its enrol reply was lost for
-    /// good, it was offline past its certificate's lifetime and grace, or its key was lost). The device's
-    /// current certificate keeps working until it enrols again; then only the new one does.
+    /// Issues a new single-use bootstrap token for a device that is not revoked (its key was lost, or it was
+    /// offline past its certificate's lifetime and grace). The device's current certificate keeps working until
+    /// it enrols again; then only the new one does.
     pub async fn reissue_bootstrap(&self, device: &DeviceId) -> Result<ReissuedBootstrap, EnrolError> {
+        let _guard = self.lock(device).await;
         let row = self.store.device(device.as_str()).await.map_err(internal)?.ok_or(EnrolError::InvalidToken)?;
         if self.certs.is_revoked(device.as_str()) {
             return Err(EnrolError::Revoked);
@@ -333,6 +368,7 @@ impl Identity {
     /// Revokes a device: recorded, refused at every later handshake, and its live session closed.
     /// Returns false if there is no such device.
     pub async fn revoke(&self, device: &DeviceId) -> Result<bool, crate::store::StoreError> {
+        let _guard = self.lock(device).await;
         if !self.store.revoke(device.as_str(), self.clock.now_ms()).await? {
             return Ok(false);
         }
@@ -341,6 +377,23 @@ impl Identity {
         let _ = self.changed_tx.send(device.clone());
         tracing::info!(device = %device, "device revoked");
         Ok(true)
+    }
+
+    /// Serialises every change to one device's certificates (enrol, renew, first use, re-issue, revoke), so the
+    /// store and the in-memory view change in the same order.
+    async fn lock(&self, device: &DeviceId) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::BuildHasher as _;
+        let slot = self.lock_hasher.hash_one(device.as_str()) as usize % self.locks.len();
+        self.locks[slot].lock().await
+    }
+
+    /// Sets the in-memory view of a device's accepted serials from the store (the record).
+    async fn reload_serials(&self, device: &DeviceId) -> Result<(), crate::store::StoreError> {
+        match self.store.cert_serials_of(device.as_str()).await? {
+            Some(r) => self.certs.set_serials(device, Serials { current: r.current, prev: r.prev, used: r.used }),
+            None => self.certs.forget_serials(device),
+        }
+        Ok(())
     }
 
     fn issue(
@@ -367,6 +420,22 @@ fn response(device: &DeviceId, issued: ca::IssuedCert) -> CertificateResponse {
         not_after_ms: issued.not_after_ms as u64,
         renew_after_ms: (issued.not_before_ms + lifetime * 2 / 3) as u64,
     }
+}
+
+/// The answer for a stored certificate chain (leaf first).
+fn response_from_chain(device: &DeviceId, chain_pem: &str) -> Option<CertificateResponse> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let leaf = CertificateDer::pem_slice_iter(chain_pem.as_bytes()).next()?.ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&leaf).ok()?;
+    let not_before = cert.validity().not_before.timestamp() * 1000;
+    let not_after = cert.validity().not_after.timestamp() * 1000;
+    Some(CertificateResponse {
+        device_id: device.clone(),
+        certificate_chain_pem: chain_pem.to_owned(),
+        not_after_ms: u64::try_from(not_after).ok()?,
+        renew_after_ms: u64::try_from(not_before + (not_after - not_before) * 2 / 3).ok()?,
+    })
 }
 
 fn internal(e: impl std::fmt::Display) -> EnrolError {

@@ -80,6 +80,11 @@ impl DeviceCerts {
         self.serials.write().unwrap_or_else(|p| p.into_inner()).insert(id.as_str().to_owned(), serials);
     }
 
+    /// Forgets a device's serials (it has no certificate any more).
+    pub fn forget_serials(&self, id: &DeviceId) {
+        self.serials.write().unwrap_or_else(|p| p.into_inner()).remove(id.as_str());
+    }
+
     /// The accepted serials of a device.
     pub fn serials(&self, id: &str) -> Option<Serials> {
         self.serials.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
@@ -94,20 +99,6 @@ impl DeviceCerts {
             None => Err(CertRefusal::NotEnrolled),
             Some(s) if s.current == serial || s.prev.as_deref() == Some(serial) => Ok(()),
             Some(_) => Err(CertRefusal::Superseded),
-        }
-    }
-
-    /// Notes that `serial` of `id` was used. Returns true the first time the current serial is used (the caller
-    /// then records it and the previous serial stops working).
-    pub fn mark_used(&self, id: &str, serial: &str) -> bool {
-        let mut serials = self.serials.write().unwrap_or_else(|p| p.into_inner());
-        match serials.get_mut(id) {
-            Some(s) if s.current == serial && (!s.used || s.prev.is_some()) => {
-                s.used = true;
-                s.prev = None;
-                true
-            }
-            _ => false,
         }
     }
 }
@@ -132,12 +123,6 @@ pub fn cert_facts(cert: &[u8]) -> Option<CertFacts> {
         serial: super::ca::hex(parsed.raw_serial()),
         not_after_ms: parsed.validity().not_after.timestamp().saturating_mul(1000),
     })
-}
-
-/// SHA-256 of the SubjectPublicKeyInfo of a certificate (DER), lower-case hex.
-pub fn spki_sha256(cert_der: &[u8]) -> Option<String> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert_der).ok()?;
-    Some(super::ca::hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, parsed.public_key().raw).as_ref()))
 }
 
 /// Verifies device certificates: chain to the device CA (webpki), client-auth usage, validity, a parseable
@@ -259,11 +244,8 @@ mod tests {
         assert_eq!(certs.check(d.as_str(), "02"), Ok(()));
         assert_eq!(certs.check(d.as_str(), "01"), Ok(()), "previous serial until the new one is used");
         assert_eq!(certs.check(d.as_str(), "00"), Err(CertRefusal::Superseded));
-        assert!(!certs.mark_used(d.as_str(), "01"), "using the old one changes nothing");
-        assert_eq!(certs.check(d.as_str(), "01"), Ok(()));
-        assert!(certs.mark_used(d.as_str(), "02"), "first use of the current serial");
-        assert!(!certs.mark_used(d.as_str(), "02"), "only the first use is reported");
-        assert_eq!(certs.check(d.as_str(), "01"), Err(CertRefusal::Superseded));
+        certs.set_serials(&d, Serials { current: "02".into(), prev: None, used: true });
+        assert_eq!(certs.check(d.as_str(), "01"), Err(CertRefusal::Superseded), "after the first use of 02");
         assert_eq!(certs.check("unknownunknownun", "02"), Err(CertRefusal::NotEnrolled));
         certs.revoke(&d);
         assert_eq!(certs.check(d.as_str(), "02"), Err(CertRefusal::Revoked));

@@ -53,6 +53,25 @@ pub struct CertRecord<'a> {
     pub not_after: i64,
     /// SHA-256 of the certified public key, hex.
     pub spki: &'a str,
+    /// The chain (leaf and device CA), PEM.
+    pub chain: &'a str,
+}
+
+/// A device's current certificate as stored.
+#[derive(Debug, Clone)]
+pub struct CurrentCert {
+    /// The chain, PEM (absent for devices enrolled before it was recorded).
+    pub chain_pem: Option<String>,
+    /// SHA-256 of its public key, hex.
+    pub spki: Option<String>,
+    /// Its serial.
+    pub serial: Option<String>,
+    /// The serial it replaced, accepted until it is used.
+    pub prev_serial: Option<String>,
+    /// Whether it has been used to connect.
+    pub used: bool,
+    /// `enrolled`, …
+    pub status: String,
 }
 
 /// The accepted serials of one device, as stored.
@@ -147,8 +166,8 @@ impl Store {
     pub async fn enrol(&self, id: &str, bootstrap_mac: &[u8], now: i64, cert: &CertRecord<'_>) -> Result<EnrolOutcome> {
         let done = sqlx::query(
             "UPDATE devices SET status = 'enrolled', bootstrap_used_at = $3, enrolled_at = COALESCE(enrolled_at, $3), \
-             cert_serial = $4, cert_not_after = $5, cert_spki = $6, prev_cert_serial = NULL, cert_used_at = NULL \
-             WHERE id = $1 AND bootstrap_mac = $2 AND bootstrap_used_at IS NULL \
+             cert_serial = $4, cert_not_after = $5, cert_spki = $6, cert_chain_pem = $7, prev_cert_serial = NULL, \
+             cert_used_at = NULL WHERE id = $1 AND bootstrap_mac = $2 AND bootstrap_used_at IS NULL \
              AND bootstrap_expires_at > $3 AND status IN ('manufactured', 'enrolled')",
         )
         .bind(id)
@@ -157,6 +176,7 @@ impl Store {
         .bind(cert.serial)
         .bind(cert.not_after)
         .bind(cert.spki)
+        .bind(cert.chain)
         .execute(&self.pool)
         .await?;
         if done.rows_affected() == 1 {
@@ -172,29 +192,23 @@ impl Store {
         })
     }
 
-    /// A retried enrolment (the reply was lost): replaces the certificate only if the token is the one used,
-    /// still unexpired, the key is the one certified, and that certificate was never used. False otherwise.
-    pub async fn reenrol_same_key(
-        &self,
-        id: &str,
-        bootstrap_mac: &[u8],
-        now: i64,
-        cert: &CertRecord<'_>,
-    ) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE devices SET cert_serial = $4, cert_not_after = $5 \
-             WHERE id = $1 AND bootstrap_mac = $2 AND bootstrap_used_at IS NOT NULL AND bootstrap_expires_at > $3 \
-             AND status = 'enrolled' AND cert_spki = $6 AND cert_used_at IS NULL",
+    /// The current certificate of a device.
+    pub async fn current_cert(&self, id: &str) -> Result<Option<CurrentCert>> {
+        let row = sqlx::query(
+            "SELECT cert_chain_pem, cert_spki, cert_serial, prev_cert_serial, cert_used_at IS NOT NULL, status \
+             FROM devices WHERE id = $1",
         )
         .bind(id)
-        .bind(bootstrap_mac)
-        .bind(now)
-        .bind(cert.serial)
-        .bind(cert.not_after)
-        .bind(cert.spki)
-        .execute(&self.pool)
+        .fetch_optional(&self.pool)
         .await?;
-        Ok(done.rows_affected() == 1)
+        Ok(row.map(|r| CurrentCert {
+            chain_pem: r.get(0),
+            spki: r.get(1),
+            serial: r.get(2),
+            prev_serial: r.get(3),
+            used: r.get(4),
+            status: r.get(5),
+        }))
     }
 
     /// Renewal with the current certificate `presented`: the new certificate becomes current, the presented one
@@ -202,30 +216,15 @@ impl Store {
     pub async fn renew_current(&self, id: &str, presented: &str, cert: &CertRecord<'_>) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE devices SET prev_cert_serial = cert_serial, cert_serial = $3, cert_not_after = $4, \
-             cert_spki = $5, cert_used_at = NULL WHERE id = $1 AND status = 'enrolled' AND cert_serial = $2",
+             cert_spki = $5, cert_chain_pem = $6, cert_used_at = NULL \
+             WHERE id = $1 AND status = 'enrolled' AND cert_serial = $2",
         )
         .bind(id)
         .bind(presented)
         .bind(cert.serial)
         .bind(cert.not_after)
         .bind(cert.spki)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    /// Renewal with the previous certificate `presented` (a renewal reply was lost): allowed only for the key
-    /// already certified by the current, never-used certificate, which is replaced.
-    pub async fn renew_from_previous(&self, id: &str, presented: &str, cert: &CertRecord<'_>) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE devices SET cert_serial = $3, cert_not_after = $4 WHERE id = $1 AND status = 'enrolled' \
-             AND prev_cert_serial = $2 AND cert_spki = $5 AND cert_used_at IS NULL",
-        )
-        .bind(id)
-        .bind(presented)
-        .bind(cert.serial)
-        .bind(cert.not_after)
-        .bind(cert.spki)
+        .bind(cert.chain)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -257,6 +256,18 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// The accepted certificate serials of one enrolled device.
+    pub async fn cert_serials_of(&self, id: &str) -> Result<Option<CertSerialsRow>> {
+        let row = sqlx::query(
+            "SELECT id, cert_serial, prev_cert_serial, cert_used_at IS NOT NULL FROM devices \
+             WHERE id = $1 AND status = 'enrolled' AND cert_serial IS NOT NULL",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| CertSerialsRow { device_id: r.get(0), current: r.get(1), prev: r.get(2), used: r.get(3) }))
     }
 
     /// The accepted certificate serials of every enrolled device (loaded into the verifiers at start).

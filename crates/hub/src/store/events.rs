@@ -93,22 +93,38 @@ impl Store {
         Ok((row.get(0), row.get(1)))
     }
 
-    /// Deletes security events whose last occurrence is before `before`, then the oldest beyond `max_rows`.
-    /// Returns how many rows went.
+    /// Deletes security events whose last occurrence is before `before`, then the oldest beyond `max_rows`, in
+    /// batches of 5,000 rows (so the write lock is never held for long). Returns how many rows went.
     pub async fn prune_security_events(&self, before: i64, max_rows: i64) -> Result<u64> {
-        let aged = sqlx::query("DELETE FROM security_events WHERE COALESCE(last_at, at) < $1")
+        let mut pruned = 0;
+        loop {
+            let n = sqlx::query(
+                "DELETE FROM security_events WHERE id IN (SELECT id FROM security_events \
+                 WHERE last_at < $1 OR (last_at IS NULL AND at < $1) LIMIT 5000)",
+            )
             .bind(before)
             .execute(&self.pool)
             .await?
             .rows_affected();
-        let over = sqlx::query(
-            "DELETE FROM security_events WHERE id <= \
-             (SELECT id FROM security_events ORDER BY id DESC LIMIT 1 OFFSET $1)",
-        )
-        .bind(max_rows)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(aged + over)
+            pruned += n;
+            if n < 5000 {
+                break;
+            }
+        }
+        loop {
+            let n = sqlx::query(
+                "DELETE FROM security_events WHERE id IN (SELECT id FROM security_events WHERE id <= \
+                 (SELECT id FROM security_events ORDER BY id DESC LIMIT 1 OFFSET $1) ORDER BY id LIMIT 5000)",
+            )
+            .bind(max_rows)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            pruned += n;
+            if n < 5000 {
+                break;
+            }
+        }
+        Ok(pruned)
     }
 }

@@ -20,7 +20,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 pub use commands::{CommandRow, NewCommand};
-pub use devices::{CertRecord, CertSerialsRow, DeviceRow, EnrolOutcome, NewDevice, TokenState};
+pub use devices::{CertRecord, CertSerialsRow, CurrentCert, DeviceRow, EnrolOutcome, NewDevice, TokenState};
 pub use events::{NewSecurityEvent, SecurityEventRow};
 pub use tokens::NewApiToken;
 pub use uplinks::{UplinkQuery, UplinkRecord, UplinkRow};

@@ -96,6 +96,17 @@ impl Store {
     /// Consumes a valid setup token and creates the first operator token, atomically. False if the setup token
     /// is unknown, used or expired.
     pub async fn complete_setup(&self, setup_mac: &[u8], token: &NewApiToken<'_>) -> Result<bool> {
+        // A plain read first: a wrong token never takes the write lock (anyone may call setup).
+        let usable =
+            sqlx::query("SELECT 1 FROM setup_tokens WHERE token_mac = $1 AND used_at IS NULL AND expires_at > $2")
+                .bind(setup_mac)
+                .bind(token.created_at)
+                .fetch_optional(&self.pool)
+                .await?
+                .is_some();
+        if !usable {
+            return Ok(false);
+        }
         let mut tx = super::WriteTx::begin(&self.pool).await?;
         let done = sqlx::query(
             "UPDATE setup_tokens SET used_at = $2 WHERE token_mac = $1 AND used_at IS NULL AND expires_at > $2",

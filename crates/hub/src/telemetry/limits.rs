@@ -27,7 +27,14 @@ pub struct QuotaExceeded {
 pub struct Quotas {
     bytes_per_day: u64,
     clock: Clock,
-    used: Arc<Mutex<HashMap<String, (i64, u64)>>>,
+    used: Arc<Mutex<Used>>,
+}
+
+#[derive(Debug, Default)]
+struct Used {
+    /// The day of the entries (all are of one day: a new day starts an empty map).
+    day: i64,
+    bytes: HashMap<String, u64>,
 }
 
 impl Quotas {
@@ -43,18 +50,17 @@ impl Quotas {
         }
         let day = self.clock.now_ms().div_euclid(DAY_MS);
         let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        if used.len() > 100_000 {
-            // Forget earlier days' entries now and then, so the map holds at most today's active devices.
-            used.retain(|_, (d, _)| *d == day);
+        if used.day != day {
+            // A new UTC day: everyone starts afresh, and the map holds only today's active devices. O(1) per
+            // message otherwise.
+            used.day = day;
+            used.bytes.clear();
         }
-        let entry = used.entry(device.to_owned()).or_insert((day, 0));
-        if entry.0 != day {
-            *entry = (day, 0);
-        }
-        if entry.1.saturating_add(bytes) > self.bytes_per_day {
+        let entry = used.bytes.entry(device.to_owned()).or_insert(0);
+        if entry.saturating_add(bytes) > self.bytes_per_day {
             return Err(QuotaExceeded { limit: self.bytes_per_day });
         }
-        entry.1 += bytes;
+        *entry += bytes;
         Ok(())
     }
 }

@@ -63,6 +63,17 @@ impl SourceKey {
     }
 }
 
+impl SourceKey {
+    /// A key for a name instead of an address (a device id holding connections).
+    pub fn of_name(name: &str) -> SourceKey {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        name.hash(&mut h);
+        // The top bits mark a name, so it never equals an address key.
+        SourceKey(u128::from(h.finish()) | 3 << 126)
+    }
+}
+
 /// A held slot; dropping it frees the slot.
 #[derive(Debug)]
 pub struct Slot {
@@ -78,7 +89,11 @@ impl Stage {
 
     /// Takes a slot for a connection from `ip`, if the stage and the source have room.
     pub fn admit(&self, ip: IpAddr) -> Result<Slot, Refused> {
-        let source = SourceKey::of(ip);
+        self.admit_key(SourceKey::of(ip))
+    }
+
+    /// Takes a slot for `source`, if the stage and the source have room.
+    pub fn admit_key(&self, source: SourceKey) -> Result<Slot, Refused> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if inner.total >= self.limits.total {
             return Err(Refused::Full(self.limits.total));

@@ -173,11 +173,13 @@ async fn renewal_reply_lost_the_previous_certificate_renews_only_the_same_key() 
     let dir = tempfile::tempdir().expect("dir");
     let old = hub.enrolled_device(dir.path()).await.expect("device");
     let key2 = rcgen::KeyPair::generate().expect("key");
-    let (status, _lost) = renew(&hub, &old, &key2).await.expect("renew");
+    let (status, lost) = renew(&hub, &old, &key2).await.expect("renew");
     assert_eq!(status, 200);
-    // The reply was lost: the device still has only its old certificate. Retrying for the same key works...
+    // The reply was lost: the device still has only its old certificate. Retrying for the same key gets the
+    // same new certificate again (a replay changes nothing)...
     let (status, cert) = renew(&hub, &old, &key2).await.expect("retry");
     assert_eq!(status, 200, "{cert}");
+    assert_eq!(cert["certificate_chain_pem"], lost["certificate_chain_pem"]);
     // ...but the old certificate cannot get a certificate for any other key.
     let key3 = rcgen::KeyPair::generate().expect("key");
     let (status, body) = renew(&hub, &old, &key3).await.expect("other key");
@@ -189,27 +191,34 @@ async fn renewal_reply_lost_the_previous_certificate_renews_only_the_same_key() 
 }
 
 #[tokio::test]
-async fn enrol_retry_after_a_lost_reply_gets_a_certificate_for_the_same_key() {
+async fn enrol_retry_after_a_lost_reply_gets_the_same_certificate_and_a_replay_changes_nothing() {
     let hub = TestHub::start().await.expect("hub");
     let file = hub.manufacture("m", 1).await.expect("manufacture").remove(0);
     let id = file.device_id.as_str();
     let key = rcgen::KeyPair::generate().expect("key");
-    let (status, _lost) = enrol(&hub, id, &file.bootstrap_token, &key).await;
+    let (status, first) = enrol(&hub, id, &file.bootstrap_token, &key).await;
     assert_eq!(status, 200);
-    // Before: 409 token_used for ever. Now the same key gets a certificate again while none was used.
-    let (status, cert) = enrol(&hub, id, &file.bootstrap_token, &key).await;
-    assert_eq!(status, 200, "{cert}");
+    // Before: 409 token_used for ever. Now the same key gets the same certificate again.
+    let (status, again) = enrol(&hub, id, &file.bootstrap_token, &key).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["certificate_chain_pem"], first["certificate_chain_pem"], "the same certificate, unchanged");
     let dir = tempfile::tempdir().expect("dir");
     let dev = TestDevice {
         id: file.device_id.clone(),
         key_pem: key.serialize_pem(),
-        chain_pem: cert["certificate_chain_pem"].as_str().expect("chain").to_owned(),
+        chain_pem: first["certificate_chain_pem"].as_str().expect("chain").to_owned(),
         key_path: dir.path().join("k"),
         cert_path: dir.path().join("c"),
     };
     assert!(can_connect(&hub, &dev).await);
-    // Once that certificate was used, the token is spent for good, for any key.
-    let (status, body) = enrol(&hub, id, &file.bootstrap_token, &key).await;
+    // A replay of the captured request after the device connected: still the same certificate, and the device
+    // is not locked out (a new serial would have superseded the one it holds).
+    let (status, replay) = enrol(&hub, id, &file.bootstrap_token, &key).await;
+    assert_eq!((status, &replay["certificate_chain_pem"]), (200, &first["certificate_chain_pem"]));
+    assert!(can_connect(&hub, &dev).await, "a replayed enrolment must not lock the device out");
+    // Another key with the spent token is refused.
+    let other = rcgen::KeyPair::generate().expect("key");
+    let (status, body) = enrol(&hub, id, &file.bootstrap_token, &other).await;
     assert_eq!((status, body["error"]["code"].as_str()), (409, Some("token_used")));
 }
 
@@ -413,6 +422,20 @@ async fn failed_logins_are_recorded_and_operator_tokens_expire_and_can_be_revoke
         hub.post(&format!("/api/v1/tokens/{}/revoke", made["id"].as_str().expect("id")), json!({})).await.expect("rv");
     assert_eq!(code, 204);
     assert_eq!(status(token).await, 401);
+    // A token never mints one that outlives it.
+    let (_, short) = hub.post("/api/v1/tokens", json!({ "label": "short", "expires_in_days": 1 })).await.expect("new");
+    let short_token = short["token"].as_str().expect("token").to_owned();
+    let resp = hub
+        .client
+        .post(format!("{}/api/v1/tokens", hub.base()))
+        .bearer_auth(&short_token)
+        .json(&json!({ "label": "long", "expires_in_days": 397 }))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 201);
+    let long: serde_json::Value = resp.json().await.expect("json");
+    assert!(long["expires_at_ms"].as_i64() <= short["expires_at_ms"].as_i64(), "{long} outlives {short}");
 }
 
 #[tokio::test]
@@ -516,4 +539,43 @@ async fn enrol_body_over_16_kib_is_refused() {
     let body = json!({ "device_id": "aaaaaaaaaaaaaaaa", "bootstrap_token": "x".repeat(20_000), "csr_pem": "" });
     let resp = hub.client.post(format!("{}/api/v1/enrol", hub.base())).json(&body).send().await.expect("send");
     assert_eq!(resp.status(), 413);
+}
+
+#[tokio::test]
+async fn one_device_certificate_cannot_hold_every_https_device_slot() {
+    let hub = TestHub::start().await.expect("hub");
+    let dir = tempfile::tempdir().expect("dir");
+    let dev = hub.enrolled_device(dir.path()).await.expect("device");
+    let mut held = Vec::new();
+    for _ in 0..hearth_hub::transport::https::MAX_CONNECTIONS_PER_DEVICE {
+        held.push(hearth_test_support::tls_connect_to(&hub.hub, hub.hub.https_addr, Some(&dev)).await.expect("tls"));
+    }
+    // One more with the same certificate: closed right after the handshake.
+    let mut extra = hearth_test_support::tls_connect_to(&hub.hub, hub.hub.https_addr, Some(&dev)).await.expect("tls");
+    let _ = extra.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), extra.read_to_end(&mut buf)).await;
+    assert!(!String::from_utf8_lossy(&buf).contains("200 OK"), "a third connection of one device is refused");
+    assert!(hub.has_events("connection_refused", 1).await);
+    drop(held);
+}
+
+#[tokio::test]
+async fn a_session_ends_when_its_certificate_expires() {
+    // The hub's clock starts 30 days minus 20 s ago: the device's 30-day certificate expires 20 s from now
+    // (real time, which TLS checks); then the hub's clock is set to 3 s before that expiry.
+    let now = Clock::system().now_ms();
+    let clock = Clock::manual(now - 30 * 86_400_000 + 20_000);
+    let hub = TestHub::start_with_clock(|_| {}, clock.clone()).await.expect("hub");
+    let dir = tempfile::tempdir().expect("dir");
+    let dev = hub.enrolled_device(dir.path()).await.expect("device");
+    clock.set(now + 17_000);
+    let mut c = V5::connect(&hub, &dev).await.expect("connect");
+    match c.recv_within(Duration::from_secs(10)).await {
+        Some(v5::Packet::Disconnect(d)) => {
+            assert_eq!(d.reason_code, v5::DisconnectReasonCode::NotAuthorized);
+            assert!(d.reason_string.as_deref().is_some_and(|r| r.contains("expired")), "{d:?}");
+        }
+        other => panic!("expected DISCONNECT at certificate expiry, got {other:?}"),
+    }
 }

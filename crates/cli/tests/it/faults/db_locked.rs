@@ -11,6 +11,7 @@ use crate::support::{HubProcess, free_ports, setup, stored_seqs};
 
 #[tokio::test]
 async fn a_locked_database_for_seconds_refuses_then_resumes_and_loses_nothing() {
+    let _turn = super::ONE_AT_A_TIME.lock().await;
     let fault = "database unavailable (write lock held by another process)";
     let hold = Duration::from_secs(pick(10, 30));
     let dir = tempfile::tempdir().expect("dir");

@@ -21,6 +21,7 @@ impl Drop for Mount {
 
 #[tokio::test]
 async fn a_full_disk_refuses_new_messages_loses_nothing_acknowledged_and_ingest_resumes() {
+    let _turn = super::ONE_AT_A_TIME.lock().await;
     let fault = "disk full (tmpfs data directory)";
     let dir = tempfile::tempdir().expect("dir");
     let data = dir.path().join("hub");

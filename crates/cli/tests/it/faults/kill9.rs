@@ -16,6 +16,7 @@ const LIMITS: &str = "[mqtt]\npublish_rate_per_sec = 100000\npublish_burst = 100
 
 #[tokio::test]
 async fn every_acknowledged_message_survives_kill_9_exactly_once() {
+    let _turn = super::ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("dir");
     let (https, mqtts) = free_ports();
     let data = dir.path().join("hub");

@@ -13,6 +13,10 @@ mod kill9;
 mod network;
 mod soak;
 
+/// One fault at a time, in this test binary: a fault measures the hub under its own load, not its neighbours'
+/// (cargo runs a binary's tests in parallel). Every fault test holds this for its whole run.
+pub static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// How hard to push.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {

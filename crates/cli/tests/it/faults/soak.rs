@@ -13,6 +13,7 @@ use crate::support::{HubProcess, free_ports, manufacture, setup};
 
 #[tokio::test]
 async fn a_fleet_streaming_for_a_long_time_leaves_hub_memory_and_descriptors_flat() {
+    let _turn = super::ONE_AT_A_TIME.lock().await;
     let devices = pick(100, 1_000);
     let run = Duration::from_secs(pick(40, 30 * 60));
     let dir = tempfile::tempdir().expect("dir");

@@ -327,7 +327,7 @@ async fn manufacture(
             })
             .collect(),
     };
-    Ok((StatusCode::CREATED, Json(body)))
+    Ok((StatusCode::CREATED, [(header::CACHE_CONTROL, "no-store")], Json(body)))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -687,7 +687,7 @@ struct NewTokenResponse {
     expires_at_ms: i64,
 }
 
-/// Creates an operator token.
+/// Creates an operator token. It never outlives the caller's own token.
 #[utoipa::path(post, path = "/api/v1/tokens", request_body = NewTokenRequest, security(("bearer" = [])),
     responses((status = 201, body = NewTokenResponse), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody)))]
 async fn create_token(
@@ -703,7 +703,7 @@ async fn create_token(
         Some(d @ 1..=397) => Some(time::Duration::days(i64::from(d))),
         Some(_) => return Err(ApiError::bad_request("invalid_expiry", "expires_in_days must be 1 to 397")),
     };
-    let made = state.accounts.create_token(&req.label, validity).await?;
+    let made = state.accounts.create_token(&auth.0, &req.label, validity).await?;
     tracing::info!(token = %made.id, by = %auth.0.token_id, "operator token created");
     Ok((
         StatusCode::CREATED,

@@ -14,7 +14,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use super::admission::{Stage, StageLimits};
+use super::admission::{SourceKey, Stage, StageLimits};
 use crate::identity::{CertFacts, Identity, cert_facts};
 use crate::monitoring::{Monitor, SecurityEvent};
 
@@ -46,8 +46,10 @@ pub struct HttpsLimits {
     /// source. Connections with a device certificate use their own [`HttpsLimits::device_connections`], so
     /// anonymous clients can never take the slots devices need to renew.
     pub anonymous: StageLimits,
-    /// Established connections with a device certificate.
-    pub device_connections: usize,
+    /// Established connections with a device certificate: in all and per source; per device at most
+    /// [`MAX_CONNECTIONS_PER_DEVICE`]. So one device (or its stolen certificate) cannot take the slots others
+    /// need to renew.
+    pub device_connections: StageLimits,
     /// Time allowed for the TLS handshake.
     pub handshake_timeout: Duration,
     /// Time allowed to send the request headers.
@@ -62,13 +64,16 @@ impl Default for HttpsLimits {
         HttpsLimits {
             pending: StageLimits { total: 1024, per_source: 32 },
             anonymous: StageLimits { total: 3072, per_source: 64 },
-            device_connections: 1024,
+            device_connections: StageLimits { total: 1024, per_source: 16 },
             handshake_timeout: Duration::from_secs(5),
             header_timeout: Duration::from_secs(10),
             max_lifetime: Duration::from_secs(60),
         }
     }
 }
+
+/// Most concurrent HTTPS connections one device certificate may hold.
+pub const MAX_CONNECTIONS_PER_DEVICE: usize = 2;
 
 /// Serves `app` over TLS until the task is aborted.
 pub async fn serve(
@@ -81,7 +86,8 @@ pub async fn serve(
     let acceptor = TlsAcceptor::from(tls);
     let pending = Stage::new(limits.pending);
     let anonymous = Stage::new(limits.anonymous);
-    let devices = Stage::new(StageLimits { total: limits.device_connections, per_source: 0 });
+    let devices = Stage::new(limits.device_connections);
+    let per_device = Stage::new(StageLimits { total: usize::MAX, per_source: MAX_CONNECTIONS_PER_DEVICE });
     loop {
         let (tcp, peer) = super::accept(&listener).await;
         let slot = match pending.admit(peer.ip()) {
@@ -98,7 +104,8 @@ pub async fn serve(
         };
         let acceptor = acceptor.clone();
         let app = app.clone();
-        let (anonymous, devices, monitor) = (anonymous.clone(), devices.clone(), monitor.clone());
+        let (anonymous, devices, per_device, monitor) =
+            (anonymous.clone(), devices.clone(), per_device.clone(), monitor.clone());
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
@@ -123,7 +130,11 @@ pub async fn serve(
             };
             let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| cert_facts(c));
             let stage = if cert.is_some() { &devices } else { &anonymous };
-            let _slot = match stage.admit(peer.ip()) {
+            let admitted = stage.admit(peer.ip()).and_then(|slot| match &cert {
+                Some(c) => per_device.admit_key(SourceKey::of_name(c.device.as_str())).map(|d| (slot, Some(d))),
+                None => Ok((slot, None)),
+            });
+            let _slots = match admitted {
                 Ok(s) => s,
                 Err(refused) => {
                     monitor.record(SecurityEvent {

@@ -72,6 +72,7 @@ struct Session<S> {
     ctx: Arc<Ctx>,
     device: DeviceId,
     serial: String,
+    not_after_ms: i64,
     peer: SocketAddr,
     wire: Wire,
     rbuf: BytesMut,
@@ -108,6 +109,7 @@ where
         ctx: ctx.clone(),
         device: cert.device,
         serial: cert.serial,
+        not_after_ms: cert.not_after_ms,
         peer,
         wire: Wire::new(limits.max_packet),
         // Small to start (idle connections dominate memory); the codec reserves more for a large packet.
@@ -132,7 +134,8 @@ where
         Ok(Ok(Some(c))) => c,
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {
-            s.security("malformed_packet", format!("before CONNECT: {e}"));
+            let kind = if matches!(e, WireError::TooLarge { .. }) { "packet_too_large" } else { "malformed_packet" };
+            s.security(kind, format!("before CONNECT: {e}"));
             return;
         }
         Err(_) => {
@@ -187,6 +190,10 @@ where
     let idle_limit = Duration::from_millis(u64::from(keep_alive) * 1500);
     let mut deadline = Instant::now() + idle_limit;
     let certs = ctx.identity.certs();
+    // The session lasts no longer than the certificate that opened it.
+    let cert_left = Duration::from_millis(u64::try_from(s.not_after_ms - ctx.clock.now_ms()).unwrap_or(0));
+    let cert_expiry = tokio::time::sleep(cert_left);
+    tokio::pin!(cert_expiry);
     let end = if let Err(end) = pipelined {
         end
     } else {
@@ -236,6 +243,7 @@ where
                     },
                 },
                 _ = sleep_until(deadline) => Err(End::Hub(Reason::KeepAliveTimeout, "keep-alive expired".into())),
+            _ = &mut cert_expiry => Err(End::Hub(Reason::NotAuthorized, "certificate expired; renew it and reconnect".into())),
             };
             if s.flush().await.is_err() {
                 break End::Client;
@@ -513,10 +521,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         return self.refuse_publish(qos1, Reason::PayloadFormatInvalid, e.to_string());
                     }
                 };
-                if let Err(e) = self.ctx.quotas.charge(self.device.as_str(), payload.len() as u64) {
-                    self.security("quota_exceeded", e.to_string());
-                    return self.refuse_publish(qos1, Reason::QuotaExceeded, e.to_string());
-                }
                 if !self.ctx.ingest.available() {
                     // Storage is failing or the disk is nearly full: refuse now rather than queue behind it.
                     return self.refuse_publish(
@@ -524,6 +528,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         Reason::UnspecifiedError,
                         "storage unavailable; keep the message and resend later".into(),
                     );
+                }
+                // Charged only when the message can be taken (a device retrying through an outage keeps its quota).
+                if let Err(e) = self.ctx.quotas.charge(self.device.as_str(), payload.len() as u64) {
+                    self.security("quota_exceeded", e.to_string());
+                    return self.refuse_publish(qos1, Reason::QuotaExceeded, e.to_string());
                 }
                 let record = UplinkRecord {
                     device_id: self.device.to_string(),
