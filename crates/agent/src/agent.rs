@@ -69,6 +69,9 @@ pub struct AgentConfig {
     pub keep_alive: Duration,
     /// Limit for TCP connect, TLS handshake and CONNACK together (default 10 s).
     pub connect_timeout: Duration,
+    /// Uplinks per second at most, bursts of twice that (default [`crate::pace::DEFAULT_RATE`], half the hub's
+    /// default limit; 0 = unpaced). Keep it below the hub's `mqtt.publish_rate_per_sec`.
+    pub max_publish_rate: u32,
     /// Where telemetry comes from (default [`SystemSource`]).
     pub source: Box<dyn TelemetrySource>,
     /// Connect MQTT to this `host:port` instead of the hub's advertised address (tests, port forwarding).
@@ -106,6 +109,7 @@ impl AgentConfig {
             backoff_max: Duration::from_secs(60),
             keep_alive: mqtt::DEFAULT_KEEP_ALIVE,
             connect_timeout: mqtt::DEFAULT_CONNECT_TIMEOUT,
+            max_publish_rate: crate::pace::DEFAULT_RATE,
             source: Box::new(SystemSource),
             mqtt_addr: None,
             key_store: None,
@@ -199,6 +203,7 @@ pub struct Agent {
     backoff: Backoff,
     keep_alive: Duration,
     connect_timeout: Duration,
+    max_publish_rate: u32,
     mqtt_addr: Option<String>,
     topics: Topics,
     clock: Arc<dyn Clock>,
@@ -278,6 +283,7 @@ impl Agent {
             backoff,
             keep_alive: config.keep_alive,
             connect_timeout: config.connect_timeout,
+            max_publish_rate: config.max_publish_rate,
             mqtt_addr: config.mqtt_addr,
             topics,
             clock,
@@ -414,6 +420,7 @@ impl Agent {
         // After a failed renewal, wait for the retry time: ending the session at once would reconnect in a loop.
         let renew_at = tokio::time::sleep_until((Instant::now() + renew_in).max(renew_not_before));
         tokio::pin!(renew_at);
+        let mut pacer = crate::pace::Pacer::new(self.max_publish_rate, Instant::now());
         loop {
             // Command acknowledgements go first: they are small and the hub is waiting for them.
             while conn.can_publish() {
@@ -433,7 +440,11 @@ impl Agent {
             if self.sampler.take_dirty() {
                 exhausted = false;
             }
-            let free = usize::from(conn.max_inflight()).saturating_sub(conn.inflight());
+            let window = usize::from(conn.max_inflight()).saturating_sub(conn.inflight());
+            let free = pacer.available(window, Instant::now());
+            // Paced out with room in the window and more queued: wake when the next message may leave.
+            let paced = window > 0 && free == 0 && !exhausted && conflict.is_none();
+            let pace_until = pacer.next_at(Instant::now());
             if free > 0 && !exhausted && conflict.is_none() {
                 let batch = blocking(&self.queue, move |q| q.next_to_send(cursor, free)).await?;
                 exhausted = batch.len() < free;
@@ -445,6 +456,7 @@ impl Agent {
                     };
                     if let Some(pid) = conn.publish(topic, payload, QoS::AtLeastOnce)? {
                         inflight.push_back((pid, Some(seq)));
+                        pacer.take(1, Instant::now());
                     }
                     cursor = seq + 1;
                 }
@@ -516,6 +528,7 @@ impl Agent {
                     }
                 },
                 _ = self.sampler.tick() => self.sampler.sample().await?,
+                _ = tokio::time::sleep_until(pace_until), if paced => {}
                 _ = &mut renew_at => return Ok(SessionEnd::Renew),
                 _ = wait_shutdown(shutdown) => return Ok(SessionEnd::Shutdown),
             }

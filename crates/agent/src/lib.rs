@@ -28,6 +28,7 @@ pub mod enrol;
 mod fsutil;
 pub mod keystore;
 pub mod mqtt;
+pub mod pace;
 pub mod queue;
 pub mod source;
 pub mod tls;

@@ -236,6 +236,10 @@ pub struct MqttConnection<S = TlsStream<TcpStream>> {
     need_flush: bool,
     keep_alive: Duration,
     last_sent: Instant,
+    /// When the hub last sent anything: a link on which publishes leave but nothing comes back is dead, and is
+    /// noticed within two keep-alives (before, only silence on our side triggered a ping, so a device that kept
+    /// publishing into a half-open link noticed only once its inflight window was full).
+    last_received: Instant,
     ping_sent: Option<Instant>,
     timer: Pin<Box<Sleep>>,
     inflight: Vec<u16>,
@@ -284,6 +288,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MqttConnection<S> {
             need_flush: false,
             keep_alive: opts.keep_alive,
             last_sent: Instant::now(),
+            last_received: Instant::now(),
             ping_sent: None,
             timer: Box::pin(tokio::time::sleep(opts.keep_alive)),
             inflight: Vec::with_capacity(usize::from(opts.inflight)),
@@ -513,21 +518,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MqttConnection<S> {
             if let Some((packet, _)) =
                 self.codec.decode(&mut self.rbuf).map_err(|e| MqttError::Decode(e.to_string()))?
             {
+                self.last_received = Instant::now();
                 return Ok(packet);
             }
             if keep_alive {
                 let now = Instant::now();
+                // Ping after a keep-alive of silence in either direction.
+                let quiet_since = self.last_sent.min(self.last_received);
                 let deadline = match self.ping_sent {
                     Some(sent) if now >= sent + self.keep_alive => {
                         return Err(MqttError::KeepAliveTimeout(self.keep_alive));
                     }
                     Some(sent) => sent + self.keep_alive,
-                    None if now >= self.last_sent + self.keep_alive => {
+                    None if now >= quiet_since + self.keep_alive => {
                         self.send(Packet::PingRequest)?;
                         self.ping_sent = Some(now);
                         now + self.keep_alive
                     }
-                    None => self.last_sent + self.keep_alive,
+                    None => quiet_since + self.keep_alive,
                 };
                 self.timer.as_mut().reset(deadline);
             }

@@ -17,7 +17,7 @@ async fn a_locked_database_for_seconds_refuses_then_resumes_and_loses_nothing() 
     let dir = tempfile::tempdir().expect("dir");
     let data = dir.path().join("hub");
     let (https, mqtts) = free_ports();
-    let extra = "[mqtt]\npublish_rate_per_sec = 100000\npublish_burst = 100000\n";
+    let extra = "[mqtt]\npublish_rate_per_sec = 100000\npublish_burst = 100000\n[telemetry]\nmax_bytes_per_device_per_day = 0\n";
     let hub = HubProcess::start_with(&data, https, mqtts, extra);
     let token = setup(&hub);
     let device = Device::enrol(&hub, &token, &dir.path().join("device")).await;

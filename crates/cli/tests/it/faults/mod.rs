@@ -148,9 +148,10 @@ pub struct Tally {
     pub connects: u64,
 }
 
-/// Publishes QoS 1 telemetry of about `size` bytes as fast as the inflight window allows, from `next_seq` on,
-/// until `stop` is set; first resends every seq in `resend`. Reconnects when the hub closes the connection.
-/// Every PUBACK is tallied; nothing is ever counted as stored unless acknowledged with success.
+/// Publishes QoS 1 telemetry of about `size` bytes as fast as the inflight window allows: first every seq in
+/// `resend`, then new ones from `next_seq` on, until `stop` is set. After `stop`, no new seq is taken, but what
+/// was refused keeps being resent (as a device would) until everything is acknowledged or 60 s pass; what is
+/// still refused then stays in `tally.refused`. Reconnects when the hub closes the connection.
 pub async fn publish_until(
     device: &Device,
     size: usize,
@@ -161,23 +162,39 @@ pub async fn publish_until(
 ) {
     use hearth_agent::mqtt::{Event, MqttConnection, QoS};
     use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
     let mut todo: std::collections::VecDeque<i64> = resend.into();
-    while !stop.load(Ordering::Relaxed) {
+    let mut stopped_at: Option<Instant> = None;
+    let draining_too_long = |stopped_at: &mut Option<Instant>| {
+        if stop.load(Ordering::Relaxed) {
+            stopped_at.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(60)
+        } else {
+            false
+        }
+    };
+    'connections: loop {
+        if (stop.load(Ordering::Relaxed) && todo.is_empty()) || draining_too_long(&mut stopped_at) {
+            break;
+        }
         let Ok(mut conn) = MqttConnection::connect(device.opts.clone()).await else {
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
         tally.connects += 1;
-        let mut in_flight: std::collections::HashMap<u16, (i64, std::time::Instant)> = Default::default();
+        let mut in_flight: std::collections::HashMap<u16, (i64, Instant)> = Default::default();
         loop {
-            while !stop.load(Ordering::Relaxed) && conn.can_publish() {
-                let seq = todo.pop_front().unwrap_or_else(|| {
-                    *next_seq += 1;
-                    *next_seq - 1
-                });
+            while conn.can_publish() {
+                let seq = match todo.pop_front() {
+                    Some(seq) => seq,
+                    None if !stop.load(Ordering::Relaxed) => {
+                        *next_seq += 1;
+                        *next_seq - 1
+                    }
+                    None => break,
+                };
                 match conn.publish(device.topic().as_str(), payload(seq, size), QoS::AtLeastOnce) {
                     Ok(Some(pid)) => {
-                        in_flight.insert(pid, (seq, std::time::Instant::now()));
+                        in_flight.insert(pid, (seq, Instant::now()));
                     }
                     _ => {
                         todo.push_front(seq);
@@ -185,10 +202,14 @@ pub async fn publish_until(
                     }
                 }
             }
-            if stop.load(Ordering::Relaxed) && in_flight.is_empty() {
+            if stop.load(Ordering::Relaxed) && in_flight.is_empty() && todo.is_empty() {
+                conn.disconnect().await;
+                break 'connections;
+            }
+            if draining_too_long(&mut stopped_at) {
                 break;
             }
-            match tokio::time::timeout(std::time::Duration::from_secs(30), conn.next_event()).await {
+            match tokio::time::timeout(Duration::from_secs(30), conn.next_event()).await {
                 Ok(Ok(Event::PubAck { packet_id, reason_code })) => {
                     let Some((seq, sent)) = in_flight.remove(&packet_id) else { continue };
                     tally.latencies_ms.push(sent.elapsed().as_millis() as u64);
@@ -200,7 +221,7 @@ pub async fn publish_until(
                         tally.refused.insert(seq);
                         todo.push_back(seq);
                         // Like the agent: back off a little before resending.
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 }
                 Ok(Ok(_)) => {}
@@ -209,9 +230,6 @@ pub async fn publish_until(
         }
         // Whatever was in flight when the connection ended is resent.
         todo.extend(in_flight.into_values().map(|(s, _)| s));
-        if stop.load(Ordering::Relaxed) && todo.is_empty() {
-            break;
-        }
     }
     tally.refused.extend(todo);
 }

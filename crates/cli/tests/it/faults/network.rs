@@ -34,13 +34,9 @@ use tokio::time::Instant;
 use super::{fd_count, pick, report, rss_kib};
 use crate::support::{HubProcess, free_ports, manufacture, setup, stored_seqs};
 
-/// One network fault at a time (a `tokio` mutex, so it may be held across awaits and shared between the tests'
-/// runtimes).
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_that_cuts_connections_at_random_loses_no_qos1_message() {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _one = super::ONE_AT_A_TIME.lock().await;
     let began = Instant::now();
     let n = pick(8, 50);
     let chaos = pick(Duration::from_secs(15), Duration::from_secs(300));
@@ -67,6 +63,7 @@ async fn a_proxy_that_cuts_connections_at_random_loses_no_qos1_message() {
     assert!(cuts > 0, "the proxy never found a connection to cut");
 
     let events = security_events(&net.hub, &net.token).await;
+    assert!(!events.contains_key("rate_limited"), "a paced agent never trips the hub's rate limit: {events:?}");
     report(
         "connections cut at random by a proxy (QoS 1 telemetry)",
         1,
@@ -84,7 +81,7 @@ async fn a_proxy_that_cuts_connections_at_random_loses_no_qos1_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_half_open_link_is_detected_and_nothing_is_lost() {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _one = super::ONE_AT_A_TIME.lock().await;
     let began = Instant::now();
     let n = 3;
     let holes = pick(1, 6);
@@ -93,10 +90,11 @@ async fn a_half_open_link_is_detected_and_nothing_is_lost() {
     // its maximum. A short connect timeout keeps attempts made into the black hole from outliving it by much.
     let keep_alive = Duration::from_secs(2);
     let interval = Duration::from_millis(50);
-    // The agent sends PINGREQ only after a keep-alive without sending anything, and has no PUBACK timeout: while
-    // it samples, its publishes keep the link "alive" until the inflight window is full. So it notices a dead
-    // link after filling the window plus two keep-alives (ping, then no answer).
-    let expected = interval * u32::from(hearth_agent::mqtt::DEFAULT_INFLIGHT) + keep_alive * 2;
+    // The agent pings after a keep-alive in which the hub sent nothing, and gives up a keep-alive later: it
+    // notices a dead link within two keep-alives, however much it publishes meanwhile. (Before, only its own
+    // silence triggered a ping, so it noticed only once its inflight window was full: 32 × interval + 2 ×
+    // keep-alive, about 380 s at the defaults.)
+    let expected = keep_alive * 2;
     let net = BehindProxy::start("halfopen", n).await;
     let agents = Agents::start(net.dir.path(), &net.boots, |c| {
         c.interval = interval;
@@ -129,6 +127,11 @@ async fn a_half_open_link_is_detected_and_nothing_is_lost() {
                 )
             });
             assert!(first < end, "trial {trial}: agent {agent} noticed the dead link only after it came back");
+            assert!(
+                first - start <= expected + keep_alive,
+                "trial {trial}: agent {agent} took {:?} to notice a dead link (keep-alive {keep_alive:?})",
+                first - start
+            );
             detect_ms.push((first - start).as_millis() as u64);
         }
         // Back: a new CONNACK (none can happen inside the black hole).
@@ -141,14 +144,14 @@ async fn a_half_open_link_is_detected_and_nothing_is_lost() {
         assert!(back.is_some(), "trial {trial}: the agents did not reconnect within 30 s after the link returned");
         back_ms.push(end.elapsed().as_millis() as u64);
     }
-    // After a hole each agent resends some 300 queued messages as fast as PUBACKs return, beyond the hub's
-    // default 100/s (burst 200): the hub disconnects it once (`rate_limited` in the figures) and it reconnects
-    // and finishes. Slower, noisier, but nothing may be lost.
+    // After a hole each agent resends some 300 queued messages, paced below the hub's default 100/s (burst
+    // 200): no agent may trip the hub's rate limit.
     let drain = agents.drain(Duration::from_secs(60)).await;
     let checked = agents.stop_and_verify(&net.hub, &net.token).await;
     detect_ms.sort_unstable();
 
     let events = security_events(&net.hub, &net.token).await;
+    assert!(!events.contains_key("rate_limited"), "a paced agent never trips the hub's rate limit: {events:?}");
     report(
         "half-open link: the proxy black-holes traffic, connections stay open",
         holes,
@@ -169,7 +172,7 @@ async fn a_half_open_link_is_detected_and_nothing_is_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_back_off_with_jitter_after_a_hub_restart() {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _one = super::ONE_AT_A_TIME.lock().await;
     let began = Instant::now();
     let n = pick(30, 200);
     let (backoff_min, backoff_max) = (Duration::from_millis(500), Duration::from_secs(5));
@@ -231,6 +234,7 @@ async fn agents_back_off_with_jitter_after_a_hub_restart() {
     let checked = agents.stop_and_verify(&net.hub, &net.token).await;
 
     let events = security_events(&net.hub, &net.token).await;
+    assert!(!events.contains_key("rate_limited"), "a paced agent never trips the hub's rate limit: {events:?}");
     report(
         "hub killed (kill -9) and restarted after 2 s behind a fleet",
         1,
@@ -251,7 +255,7 @@ async fn agents_back_off_with_jitter_after_a_hub_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnect_storm_after_a_hub_restart_all_devices_return() {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _one = super::ONE_AT_A_TIME.lock().await;
     let began = Instant::now();
     // A connected in-process device holds about two descriptors here (its socket and its queue file); spend at
     // most 40% of the limit on them, leaving the rest to the test harness and the other tests in this process.
