@@ -16,8 +16,11 @@ ALTER TABLE devices ADD COLUMN cert_chain_pem TEXT;
 -- When the current certificate was first used to connect (NULL: not yet; a lost enrol reply may be retried).
 ALTER TABLE devices ADD COLUMN cert_used_at INTEGER;
 
--- Operator tokens expire and can be listed and revoked.
+-- Operator tokens expire and can be listed and revoked. Tokens made before this migration get 90 days from the
+-- upgrade (not from their creation, which could lock an owner out at once).
 ALTER TABLE api_tokens ADD COLUMN expires_at INTEGER;
+UPDATE api_tokens SET expires_at = CAST(strftime('%s', 'now') AS INTEGER) * 1000 + 7776000000
+    WHERE expires_at IS NULL;
 
 -- Retention deletes by receive time.
 CREATE INDEX uplinks_by_received ON uplinks (received_at);

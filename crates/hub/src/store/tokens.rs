@@ -50,7 +50,7 @@ impl Store {
         Ok(())
     }
 
-    /// Every operator token, newest first (tokens made before expiry existed show expiry 0: never set).
+    /// Every operator token, newest first (the migration gave every earlier token an expiry).
     pub async fn api_tokens(&self) -> Result<Vec<crate::accounts::TokenInfo>> {
         let rows = sqlx::query(
             "SELECT id, label, created_at, COALESCE(expires_at, 0), revoked_at FROM api_tokens \

@@ -644,7 +644,7 @@ struct TokenBody {
     id: String,
     label: String,
     created_at_ms: i64,
-    /// 0 for a token made before tokens expired (it never expires; revoke it).
+    /// When it stops working, Unix ms (tokens made before tokens expired got 90 days from the upgrade).
     expires_at_ms: i64,
     revoked_at_ms: Option<i64>,
 }
