@@ -157,8 +157,16 @@ pub async fn stored_seqs(hub: &HubProcess, token: &str, device: &str) -> Vec<(i6
     let mut after = 0;
     loop {
         let url = format!("{}/api/v1/devices/{device}/telemetry?limit=1000&after_seq={after}", hub.url());
-        let page: serde_json::Value =
-            client.get(url).bearer_auth(token).send().await.expect("query").json().await.expect("json");
+        let page: serde_json::Value = client
+            .get(url)
+            .bearer_auth(token)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .expect("query")
+            .json()
+            .await
+            .expect("json");
         let items = page["items"].as_array().cloned().unwrap_or_default();
         for i in &items {
             out.push((i["seq"].as_i64().expect("seq"), i["received_at_ms"].as_i64().expect("received")));

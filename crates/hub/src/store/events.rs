@@ -96,33 +96,18 @@ impl Store {
     /// Deletes security events whose last occurrence is before `before`, then the oldest beyond `max_rows`, in
     /// batches of 5,000 rows (so the write lock is never held for long). Returns how many rows went.
     pub async fn prune_security_events(&self, before: i64, max_rows: i64) -> Result<u64> {
+        let aged = "DELETE FROM security_events WHERE id IN (SELECT id FROM security_events \
+                    WHERE last_at < $1 OR (last_at IS NULL AND at < $1) LIMIT 5000)";
+        let over = "DELETE FROM security_events WHERE id IN (SELECT id FROM security_events WHERE id <= \
+                    (SELECT id FROM security_events ORDER BY id DESC LIMIT 1 OFFSET $1) ORDER BY id LIMIT 5000)";
         let mut pruned = 0;
-        loop {
-            let n = sqlx::query(
-                "DELETE FROM security_events WHERE id IN (SELECT id FROM security_events \
-                 WHERE last_at < $1 OR (last_at IS NULL AND at < $1) LIMIT 5000)",
-            )
-            .bind(before)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-            pruned += n;
-            if n < 5000 {
-                break;
-            }
-        }
-        loop {
-            let n = sqlx::query(
-                "DELETE FROM security_events WHERE id IN (SELECT id FROM security_events WHERE id <= \
-                 (SELECT id FROM security_events ORDER BY id DESC LIMIT 1 OFFSET $1) ORDER BY id LIMIT 5000)",
-            )
-            .bind(max_rows)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-            pruned += n;
-            if n < 5000 {
-                break;
+        for (sql, bound) in [(aged, before), (over, max_rows)] {
+            loop {
+                let n = sqlx::query(sql).bind(bound).execute(&self.pool).await?.rows_affected();
+                pruned += n;
+                if n < 5000 {
+                    break;
+                }
             }
         }
         Ok(pruned)

@@ -579,3 +579,28 @@ async fn a_session_ends_when_its_certificate_expires() {
         other => panic!("expected DISCONNECT at certificate expiry, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_command_larger_than_the_clients_maximum_packet_size_is_not_sent() {
+    let hub = TestHub::start().await.expect("hub");
+    let dir = tempfile::tempdir().expect("dir");
+    let dev = hub.enrolled_device(dir.path()).await.expect("device");
+    // 120 bytes: enough for a small command, too little for one with a long argument.
+    let mut c = V5::connect_with(&hub, &dev, |connect| connect.max_packet_size = std::num::NonZeroU32::new(120))
+        .await
+        .expect("connect");
+    c.subscribe(&[topic(&dev, "commands")], 1).await.expect("subscribe");
+    assert!(matches!(c.recv().await, Some(v5::Packet::SubscribeAck(_))));
+    let big = json!({ "name": "set_label", "args": { "label": "x".repeat(200) } });
+    let (status, _) = hub.post(&format!("/api/v1/devices/{}/commands", dev.id), big).await.expect("cmd");
+    assert_eq!(status, 202);
+    let got = c.recv_within(Duration::from_secs(1)).await;
+    assert!(got.is_none(), "a packet over the client's Maximum Packet Size must not be sent: {got:?}");
+    let (status, _) =
+        hub.post(&format!("/api/v1/devices/{}/commands", dev.id), json!({ "name": "ping" })).await.expect("cmd");
+    assert_eq!(status, 202);
+    match c.recv().await {
+        Some(v5::Packet::Publish(p)) => assert!(p.payload.len() < 120),
+        other => panic!("the small command still arrives, got {other:?}"),
+    }
+}

@@ -90,17 +90,11 @@ async fn a_full_disk_refuses_new_messages_loses_nothing_acknowledged_and_ingest_
     let freed = Instant::now();
     let resend: Vec<i64> = std::mem::take(&mut tally.refused).into_iter().collect();
     let resend_count = resend.len();
-    let slice = Arc::new(AtomicBool::new(false));
-    let s2 = slice.clone();
     let resend_set: std::collections::BTreeSet<i64> = resend.iter().copied().collect();
-    let timer = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(8)).await;
-        s2.store(true, Ordering::Relaxed);
-    });
-    // Resend only: no new messages in this phase (the disk is still nearly full).
-    let mut no_new = next_seq;
-    publish_until(&device, 12_000, resend, &mut no_new, &slice, &mut tally).await;
-    let _ = timer.await;
+    // Resend only (a stop flag already set: no new messages; the disk is still nearly full), until everything
+    // refused is stored or 60 s pass.
+    let resend_only = AtomicBool::new(true);
+    publish_until(&device, 12_000, resend, &mut next_seq, &resend_only, &mut tally).await;
     let resumed_secs = freed.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let peak = watch.await.unwrap_or(0);

@@ -208,6 +208,16 @@ async fn setup(
     }
 }
 
+/// Where devices reach this hub (in every bootstrap file).
+fn hub_endpoints(state: &HubState) -> HubEndpoints {
+    HubEndpoints {
+        url: state.public.https_url.clone(),
+        mqtt_host: state.public.mqtt_host.clone(),
+        mqtt_port: state.public.mqtt_port,
+        ca_pem: state.identity.authorities().server_ca_pem.clone(),
+    }
+}
+
 fn enrol_error(e: EnrolError) -> ApiError {
     match e {
         EnrolError::InvalidToken => ApiError::unauthorized("invalid_token", e.to_string()),
@@ -311,12 +321,7 @@ async fn manufacture(
     let made = state.identity.manufacture(&model, req.count).await.map_err(enrol_error)?;
     tracing::info!(model = %model, count = made.len(), "devices manufactured");
     let body = ManufactureResponse {
-        hub: HubEndpoints {
-            url: state.public.https_url.clone(),
-            mqtt_host: state.public.mqtt_host.clone(),
-            mqtt_port: state.public.mqtt_port,
-            ca_pem: state.identity.authorities().server_ca_pem.clone(),
-        },
+        hub: hub_endpoints(&state),
         devices: made
             .into_iter()
             .map(|d| ManufacturedDevice {
@@ -621,12 +626,7 @@ async fn reissue_bootstrap(
     })?;
     tracing::info!(device = %id, token = %auth.0.token_id, "bootstrap token re-issued by an operator");
     let body = BootstrapBody {
-        hub: HubEndpoints {
-            url: state.public.https_url.clone(),
-            mqtt_host: state.public.mqtt_host.clone(),
-            mqtt_port: state.public.mqtt_port,
-            ca_pem: state.identity.authorities().server_ca_pem.clone(),
-        },
+        hub: hub_endpoints(&state),
         device: ManufacturedDevice {
             device_id: made.id,
             model: made.model,
