@@ -5,12 +5,13 @@
 //! (16,000 refused topic filters in one SUBSCRIBE, thousands of failed handshakes a second). So `record` only
 //! bumps a counter in memory under the key (kind, device, source network); a flusher writes one row per key
 //! with its count, first and last time, and one sample detail, every [`FLUSH_INTERVAL`], and logs one line per
-//! row. At most [`MAX_KEYS`] keys are kept between flushes; events beyond that are counted in one
-//! `events_overflow` row, so neither memory, rows nor log lines grow with the attack rate. IPv6 sources are
-//! aggregated per /64 (one host usually owns a whole /64).
+//! row. At most [`MAX_KEYS`] keys are kept between flushes; events beyond that are counted in one overflow row
+//! per kind (no device, no source, the detail says so), so neither memory, rows nor log lines grow with the
+//! attack rate, and a flood of one kind cannot hide that another kind happened. IPv6 sources are aggregated per
+//! /64 (one host usually owns a whole /64).
 //!
 //! Invariant: the cost of an event is O(1) memory and no I/O at the call site; rows and log lines per
-//! [`FLUSH_INTERVAL`] are at most [`MAX_KEYS`] + 1.
+//! [`FLUSH_INTERVAL`] are at most [`MAX_KEYS`] + the number of kinds.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -61,7 +62,8 @@ struct Aggregate {
 #[derive(Debug, Default)]
 struct Pending {
     keys: HashMap<Key, Aggregate>,
-    overflow: Option<Aggregate>,
+    /// Per kind, events that found no room among the keys.
+    overflow: HashMap<&'static str, Aggregate>,
 }
 
 /// Records security events. Cheap to clone.
@@ -98,15 +100,15 @@ impl Monitor {
                     .keys
                     .insert(key, Aggregate { first_at: now, last_at: now, count: 1, detail: clip(event.detail) });
             }
-            None => match &mut pending.overflow {
+            None => match pending.overflow.get_mut(event.kind) {
                 Some(a) => bump(a, now),
                 None => {
-                    pending.overflow = Some(Aggregate {
-                        first_at: now,
-                        last_at: now,
-                        count: 1,
-                        detail: format!("more than {MAX_KEYS} distinct event sources in {FLUSH_INTERVAL:?}"),
-                    })
+                    let detail = format!(
+                        "overflow: more than {MAX_KEYS} distinct event sources in {FLUSH_INTERVAL:?}; these are \
+                         not attributed to a device or source. First: {}",
+                        clip(event.detail)
+                    );
+                    pending.overflow.insert(event.kind, Aggregate { first_at: now, last_at: now, count: 1, detail });
                 }
             },
         }
@@ -135,7 +137,7 @@ impl Monitor {
             .keys
             .into_iter()
             .map(|(k, a)| row(k.kind, k.device, k.source, a))
-            .chain(pending.overflow.map(|a| row("events_overflow", None, None, a)))
+            .chain(pending.overflow.into_iter().map(|(kind, a)| row(kind, None, None, a)))
             .collect();
         rows.sort_by_key(|r| r.at);
         rows
@@ -218,6 +220,36 @@ mod tests {
         assert_eq!(source_network("2001:db8:1:2:bbbb::9".parse().unwrap()), "2001:db8:1:2::/64");
         assert_eq!(source_network("::ffff:10.0.0.1".parse().unwrap()), "10.0.0.1");
         assert_eq!(source_network("192.0.2.7".parse().unwrap()), "192.0.2.7");
+    }
+
+    #[tokio::test]
+    async fn beyond_the_key_limit_each_kind_keeps_its_own_overflow_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("db")).await.unwrap();
+        let monitor = Monitor::start(store.clone(), Clock::system());
+        // A flood from MAX_KEYS + 100 sources, then one event of another kind from yet another source.
+        for i in 0..(MAX_KEYS as u32 + 100) {
+            let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i);
+            monitor.record(SecurityEvent {
+                device: None,
+                source: Some(ip.into()),
+                kind: "tls_refused",
+                detail: "x".into(),
+            });
+        }
+        monitor.record(SecurityEvent {
+            device: Some("abcdefghijklmnop".into()),
+            source: Some("192.0.2.1".parse().unwrap()),
+            kind: "revoked",
+            detail: "y".into(),
+        });
+        monitor.flush().await;
+        let (rows, occurrences) = store.security_event_totals().await.unwrap();
+        assert_eq!(rows, MAX_KEYS as i64 + 2, "the keys, one overflow row for the flood, one for the other kind");
+        assert_eq!(occurrences, MAX_KEYS as i64 + 101, "every event is counted");
+        let revoked = store.security_events(None, Some("revoked"), 10).await.unwrap();
+        assert_eq!(revoked.len(), 1, "a flood of one kind does not hide another kind");
+        assert!(revoked[0].detail.starts_with("overflow"));
     }
 
     #[test]
