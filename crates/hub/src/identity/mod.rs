@@ -21,6 +21,10 @@ use crate::store::{CertRecord, EnrolOutcome, NewDevice, Store, TokenState};
 pub use ca::{Authorities, CsrError};
 pub use verifier::{CertFacts, CertRefusal, DeviceCertVerifier, DeviceCerts, Serials, cert_facts};
 
+/// Shortest time between two renewals of a device's current certificate (a retry after a lost answer, with the
+/// previous certificate, is not limited: it changes nothing).
+pub const MIN_RENEWAL_GAP: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// MAC purposes, so a token of one kind can never be presented as another.
 const BOOTSTRAP: &str = "bootstrap";
 const CLAIM: &str = "claim";
@@ -46,6 +50,9 @@ pub enum EnrolError {
     /// The presented certificate was replaced by a newer one, or the key in the CSR is not the one certified.
     #[error("this certificate has been superseded by a newer one of this device")]
     Superseded,
+    /// The device renewed its current certificate moments ago.
+    #[error("this device renewed its certificate less than {0} s ago; use the certificate it got")]
+    RenewedRecently(u64),
     /// The certificate expired longer ago than the renewal grace period allows.
     #[error("this certificate expired too long ago to renew; ask the operator to re-issue a bootstrap token")]
     Expired,
@@ -106,6 +113,8 @@ pub struct ReissuedBootstrap {
 #[derive(Debug, Clone)]
 pub struct Identity {
     locks: Arc<Vec<tokio::sync::Mutex<()>>>,
+    /// When each device last renewed its current certificate (monotonic), to refuse a renewal loop.
+    last_renewal: Arc<std::sync::Mutex<std::collections::HashMap<DeviceId, tokio::time::Instant>>>,
     lock_hasher: std::collections::hash_map::RandomState,
     store: Store,
     master: Arc<MasterKey>,
@@ -135,6 +144,7 @@ impl Identity {
         let locks = Arc::new((0..64).map(|_| tokio::sync::Mutex::new(())).collect());
         Ok(Identity {
             locks,
+            last_renewal: Arc::default(),
             lock_hasher: std::collections::hash_map::RandomState::new(),
             store,
             master,
@@ -295,6 +305,19 @@ impl Identity {
         let is_current = self.certs.serials(device.as_str()).is_some_and(|s| s.current == presented.facts.serial);
         if !is_current {
             return self.same_certificate_again(device, csr_pem, EnrolError::Superseded).await;
+        }
+        // One renewal of the current certificate per device and MIN_RENEWAL_GAP: a device (or a stolen
+        // certificate) looping renew-and-reconnect costs a signature, a write and a notice to every session each time.
+        {
+            let mut last = self.last_renewal.lock().unwrap_or_else(|p| p.into_inner());
+            let now_mono = tokio::time::Instant::now();
+            if last.get(device).is_some_and(|t| now_mono.duration_since(*t) < MIN_RENEWAL_GAP) {
+                return Err(EnrolError::RenewedRecently(MIN_RENEWAL_GAP.as_secs()));
+            }
+            if last.len() > 100_000 {
+                last.retain(|_, t| now_mono.duration_since(*t) < MIN_RENEWAL_GAP);
+            }
+            last.insert(device.clone(), now_mono);
         }
         let row = self.store.device(device.as_str()).await.map_err(internal)?.ok_or(EnrolError::NotEnrolled)?;
         let issued = self.issue(device, &row.model, csr_pem, now)?;

@@ -165,6 +165,9 @@ async fn superseded_certificate_cannot_connect_or_renew_itself() {
     );
     assert!(can_connect(&hub, &new).await, "the current certificate keeps working");
     assert!(hub.has_events("tls_refused", 2).await);
+    // A renewal loop is refused: one renewal of the current certificate per 10 minutes.
+    let (status, body) = renew(&hub, &new, &thief_key).await.expect("renew again");
+    assert_eq!((status, body["error"]["code"].as_str()), (429, Some("renewed_recently")), "{body}");
 }
 
 #[tokio::test]

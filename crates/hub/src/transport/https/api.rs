@@ -227,6 +227,9 @@ fn enrol_error(e: EnrolError) -> ApiError {
         EnrolError::NotEnrolled => ApiError::new(StatusCode::CONFLICT, "not_enrolled", e.to_string()),
         EnrolError::Superseded => ApiError::new(StatusCode::FORBIDDEN, "certificate_superseded", e.to_string()),
         EnrolError::Expired => ApiError::new(StatusCode::FORBIDDEN, "certificate_expired", e.to_string()),
+        EnrolError::RenewedRecently(_) => {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "renewed_recently", e.to_string())
+        }
         EnrolError::Csr(c) => ApiError::bad_request("invalid_csr", c.to_string()),
         EnrolError::Internal(m) => ApiError::internal(m),
     }
