@@ -24,8 +24,12 @@ async fn operator_endpoints_need_a_valid_token() {
         .await
         .expect("send");
     assert_eq!(resp.status(), 401);
-    // Health says nothing beyond "up".
+    // Health says nothing beyond "up"; every answer carries the hardening headers.
     let resp = hub.client.get(format!("{}/healthz", hub.base())).send().await.expect("send");
+    let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    assert_eq!(header("strict-transport-security").as_deref(), Some("max-age=31536000"));
+    assert_eq!(header("x-content-type-options").as_deref(), Some("nosniff"));
+    assert_eq!(header("cache-control").as_deref(), Some("no-store"));
     assert_eq!(resp.json::<serde_json::Value>().await.expect("json"), json!({ "status": "ok" }));
 }
 

@@ -54,7 +54,19 @@ pub fn router(state: HubState) -> Router {
         .route("/api/v1/security-events", get(security_events))
         .fallback(|| async { ApiError::not_found("endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::map_response(hardening_headers))
         .with_state(state)
+}
+
+/// Headers on every answer: HTTPS only from now on (HSTS, a year), no content sniffing, and no caching (answers
+/// carry tokens, certificates and per-operator data; a handler may say otherwise).
+async fn hardening_headers(mut response: axum::response::Response) -> axum::response::Response {
+    use axum::http::HeaderValue;
+    let headers = response.headers_mut();
+    headers.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=31536000"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
+    response
 }
 
 #[derive(OpenApi)]
