@@ -356,9 +356,7 @@ impl Identity {
     /// Notes that a device connected with the certificate of `serial`. The first use of a renewed certificate
     /// ends the previous one (recorded first, then in memory, and any session still on it is closed).
     pub async fn cert_used(&self, device: &DeviceId, serial: &str) -> Result<(), crate::store::StoreError> {
-        let first_use =
-            self.certs.serials(device.as_str()).is_some_and(|s| s.current == serial && (!s.used || s.prev.is_some()));
-        if !first_use {
+        if !self.certs.is_first_use(device.as_str(), serial) {
             return Ok(());
         }
         let _guard = self.lock(device).await;

@@ -90,6 +90,16 @@ impl DeviceCerts {
         self.serials.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
     }
 
+    /// Whether a connection with `serial` is the first use of `id`'s current certificate (so the previous one must
+    /// now stop working). Cheap: called on every CONNECT.
+    pub fn is_first_use(&self, id: &str, serial: &str) -> bool {
+        self.serials
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .is_some_and(|s| s.current == serial && (!s.used || s.prev.is_some()))
+    }
+
     /// Whether a certificate of `id` with `serial` may be used now.
     pub fn check(&self, id: &str, serial: &str) -> Result<(), CertRefusal> {
         if self.is_revoked(id) {
@@ -244,7 +254,9 @@ mod tests {
         assert_eq!(certs.check(d.as_str(), "02"), Ok(()));
         assert_eq!(certs.check(d.as_str(), "01"), Ok(()), "previous serial until the new one is used");
         assert_eq!(certs.check(d.as_str(), "00"), Err(CertRefusal::Superseded));
+        assert!(certs.is_first_use(d.as_str(), "02") && !certs.is_first_use(d.as_str(), "01"));
         certs.set_serials(&d, Serials { current: "02".into(), prev: None, used: true });
+        assert!(!certs.is_first_use(d.as_str(), "02"), "only the first use counts");
         assert_eq!(certs.check(d.as_str(), "01"), Err(CertRefusal::Superseded), "after the first use of 02");
         assert_eq!(certs.check("unknownunknownun", "02"), Err(CertRefusal::NotEnrolled));
         certs.revoke(&d);

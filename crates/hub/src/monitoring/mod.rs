@@ -61,6 +61,8 @@ struct Aggregate {
 
 #[derive(Debug, Default)]
 struct Pending {
+    /// Occurrences by kind since start (never reset).
+    counts: BTreeMap<&'static str, u64>,
     keys: HashMap<Key, Aggregate>,
     /// Per kind, events that found no room among the keys.
     overflow: HashMap<&'static str, Aggregate>,
@@ -70,7 +72,6 @@ struct Pending {
 #[derive(Debug, Clone)]
 pub struct Monitor {
     pending: Arc<Mutex<Pending>>,
-    counts: Arc<Mutex<BTreeMap<&'static str, u64>>>,
     lost: Arc<AtomicU64>,
     flush_tx: mpsc::Sender<oneshot::Sender<()>>,
     clock: Clock,
@@ -80,18 +81,17 @@ impl Monitor {
     /// Starts the flusher task.
     pub fn start(store: Store, clock: Clock) -> Monitor {
         let (flush_tx, flush_rx) = mpsc::channel(8);
-        let monitor =
-            Monitor { pending: Arc::default(), counts: Arc::default(), lost: Arc::default(), flush_tx, clock };
+        let monitor = Monitor { pending: Arc::default(), lost: Arc::default(), flush_tx, clock };
         tokio::spawn(flusher(monitor.clone(), store, flush_rx));
         monitor
     }
 
     /// Records an event: O(1), never blocks on I/O, never logs by itself.
     pub fn record(&self, event: SecurityEvent) {
-        *self.counts.lock().unwrap_or_else(|p| p.into_inner()).entry(event.kind).or_default() += 1;
         let now = self.clock.now_ms();
         let key = Key { kind: event.kind, device: event.device, source: event.source.map(source_network) };
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        *pending.counts.entry(event.kind).or_default() += 1;
         let room = pending.keys.len() < MAX_KEYS;
         match pending.keys.get_mut(&key) {
             Some(a) => bump(a, now),
@@ -125,19 +125,22 @@ impl Monitor {
     /// Events by kind since start (each occurrence counted), plus `lost_from_store`: events that could not be
     /// written because the database refused them.
     pub fn counts(&self) -> BTreeMap<String, u64> {
-        let mut out: BTreeMap<String, u64> =
-            self.counts.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
+        let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: BTreeMap<String, u64> = pending.counts.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
+        drop(pending);
         out.insert("lost_from_store".into(), self.lost.load(Ordering::Relaxed));
         out
     }
 
     fn take(&self) -> Vec<NewSecurityEvent> {
-        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
-        let mut rows: Vec<NewSecurityEvent> = pending
-            .keys
+        let (keys, overflow) = {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            (std::mem::take(&mut pending.keys), std::mem::take(&mut pending.overflow))
+        };
+        let mut rows: Vec<NewSecurityEvent> = keys
             .into_iter()
             .map(|(k, a)| row(k.kind, k.device, k.source, a))
-            .chain(pending.overflow.into_iter().map(|(kind, a)| row(kind, None, None, a)))
+            .chain(overflow.into_iter().map(|(kind, a)| row(kind, None, None, a)))
             .collect();
         rows.sort_by_key(|r| r.at);
         rows

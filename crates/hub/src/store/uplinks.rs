@@ -57,7 +57,7 @@ const ROWS_PER_STATEMENT: usize = 500;
 /// Inserts a batch on the writer's connection inside the caller's transaction. A row whose (device, seq) is
 /// already stored is not written. Returns, per record, whether it was written now.
 pub async fn insert_batch(conn: &mut SqliteConnection, batch: &[UplinkRecord]) -> Result<Vec<bool>> {
-    let mut written = std::collections::HashSet::new();
+    let mut written = Vec::with_capacity(batch.len());
     for chunk in batch.chunks(ROWS_PER_STATEMENT) {
         let mut qb: QueryBuilder<Sqlite> =
             QueryBuilder::new("INSERT INTO uplinks (device_id, seq, kind, device_ts, received_at, body_json) ");
@@ -70,12 +70,19 @@ pub async fn insert_batch(conn: &mut SqliteConnection, batch: &[UplinkRecord]) -
                 .push_bind(&r.body_json);
         });
         qb.push(" ON CONFLICT (device_id, seq) DO NOTHING RETURNING device_id, seq");
-        for row in qb.build().fetch_all(&mut *conn).await? {
-            written.insert((row.get::<String, _>(0), row.get::<i64, _>(1)));
+        let rows = qb.build().fetch_all(&mut *conn).await?;
+        if rows.len() == chunk.len() {
+            // The usual case: no repeat in the chunk, every row written.
+            written.resize(written.len() + chunk.len(), true);
+            continue;
         }
+        // Some were already stored (resends): tell which. A (device, seq) twice in one chunk is written once,
+        // and its first occurrence counts as written.
+        let mut new: std::collections::HashSet<(String, i64)> =
+            rows.iter().map(|row| (row.get::<String, _>(0), row.get::<i64, _>(1))).collect();
+        written.extend(chunk.iter().map(|r| new.remove(&(r.device_id.clone(), r.seq))));
     }
-    // A (device, seq) twice in one batch is written once: the first occurrence counts as written.
-    Ok(batch.iter().map(|r| written.remove(&(r.device_id.clone(), r.seq))).collect())
+    Ok(written)
 }
 
 /// The stored body of one uplink (to tell a resend from a conflicting message).

@@ -56,11 +56,17 @@ impl Quotas {
             used.day = day;
             used.bytes.clear();
         }
-        let entry = used.bytes.entry(device.to_owned()).or_insert(0);
-        if entry.saturating_add(bytes) > self.bytes_per_day {
+        let spent = used.bytes.get(device).copied().unwrap_or(0);
+        if spent.saturating_add(bytes) > self.bytes_per_day {
             return Err(QuotaExceeded { limit: self.bytes_per_day });
         }
-        *entry += bytes;
+        // The device's entry is allocated once a day, not once a message.
+        match used.bytes.get_mut(device) {
+            Some(e) => *e += bytes,
+            None => {
+                used.bytes.insert(device.to_owned(), bytes);
+            }
+        }
         Ok(())
     }
 }
