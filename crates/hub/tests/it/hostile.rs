@@ -355,10 +355,8 @@ fn hub_panics() -> usize {
 
 /// A TLS connection as the device, after `start`.
 async fn open(env: &Env<'_>, v: V, start: Start) -> Result<Tls, String> {
+    // (`tls_connect` turns Nagle off: otherwise the CONNECT waits 40 ms for the server's delayed ACK.)
     let mut tls = tls_connect(&env.hub.hub, Some(env.dev)).await.map_err(|e| format!("TLS: {e}"))?;
-    // Without this, Nagle's algorithm holds the CONNECT until the server's delayed ACK of the handshake's last
-    // flight: 40 ms per connection, most of this file's runtime.
-    tls.get_ref().0.set_nodelay(true).map_err(|e| format!("nodelay: {e}"))?;
     let Start::Connected { keep_alive } = start else {
         return Ok(tls);
     };

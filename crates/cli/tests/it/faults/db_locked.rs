@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{Device, Tally, integrity_check, pick, publish_until, report, rss_kib};
+use super::{Device, Tally, integrity_check, percentile, pick, publish_until, report, rss_kib};
 use crate::support::{HubProcess, free_ports, setup, stored_seqs};
 
 #[tokio::test]
@@ -66,7 +66,7 @@ async fn a_locked_database_for_seconds_refuses_then_resumes_and_loses_nothing() 
     assert!(grown_mb < 64, "hub memory grew by {grown_mb} MB while the database was locked");
     let mut lat = tally.latencies_ms.clone();
     lat.sort_unstable();
-    let p = |q: f64| lat.get(((lat.len() as f64 - 1.0) * q) as usize).copied().unwrap_or(0);
+    let p = |q: f64| percentile(&lat, q);
     drop(hub);
     assert_eq!(integrity_check(&data.join("hearth.db")).await, "ok");
     report(

@@ -22,7 +22,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::{fd_count, pick, report, rss_kib};
+use super::{fd_count, pick, report, rss_kib, status_kib};
 use crate::support::{HubProcess, free_ports, manufacture, setup};
 
 /// Every MQTT control packet type a client could put in a fixed header, with the flag bits the specification
@@ -962,14 +962,6 @@ impl Sampler {
 /// `b − a` in ms, negative when `b` is earlier.
 fn ms_between(a: Instant, b: Instant) -> i64 {
     if b >= a { (b - a).as_millis() as i64 } else { -((a - b).as_millis() as i64) }
-}
-
-/// A `/proc/PID/status` field in KiB (0 if absent).
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
-        .unwrap_or(0)
 }
 
 /// CPU time of a process, user + system, in clock ticks (100 Hz).

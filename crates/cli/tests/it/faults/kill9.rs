@@ -3,14 +3,13 @@
 //! 5 trials in short mode, 50 in long mode, each killing after a random number of acknowledgements.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use hearth_agent::mqtt::{ConnectOptions, Event, MqttConnection, QoS};
+use hearth_agent::mqtt::{Event, MqttConnection, QoS};
 
-use super::{integrity_check, pick, report};
-use crate::support::{HubProcess, free_ports, manufacture, setup, stored_seqs};
+use super::{Device, integrity_check, pick, report};
+use crate::support::{HubProcess, free_ports, setup, stored_seqs};
 
 const LIMITS: &str = "[mqtt]\npublish_rate_per_sec = 100000\npublish_burst = 100000\nreceive_maximum = 256\n";
 
@@ -24,20 +23,9 @@ async fn every_acknowledged_message_survives_kill_9_exactly_once() {
     let token = setup(&hub);
 
     // One device, enrolled through the agent's own code.
-    let made = manufacture(&hub, &token, "crash", 1).await;
-    let boot = made.bootstrap_files().remove(0);
-    let state = dir.path().join("device");
-    let key = Arc::new(hearth_agent::keystore::FileKeyStore::open_or_create(&state).expect("key"));
-    let identity = hearth_agent::enrol::enrol(&state, &boot, key).await.expect("enrol");
-    let device = identity.device_id().to_string();
-    let topic = format!("devices/{device}/telemetry");
-    let mut opts = ConnectOptions::new(
-        identity.mqtt_addr(),
-        identity.mqtt_server_name().expect("name"),
-        Arc::new(identity.tls_config().expect("tls")),
-        device.clone(),
-    );
-    opts.inflight = 128;
+    let mut enrolled = Device::enrol(&hub, &token, &dir.path().join("device")).await;
+    enrolled.opts.inflight = 128;
+    let (device, topic, opts) = (enrolled.id.clone(), enrolled.topic(), enrolled.opts.clone());
 
     let mut acked: HashSet<i64> = HashSet::new();
     let mut seq: i64 = 1;

@@ -61,14 +61,25 @@ pub fn report(fault: &str, trials: usize, checked: &str, figures: serde_json::Va
     }
 }
 
-/// Resident memory of a process, KiB (0 if it is gone).
-pub fn rss_kib(pid: u32) -> u64 {
+/// A `/proc/PID/status` field in KiB, for example `VmRSS:` (0 if absent or the process is gone).
+pub fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
         .unwrap_or(0)
+}
+
+/// Resident memory of a process, KiB (0 if it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// The value at quantile `q` of sorted values (nearest rank), 0 for none.
+pub fn percentile(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
 /// Open file descriptors of a process.
