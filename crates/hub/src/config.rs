@@ -62,6 +62,36 @@ pub struct Config {
     pub retention: Retention,
     /// Operator accounts.
     pub accounts: Accounts,
+    /// The database.
+    pub store: StoreSettings,
+    /// The bus between hub nodes.
+    pub bus: BusSettings,
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSettings {
+    /// `sqlite://PATH` or `postgres://…`; unset: SQLite at `{data_dir}/hearth.db`.
+    pub url: Option<String>,
+    /// Most connections to PostgreSQL from this node (2 to 1000).
+    pub max_connections: u32,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        StoreSettings { url: None, max_connections: 16 }
+    }
+}
+
+/// `[bus]`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct BusSettings {
+    /// `nats://host:port` for NATS JetStream between nodes; unset: in-process (one node).
+    pub url: Option<String>,
+    /// Run on PostgreSQL without a bus, knowing that only one node may then run.
+    pub single_node: bool,
 }
 
 /// `[https]`.
@@ -219,6 +249,8 @@ impl Default for Config {
             telemetry: Telemetry::default(),
             retention: Retention::default(),
             accounts: Accounts::default(),
+            store: StoreSettings::default(),
+            bus: BusSettings::default(),
         }
     }
 }
@@ -263,6 +295,15 @@ impl Default for Mqtt {
 }
 
 impl Config {
+    /// Where the store is: `store.url`, or SQLite in the data directory.
+    pub fn store_url(&self) -> Result<crate::store::StoreUrl, ConfigError> {
+        match &self.store.url {
+            None => Ok(crate::store::StoreUrl::Sqlite(self.data_dir.join("hearth.db"))),
+            Some(url) => crate::store::StoreUrl::parse(url)
+                .map_err(|reason| ConfigError::Invalid { setting: "store.url", reason }),
+        }
+    }
+
     /// Reads a TOML file and validates it.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let shown = path.display().to_string();
@@ -293,6 +334,24 @@ impl Config {
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(ConfigError::Invalid { setting: "data_dir", reason: "must not be empty".into() });
+        }
+        let store = self.store_url()?;
+        range("store.max_connections", self.store.max_connections, 2, 1000)?;
+        if let Some(url) = &self.bus.url
+            && !(url.starts_with("nats://") || url.starts_with("tls://"))
+        {
+            return Err(ConfigError::Invalid {
+                setting: "bus.url",
+                reason: "must start with nats:// or tls:// (NATS with JetStream)".into(),
+            });
+        }
+        if matches!(store, crate::store::StoreUrl::Postgres(_)) && self.bus.url.is_none() && !self.bus.single_node {
+            return Err(ConfigError::Invalid {
+                setting: "bus.url",
+                reason: "a PostgreSQL store is shared by several nodes, which need a bus: set bus.url to \
+                         nats://…, or bus.single_node = true if only one node will ever run"
+                    .into(),
+            });
         }
         if self.public.hostnames.is_empty() {
             return Err(ConfigError::Invalid { setting: "public.hostnames", reason: "name at least one host".into() });

@@ -1,14 +1,17 @@
 //! The Hearth hub: MQTT over mutual TLS for devices, an HTTPS API for people, device identity without shared
-//! secrets, durable telemetry, commands and security events, on an embedded SQLite database.
+//! secrets, durable telemetry, commands and security events, on an embedded SQLite database or, across several
+//! nodes, PostgreSQL with NATS JetStream between them.
 //!
 //! [`start`] brings a hub up from a [`Config`] and returns a [`RunningHub`]; the `hearth` CLI and the tests both
 //! use it. Module map (one folder per capability): `identity`, `accounts`, `telemetry`, `commands`,
-//! `monitoring`, `routing`, `store` (the only SQL), `transport::{mqtt, https}` (the only wire formats).
+//! `monitoring`, `routing` (this node's connections), `bus` (notices between nodes), `store` (the only SQL),
+//! `transport::{mqtt, https}` (the only wire formats).
 
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod accounts;
+pub mod bus;
 pub mod clock;
 pub mod commands;
 pub mod config;
@@ -31,11 +34,6 @@ pub use config::Config;
 use identity::{Authorities, Identity, IdentitySettings};
 use secrets::{MasterKey, MasterKeySource, SecretString};
 use store::Store;
-
-/// Now, in Unix milliseconds, from the system clock (code that compares times takes a [`clock::Clock`]).
-pub fn now_ms() -> i64 {
-    clock::Clock::system().now_ms()
-}
 
 /// How devices and people reach this hub (goes into bootstrap files).
 #[derive(Debug, Clone)]
@@ -69,6 +67,8 @@ pub struct HubState {
     pub clock: clock::Clock,
     /// Retention of stored data.
     pub retention: telemetry::Retention,
+    /// The bus between nodes.
+    pub bus: bus::Bus,
 }
 
 /// Why the hub could not start. The message names what to fix.
@@ -133,7 +133,26 @@ pub async fn start_with_clock(config: Config, clock: clock::Clock) -> Result<Run
             .map_err(failed("loading the master key"))?;
     let master = Arc::new(master);
 
-    let store = Store::open_sqlite(&data_dir.join("hearth.db")).await.map_err(failed("opening the database"))?;
+    let store_url = config.store_url()?;
+    let store = Store::open(&store_url, store::PoolSettings { max_connections: config.store.max_connections })
+        .await
+        .map_err(failed(format!("opening the database at {} (setting `store.url`)", store_url.redacted())))?;
+    store
+        .prepare_uplink_partitions(clock.now_ms(), 7)
+        .await
+        .map_err(failed("creating this week's telemetry partitions"))?;
+    let node = node_name(&data_dir)
+        .map_err(failed(format!("reading or creating {}", data_dir.join("node-name").display())))?;
+    // This node holds no connection yet, whatever the store says from before a crash.
+    store.clear_sessions_of(&node).await.map_err(failed("clearing this node's old sessions"))?;
+    let bus = match &config.bus.url {
+        Some(url) => {
+            bus::Bus::connect_nats(url, &node).await.map_err(failed("connecting to the bus (setting `bus.url`)"))?
+        }
+        None => bus::Bus::local(&node),
+    };
+    // Listen before loading the certificate view, so no change falls between the load and the first notice.
+    let notices = bus.subscribe();
     let authorities = Authorities::load_or_create(&store, &master, &config.public.hostnames, clock.now())
         .await
         .map_err(failed("loading the certificate authorities"))?;
@@ -155,6 +174,7 @@ pub async fn start_with_clock(config: Config, clock: clock::Clock) -> Result<Run
             expired_renewal_grace: time::Duration::days(i64::from(config.devices.expired_renewal_grace_days)),
         },
         clock.clone(),
+        bus.clone(),
     )
     .await
     .map_err(failed("loading revocations and certificate serials"))?;
@@ -165,7 +185,7 @@ pub async fn start_with_clock(config: Config, clock: clock::Clock) -> Result<Run
         time::Duration::days(i64::from(config.accounts.operator_token_days)),
     );
     let routing = routing::Routing::default();
-    let commands = commands::Commands::new(store.clone(), routing.clone());
+    let commands = commands::Commands::new(store.clone(), bus.clone(), clock.clone());
     let monitor = monitoring::Monitor::start(store.clone(), clock.clone());
     let (ingest, ingest_task) = telemetry::Ingest::start(
         &store,
@@ -215,6 +235,7 @@ pub async fn start_with_clock(config: Config, clock: clock::Clock) -> Result<Run
         public: public.clone(),
         clock: clock.clone(),
         retention: retention.clone(),
+        bus: bus.clone(),
     };
     let mqtt_tls =
         transport::mqtt::tls_config(&identity, config.tls.allow_tls12).map_err(failed("configuring MQTTS TLS"))?;
@@ -234,8 +255,12 @@ pub async fn start_with_clock(config: Config, clock: clock::Clock) -> Result<Run
         identity: identity.clone(),
         quotas: telemetry::Quotas::new(config.telemetry.max_bytes_per_device_per_day, clock.clone()),
         clock: clock.clone(),
+        bus: bus.clone(),
     });
     let tasks = vec![
+        tokio::spawn(routing::dispatch(notices, ctx.routing.clone(), identity.clone())),
+        identity.spawn_revocation_sweep(Duration::from_secs(30)),
+        spawn_heartbeat(store.clone(), bus.node().to_owned(), clock.clone()),
         tokio::spawn(transport::mqtt::serve(mqtt_listener, mqtt_tls, ctx)),
         tokio::spawn(transport::https::serve(
             https_listener,
@@ -292,13 +317,43 @@ pub async fn local_accounts(config: &Config) -> Result<accounts::Accounts, Start
     }
     let (master, _) = MasterKey::load(env_key.as_deref(), config.secrets.master_key_file.as_deref(), &default_key)
         .map_err(failed("loading the master key"))?;
-    let store = Store::open_sqlite(&config.data_dir.join("hearth.db")).await.map_err(failed("opening the database"))?;
+    let store_url = config.store_url()?;
+    let store = Store::open(&store_url, store::PoolSettings { max_connections: 2 })
+        .await
+        .map_err(failed(format!("opening the database at {}", store_url.redacted())))?;
     Ok(accounts::Accounts::new(
         store,
         Arc::new(master),
         clock::Clock::system(),
         time::Duration::days(i64::from(config.accounts.operator_token_days)),
     ))
+}
+
+/// This node's name: kept in the data directory, so a restarted node knows which sessions were its own.
+fn node_name(data_dir: &std::path::Path) -> std::io::Result<String> {
+    let path = data_dir.join("node-name");
+    match std::fs::read_to_string(&path) {
+        Ok(name) if !name.trim().is_empty() => return Ok(name.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let name = format!("node-{}", secrets::random_base32(10).map_err(std::io::Error::other)?);
+    hearth_fsutil::write_atomic(&path, name.as_bytes(), 0o600)?;
+    Ok(name)
+}
+
+/// Records this node as alive every 5 s (devices connected to a node that stopped are shown disconnected).
+fn spawn_heartbeat(store: Store, node: String, clock: clock::Clock) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            if let Err(e) = store.node_heartbeat(&node, clock.now_ms()).await {
+                tracing::warn!(error = %e, "could not record this node's heartbeat");
+            }
+        }
+    })
 }
 
 fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {

@@ -59,6 +59,13 @@ impl<'de> Deserialize<'de> for DeviceId {
     }
 }
 
+impl TryFrom<String> for DeviceId {
+    type Error = ValidationError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        DeviceId::parse(&s)
+    }
+}
+
 impl std::str::FromStr for DeviceId {
     type Err = ValidationError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

@@ -6,15 +6,19 @@
 //! simulator all speak through these types, so a message the agent builds is one the hub accepts.
 
 #![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod command;
+pub mod downlink;
 pub mod enrol;
 pub mod error;
 pub mod id;
 pub mod limits;
+pub mod time;
 pub mod topic;
 pub mod uplink;
 
 pub use error::ValidationError;
 pub use id::{DeviceId, ModelId};
+pub use time::UnixMs;
 pub use topic::{DeviceTopic, TopicFilterDecision};

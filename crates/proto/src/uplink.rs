@@ -40,6 +40,47 @@ pub enum Value {
 /// A validated set of named values.
 pub type Fields = BTreeMap<String, Value>;
 
+/// Which of the three uplink kinds a message is (as stored and queried).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UplinkKind {
+    /// Measurements (`devices/{id}/telemetry`).
+    Telemetry,
+    /// A discrete event (`devices/{id}/events`).
+    Event,
+    /// Reported state (`devices/{id}/state`).
+    State,
+}
+
+impl UplinkKind {
+    /// The kind as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UplinkKind::Telemetry => "telemetry",
+            UplinkKind::Event => "event",
+            UplinkKind::State => "state",
+        }
+    }
+
+    /// Parses a stored kind.
+    pub fn parse(s: &str) -> Option<UplinkKind> {
+        match s {
+            "telemetry" => Some(UplinkKind::Telemetry),
+            "event" => Some(UplinkKind::Event),
+            "state" => Some(UplinkKind::State),
+            _ => None,
+        }
+    }
+}
+
+impl TryFrom<String> for UplinkKind {
+    type Error = ValidationError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        UplinkKind::parse(&s)
+            .ok_or_else(|| ValidationError::Schema { what: "uplink kind", detail: format!("unknown kind {s:?}") })
+    }
+}
+
 /// What an uplink carries, by topic.
 #[derive(Debug, Clone, PartialEq)]
 pub enum UplinkBody {
@@ -69,6 +110,15 @@ impl UplinkBody {
             UplinkBody::Telemetry { .. } => DeviceTopic::Telemetry,
             UplinkBody::Event { .. } => DeviceTopic::Events,
             UplinkBody::State { .. } => DeviceTopic::State,
+        }
+    }
+
+    /// Its kind.
+    pub fn kind(&self) -> UplinkKind {
+        match self {
+            UplinkBody::Telemetry { .. } => UplinkKind::Telemetry,
+            UplinkBody::Event { .. } => UplinkKind::Event,
+            UplinkBody::State { .. } => UplinkKind::State,
         }
     }
 }

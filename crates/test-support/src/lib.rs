@@ -4,6 +4,7 @@
 //! `HEARTH_REQUIRE_ALL=1` (set by CI), which turns the skip into a failure.
 
 pub mod mqtt;
+pub mod services;
 
 use std::path::{Path, PathBuf};
 
@@ -223,6 +224,29 @@ pub struct TestDevice {
     pub cert_path: PathBuf,
 }
 
+/// Enrols a manufactured device through the API at `base` (an HTTPS URL) with a fresh ECDSA P-256 key; files
+/// go to `dir`.
+pub async fn enrol_at(
+    client: &reqwest::Client,
+    base: &str,
+    device_id: &str,
+    bootstrap_token: &str,
+    dir: &Path,
+) -> Result<TestDevice> {
+    let key = rcgen::KeyPair::generate()?;
+    let csr = csr_for(&key, device_id)?;
+    let resp = client
+        .post(format!("{base}/api/v1/enrol"))
+        .json(&serde_json::json!({ "device_id": device_id, "bootstrap_token": bootstrap_token, "csr_pem": csr }))
+        .send()
+        .await?;
+    if resp.status() != 200 {
+        bail!("enrol failed: {}", resp.text().await?);
+    }
+    let cert: hearth_proto::enrol::CertificateResponse = resp.json().await?;
+    write_device_files(dir, hearth_proto::DeviceId::parse(device_id)?, key.serialize_pem(), cert.certificate_chain_pem)
+}
+
 impl TestHub {
     /// Manufactures and enrols one device with a fresh ECDSA P-256 key; files go to `dir`.
     pub async fn enrolled_device(&self, dir: &Path) -> Result<TestDevice> {
@@ -317,10 +341,20 @@ pub async fn tls_connect_to(
     addr: std::net::SocketAddr,
     device: Option<&TestDevice>,
 ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    tls_connect_ca(&hub.server_ca_path, addr, device).await
+}
+
+/// A TLS connection to `addr` (a hub's MQTT port, or a balancer in front of several) trusting the server CA
+/// at `server_ca`, as `device` (or with no certificate).
+pub async fn tls_connect_ca(
+    server_ca: &Path,
+    addr: std::net::SocketAddr,
+    device: Option<&TestDevice>,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     use rustls::pki_types::pem::PemObject as _;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(&hub.server_ca_path)? {
+    for c in CertificateDer::pem_file_iter(server_ca)? {
         roots.add(c?)?;
     }
     let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());

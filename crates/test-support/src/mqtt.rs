@@ -35,6 +35,34 @@ impl V5 {
     /// Connects as `dev` after `adjust` changed the CONNECT; expects CONNACK success.
     pub async fn connect_with(hub: &TestHub, dev: &TestDevice, adjust: impl FnOnce(&mut v5::Connect)) -> Result<V5> {
         let tls = tls_connect(&hub.hub, Some(dev)).await?;
+        Self::handshake(tls, dev, adjust).await
+    }
+
+    /// Connects as `dev` to `addr` (a hub's MQTT port or a balancer) trusting `server_ca`, after `adjust`
+    /// changed the CONNECT; expects CONNACK success and returns whether the hub had a session.
+    pub async fn connect_to(
+        server_ca: &std::path::Path,
+        addr: std::net::SocketAddr,
+        dev: &TestDevice,
+        adjust: impl FnOnce(&mut v5::Connect),
+    ) -> Result<(V5, bool)> {
+        let tls = crate::tls_connect_ca(server_ca, addr, Some(dev)).await?;
+        let mut present = false;
+        let c = Self::handshake_with(tls, dev, adjust, &mut present).await?;
+        Ok((c, present))
+    }
+
+    async fn handshake(tls: Tls, dev: &TestDevice, adjust: impl FnOnce(&mut v5::Connect)) -> Result<V5> {
+        let mut present = false;
+        Self::handshake_with(tls, dev, adjust, &mut present).await
+    }
+
+    async fn handshake_with(
+        tls: Tls,
+        dev: &TestDevice,
+        adjust: impl FnOnce(&mut v5::Connect),
+        session_present: &mut bool,
+    ) -> Result<V5> {
         let mut c = V5 { tls, codec: v5::Codec::new(1 << 20, 1 << 20), rbuf: BytesMut::new() };
         let mut connect = v5::Connect {
             client_id: ByteString::from(dev.id.as_str()),
@@ -45,7 +73,10 @@ impl V5 {
         adjust(&mut connect);
         c.send(v5::Packet::Connect(Box::new(connect))).await?;
         match c.recv().await {
-            Some(v5::Packet::ConnectAck(ack)) if ack.reason_code == v5::ConnectAckReason::Success => Ok(c),
+            Some(v5::Packet::ConnectAck(ack)) if ack.reason_code == v5::ConnectAckReason::Success => {
+                *session_present = ack.session_present;
+                Ok(c)
+            }
             other => bail!("expected CONNACK success, got {other:?}"),
         }
     }

@@ -215,7 +215,7 @@ async fn compare(a: RunArgs) -> Result<()> {
         .collect();
     print_table(&medians);
     let report = json!({
-        "date": hearth_hub::now_ms(),
+        "date": hearth_hub::clock::Clock::system().now_ms(),
         "machine": machine(),
         "args": { "devices": a.devices, "connect_rate": a.connect_rate, "fanin_devices": a.fanin_devices,
                   "rates": a.rates, "step_secs": a.step_secs, "command_devices": a.command_devices,

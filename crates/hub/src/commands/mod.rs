@@ -1,5 +1,7 @@
 //! Commands to devices: recorded first (so nothing is lost if the device is offline or the hub restarts), sent
 //! when the device is connected and subscribed, answered by the device's acknowledgement, or timed out at expiry.
+//! A new command is announced on the bus, so the node that holds the device's connection sends it, whichever
+//! node's API took it.
 
 use std::time::Duration;
 
@@ -7,9 +9,11 @@ use hearth_proto::command::{Command, CommandAck, validate_command_name};
 use hearth_proto::uplink::Fields;
 use hearth_proto::{DeviceId, ValidationError};
 
-use crate::routing::{Downlink, Routing};
+use crate::bus::{Bus, Notice};
+use crate::clock::Clock;
+use crate::routing::Downlink;
 use crate::secrets::random_base32;
-use crate::store::{CommandRow, NewCommand, Store, StoreError};
+use crate::store::{CommandRow, CommandStatus, DeviceStatus, NewCommand, Store, StoreError};
 
 /// Longest command timeout.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -22,7 +26,7 @@ pub enum CommandError {
     UnknownDevice,
     /// The device is revoked or not enrolled.
     #[error("the device is {0}; commands go only to enrolled devices")]
-    NotEnrolled(String),
+    NotEnrolled(DeviceStatus),
     /// Bad name, arguments or timeout.
     #[error(transparent)]
     Invalid(#[from] ValidationError),
@@ -35,13 +39,14 @@ pub enum CommandError {
 #[derive(Debug, Clone)]
 pub struct Commands {
     store: Store,
-    routing: Routing,
+    bus: Bus,
+    clock: Clock,
 }
 
 impl Commands {
     /// Builds the capability.
-    pub fn new(store: Store, routing: Routing) -> Self {
-        Commands { store, routing }
+    pub fn new(store: Store, bus: Bus, clock: Clock) -> Self {
+        Commands { store, bus, clock }
     }
 
     /// Records a command and, if the device is connected, sends it now.
@@ -71,10 +76,10 @@ impl Commands {
             .into());
         }
         let row = self.store.device(device.as_str()).await?.ok_or(CommandError::UnknownDevice)?;
-        if row.status != "enrolled" {
+        if row.status != DeviceStatus::Enrolled {
             return Err(CommandError::NotEnrolled(row.status));
         }
-        let now = crate::now_ms();
+        let now = self.clock.now_ms();
         let id = format!("c{}", random_base32(15).map_err(|e| StoreError::Random(e.to_string()))?);
         let new = NewCommand {
             id: id.clone(),
@@ -86,7 +91,12 @@ impl Commands {
         };
         self.store.insert_command(&new).await?;
         let row = self.store.command(device.as_str(), &id).await?.ok_or(CommandError::UnknownDevice)?;
-        self.routing.send(device, Downlink::Command(row.clone()));
+        let notice =
+            Notice::Downlink { device: device.clone(), downlink: Downlink::Command { command: to_command(&row) } };
+        if let Err(e) = self.bus.publish(notice).await {
+            // Recorded all the same: the device gets it when it next subscribes.
+            tracing::warn!(error = %e, command = %row.id, "could not announce a command to other nodes");
+        }
         Ok(row)
     }
 
@@ -97,29 +107,36 @@ impl Commands {
 
     /// Commands waiting for delivery or an answer.
     pub async fn open_for(&self, device: &DeviceId) -> Result<Vec<CommandRow>, StoreError> {
-        self.store.open_commands(device.as_str(), crate::now_ms()).await
+        self.store.open_commands(device.as_str(), self.clock.now_ms()).await
     }
 
     /// Records that a command went out.
     pub async fn mark_sent(&self, id: &str) -> Result<(), StoreError> {
-        self.store.mark_command_sent(id, crate::now_ms()).await
+        self.store.mark_command_sent(id, self.clock.now_ms()).await
     }
 
     /// Records a device's answer; false if it answers nothing open.
     pub async fn answer(&self, device: &DeviceId, ack: &CommandAck) -> Result<bool, StoreError> {
         self.store
-            .answer_command(device.as_str(), &ack.id, ack.status.as_str(), ack.detail.as_deref(), crate::now_ms())
+            .answer_command(
+                device.as_str(),
+                &ack.id,
+                CommandStatus::from(ack.status),
+                ack.detail.as_deref(),
+                self.clock.now_ms(),
+            )
             .await
     }
 
     /// Runs the expiry sweep every second until the task is dropped.
     pub fn spawn_expiry(&self) -> tokio::task::JoinHandle<()> {
         let store = self.store.clone();
+        let clock = self.clock.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                match store.expire_commands(crate::now_ms()).await {
+                match store.expire_commands(clock.now_ms()).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(count = n, "commands timed out"),
                     Err(e) => tracing::warn!(error = %e, "command expiry sweep failed"),
@@ -129,8 +146,14 @@ impl Commands {
     }
 }
 
-/// The wire form of a stored command.
-pub fn to_wire(row: &CommandRow) -> Vec<u8> {
+/// A stored command as the device receives it.
+pub fn to_command(row: &CommandRow) -> Command {
     let args: Fields = serde_json::from_str(&row.args_json).unwrap_or_default();
-    Command { v: 1, id: row.id.clone(), name: row.name.clone(), args, expires_at: row.expires_at as u64 }.to_json()
+    Command {
+        v: 1,
+        id: row.id.clone(),
+        name: row.name.clone(),
+        args,
+        expires_at: u64::try_from(row.expires_at).unwrap_or(0),
+    }
 }

@@ -121,6 +121,7 @@ pub struct Identity {
     authorities: Arc<Authorities>,
     certs: Arc<DeviceCerts>,
     changed_tx: broadcast::Sender<DeviceId>,
+    bus: crate::bus::Bus,
     settings: IdentitySettings,
     clock: Clock,
 }
@@ -133,13 +134,15 @@ impl Identity {
         authorities: Arc<Authorities>,
         settings: IdentitySettings,
         clock: Clock,
+        bus: crate::bus::Bus,
     ) -> Result<Identity, crate::store::StoreError> {
         let serials = store
             .cert_serials()
             .await?
             .into_iter()
             .map(|r| (r.device_id, Serials { current: r.current, prev: r.prev, used: r.used }));
-        let certs = Arc::new(DeviceCerts::new(store.revoked_device_ids().await?, serials));
+        let revoked = store.revoked_device_ids().await?.into_iter().map(|d| d.as_str().to_owned());
+        let certs = Arc::new(DeviceCerts::new(revoked, serials));
         let (changed_tx, _) = broadcast::channel(256);
         let locks = Arc::new((0..64).map(|_| tokio::sync::Mutex::new(())).collect());
         Ok(Identity {
@@ -151,9 +154,80 @@ impl Identity {
             authorities,
             certs,
             changed_tx,
+            bus,
             settings,
             clock,
         })
+    }
+
+    /// Reloads one device's revocation and accepted serials from the store (another node changed them), and
+    /// tells this node's sessions of the device to re-check.
+    pub async fn reload_device(&self, device: &DeviceId) -> Result<(), crate::store::StoreError> {
+        {
+            let _guard = self.lock(device).await;
+            let revoked = self
+                .store
+                .device(device.as_str())
+                .await?
+                .is_some_and(|d| d.status == crate::store::DeviceStatus::Revoked);
+            if revoked {
+                self.certs.revoke(device);
+            }
+            self.reload_serials(device).await?;
+        }
+        let _ = self.changed_tx.send(device.clone());
+        Ok(())
+    }
+
+    /// Reloads the whole certificate view from the store (after missed bus notices).
+    pub async fn reload_all(&self) -> Result<(), crate::store::StoreError> {
+        let serials = self.store.cert_serials().await?;
+        let revoked = self.store.revoked_device_ids().await?;
+        self.certs.replace_all(
+            revoked.iter().map(|d| d.as_str().to_owned()),
+            serials.into_iter().map(|r| (r.device_id, Serials { current: r.current, prev: r.prev, used: r.used })),
+        );
+        // Every session re-checks (a lagged receiver decides from the authoritative view).
+        for d in revoked {
+            let _ = self.changed_tx.send(d);
+        }
+        Ok(())
+    }
+
+    /// Re-reads revocations from the store every `every` (the backstop beside the bus: a revocation whose
+    /// notice was lost still reaches this node's verifier and sessions).
+    pub fn spawn_revocation_sweep(&self, every: std::time::Duration) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut since = this.clock.now_ms();
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                // Overlap by a minute: a revocation committed with an earlier time than a later-read clock.
+                let now = this.clock.now_ms();
+                match this.store.revoked_since(since.saturating_sub(60_000)).await {
+                    Ok(ids) => {
+                        since = now;
+                        for id in ids.into_iter().filter(|d| !this.certs.is_revoked(d.as_str())) {
+                            tracing::warn!(device = %id, "revocation found in the store without a bus notice");
+                            this.certs.revoke(&id);
+                            let _ = this.changed_tx.send(id);
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "revocation sweep failed; will retry"),
+                }
+            }
+        })
+    }
+
+    /// Tells this node's sessions of `device` to re-check their certificate, and every other node to reload it.
+    async fn changed(&self, device: &DeviceId) {
+        let _ = self.changed_tx.send(device.clone());
+        if let Err(e) = self.bus.publish(crate::bus::Notice::CertsChanged { device: device.clone() }).await {
+            // The store holds the change; other nodes pick up revocations by their sweep.
+            tracing::error!(error = %e, device = %device, "could not tell other nodes of a certificate change");
+        }
     }
 
     /// The same capability with other settings (for example a batch of devices with a shorter enrolment
@@ -270,7 +344,7 @@ impl Identity {
             EnrolOutcome::Enrolled => {
                 self.reload_serials(id).await.map_err(internal)?;
                 // A re-enrolment replaces the identity: any live session on an older certificate closes.
-                let _ = self.changed_tx.send(id.clone());
+                self.changed(id).await;
                 Ok(response(id, issued))
             }
             // Lost a race with a concurrent request with this token: the same key gets that certificate.
@@ -331,6 +405,8 @@ impl Identity {
             return Err(EnrolError::Superseded);
         }
         self.reload_serials(device).await.map_err(internal)?;
+        // Other nodes learn the new serial (the device may reconnect anywhere).
+        self.changed(device).await;
         Ok(response(device, issued))
     }
 
@@ -345,7 +421,7 @@ impl Identity {
         let key = self.authorities.csr_key_sha256(device, csr_pem)?;
         let current = self.store.current_cert(device.as_str()).await.map_err(internal)?;
         match current {
-            Some(c) if c.status == "enrolled" && c.spki.as_deref() == Some(key.as_str()) => {
+            Some(c) if c.status == crate::store::DeviceStatus::Enrolled && c.spki.as_deref() == Some(key.as_str()) => {
                 let chain = c.chain_pem.ok_or(otherwise)?;
                 response_from_chain(device, &chain).ok_or_else(|| internal("a stored certificate does not parse"))
             }
@@ -362,7 +438,8 @@ impl Identity {
         let _guard = self.lock(device).await;
         self.store.mark_cert_used(device.as_str(), serial, self.clock.now_ms()).await?;
         self.reload_serials(device).await?;
-        let _ = self.changed_tx.send(device.clone());
+        drop(_guard);
+        self.changed(device).await;
         Ok(())
     }
 
@@ -394,8 +471,9 @@ impl Identity {
             return Ok(false);
         }
         self.certs.revoke(device);
-        // Nobody listening (no MQTT endpoint) is fine.
-        let _ = self.changed_tx.send(device.clone());
+        drop(_guard);
+        // This node's sessions and every other node's (whose verifiers refuse the device from then on).
+        self.changed(device).await;
         tracing::info!(device = %device, "device revoked");
         Ok(true)
     }

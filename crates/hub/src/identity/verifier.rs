@@ -65,6 +65,16 @@ impl DeviceCerts {
         }
     }
 
+    /// Replaces the whole view (after missed notices).
+    pub fn replace_all(
+        &self,
+        revoked: impl IntoIterator<Item = String>,
+        serials: impl IntoIterator<Item = (String, Serials)>,
+    ) {
+        *self.revoked.write().unwrap_or_else(|p| p.into_inner()) = revoked.into_iter().collect();
+        *self.serials.write().unwrap_or_else(|p| p.into_inner()) = serials.into_iter().collect();
+    }
+
     /// Adds a device to the revoked set.
     pub fn revoke(&self, id: &DeviceId) {
         self.revoked.write().unwrap_or_else(|p| p.into_inner()).insert(id.as_str().to_owned());

@@ -1,8 +1,49 @@
 //! Device records: manufacture, enrolment, certificates, revocation, presence and reported state.
 
-use sqlx::Row as _;
+use hearth_proto::DeviceId;
 
-use super::{Result, Store};
+use super::{BeginWrite as _, Result, Store, StoreError};
+
+/// A device's life-cycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceStatus {
+    /// Made by the factory, not yet enrolled.
+    Manufactured,
+    /// Holds a certificate the hub issued.
+    Enrolled,
+    /// Refused for good.
+    Revoked,
+}
+
+impl DeviceStatus {
+    /// As stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceStatus::Manufactured => "manufactured",
+            DeviceStatus::Enrolled => "enrolled",
+            DeviceStatus::Revoked => "revoked",
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl TryFrom<String> for DeviceStatus {
+    type Error = StoreError;
+    fn try_from(s: String) -> Result<Self> {
+        match s.as_str() {
+            "manufactured" => Ok(DeviceStatus::Manufactured),
+            "enrolled" => Ok(DeviceStatus::Enrolled),
+            "revoked" => Ok(DeviceStatus::Revoked),
+            _ => Err(StoreError::Corrupt(format!("device status {s:?}"))),
+        }
+    }
+}
 
 /// A device as the factory creates it. Only MACs of its secrets are stored.
 #[derive(Debug, Clone)]
@@ -23,11 +64,13 @@ pub struct NewDevice {
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DeviceRow {
     /// Device id.
-    pub id: String,
+    #[sqlx(try_from = "String")]
+    pub id: DeviceId,
     /// Model designation.
     pub model: String,
-    /// `manufactured`, `enrolled` or `revoked`.
-    pub status: String,
+    /// Life-cycle state.
+    #[sqlx(try_from = "String")]
+    pub status: DeviceStatus,
     /// Current certificate serial (hex).
     pub cert_serial: Option<String>,
     /// Current certificate expiry.
@@ -42,6 +85,10 @@ pub struct DeviceRow {
     pub last_seen_at: Option<i64>,
     /// Last reported state, JSON.
     pub state_json: Option<String>,
+    /// Whether a connection of the device was open on some hub node (see `session_node`).
+    pub session_open: bool,
+    /// The node that holds (or held) it: the connection counts only while that node is alive.
+    pub session_node: Option<String>,
 }
 
 /// A certificate to record for a device.
@@ -70,8 +117,8 @@ pub struct CurrentCert {
     pub prev_serial: Option<String>,
     /// Whether it has been used to connect.
     pub used: bool,
-    /// `enrolled`, …
-    pub status: String,
+    /// Life-cycle state.
+    pub status: DeviceStatus,
 }
 
 /// The accepted serials of one device, as stored.
@@ -117,54 +164,84 @@ pub enum EnrolOutcome {
     Revoked,
 }
 
-const DEVICE_COLUMNS: &str =
-    "id, model, status, cert_serial, cert_not_after, created_at, enrolled_at, revoked_at, last_seen_at, state_json";
+const DEVICE_COLUMNS: &str = "id, model, status, cert_serial, cert_not_after, created_at, enrolled_at, revoked_at, \
+                              last_seen_at, state_json, session_open, session_node";
+
+/// Decodes a status column.
+fn status(s: String) -> Result<DeviceStatus> {
+    DeviceStatus::try_from(s)
+}
 
 impl Store {
     /// Inserts a factory batch in one transaction (all or nothing).
     pub async fn insert_devices(&self, devices: &[NewDevice], now: i64) -> Result<()> {
-        let mut tx = super::WriteTx::begin(&self.pool).await?;
-        for d in devices {
-            sqlx::query(
-                "INSERT INTO devices (id, model, status, bootstrap_mac, bootstrap_expires_at, claim_mac, created_at) \
-                 VALUES ($1, $2, 'manufactured', $3, $4, $5, $6)",
-            )
-            .bind(&d.id)
-            .bind(&d.model)
-            .bind(&d.bootstrap_mac)
-            .bind(d.bootstrap_expires_at)
-            .bind(&d.claim_mac)
-            .bind(now)
-            .execute(tx.conn())
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        on_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            for d in devices {
+                sqlx::query(
+                    "INSERT INTO devices (id, model, status, bootstrap_mac, bootstrap_expires_at, claim_mac, \
+                     created_at) VALUES ($1, $2, 'manufactured', $3, $4, $5, $6)",
+                )
+                .bind(&d.id)
+                .bind(&d.model)
+                .bind(&d.bootstrap_mac)
+                .bind(d.bootstrap_expires_at)
+                .bind(&d.claim_mac)
+                .bind(now)
+                .execute(tx.conn())
+                .await?;
+            }
+            tx.commit().await
+        })
     }
 
     /// One device.
     pub async fn device(&self, id: &str) -> Result<Option<DeviceRow>> {
-        let sql = sqlx::AssertSqlSafe(format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = $1"));
-        Ok(sqlx::query_as::<_, DeviceRow>(sql).bind(id).fetch_optional(&self.pool).await?)
+        let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = $1");
+        on_pool!(self, pool => Ok(sqlx::query_as::<_, DeviceRow>(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(pool)
+            .await?))
     }
 
     /// Devices ordered by id, after `after` (exclusive), at most `limit`.
     pub async fn devices(&self, after: Option<&str>, limit: i64) -> Result<Vec<DeviceRow>> {
-        let sql =
-            sqlx::AssertSqlSafe(format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id > $1 ORDER BY id LIMIT $2"));
-        Ok(sqlx::query_as::<_, DeviceRow>(sql).bind(after.unwrap_or("")).bind(limit).fetch_all(&self.pool).await?)
+        let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id > $1 ORDER BY id LIMIT $2");
+        on_pool!(self, pool => Ok(sqlx::query_as::<_, DeviceRow>(sqlx::AssertSqlSafe(sql))
+            .bind(after.unwrap_or(""))
+            .bind(limit)
+            .fetch_all(pool)
+            .await?))
+    }
+
+    /// How many devices there are, by status (for `doctor`, the migration check and tests).
+    pub async fn device_counts(&self) -> Result<Vec<(DeviceStatus, i64)>> {
+        let rows: Vec<(String, i64)> = on_pool!(self, pool =>
+            sqlx::query_as("SELECT status, COUNT(*) FROM devices GROUP BY status ORDER BY status")
+                .fetch_all(pool)
+                .await?);
+        rows.into_iter().map(|(s, n)| Ok((status(s)?, n))).collect()
     }
 
     /// Ids of every revoked device (loaded into the TLS verifier at start).
-    pub async fn revoked_device_ids(&self) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT id FROM devices WHERE status = 'revoked'").fetch_all(&self.pool).await?;
-        Ok(rows.iter().map(|r| r.get::<String, _>(0)).collect())
+    pub async fn revoked_device_ids(&self) -> Result<Vec<DeviceId>> {
+        self.revoked_since(i64::MIN).await
+    }
+
+    /// Ids of the devices revoked at or after `since` (the periodic backstop beside the bus).
+    pub async fn revoked_since(&self, since: i64) -> Result<Vec<DeviceId>> {
+        let ids: Vec<(String,)> = on_pool!(self, pool =>
+            sqlx::query_as("SELECT id FROM devices WHERE status = 'revoked' AND revoked_at >= $1")
+                .bind(since)
+                .fetch_all(pool)
+                .await?);
+        ids.into_iter().map(|(id,)| DeviceId::parse(&id).map_err(|e| StoreError::Corrupt(e.to_string()))).collect()
     }
 
     /// Consumes the bootstrap token and records the device's certificate, atomically: a token works once.
     /// Enrolling again with a re-issued token replaces the certificate (the previous one stops working).
     pub async fn enrol(&self, id: &str, bootstrap_mac: &[u8], now: i64, cert: &CertRecord<'_>) -> Result<EnrolOutcome> {
-        let done = sqlx::query(
+        let done = on_pool!(self, pool => sqlx::query(
             "UPDATE devices SET status = 'enrolled', bootstrap_used_at = $3, enrolled_at = COALESCE(enrolled_at, $3), \
              cert_serial = $4, cert_not_after = $5, cert_spki = $6, cert_chain_pem = $7, prev_cert_serial = NULL, \
              cert_used_at = NULL WHERE id = $1 AND bootstrap_mac = $2 AND bootstrap_used_at IS NULL \
@@ -177,9 +254,10 @@ impl Store {
         .bind(cert.not_after)
         .bind(cert.spki)
         .bind(cert.chain)
-        .execute(&self.pool)
-        .await?;
-        if done.rows_affected() == 1 {
+        .execute(pool)
+        .await?
+        .rows_affected());
+        if done == 1 {
             return Ok(EnrolOutcome::Enrolled);
         }
         // Lost a race, or the token was never good: say which.
@@ -194,27 +272,24 @@ impl Store {
 
     /// The current certificate of a device.
     pub async fn current_cert(&self, id: &str) -> Result<Option<CurrentCert>> {
-        let row = sqlx::query(
-            "SELECT cert_chain_pem, cert_spki, cert_serial, prev_cert_serial, cert_used_at IS NOT NULL, status \
-             FROM devices WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|r| CurrentCert {
-            chain_pem: r.get(0),
-            spki: r.get(1),
-            serial: r.get(2),
-            prev_serial: r.get(3),
-            used: r.get(4),
-            status: r.get(5),
-        }))
+        #[allow(clippy::type_complexity)]
+        let row: Option<(Option<String>, Option<String>, Option<String>, Option<String>, bool, String)> = on_pool!(self, pool => sqlx::query_as(
+                "SELECT cert_chain_pem, cert_spki, cert_serial, prev_cert_serial, cert_used_at IS NOT NULL, status \
+                 FROM devices WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_optional(pool)
+            .await?);
+        row.map(|(chain_pem, spki, serial, prev_serial, used, s)| {
+            Ok(CurrentCert { chain_pem, spki, serial, prev_serial, used, status: status(s)? })
+        })
+        .transpose()
     }
 
     /// Renewal with the current certificate `presented`: the new certificate becomes current, the presented one
     /// previous. False if `presented` is no longer current or the device is not enrolled.
     pub async fn renew_current(&self, id: &str, presented: &str, cert: &CertRecord<'_>) -> Result<bool> {
-        let done = sqlx::query(
+        let done = on_pool!(self, pool => sqlx::query(
             "UPDATE devices SET prev_cert_serial = cert_serial, cert_serial = $3, cert_not_after = $4, \
              cert_spki = $5, cert_chain_pem = $6, cert_used_at = NULL \
              WHERE id = $1 AND status = 'enrolled' AND cert_serial = $2",
@@ -225,97 +300,200 @@ impl Store {
         .bind(cert.not_after)
         .bind(cert.spki)
         .bind(cert.chain)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(done == 1)
     }
 
     /// Records the first use of the current certificate; the previous one stops being accepted.
     pub async fn mark_cert_used(&self, id: &str, serial: &str, now: i64) -> Result<()> {
-        sqlx::query(
+        on_pool!(self, pool => sqlx::query(
             "UPDATE devices SET cert_used_at = COALESCE(cert_used_at, $3), prev_cert_serial = NULL \
              WHERE id = $1 AND cert_serial = $2",
         )
         .bind(id)
         .bind(serial)
         .bind(now)
-        .execute(&self.pool)
-        .await?;
+        .execute(pool)
+        .await?
+        .rows_affected());
         Ok(())
     }
 
     /// Gives a device that is not revoked a new, unused bootstrap token. False if it is revoked or unknown.
     pub async fn reissue_bootstrap(&self, id: &str, bootstrap_mac: &[u8], expires_at: i64) -> Result<bool> {
-        let done = sqlx::query(
+        let done = on_pool!(self, pool => sqlx::query(
             "UPDATE devices SET bootstrap_mac = $2, bootstrap_expires_at = $3, bootstrap_used_at = NULL \
              WHERE id = $1 AND status <> 'revoked'",
         )
         .bind(id)
         .bind(bootstrap_mac)
         .bind(expires_at)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(done == 1)
     }
 
     /// The accepted certificate serials of one enrolled device.
     pub async fn cert_serials_of(&self, id: &str) -> Result<Option<CertSerialsRow>> {
-        let row = sqlx::query(
+        let row: Option<(String, String, Option<String>, bool)> = on_pool!(self, pool => sqlx::query_as(
             "SELECT id, cert_serial, prev_cert_serial, cert_used_at IS NOT NULL FROM devices \
              WHERE id = $1 AND status = 'enrolled' AND cert_serial IS NOT NULL",
         )
         .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|r| CertSerialsRow { device_id: r.get(0), current: r.get(1), prev: r.get(2), used: r.get(3) }))
+        .fetch_optional(pool)
+        .await?);
+        Ok(row.map(|(device_id, current, prev, used)| CertSerialsRow { device_id, current, prev, used }))
     }
 
     /// The accepted certificate serials of every enrolled device (loaded into the verifiers at start).
     pub async fn cert_serials(&self) -> Result<Vec<CertSerialsRow>> {
-        let rows = sqlx::query(
+        let rows: Vec<(String, String, Option<String>, bool)> = on_pool!(self, pool => sqlx::query_as(
             "SELECT id, cert_serial, prev_cert_serial, cert_used_at IS NOT NULL FROM devices \
              WHERE status = 'enrolled' AND cert_serial IS NOT NULL",
         )
-        .fetch_all(&self.pool)
-        .await?;
+        .fetch_all(pool)
+        .await?);
         Ok(rows
-            .iter()
-            .map(|r| CertSerialsRow { device_id: r.get(0), current: r.get(1), prev: r.get(2), used: r.get(3) })
+            .into_iter()
+            .map(|(device_id, current, prev, used)| CertSerialsRow { device_id, current, prev, used })
             .collect())
     }
 
     /// What a bootstrap token is worth now, read-only (checked before any work is done for the caller).
     pub async fn bootstrap_token_state(&self, id: &str, bootstrap_mac: &[u8], now: i64) -> Result<TokenState> {
-        let row = sqlx::query(
+        let row: Option<(String, Option<i64>, i64)> = on_pool!(self, pool => sqlx::query_as(
             "SELECT status, bootstrap_used_at, bootstrap_expires_at FROM devices WHERE id = $1 AND bootstrap_mac = $2",
         )
         .bind(id)
         .bind(bootstrap_mac)
-        .fetch_optional(&self.pool)
-        .await?;
+        .fetch_optional(pool)
+        .await?);
         Ok(match row {
             None => TokenState::Invalid,
-            Some(r) if r.get::<String, _>(0) == "revoked" => TokenState::Revoked,
-            Some(r) if r.get::<Option<i64>, _>(1).is_some() => TokenState::Used,
-            Some(r) if r.get::<i64, _>(2) <= now => TokenState::Expired,
+            Some((s, _, _)) if status(s.clone())? == DeviceStatus::Revoked => TokenState::Revoked,
+            Some((_, Some(_), _)) => TokenState::Used,
+            Some((_, None, expires)) if expires <= now => TokenState::Expired,
             Some(_) => TokenState::Usable,
         })
     }
 
     /// Marks a device revoked. False if there is no such device.
     pub async fn revoke(&self, id: &str, now: i64) -> Result<bool> {
-        let done =
-            sqlx::query("UPDATE devices SET status = 'revoked', revoked_at = COALESCE(revoked_at, $2) WHERE id = $1")
-                .bind(id)
-                .bind(now)
-                .execute(&self.pool)
-                .await?;
-        Ok(done.rows_affected() == 1)
+        let done = on_pool!(self, pool => sqlx::query(
+            "UPDATE devices SET status = 'revoked', revoked_at = COALESCE(revoked_at, $2), session_subscribed = $3 \
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(false)
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(done == 1)
+    }
+
+    /// Starts a new connection of a device: raises its session epoch and returns the new value, and whether its
+    /// persistent session holds a command subscription. A node closes its own connection of the device when
+    /// another reports a higher epoch, so of two connections the later one wins on every node.
+    pub async fn open_session(&self, id: &str, clean: bool, node: &str) -> Result<(i64, bool)> {
+        let row: Option<(i64, bool)> = on_pool!(self, pool => sqlx::query_as(
+            "UPDATE devices SET session_epoch = session_epoch + 1, session_open = $4, session_node = $5, \
+             session_subscribed = CASE WHEN $2 THEN $3 ELSE session_subscribed END \
+             WHERE id = $1 RETURNING session_epoch, session_subscribed",
+        )
+        .bind(id)
+        .bind(clean)
+        .bind(false)
+        .bind(true)
+        .bind(node)
+        .fetch_optional(pool)
+        .await?);
+        Ok(row.unwrap_or((0, false)))
+    }
+
+    /// Records whether the device's persistent session holds a command subscription (so it resumes on any
+    /// node). Only the connection with the device's current `epoch` may change it: a connection that was taken
+    /// over does not clear its successor's state as it ends.
+    pub async fn set_session_subscribed(&self, id: &str, on: bool, epoch: i64) -> Result<()> {
+        on_pool!(self, pool => sqlx::query(
+            "UPDATE devices SET session_subscribed = $2 WHERE id = $1 AND session_epoch = $3",
+        )
+        .bind(id)
+        .bind(on)
+        .bind(epoch)
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(())
+    }
+
+    /// Records that the connection with `epoch` ended (unless a newer one has opened since).
+    pub async fn close_session(&self, id: &str, epoch: i64) -> Result<()> {
+        on_pool!(self, pool => sqlx::query(
+            "UPDATE devices SET session_open = $2 WHERE id = $1 AND session_epoch = $3",
+        )
+        .bind(id)
+        .bind(false)
+        .bind(epoch)
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(())
+    }
+
+    /// Marks every connection recorded for node `name` closed (the node is starting and holds none).
+    pub async fn clear_sessions_of(&self, name: &str) -> Result<u64> {
+        Ok(on_pool!(self, pool => sqlx::query(
+            "UPDATE devices SET session_open = $2 WHERE session_node = $1 AND session_open = $3",
+        )
+        .bind(name)
+        .bind(false)
+        .bind(true)
+        .execute(pool)
+        .await?
+        .rows_affected()))
+    }
+
+    /// Records that node `name` is alive now (and forgets nodes silent for a week).
+    pub async fn node_heartbeat(&self, name: &str, now: i64) -> Result<()> {
+        on_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO nodes (name, started_at, seen_at) VALUES ($1, $2, $2) \
+                 ON CONFLICT (name) DO UPDATE SET seen_at = $2",
+            )
+            .bind(name)
+            .bind(now)
+            .execute(pool)
+            .await?;
+            sqlx::query("DELETE FROM nodes WHERE seen_at < $1").bind(now - 7 * 86_400_000).execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    /// Nodes that sent a heartbeat since `since`.
+    pub async fn live_nodes(&self, since: i64) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> = on_pool!(self, pool => sqlx::query_as(
+            "SELECT name FROM nodes WHERE seen_at >= $1 ORDER BY name",
+        )
+        .bind(since)
+        .fetch_all(pool)
+        .await?);
+        Ok(rows.into_iter().map(|(n,)| n).collect())
+    }
+
+    /// The device's current session epoch (0 for an unknown device).
+    pub async fn session_epoch(&self, id: &str) -> Result<i64> {
+        let row: Option<(i64,)> = on_pool!(self, pool =>
+            sqlx::query_as("SELECT session_epoch FROM devices WHERE id = $1").bind(id).fetch_optional(pool).await?);
+        Ok(row.map_or(0, |r| r.0))
     }
 }
 
 /// Records MQTT activity (last seen) inside the caller's transaction; only ever moves the time forward.
-pub async fn touch_batch(conn: &mut sqlx::SqliteConnection, seen: &[(String, i64)]) -> Result<()> {
+pub(super) async fn touch_batch(conn: &mut sqlx::SqliteConnection, seen: &[(String, i64)]) -> Result<()> {
     for (id, at) in seen {
         sqlx::query(
             "UPDATE devices SET last_seen_at = $2 WHERE id = $1 AND (last_seen_at IS NULL OR last_seen_at < $2)",

@@ -1,8 +1,6 @@
 //! Security events (aggregated per kind, device and source by `monitoring`), and their retention.
 
-use sqlx::Row as _;
-
-use super::{Result, Store};
+use super::{BeginWrite as _, Result, Store};
 
 /// An aggregated security event to store.
 #[derive(Debug, Clone)]
@@ -47,24 +45,25 @@ pub struct SecurityEventRow {
 impl Store {
     /// Records security events in one transaction.
     pub async fn insert_security_events(&self, events: &[NewSecurityEvent]) -> Result<()> {
-        let mut tx = super::WriteTx::begin(&self.pool).await?;
-        for e in events {
-            sqlx::query(
-                "INSERT INTO security_events (at, last_at, count, device_id, source, kind, detail) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(e.at)
-            .bind(e.last_at)
-            .bind(e.count)
-            .bind(&e.device_id)
-            .bind(&e.source)
-            .bind(&e.kind)
-            .bind(&e.detail)
-            .execute(tx.conn())
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        on_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            for e in events {
+                sqlx::query(
+                    "INSERT INTO security_events (at, last_at, count, device_id, source, kind, detail) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(e.at)
+                .bind(e.last_at)
+                .bind(e.count)
+                .bind(&e.device_id)
+                .bind(&e.source)
+                .bind(&e.kind)
+                .bind(&e.detail)
+                .execute(tx.conn())
+                .await?;
+            }
+            tx.commit().await
+        })
     }
 
     /// Most recent security events, newest first, optionally of one device or one kind.
@@ -74,7 +73,7 @@ impl Store {
         kind: Option<&str>,
         limit: i64,
     ) -> Result<Vec<SecurityEventRow>> {
-        Ok(sqlx::query_as::<_, SecurityEventRow>(
+        on_pool!(self, pool => Ok(sqlx::query_as::<_, SecurityEventRow>(
             "SELECT id, at, COALESCE(last_at, at) AS last_at, count, device_id, source, kind, detail \
              FROM security_events WHERE ($1 IS NULL OR device_id = $1) AND ($2 IS NULL OR kind = $2) \
              ORDER BY id DESC LIMIT $3",
@@ -82,15 +81,17 @@ impl Store {
         .bind(device_id)
         .bind(kind)
         .bind(limit)
-        .fetch_all(&self.pool)
-        .await?)
+        .fetch_all(pool)
+        .await?))
     }
 
     /// Rows and summed occurrences of security events (for tests, `doctor` and the operator view).
     pub async fn security_event_totals(&self) -> Result<(i64, i64)> {
-        let row =
-            sqlx::query("SELECT COUNT(*), COALESCE(SUM(count), 0) FROM security_events").fetch_one(&self.pool).await?;
-        Ok((row.get(0), row.get(1)))
+        on_pool!(self, pool => Ok(sqlx::query_as::<_, (i64, i64)>(
+            "SELECT COUNT(*), CAST(COALESCE(SUM(count), 0) AS BIGINT) FROM security_events",
+        )
+        .fetch_one(pool)
+        .await?))
     }
 
     /// Deletes security events whose last occurrence is before `before`, then the oldest beyond `max_rows`, in
@@ -103,7 +104,7 @@ impl Store {
         let mut pruned = 0;
         for (sql, bound) in [(aged, before), (over, max_rows)] {
             loop {
-                let n = sqlx::query(sql).bind(bound).execute(&self.pool).await?.rows_affected();
+                let n = on_pool!(self, pool => sqlx::query(sql).bind(bound).execute(pool).await?.rows_affected());
                 pruned += n;
                 if n < 5000 {
                     break;

@@ -129,6 +129,8 @@ impl Retention {
     pub async fn run_once(&self) -> Result<Pruned, crate::store::StoreError> {
         let now = self.clock.now_ms();
         let mut pruned = Pruned::default();
+        // PostgreSQL: the coming week's telemetry partitions (several nodes may do this at once; one wins).
+        self.store.prepare_uplink_partitions(now, 7).await?;
         if self.settings.telemetry_days > 0 {
             let before = now - i64::from(self.settings.telemetry_days) * DAY_MS;
             loop {

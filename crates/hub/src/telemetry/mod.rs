@@ -18,6 +18,7 @@
 //!
 //! The same writer records devices' last-seen times, coalesced per batch: SQLite has one writer at a time, and
 //! a second writing connection would make ingest wait on its lock (a reconnect storm would stall telemetry).
+//! On PostgreSQL each hub node runs one such writer; the store keeps (device, seq) idempotent across nodes.
 //!
 //! Invariant: a PUBACK with a success code is sent only for a message whose transaction has committed, or
 //! which an earlier committed transaction already holds with identical content.
@@ -219,47 +220,17 @@ async fn commit(
     records: &[UplinkRecord],
     touched: &[(String, i64)],
 ) -> Result<Vec<Outcome>, store::StoreError> {
-    // A pooled connection per batch (the pool keeps it warm): a batch that fails closes its connection, so no
-    // half-rolled-back state can leak into the next one (see `store::WriteTx`).
-    let mut tx = store.write_tx().await?;
-    let inserted = store::uplinks::insert_batch(tx.conn(), records).await?;
-    let mut outcomes = Vec::with_capacity(records.len());
-    let mut highest: HashMap<&str, i64> = HashMap::new();
-    for (r, new) in records.iter().zip(&inserted) {
-        if *new {
-            outcomes.push(Outcome::Stored);
-            continue;
-        }
-        // Rare (resends after a lost PUBACK): compare with what is stored.
-        let same = store::uplinks::stored_body(tx.conn(), &r.device_id, r.seq).await?.is_some_and(|b| b == r.body_json);
-        if same {
-            outcomes.push(Outcome::Duplicate);
-        } else {
-            let h = match highest.get(r.device_id.as_str()) {
-                Some(h) => *h,
-                None => {
-                    let h = store::uplinks::highest_seq(tx.conn(), &r.device_id).await?.unwrap_or(0);
-                    highest.insert(&r.device_id, h);
-                    h
-                }
-            };
-            outcomes.push(Outcome::Conflict { highest_seq: h });
-        }
-    }
-    store::devices::touch_batch(tx.conn(), touched).await?;
-    // Apply the newest state of each device in the batch (only what was stored now).
-    let mut newest: HashMap<&str, &UplinkRecord> = HashMap::new();
-    for (r, _) in records.iter().zip(&outcomes).filter(|(r, o)| r.kind == "state" && **o == Outcome::Stored) {
-        let e = newest.entry(r.device_id.as_str()).or_insert(r);
-        if r.seq > e.seq {
-            *e = r;
-        }
-    }
-    for r in newest.values() {
-        store::uplinks::apply_state(tx.conn(), &r.device_id, r.seq, &r.body_json).await?;
-    }
-    tx.commit().await?;
-    Ok(outcomes)
+    // One transaction for the batch; its connection is closed if it does not commit, so no half-rolled-back
+    // state can leak into the next batch (see `store::WriteTx`).
+    let written = store.commit_uplinks(records, touched).await?;
+    Ok(written
+        .into_iter()
+        .map(|w| match w {
+            store::Written::Stored => Outcome::Stored,
+            store::Written::Duplicate => Outcome::Duplicate,
+            store::Written::Conflict { highest_seq } => Outcome::Conflict { highest_seq },
+        })
+        .collect())
 }
 
 /// Checks the data directory's free space every second while the hub runs.

@@ -8,3 +8,4 @@ mod hardening;
 mod hostile;
 mod interop;
 mod session;
+mod store_contract;

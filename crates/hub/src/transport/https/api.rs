@@ -369,8 +369,15 @@ struct DeviceBody {
     state: Option<serde_json::Value>,
 }
 
-fn device_body(state: &HubState, d: DeviceRow) -> DeviceBody {
-    let connected = DeviceId::parse(&d.id).map(|id| state.routing.is_connected(&id)).unwrap_or(false);
+/// Nodes alive in the last 15 s (three heartbeats).
+async fn live_nodes(state: &HubState) -> Result<Vec<String>, ApiError> {
+    Ok(state.store.live_nodes(state.clock.now_ms() - 15_000).await?)
+}
+
+fn device_body(state: &HubState, live: &[String], d: DeviceRow) -> DeviceBody {
+    // Connected to this node, or (as the store records it) to another node that is alive.
+    let elsewhere = d.session_open && d.session_node.as_ref().is_some_and(|n| live.contains(n));
+    let connected = elsewhere || state.routing.is_connected(&d.id);
     DeviceBody {
         connected,
         state: d
@@ -378,9 +385,9 @@ fn device_body(state: &HubState, d: DeviceRow) -> DeviceBody {
             .as_deref()
             .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
             .and_then(|v| v.get("state").cloned()),
-        id: d.id,
+        id: d.id.to_string(),
         model: d.model,
-        status: d.status,
+        status: d.status.to_string(),
         created_at_ms: d.created_at,
         enrolled_at_ms: d.enrolled_at,
         revoked_at_ms: d.revoked_at,
@@ -424,8 +431,9 @@ async fn list_devices(
 ) -> Result<Json<DeviceList>, ApiError> {
     let limit = page_limit(params.limit, 100, 1000)?;
     let rows = state.store.devices(params.after.as_deref(), limit).await?;
-    let next_after = (rows.len() as i64 == limit).then(|| rows.last().map(|d| d.id.clone())).flatten();
-    Ok(Json(DeviceList { devices: rows.into_iter().map(|d| device_body(&state, d)).collect(), next_after }))
+    let next_after = (rows.len() as i64 == limit).then(|| rows.last().map(|d| d.id.to_string())).flatten();
+    let live = live_nodes(&state).await?;
+    Ok(Json(DeviceList { devices: rows.into_iter().map(|d| device_body(&state, &live, d)).collect(), next_after }))
 }
 
 /// One device.
@@ -438,7 +446,7 @@ async fn get_device(
 ) -> Result<Json<DeviceBody>, ApiError> {
     let id = device_id(&id)?;
     let row = state.store.device(id.as_str()).await?.ok_or_else(|| ApiError::not_found("device"))?;
-    Ok(Json(device_body(&state, row)))
+    Ok(Json(device_body(&state, &live_nodes(&state).await?, row)))
 }
 
 /// Revokes a device: its connection closes within seconds and every later connection or renewal is refused.
@@ -454,7 +462,7 @@ async fn revoke_device(
         return Err(ApiError::not_found("device"));
     }
     let row = state.store.device(id.as_str()).await?.ok_or_else(|| ApiError::not_found("device"))?;
-    Ok(Json(device_body(&state, row)))
+    Ok(Json(device_body(&state, &live_nodes(&state).await?, row)))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -521,7 +529,7 @@ async fn telemetry(
         .into_iter()
         .map(|r| TelemetryItem {
             seq: r.seq,
-            kind: r.kind,
+            kind: r.kind.as_str().to_owned(),
             device_ts_ms: r.device_ts,
             received_at_ms: r.received_at,
             body: serde_json::from_str(&r.body_json).unwrap_or(serde_json::Value::Null),
@@ -566,9 +574,9 @@ impl From<CommandRow> for CommandBody {
         CommandBody {
             args: serde_json::from_str(&r.args_json).unwrap_or(serde_json::Value::Null),
             id: r.id,
-            device_id: r.device_id,
+            device_id: r.device_id.to_string(),
             name: r.name,
-            status: r.status,
+            status: r.status.as_str().to_owned(),
             created_at_ms: r.created_at,
             expires_at_ms: r.expires_at,
             sent_at_ms: r.sent_at,

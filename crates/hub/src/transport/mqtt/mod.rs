@@ -83,6 +83,8 @@ pub struct Ctx {
     pub quotas: Quotas,
     /// The hub's clock.
     pub clock: Clock,
+    /// The bus (session takeover across nodes).
+    pub bus: crate::bus::Bus,
 }
 
 /// Builds the TLS configuration of the MQTT listener.

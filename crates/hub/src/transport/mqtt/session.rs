@@ -22,17 +22,18 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
-use hearth_proto::command::CommandAck;
+use hearth_proto::command::{Command, CommandAck};
 use hearth_proto::topic::{self, DeviceTopic, PublishDenied};
-use hearth_proto::uplink::{Uplink, UplinkBody};
+use hearth_proto::uplink::Uplink;
 use hearth_proto::{DeviceId, TopicFilterDecision};
 
 use super::wire::{In, Out, PublishViolation, Reason, Version, Wire, WireError};
 use super::{Ctx, MqttLimits};
+use crate::bus::Notice;
 use crate::identity::{CertFacts, CertRefusal};
 use crate::monitoring::SecurityEvent;
-use crate::routing::{CloseReason, Downlink, Link};
-use crate::store::{CommandRow, UplinkRecord};
+use crate::routing::{CloseReason, Link};
+use crate::store::UplinkRecord;
 use crate::telemetry::{Durable, IngestItem, Outcome};
 use crate::transport::admission::{Slot, Stage};
 
@@ -89,6 +90,8 @@ struct Session<S> {
     subscribed: bool,
     subscriptions: usize,
     persistent: bool,
+    /// This connection's session epoch (from the store).
+    epoch: i64,
     tokens: f64,
     refilled: Instant,
     seen_at: Instant,
@@ -124,6 +127,7 @@ where
         subscribed: false,
         subscriptions: 0,
         persistent: false,
+        epoch: 0,
         tokens: f64::from(limits.burst),
         refilled: Instant::now(),
         seen_at: Instant::now(),
@@ -171,8 +175,12 @@ where
     drop(pending);
 
     let conn_id = ctx.routing.next_conn_id();
-    let (link, mut link_rx, mut close_rx) = Link::new(conn_id);
+    let (link, mut link_rx, mut close_rx) = Link::new(conn_id, s.epoch);
     ctx.routing.register(&s.device, link);
+    // Any older connection of this device, on any node, closes.
+    if let Err(e) = ctx.bus.publish(Notice::SessionOpened { device: s.device.clone(), epoch: s.epoch }).await {
+        tracing::warn!(error = %e, device = %s.device, "could not tell other nodes of a new session");
+    }
     if let Err(e) = ctx.identity.cert_used(&s.device, &s.serial).await {
         tracing::warn!(error = %e, device = %s.device, "could not record the first use of a certificate");
     }
@@ -221,9 +229,12 @@ where
                     s.release_acks();
                     result
                 }
-                Some(msg) = link_rx.recv() => match msg {
-                    Downlink::Command(row) => { if s.subscribed { s.send_command(&row).await; } Ok(()) }
-                },
+                Some(command) = link_rx.recv() => {
+                    if s.subscribed {
+                        s.send_command(&command).await;
+                    }
+                    Ok(())
+                }
                 changed = close_rx.changed() => {
                     let reason = if changed.is_ok() { *close_rx.borrow_and_update() } else { Some(CloseReason::SessionTakenOver) };
                     match reason {
@@ -260,8 +271,11 @@ where
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), s.io.shutdown()).await;
     ctx.routing.unregister(&s.device, conn_id);
-    if !s.persistent {
-        ctx.routing.set_persistent_subscription(&s.device, false);
+    if !s.persistent && s.subscribed {
+        s.set_subscribed(false).await;
+    }
+    if let Err(e) = ctx.store.close_session(s.device.as_str(), s.epoch).await {
+        tracing::warn!(error = %e, device = %s.device, "could not record the end of a session");
     }
     ctx.ingest.seen(s.device.as_str());
     tracing::info!(device = %s.device, peer = %s.peer, end = ?end, "device disconnected");
@@ -330,10 +344,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.client_receive_max = receive_max.max(1);
         self.client_max_packet = max_packet_size;
         self.persistent = !clean || (v5 && session_expiry > 0);
-        let session_present = !clean && self.ctx.routing.has_persistent_subscription(&self.device);
-        if clean {
-            self.ctx.routing.set_persistent_subscription(&self.device, false);
-        }
+        // The session state is in the store, so it resumes on whichever node the device reaches.
+        let (epoch, stored_subscription) =
+            match self.ctx.store.open_session(self.device.as_str(), clean, self.ctx.bus.node()).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, device = %self.device, "could not open a session in the store");
+                    self.wire.encode(
+                        connack(Reason::ServerUnavailable, false, &limits, None, None, Some("storage unavailable")),
+                        &mut self.wbuf,
+                    );
+                    return None;
+                }
+            };
+        self.epoch = epoch;
+        let session_present = !clean && stored_subscription;
         if session_present {
             self.subscribed = true;
             self.subscriptions = 1;
@@ -420,7 +445,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     if topic::authorize_subscribe(&self.device, f) == TopicFilterDecision::Commands && self.subscribed {
                         self.subscribed = false;
                         self.subscriptions = self.subscriptions.saturating_sub(1);
-                        self.ctx.routing.set_persistent_subscription(&self.device, false);
+                        self.set_subscribed(false).await;
                     }
                 }
                 self.wire.encode(Out::UnsubAck { packet_id, count: filters.len() }, &mut self.wbuf);
@@ -537,11 +562,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 let record = UplinkRecord {
                     device_id: self.device.to_string(),
                     seq: uplink.seq as i64,
-                    kind: match uplink.body {
-                        UplinkBody::Telemetry { .. } => "telemetry",
-                        UplinkBody::Event { .. } => "event",
-                        UplinkBody::State { .. } => "state",
-                    },
+                    kind: uplink.body.kind(),
                     device_ts: uplink.ts as i64,
                     received_at: self.ctx.clock.now_ms(),
                     // What was validated, re-encoded: a payload with duplicate keys is stored as the value that
@@ -680,43 +701,50 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.wire.encode(Out::SubAck { packet_id, results }, &mut self.wbuf);
         if newly {
             if self.persistent {
-                self.ctx.routing.set_persistent_subscription(&self.device, true);
+                self.set_subscribed(true).await;
             }
             self.deliver_open_commands().await;
         }
         Ok(())
     }
 
+    /// Records the persistent session's command subscription (only while this connection is the current one).
+    async fn set_subscribed(&mut self, on: bool) {
+        if let Err(e) = self.ctx.store.set_session_subscribed(self.device.as_str(), on, self.epoch).await {
+            tracing::warn!(error = %e, device = %self.device, "could not record the session's subscription");
+        }
+    }
+
     async fn deliver_open_commands(&mut self) {
         match self.ctx.commands.open_for(&self.device).await {
             Ok(rows) => {
                 for row in rows {
-                    self.send_command(&row).await;
+                    self.send_command(&crate::commands::to_command(&row)).await;
                 }
             }
             Err(e) => tracing::warn!(error = %e, "could not load open commands"),
         }
     }
 
-    async fn send_command(&mut self, row: &CommandRow) {
+    async fn send_command(&mut self, command: &Command) {
         // Never more unacknowledged than the client accepts (its Receive Maximum), nor more than 64.
         if self.inflight_out.len() >= usize::from(self.client_receive_max).min(64) {
             // The device is not acknowledging; the command stays open and is sent on the next subscribe.
             return;
         }
         let topic = ByteString::from(topic::command_topic(&self.device));
-        let payload = Bytes::from(crate::commands::to_wire(row));
+        let payload = Bytes::from(command.to_json());
         // Fixed header (≤ 5), topic length prefix, packet id and an empty property block: a safe upper bound.
         let size = 5 + 2 + topic.len() + 2 + 1 + payload.len();
         if self.client_max_packet.is_some_and(|max| size as u64 > u64::from(max)) {
-            tracing::warn!(device = %self.device, command = %row.id, size, max = ?self.client_max_packet,
+            tracing::warn!(device = %self.device, command = %command.id, size, max = ?self.client_max_packet,
                 "command larger than the client's maximum packet size; not sent");
             return;
         }
         let packet_id = self.alloc_packet_id();
-        self.inflight_out.insert(packet_id.get(), row.id.clone());
+        self.inflight_out.insert(packet_id.get(), command.id.clone());
         self.wire.encode(Out::Publish { topic, payload, packet_id }, &mut self.wbuf);
-        if let Err(e) = self.ctx.commands.mark_sent(&row.id).await {
+        if let Err(e) = self.ctx.commands.mark_sent(&command.id).await {
             tracing::warn!(error = %e, "could not mark a command sent");
         }
     }

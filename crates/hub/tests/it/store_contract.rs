@@ -1,0 +1,474 @@
+//! The storage contract: one story per capability, run on SQLite always and on PostgreSQL when
+//! `HEARTH_TEST_POSTGRES_URL` is set (CI sets it and `HEARTH_REQUIRE_ALL=1`, so PostgreSQL is never skipped
+//! there). Each story drives the store's typed API only, so both backends must give the same answers.
+
+// A failed store call is a failed story; `unwrap` keeps the many assertions readable.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use hearth_hub::store::{
+    BackendKind, CertRecord, CommandStatus, DeviceStatus, EnrolOutcome, NewApiToken, NewCommand, NewDevice,
+    NewSecurityEvent, PoolSettings, Store, StoreUrl, TokenState, UplinkQuery, UplinkRecord, Written,
+};
+use hearth_proto::uplink::UplinkKind;
+use hearth_test_support::services::{PgDatabase, pg_database};
+
+const DAY: i64 = 86_400_000;
+/// 2026-11-25T12:00:00Z.
+const NOW: i64 = 1_795_608_000_000;
+
+/// A store on one backend, and what keeps it alive.
+struct Backend {
+    store: Store,
+    _dir: Option<tempfile::TempDir>,
+    _pg: Option<PgDatabase>,
+}
+
+async fn sqlite() -> Backend {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open_sqlite(&dir.path().join("hearth.db")).await.expect("open sqlite");
+    Backend { store, _dir: Some(dir), _pg: None }
+}
+
+async fn postgres(test: &str) -> Option<Backend> {
+    let db = pg_database(test).await?;
+    let store = Store::open(&StoreUrl::parse(&db.url).expect("url"), PoolSettings::default()).await.expect("open pg");
+    store.prepare_uplink_partitions(NOW, 7).await.expect("partitions");
+    Some(Backend { store, _dir: None, _pg: Some(db) })
+}
+
+/// Defines each story twice: `sqlite::story` and `postgres::story`.
+macro_rules! contract {
+    ($($story:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $story() {
+                    let b = super::sqlite().await;
+                    super::$story(&b.store).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $story() {
+                    let Some(b) = super::postgres(concat!("store_contract::postgres::", stringify!($story))).await
+                    else {
+                        return;
+                    };
+                    assert_eq!(b.store.kind(), super::BackendKind::Postgres);
+                    super::$story(&b.store).await;
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    manufacture_and_page,
+    enrol_renew_and_first_use,
+    revoke,
+    ingest_with_duplicates_and_conflicts,
+    ingest_state_and_last_seen,
+    uplink_paging_and_retention,
+    commands,
+    tokens_and_setup,
+    security_events,
+    sessions,
+    keys,
+    concurrent_writers_store_each_message_once,
+);
+
+fn device(id: &str) -> NewDevice {
+    NewDevice {
+        id: id.into(),
+        model: "plug-1".into(),
+        bootstrap_mac: format!("boot-{id}").into_bytes(),
+        bootstrap_expires_at: NOW + DAY,
+        claim_mac: format!("claim-{id}").into_bytes(),
+    }
+}
+
+fn cert<'a>(serial: &'a str, spki: &'a str) -> CertRecord<'a> {
+    CertRecord { serial, not_after: NOW + 30 * DAY, spki, chain: "-----CHAIN-----" }
+}
+
+async fn enrolled(store: &Store, id: &str) {
+    store.insert_devices(&[device(id)], NOW).await.expect("insert");
+    let outcome = store.enrol(id, format!("boot-{id}").as_bytes(), NOW, &cert("s1", "k1")).await.expect("enrol");
+    assert_eq!(outcome, EnrolOutcome::Enrolled);
+}
+
+fn up(device: &str, seq: i64, body: &str) -> UplinkRecord {
+    UplinkRecord {
+        device_id: device.into(),
+        seq,
+        kind: UplinkKind::Telemetry,
+        device_ts: NOW + seq,
+        received_at: NOW,
+        body_json: body.into(),
+    }
+}
+
+async fn manufacture_and_page(store: &Store) {
+    let ids: Vec<String> = (0..25).map(|i| format!("dev-{i:03}")).collect();
+    let batch: Vec<NewDevice> = ids.iter().map(|i| device(i)).collect();
+    store.insert_devices(&batch, NOW).await.expect("insert");
+    // A batch with one bad row (a repeated id) is refused whole.
+    let err = store.insert_devices(&[device("new-1"), device("dev-000")], NOW).await;
+    assert!(err.is_err(), "a repeated id must fail the batch");
+    assert!(store.device("new-1").await.unwrap().is_none(), "nothing of a failed batch is kept");
+
+    let d = store.device("dev-007").await.unwrap().expect("stored");
+    assert_eq!(d.id.as_str(), "dev-007");
+    assert_eq!(d.status, DeviceStatus::Manufactured);
+    assert_eq!(d.created_at, NOW);
+    assert!(!d.session_open);
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.devices(after.as_deref(), 10).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|d| d.id.to_string());
+        seen.extend(page.into_iter().map(|d| d.id.to_string()));
+    }
+    assert_eq!(seen, ids, "keyset paging returns every device once, in id order");
+    assert_eq!(store.device_counts().await.unwrap(), vec![(DeviceStatus::Manufactured, 25)]);
+}
+
+async fn enrol_renew_and_first_use(store: &Store) {
+    store.insert_devices(&[device("dev-a"), device("dev-b")], NOW).await.unwrap();
+    assert_eq!(store.bootstrap_token_state("dev-a", b"boot-dev-a", NOW).await.unwrap(), TokenState::Usable);
+    assert_eq!(store.bootstrap_token_state("dev-a", b"wrong", NOW).await.unwrap(), TokenState::Invalid);
+    assert_eq!(store.bootstrap_token_state("dev-a", b"boot-dev-a", NOW + DAY).await.unwrap(), TokenState::Expired);
+    assert_eq!(
+        store.enrol("dev-a", b"boot-dev-a", NOW + 2 * DAY, &cert("x", "k")).await.unwrap(),
+        EnrolOutcome::Expired
+    );
+    assert_eq!(store.enrol("dev-a", b"wrong", NOW, &cert("x", "k")).await.unwrap(), EnrolOutcome::Invalid);
+    assert_eq!(store.enrol("dev-a", b"boot-dev-a", NOW, &cert("s1", "k1")).await.unwrap(), EnrolOutcome::Enrolled);
+    assert_eq!(store.enrol("dev-a", b"boot-dev-a", NOW, &cert("s2", "k2")).await.unwrap(), EnrolOutcome::Used);
+    assert_eq!(store.bootstrap_token_state("dev-a", b"boot-dev-a", NOW).await.unwrap(), TokenState::Used);
+
+    let c = store.current_cert("dev-a").await.unwrap().expect("cert");
+    assert_eq!((c.serial.as_deref(), c.spki.as_deref(), c.used), (Some("s1"), Some("k1"), false));
+    assert_eq!(c.status, DeviceStatus::Enrolled);
+    assert_eq!(c.chain_pem.as_deref(), Some("-----CHAIN-----"));
+
+    // Renewal: only with the current serial; the previous one stays accepted until the new one is used.
+    assert!(!store.renew_current("dev-a", "not-current", &cert("s9", "k9")).await.unwrap());
+    assert!(store.renew_current("dev-a", "s1", &cert("s2", "k2")).await.unwrap());
+    let s = store.cert_serials_of("dev-a").await.unwrap().expect("serials");
+    assert_eq!((s.current.as_str(), s.prev.as_deref(), s.used), ("s2", Some("s1"), false));
+    store.mark_cert_used("dev-a", "s1", NOW).await.unwrap();
+    assert_eq!(store.cert_serials_of("dev-a").await.unwrap().unwrap().prev.as_deref(), Some("s1"), "old serial: no-op");
+    store.mark_cert_used("dev-a", "s2", NOW).await.unwrap();
+    let s = store.cert_serials_of("dev-a").await.unwrap().unwrap();
+    assert_eq!((s.prev, s.used), (None, true), "first use ends the previous certificate");
+    let all = store.cert_serials().await.unwrap();
+    assert_eq!(all.len(), 1, "only enrolled devices have serials");
+
+    // A re-issued token enrols again and replaces the certificate.
+    assert!(store.reissue_bootstrap("dev-a", b"boot2", NOW + DAY).await.unwrap());
+    assert_eq!(store.enrol("dev-a", b"boot2", NOW, &cert("s3", "k3")).await.unwrap(), EnrolOutcome::Enrolled);
+    let s = store.cert_serials_of("dev-a").await.unwrap().unwrap();
+    assert_eq!((s.current.as_str(), s.prev, s.used), ("s3", None, false));
+    assert!(!store.reissue_bootstrap("nobody", b"boot3", NOW).await.unwrap());
+}
+
+async fn revoke(store: &Store) {
+    enrolled(store, "dev-r").await;
+    store.insert_devices(&[device("dev-m")], NOW).await.unwrap();
+    assert!(store.revoke("dev-r", NOW + 5).await.unwrap());
+    assert!(store.revoke("dev-r", NOW + 9).await.unwrap(), "revoking twice is fine");
+    assert!(!store.revoke("nobody", NOW).await.unwrap());
+    let d = store.device("dev-r").await.unwrap().unwrap();
+    assert_eq!((d.status, d.revoked_at), (DeviceStatus::Revoked, Some(NOW + 5)), "the first revocation time stays");
+    let ids: Vec<String> = store.revoked_device_ids().await.unwrap().iter().map(|d| d.to_string()).collect();
+    assert_eq!(ids, vec!["dev-r"]);
+    assert_eq!(store.revoked_since(NOW + 6).await.unwrap().len(), 0);
+    assert_eq!(store.revoked_since(NOW + 5).await.unwrap().len(), 1);
+    assert!(store.cert_serials_of("dev-r").await.unwrap().is_none(), "a revoked device has no accepted serial");
+    assert!(!store.reissue_bootstrap("dev-r", b"again", NOW + DAY).await.unwrap());
+    assert_eq!(store.bootstrap_token_state("dev-r", b"boot-dev-r", NOW).await.unwrap(), TokenState::Revoked);
+    assert_eq!(store.enrol("dev-r", b"boot-dev-r", NOW, &cert("z", "z")).await.unwrap(), EnrolOutcome::Revoked);
+    let counts = store.device_counts().await.unwrap();
+    assert_eq!(counts, vec![(DeviceStatus::Manufactured, 1), (DeviceStatus::Revoked, 1)]);
+}
+
+async fn ingest_with_duplicates_and_conflicts(store: &Store) {
+    enrolled(store, "dev-i").await;
+    enrolled(store, "dev-j").await;
+    let first: Vec<UplinkRecord> = (1..=5).map(|s| up("dev-i", s, &format!(r#"{{"n":{s}}}"#))).collect();
+    assert_eq!(store.commit_uplinks(&first, &[]).await.unwrap(), vec![Written::Stored; 5]);
+    // Resends (same content) are duplicates, a different body under a stored seq is a conflict naming the
+    // highest stored seq, new seqs are stored, and a repeat inside one batch is written once.
+    let batch = vec![
+        up("dev-i", 2, r#"{"n":2}"#),
+        up("dev-i", 3, r#"{"n":"changed"}"#),
+        up("dev-i", 6, r#"{"n":6}"#),
+        up("dev-i", 6, r#"{"n":6}"#),
+        up("dev-i", 7, r#"{"n":7}"#),
+        up("dev-i", 7, r#"{"n":"other"}"#),
+        up("dev-j", 1, r#"{"j":1}"#),
+    ];
+    let out = store.commit_uplinks(&batch, &[]).await.unwrap();
+    assert_eq!(
+        out,
+        vec![
+            Written::Duplicate,
+            Written::Conflict { highest_seq: 7 },
+            Written::Stored,
+            Written::Duplicate,
+            Written::Stored,
+            Written::Conflict { highest_seq: 7 },
+            Written::Stored,
+        ]
+    );
+    assert_eq!(store.uplink_count("dev-i").await.unwrap(), 7);
+    assert_eq!(store.uplink_count("dev-j").await.unwrap(), 1);
+    assert_eq!(store.uplink_total().await.unwrap(), 8);
+    // A gap filled late (seq below the highest, never stored) is stored.
+    let late = store.commit_uplinks(&[up("dev-j", 0, r#"{"j":0}"#)], &[]).await.unwrap();
+    assert_eq!(late, vec![Written::Stored]);
+    let rows = store
+        .uplinks(&UplinkQuery { device_id: "dev-i".into(), from_ts: 0, to_ts: i64::MAX, after_seq: 0, limit: 100 })
+        .await
+        .unwrap();
+    assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(rows[2].body_json, r#"{"n":3}"#, "a conflict never overwrites");
+    assert_eq!(rows[0].kind, UplinkKind::Telemetry);
+}
+
+async fn ingest_state_and_last_seen(store: &Store) {
+    enrolled(store, "dev-s").await;
+    let mut s1 = up("dev-s", 10, r#"{"state":{"on":true}}"#);
+    s1.kind = UplinkKind::State;
+    let mut s2 = up("dev-s", 12, r#"{"state":{"on":false}}"#);
+    s2.kind = UplinkKind::State;
+    let mut s0 = up("dev-s", 11, r#"{"state":{"on":"stale"}}"#);
+    s0.kind = UplinkKind::State;
+    store.commit_uplinks(&[s1, s2], &[("dev-s".into(), NOW + 50)]).await.unwrap();
+    let d = store.device("dev-s").await.unwrap().unwrap();
+    assert_eq!(d.state_json.as_deref(), Some(r#"{"state":{"on":false}}"#), "the newest state wins");
+    assert_eq!(d.last_seen_at, Some(NOW + 50));
+    // An older state arriving later changes nothing; last-seen never moves back.
+    store.commit_uplinks(&[s0], &[("dev-s".into(), NOW + 10)]).await.unwrap();
+    let d = store.device("dev-s").await.unwrap().unwrap();
+    assert_eq!(d.state_json.as_deref(), Some(r#"{"state":{"on":false}}"#));
+    assert_eq!(d.last_seen_at, Some(NOW + 50));
+    // Last-seen alone (no uplinks) is recorded too.
+    store.commit_uplinks(&[], &[("dev-s".into(), NOW + 99)]).await.unwrap();
+    assert_eq!(store.device("dev-s").await.unwrap().unwrap().last_seen_at, Some(NOW + 99));
+}
+
+async fn uplink_paging_and_retention(store: &Store) {
+    enrolled(store, "dev-p").await;
+    // Old data (40 days back: PostgreSQL must make that day's partition on demand) and recent data.
+    let old: Vec<UplinkRecord> =
+        (1..=30).map(|s| UplinkRecord { received_at: NOW - 40 * DAY, ..up("dev-p", s, r#"{"old":1}"#) }).collect();
+    assert_eq!(store.commit_uplinks(&old, &[]).await.unwrap(), vec![Written::Stored; 30]);
+    let new: Vec<UplinkRecord> = (31..=60).map(|s| up("dev-p", s, r#"{"new":1}"#)).collect();
+    store.commit_uplinks(&new, &[]).await.unwrap();
+    // Keyset paging over a device-time window.
+    let q =
+        |after_seq| UplinkQuery { device_id: "dev-p".into(), from_ts: NOW + 11, to_ts: NOW + 51, after_seq, limit: 15 };
+    let p1 = store.uplinks(&q(0)).await.unwrap();
+    let p2 = store.uplinks(&q(p1.last().unwrap().seq)).await.unwrap();
+    let p3 = store.uplinks(&q(p2.last().unwrap().seq)).await.unwrap();
+    let seqs: Vec<i64> = p1.iter().chain(&p2).chain(&p3).map(|r| r.seq).collect();
+    assert_eq!(seqs, (11..=50).collect::<Vec<_>>());
+    // Retention of 30 days removes the old rows only.
+    let mut pruned = 0;
+    loop {
+        let n = store.prune_uplinks(NOW - 30 * DAY, 7).await.unwrap();
+        pruned += n;
+        if n < 7 {
+            break;
+        }
+    }
+    assert_eq!(pruned, 30);
+    assert_eq!(store.uplink_count("dev-p").await.unwrap(), 30);
+    assert_eq!(store.prune_uplinks(NOW - 30 * DAY, 7).await.unwrap(), 0, "a second pass finds nothing");
+    // A resend of a pruned message is stored again (it is no longer known).
+    let again = store.commit_uplinks(&[UplinkRecord { ..up("dev-p", 5, r#"{"old":1}"#) }], &[]).await.unwrap();
+    assert_eq!(again, vec![Written::Stored]);
+}
+
+async fn commands(store: &Store) {
+    enrolled(store, "dev-c").await;
+    for (id, created, expires) in [("c1", NOW, NOW + 1000), ("c2", NOW + 1, NOW + 1000), ("c3", NOW + 2, NOW + 10)] {
+        let c = NewCommand {
+            id: id.into(),
+            device_id: "dev-c".into(),
+            name: "ping".into(),
+            args_json: "{}".into(),
+            created_at: created,
+            expires_at: expires,
+        };
+        store.insert_command(&c).await.unwrap();
+    }
+    let open = store.open_commands("dev-c", NOW + 5).await.unwrap();
+    assert_eq!(open.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), vec!["c1", "c2", "c3"]);
+    assert_eq!(open[0].status, CommandStatus::Pending);
+    assert_eq!(open[0].device_id.as_str(), "dev-c");
+    store.mark_command_sent("c1", NOW + 6).await.unwrap();
+    let c1 = store.command("dev-c", "c1").await.unwrap().unwrap();
+    assert_eq!((c1.status, c1.sent_at), (CommandStatus::Sent, Some(NOW + 6)));
+    assert!(store.answer_command("dev-c", "c1", CommandStatus::Ok, Some("done"), NOW + 7).await.unwrap());
+    assert!(!store.answer_command("dev-c", "c1", CommandStatus::Error, None, NOW + 8).await.unwrap(), "answered once");
+    assert!(!store.answer_command("other", "c2", CommandStatus::Ok, None, NOW + 8).await.unwrap(), "not its command");
+    assert!(store.command("other", "c2").await.unwrap().is_none());
+    assert_eq!(store.expire_commands(NOW + 20).await.unwrap(), 1, "c3 timed out");
+    let c3 = store.command("dev-c", "c3").await.unwrap().unwrap();
+    assert_eq!(c3.status, CommandStatus::Timeout);
+    let open = store.open_commands("dev-c", NOW + 20).await.unwrap();
+    assert_eq!(open.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), vec!["c2"]);
+    let c1 = store.command("dev-c", "c1").await.unwrap().unwrap();
+    assert_eq!((c1.status, c1.detail.as_deref(), c1.answered_at), (CommandStatus::Ok, Some("done"), Some(NOW + 7)));
+}
+
+async fn tokens_and_setup(store: &Store) {
+    assert_eq!(store.api_tokens_ever().await.unwrap(), 0);
+    store.replace_setup_token(b"setup-1", NOW + 100).await.unwrap();
+    store.replace_setup_token(b"setup-2", NOW + 100).await.unwrap();
+    let owner = NewApiToken { id: "t1", mac: b"mac-1", label: "owner", created_at: NOW, expires_at: NOW + DAY };
+    assert!(!store.complete_setup(b"setup-1", &owner).await.unwrap(), "a replaced setup token is dead");
+    assert!(!store.complete_setup(b"setup-2", &NewApiToken { created_at: NOW + 100, ..owner }).await.unwrap());
+    assert!(store.complete_setup(b"setup-2", &owner).await.unwrap());
+    let second = NewApiToken { id: "t9", mac: b"mac-9", ..owner };
+    assert!(!store.complete_setup(b"setup-2", &second).await.unwrap(), "a setup token works once");
+    assert_eq!(store.api_tokens_ever().await.unwrap(), 1);
+    store
+        .insert_api_token(&NewApiToken {
+            id: "t2",
+            mac: b"mac-2",
+            label: "ci",
+            created_at: NOW + 1,
+            expires_at: NOW + 2,
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.api_token(b"mac-2").await.unwrap(), Some(("t2".to_owned(), Some(NOW + 2))));
+    assert!(store.revoke_api_token("t2", NOW + 5).await.unwrap());
+    assert!(!store.revoke_api_token("t2", NOW + 6).await.unwrap());
+    assert_eq!(store.api_token(b"mac-2").await.unwrap(), None, "a revoked token authenticates nothing");
+    let list = store.api_tokens().await.unwrap();
+    assert_eq!(list.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), vec!["t2", "t1"], "newest first");
+    assert_eq!(list[0].revoked_at_ms, Some(NOW + 5));
+    let dup = store.insert_api_token(&NewApiToken { id: "t3", ..owner }).await;
+    assert!(dup.is_err(), "a token MAC is unique");
+}
+
+async fn security_events(store: &Store) {
+    let ev = |at: i64, device: Option<&str>, kind: &str, count: i64| NewSecurityEvent {
+        at,
+        last_at: at + 10,
+        count,
+        device_id: device.map(str::to_owned),
+        source: Some("192.0.2.1".into()),
+        kind: kind.into(),
+        detail: "d".into(),
+    };
+    store
+        .insert_security_events(&[
+            ev(NOW - 100 * DAY, Some("dev-e"), "acl_publish", 3),
+            ev(NOW, Some("dev-e"), "acl_publish", 2),
+            ev(NOW + 1, None, "bad_certificate", 40),
+            ev(NOW + 2, Some("dev-f"), "revoked", 1),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(store.security_event_totals().await.unwrap(), (4, 46));
+    let by_dev = store.security_events(Some("dev-e"), None, 10).await.unwrap();
+    assert_eq!(by_dev.len(), 2);
+    assert!(by_dev[0].id > by_dev[1].id, "newest first");
+    assert_eq!((by_dev[0].count, by_dev[0].last_at), (2, NOW + 10));
+    let by_kind = store.security_events(None, Some("bad_certificate"), 10).await.unwrap();
+    assert_eq!((by_kind.len(), by_kind[0].device_id.as_deref()), (1, None));
+    assert_eq!(store.security_events(None, None, 2).await.unwrap().len(), 2);
+    assert_eq!(store.prune_security_events(NOW - 90 * DAY, 1_000).await.unwrap(), 1, "aged out");
+    assert_eq!(store.prune_security_events(NOW - 90 * DAY, 2).await.unwrap(), 1, "over the row cap: oldest go");
+    let left = store.security_events(None, None, 10).await.unwrap();
+    assert_eq!(left.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), vec!["revoked", "bad_certificate"]);
+}
+
+async fn sessions(store: &Store) {
+    enrolled(store, "dev-x").await;
+    let (e1, sub) = store.open_session("dev-x", false, "n1").await.unwrap();
+    assert!(!sub);
+    assert!(store.device("dev-x").await.unwrap().unwrap().session_open);
+    store.set_session_subscribed("dev-x", true, e1).await.unwrap();
+    // A second connection (another node) gets a higher epoch and the persistent subscription.
+    let (e2, sub) = store.open_session("dev-x", false, "n1").await.unwrap();
+    assert!(e2 > e1);
+    assert!(sub, "the persistent session resumes");
+    // The first connection ends late: it neither clears the subscription nor marks the device offline.
+    store.set_session_subscribed("dev-x", false, e1).await.unwrap();
+    store.close_session("dev-x", e1).await.unwrap();
+    let d = store.device("dev-x").await.unwrap().unwrap();
+    assert!(d.session_open);
+    assert_eq!(store.session_epoch("dev-x").await.unwrap(), e2);
+    // A node that restarts clears the sessions it held before (it holds none now).
+    assert_eq!(store.clear_sessions_of("n9").await.unwrap(), 0);
+    assert_eq!(store.clear_sessions_of("n1").await.unwrap(), 1);
+    assert!(!store.device("dev-x").await.unwrap().unwrap().session_open);
+    // A clean start drops the stored subscription.
+    let (e3, sub) = store.open_session("dev-x", true, "n2").await.unwrap();
+    assert!(!sub && e3 > e2);
+    store.close_session("dev-x", e3).await.unwrap();
+    assert!(!store.device("dev-x").await.unwrap().unwrap().session_open);
+    assert_eq!(store.open_session("nobody", false, "n1").await.unwrap(), (0, false));
+    // Node liveness: a node counts as alive while its heartbeats are recent.
+    store.node_heartbeat("n1", NOW).await.unwrap();
+    store.node_heartbeat("n2", NOW - 60_000).await.unwrap();
+    store.node_heartbeat("n1", NOW + 5_000).await.unwrap();
+    assert_eq!(store.live_nodes(NOW - 15_000).await.unwrap(), vec!["n1".to_owned()]);
+    let d = store.device("dev-x").await.unwrap().unwrap();
+    assert_eq!(d.session_node.as_deref(), Some("n2"));
+    store.node_heartbeat("n3", NOW + 8 * DAY).await.unwrap();
+    assert_eq!(store.live_nodes(0).await.unwrap(), vec!["n3".to_owned()], "nodes silent for a week are forgotten");
+}
+
+async fn keys(store: &Store) {
+    store.insert_key("ca", "pem-1", b"sealed-1", NOW).await.unwrap();
+    store.insert_key("ca", "pem-2", b"sealed-2", NOW).await.unwrap();
+    assert_eq!(store.key("ca").await.unwrap(), Some(("pem-1".into(), b"sealed-1".to_vec())), "the first wins");
+    store.replace_key("ca", "pem-3", b"sealed-3", NOW).await.unwrap();
+    assert_eq!(store.key("ca").await.unwrap(), Some(("pem-3".into(), b"sealed-3".to_vec())));
+    assert_eq!(store.key("none").await.unwrap(), None);
+}
+
+/// Two writers (on PostgreSQL, two hub nodes) commit overlapping batches at once: every message is stored
+/// exactly once, and each writer's answer is Stored or Duplicate, never a false conflict.
+async fn concurrent_writers_store_each_message_once(store: &Store) {
+    for d in ["dev-k1", "dev-k2", "dev-k3"] {
+        enrolled(store, d).await;
+    }
+    let batch = |offset: i64| -> Vec<UplinkRecord> {
+        let mut v = Vec::new();
+        for s in 1..=200 {
+            for d in ["dev-k3", "dev-k1", "dev-k2"] {
+                v.push(up(d, (s + offset) % 200 + 1, &format!(r#"{{"s":{}}}"#, (s + offset) % 200 + 1)));
+            }
+        }
+        v
+    };
+    let (a, b) = (store.clone(), store.clone());
+    let (ba, bb) = (batch(0), batch(77));
+    let (ra, rb) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(30), a.commit_uplinks(&ba, &[])),
+        tokio::time::timeout(Duration::from_secs(30), b.commit_uplinks(&bb, &[])),
+    );
+    let (ra, rb) = (ra.expect("no deadlock").expect("a"), rb.expect("no deadlock").expect("b"));
+    let stored = ra.iter().chain(&rb).filter(|w| **w == Written::Stored).count();
+    assert_eq!(stored, 600, "each (device, seq) stored by exactly one writer");
+    assert!(ra.iter().chain(&rb).all(|w| matches!(w, Written::Stored | Written::Duplicate)));
+    for d in ["dev-k1", "dev-k2", "dev-k3"] {
+        assert_eq!(store.uplink_count(d).await.unwrap(), 200);
+    }
+}

@@ -1,0 +1,58 @@
+//! What the hub sends down to a device's live connection, as a message that can cross from one hub node to
+//! another (the bus carries it to whichever node holds the device's connection).
+//!
+//! ```json
+//! {"type":"command","command":{"v":1,"id":"c7k2m9q4x8w3","name":"ping","args":{},"expires_at":1764000060000}}
+//! {"type":"close","reason":"revoked"}
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::Command;
+
+/// Why the hub closes a device's connection from outside its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CloseReason {
+    /// The device was revoked.
+    Revoked,
+    /// The same device connected again (on this node or another).
+    SessionTakenOver,
+    /// The hub is shutting down.
+    ShuttingDown,
+}
+
+/// One message for a device's live connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Downlink {
+    /// Deliver a command (already recorded in the store).
+    Command {
+        /// The command as the device receives it.
+        command: Command,
+    },
+    /// Close the connection.
+    Close {
+        /// Why.
+        reason: CloseReason,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn downlinks_round_trip_as_tagged_json() {
+        let c = Downlink::Command {
+            command: Command { v: 1, id: "c1".into(), name: "ping".into(), args: Default::default(), expires_at: 5 },
+        };
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(json.starts_with(r#"{"type":"command","command":{"v":1"#), "{json}");
+        assert_eq!(serde_json::from_str::<Downlink>(&json).unwrap(), c);
+        let close = Downlink::Close { reason: CloseReason::SessionTakenOver };
+        let json = serde_json::to_string(&close).unwrap();
+        assert_eq!(json, r#"{"type":"close","reason":"session_taken_over"}"#);
+        assert!(serde_json::from_str::<Downlink>(r#"{"type":"close","reason":"bogus"}"#).is_err());
+    }
+}
