@@ -74,6 +74,12 @@ struct ServeArgs {
     /// MQTTS listen address. Overrides `listen.mqtts`.
     #[arg(long, env = "HEARTH_MQTTS")]
     mqtts: Option<std::net::SocketAddr>,
+    /// Database: sqlite://PATH or postgres://… Overrides `store.url`.
+    #[arg(long, env = "HEARTH_STORE_URL", hide_env_values = true)]
+    store_url: Option<String>,
+    /// Bus between hub nodes: nats://HOST:PORT (NATS with JetStream). Overrides `bus.url`.
+    #[arg(long, env = "HEARTH_BUS_URL", hide_env_values = true)]
+    bus_url: Option<String>,
 }
 
 /// How the CLI reaches a hub.
@@ -224,6 +230,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
     if let Some(a) = args.mqtts {
         config.listen.mqtts = a;
     }
+    if let Some(u) = args.store_url {
+        config.store.url = Some(u);
+    }
+    if let Some(u) = args.bus_url {
+        config.bus.url = Some(u);
+    }
     let hub = hearth_hub::start(config).await.context("the hub could not start")?;
     print_started(&hub);
     wait_for_signal().await;
@@ -238,6 +250,8 @@ pub fn print_started(hub: &hearth_hub::RunningHub) {
     println!("  MQTTS (devices, mutual TLS): {}", hub.mqtt_addr);
     println!("  HTTPS (API):                 {}  ({})", hub.https_addr, hub.public.https_url);
     println!("  data directory:              {}", hub.data_dir.display());
+    println!("  database:                    {}", hub.state.store.location());
+    println!("  bus:                         {} (this node: {})", hub.state.bus.location(), hub.state.bus.node());
     println!("  server CA (trust this):      {}", hub.server_ca_path.display());
     match &hub.master_key_source {
         hearth_hub::secrets::MasterKeySource::Environment => {

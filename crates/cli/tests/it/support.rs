@@ -33,6 +33,17 @@ impl HubProcess {
 
     /// Like [`start`](Self::start), with more TOML appended to the configuration.
     pub fn start_with(data_dir: &Path, https_port: u16, mqtt_port: u16, extra: &str) -> HubProcess {
+        Self::start_env(data_dir, https_port, mqtt_port, extra, &[])
+    }
+
+    /// Like [`start_with`](Self::start_with), with environment variables for the hub.
+    pub fn start_env(
+        data_dir: &Path,
+        https_port: u16,
+        mqtt_port: u16,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> HubProcess {
         let config = data_dir.with_extension("toml");
         std::fs::write(&config, format!("[public]\nhostnames = [\"127.0.0.1\", \"localhost\"]\n{extra}"))
             .expect("config");
@@ -44,6 +55,7 @@ impl HubProcess {
             .arg(data_dir)
             .args(["--https", &format!("127.0.0.1:{https_port}"), "--mqtts", &format!("127.0.0.1:{mqtt_port}")])
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -221,6 +221,30 @@ impl Identity {
         })
     }
 
+    /// Re-reads devices whose certificate this node refused as unknown or superseded (another node may have
+    /// enrolled or renewed them a moment ago), at most once per device per second, so the device's next
+    /// attempt succeeds even if the bus notice is late or lost. Bounded: 1,024 reports queue at most.
+    pub fn spawn_miss_reloads(&self) -> tokio::task::JoinHandle<()> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(1024);
+        self.certs.report_misses_to(tx);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut recent: std::collections::HashMap<String, tokio::time::Instant> = Default::default();
+            while let Some(id) = rx.recv().await {
+                let now = tokio::time::Instant::now();
+                recent.retain(|_, t| now.duration_since(*t) < std::time::Duration::from_secs(1));
+                if recent.contains_key(&id) || recent.len() >= 4096 {
+                    continue;
+                }
+                recent.insert(id.clone(), now);
+                let Ok(device) = DeviceId::parse(&id) else { continue };
+                if let Err(e) = this.reload_device(&device).await {
+                    tracing::warn!(error = %e, device = %device, "could not re-read a refused device");
+                }
+            }
+        })
+    }
+
     /// Tells this node's sessions of `device` to re-check their certificate, and every other node to reload it.
     async fn changed(&self, device: &DeviceId) {
         let _ = self.changed_tx.send(device.clone());

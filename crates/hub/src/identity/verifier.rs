@@ -37,6 +37,9 @@ pub struct Serials {
 pub struct DeviceCerts {
     revoked: RwLock<HashSet<String>>,
     serials: RwLock<HashMap<String, Serials>>,
+    /// Where a refusal for an unknown serial is reported, so the identity capability re-reads the device
+    /// from the store (another node may have just enrolled or renewed it, its notice still on the way).
+    misses: std::sync::OnceLock<tokio::sync::mpsc::Sender<String>>,
 }
 
 /// Why a device certificate is refused after its chain checked out.
@@ -62,7 +65,14 @@ impl DeviceCerts {
         DeviceCerts {
             revoked: RwLock::new(revoked.into_iter().collect()),
             serials: RwLock::new(serials.into_iter().collect()),
+            misses: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Reports refusals for unknown or superseded serials to `tx` (bounded: when it is full, a report is
+    /// dropped; the device's next attempt reports again).
+    pub fn report_misses_to(&self, tx: tokio::sync::mpsc::Sender<String>) {
+        let _ = self.misses.set(tx);
     }
 
     /// Replaces the whole view (after missed notices).
@@ -115,11 +125,17 @@ impl DeviceCerts {
         if self.is_revoked(id) {
             return Err(CertRefusal::Revoked);
         }
-        match self.serials.read().unwrap_or_else(|p| p.into_inner()).get(id) {
+        let verdict = match self.serials.read().unwrap_or_else(|p| p.into_inner()).get(id) {
             None => Err(CertRefusal::NotEnrolled),
             Some(s) if s.current == serial || s.prev.as_deref() == Some(serial) => Ok(()),
             Some(_) => Err(CertRefusal::Superseded),
+        };
+        if verdict.is_err()
+            && let Some(tx) = self.misses.get()
+        {
+            let _ = tx.try_send(id.to_owned());
         }
+        verdict
     }
 }
 
