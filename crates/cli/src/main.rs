@@ -58,6 +58,25 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Print the hub's OpenAPI document.
     Openapi,
+    /// Database administration.
+    Store {
+        #[command(subcommand)]
+        action: StoreAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreAction {
+    /// Copy a stopped embedded hub's SQLite data into an empty PostgreSQL database, verified by row counts.
+    /// Then set `store.url` (and `bus.url` for several nodes) and start the hub(s).
+    Migrate {
+        /// The hub's data directory (its hearth.db is the source).
+        #[arg(long, env = "HEARTH_DATA_DIR", default_value = "hearth-data")]
+        data_dir: PathBuf,
+        /// The target: postgres://USER@HOST:PORT/DATABASE (an empty database; the schema is created).
+        #[arg(long)]
+        to: String,
+    },
 }
 
 #[derive(Args)]
@@ -204,6 +223,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Device { hub, action } => device(hub, action).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Store { action: StoreAction::Migrate { data_dir, to } } => migrate(&data_dir, &to).await,
         Command::Openapi => {
             use std::io::Write as _;
             let doc = hearth_hub::transport::https::api::openapi_document().to_pretty_json()?;
@@ -214,6 +234,43 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
     }
+}
+
+async fn migrate(data_dir: &std::path::Path, to: &str) -> Result<()> {
+    use hearth_hub::store::{PoolSettings, Store, StoreUrl};
+    let source = data_dir.join("hearth.db");
+    if !source.is_file() {
+        anyhow::bail!("no hub database at {}; point --data-dir at the hub's data directory", source.display());
+    }
+    let target = StoreUrl::parse(to).map_err(|e| anyhow::anyhow!("--to: {e}"))?;
+    if !matches!(target, StoreUrl::Postgres(_)) {
+        anyhow::bail!("--to must be a postgres:// URL");
+    }
+    eprintln!("Stop the hub before migrating: writes made during the copy would be lost.");
+    let from = Store::open_sqlite(&source).await.context("opening the SQLite database")?;
+    let into = Store::open(&target, PoolSettings { max_connections: 4 })
+        .await
+        .with_context(|| format!("opening {}", target.redacted()))?;
+    eprintln!("copying {} -> {}", from.location(), into.location());
+    let started = std::time::Instant::now();
+    let mut last = std::time::Instant::now();
+    let report = from
+        .copy_into(&into, |table, rows| {
+            if last.elapsed() >= std::time::Duration::from_secs(1) {
+                eprintln!("  {table}: {rows} rows so far");
+                last = std::time::Instant::now();
+            }
+        })
+        .await
+        .context("the copy failed; the target may hold part of the data: drop and recreate it before retrying")?;
+    println!("Copied and verified (row counts match) in {:.1} s:", started.elapsed().as_secs_f64());
+    for (table, rows) in &report.tables {
+        println!("  {table:<16} {rows}");
+    }
+    println!("\nNext: set store.url = \"{}\" (and bus.url for several nodes), and start the hub.", target.redacted());
+    into.close().await;
+    from.close().await;
+    Ok(())
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {

@@ -24,6 +24,7 @@ macro_rules! on_pool {
 mod commands;
 mod devices;
 mod events;
+mod migrate;
 mod partitions;
 mod tokens;
 mod uplinks;
@@ -42,6 +43,7 @@ pub use devices::{
     CertRecord, CertSerialsRow, CurrentCert, DeviceRow, DeviceStatus, EnrolOutcome, NewDevice, TokenState,
 };
 pub use events::{NewSecurityEvent, SecurityEventRow};
+pub use migrate::CopyReport;
 pub use tokens::NewApiToken;
 pub use uplinks::{UplinkQuery, UplinkRecord, UplinkRow, Written};
 
