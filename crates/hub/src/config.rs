@@ -465,6 +465,20 @@ mod tests {
     }
 
     #[test]
+    fn store_and_bus_urls_are_checked_at_start() {
+        check("[store]\nurl = \"mysql://h/db\"", Some("store.url"));
+        check("[store]\nurl = \"sqlite://\"", Some("store.url"));
+        check("[store]\nmax_connections = 1", Some("store.max_connections"));
+        check("[store]\nurl = \"postgres://h/db\"", Some("bus.url"));
+        check("[store]\nurl = \"postgres://h/db\"\n[bus]\nsingle_node = true", None);
+        check("[store]\nurl = \"postgres://h/db\"\n[bus]\nurl = \"nats://127.0.0.1:4222\"", None);
+        check("[bus]\nurl = \"http://n:4222\"", Some("bus.url"));
+        check("[store]\nurl = \"sqlite:///tmp/x.db\"", None);
+        let c = Config::default();
+        assert_eq!(c.store_url().expect("default"), crate::store::StoreUrl::Sqlite("hearth-data/hearth.db".into()));
+    }
+
+    #[test]
     fn every_setting_in_the_example_file_exists_and_parses() {
         // Uncomment every `#name = value` line: the result must be a valid configuration (unknown names are
         // refused), so the example cannot document a setting that does not exist.

@@ -95,6 +95,11 @@ struct RunArgs {
     /// Repeat the whole comparison and report medians.
     #[arg(long, default_value_t = 1)]
     repeat: usize,
+    /// Run the hub on this PostgreSQL server instead of its embedded SQLite: postgres://USER@HOST/DATABASE.
+    /// Each round creates its own database `hearth_bench_<n>` there (the URL's database is only connected to)
+    /// and drops it after.
+    #[arg(long)]
+    postgres: Option<String>,
     /// JSON output file.
     #[arg(long, default_value = "bench.json")]
     out: PathBuf,
@@ -113,7 +118,7 @@ type Metrics = BTreeMap<String, f64>;
 async fn smoke(devices: usize, seconds: u64, out: PathBuf) -> Result<()> {
     let work = tempfile::tempdir()?;
     eprintln!("bench smoke: starting a hub");
-    let lab = Lab::start(work.path()).await?;
+    let lab = Lab::start_on(work.path(), None, 0).await?;
     let creds = lab.devices("smoke", devices, true).await?;
     let cmd_creds = lab.devices("", devices.min(5), true).await?;
     let mut m = Metrics::new();
@@ -170,7 +175,7 @@ async fn compare(a: RunArgs) -> Result<()> {
             a.repeat,
             a.devices.max(a.fanin_devices)
         );
-        let lab = Lab::start(work.path()).await?;
+        let lab = Lab::start_on(work.path(), a.postgres.as_deref(), round).await?;
         let creds = lab.devices("bench", a.devices.max(a.fanin_devices), true).await?;
         let cmd_creds = lab.devices("", a.command_devices, true).await?;
         let controller = lab.devices(CONTROLLER, 1, false).await?.remove(0);
@@ -520,12 +525,10 @@ async fn controller_connect(
 }
 
 async fn stored_count(lab: &Lab, creds: &[DeviceCred]) -> Result<i64> {
-    let store = hearth_hub::store::Store::open_sqlite(&lab.dir.join("hub/hearth.db")).await?;
     let mut total = 0;
     for c in creds {
-        total += store.uplink_count(&c.id).await?;
+        total += lab.store.uplink_count(&c.id).await?;
     }
-    store.close().await;
     Ok(total)
 }
 

@@ -81,6 +81,8 @@ pub struct Lab {
     pub token: String,
     /// Server CA PEM path.
     pub server_ca: PathBuf,
+    /// The hub's store (SQLite in the lab, or the round's PostgreSQL database).
+    pub store: Store,
     authorities: Arc<Authorities>,
 }
 
@@ -89,15 +91,27 @@ fn free_port() -> Result<u16> {
 }
 
 impl Lab {
-    /// Starts a fresh hub in `dir` and sets up its owner.
-    pub async fn start(dir: &Path) -> Result<Lab> {
+    /// Starts a fresh hub in `dir` (on a fresh PostgreSQL database on the server at `postgres`, when given)
+    /// and sets up its owner.
+    pub async fn start_on(dir: &Path, postgres: Option<&str>, round: usize) -> Result<Lab> {
         let data = dir.join("hub");
         let (https, mqtts) = (free_port()?, free_port()?);
         let config = dir.join("hub.toml");
+        let store_url = match postgres {
+            Some(admin) => Some(Store::fresh_postgres_database(admin, &format!("hearth_bench_{round}")).await?),
+            None => None,
+        };
+        let store_toml = store_url
+            .as_ref()
+            .map(|u| format!("[store]\nurl = \"{u}\"\n[bus]\nsingle_node = true\n"))
+            .unwrap_or_default();
         std::fs::write(
             &config,
-            "[public]\nhostnames = [\"127.0.0.1\", \"localhost\"]\n\
-             [mqtt]\npublish_rate_per_sec = 100000\npublish_burst = 100000\nmax_connections = 10000000\n",
+            format!(
+                "[public]\nhostnames = [\"127.0.0.1\", \"localhost\"]\n\
+                 [mqtt]\npublish_rate_per_sec = 100000\npublish_burst = 100000\nmax_connections = 10000000\n\
+                 {store_toml}"
+            ),
         )?;
         let mut child = Command::new(std::env::current_exe()?)
             .arg("serve")
@@ -140,11 +154,17 @@ impl Lab {
         // The operator's own access to the hub's keys, to mint bench certificates without a round trip each.
         let (master, _) = MasterKey::load(None, None, &data.join("master.key"))?;
         let master = Arc::new(master);
-        let store = Store::open_sqlite(&data.join("hearth.db")).await?;
+        let store = match &store_url {
+            Some(u) => {
+                Store::open(&hearth_hub::store::StoreUrl::parse(u).map_err(anyhow::Error::msg)?, Default::default())
+                    .await?
+            }
+            None => Store::open_sqlite(&data.join("hearth.db")).await?,
+        };
         let hostnames = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
         let authorities =
             Arc::new(Authorities::load_or_create(&store, &master, &hostnames, time::OffsetDateTime::now_utc()).await?);
-        Ok(Lab { dir: dir.to_path_buf(), hub, hub_url, token, server_ca, authorities })
+        Ok(Lab { dir: dir.to_path_buf(), hub, hub_url, token, server_ca, store, authorities })
     }
 
     /// Issues `n` device certificates named `{prefix}-{i}` (keys from a pool of 64, so the run measures the

@@ -279,6 +279,26 @@ impl Store {
         Ok(store)
     }
 
+    /// Creates (dropping any earlier one) an empty database `name` on the PostgreSQL server that `admin_url`
+    /// reaches, and returns its URL. For benchmarks and tests that need a fresh hub on a shared server.
+    pub async fn fresh_postgres_database(admin_url: &str, name: &str) -> Result<String> {
+        use sqlx::Connection as _;
+        if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+            return Err(StoreError::Corrupt(format!("bad database name {name:?}")));
+        }
+        let options: PgConnectOptions = admin_url.parse()?;
+        let mut conn = sqlx::PgConnection::connect_with(&options).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+            .execute(&mut conn)
+            .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await?;
+        let _ = conn.close().await;
+        let (base, query) = admin_url.split_once('?').map_or((admin_url, None), |(b, q)| (b, Some(q)));
+        let scheme_end = base.find("://").map_or(0, |i| i + 3);
+        let path_start = base[scheme_end..].find('/').map_or(base.len(), |i| scheme_end + i);
+        Ok(format!("{}/{name}{}", &base[..path_start], query.map(|q| format!("?{q}")).unwrap_or_default()))
+    }
+
     /// Where the database lives (for `doctor` and logs; no password).
     pub fn location(&self) -> &str {
         &self.location
