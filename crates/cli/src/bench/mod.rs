@@ -10,6 +10,7 @@
 
 mod load;
 mod stats;
+mod store;
 mod target;
 
 use std::collections::BTreeMap;
@@ -26,7 +27,7 @@ use tokio::time::Instant;
 
 use load::{CommandClock, Phase, Report, Wiring, spawn_device};
 use stats::{cpu_us, histogram, median, ms, rss_kib, summary};
-use target::{DeviceCred, Kind, Lab, Target};
+use target::{Deployment, DeviceCred, Kind, Lab, Target};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -51,6 +52,27 @@ enum Mode {
     },
     /// The full comparison.
     Run(RunArgs),
+    /// The storage engines' commit capacity alone (no TLS, no MQTT): batches through the hub's store.
+    Store {
+        /// Also measure PostgreSQL on this server (a database `hearth_bench_store` is made there).
+        #[arg(long)]
+        postgres: Option<String>,
+        /// Batch sizes to measure.
+        #[arg(long, value_delimiter = ',', default_value = "1,100,1000,4096")]
+        batches: Vec<usize>,
+        /// Devices the records are spread over.
+        #[arg(long, default_value_t = 200)]
+        devices: usize,
+        /// Records per measurement.
+        #[arg(long, default_value_t = 40_000)]
+        records: usize,
+        /// Measurements per batch size (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        /// JSON output file.
+        #[arg(long, default_value = "bench-store.json")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -96,10 +118,16 @@ struct RunArgs {
     #[arg(long, default_value_t = 1)]
     repeat: usize,
     /// Run the hub on this PostgreSQL server instead of its embedded SQLite: postgres://USER@HOST/DATABASE.
-    /// Each round creates its own database `hearth_bench_<n>` there (the URL's database is only connected to)
-    /// and drops it after.
+    /// Each round creates its own database `hearth_bench_<n>` there (the URL's database is only connected to).
     #[arg(long)]
     postgres: Option<String>,
+    /// NATS with JetStream between hub nodes (needed with --nodes above 1): nats://HOST:PORT.
+    #[arg(long)]
+    nats: Option<String>,
+    /// Hub processes sharing the PostgreSQL database; devices are spread over them in turn (CPU and memory
+    /// figures are summed over the nodes).
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
     /// JSON output file.
     #[arg(long, default_value = "bench.json")]
     out: PathBuf,
@@ -110,6 +138,12 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     match args.mode {
         Mode::Smoke { devices, seconds, out } => smoke(devices, seconds, out).await,
         Mode::Run(a) => compare(a).await,
+        Mode::Store { postgres, batches, devices, records, repeat, out } => {
+            if devices == 0 || repeat == 0 || batches.contains(&0) {
+                bail!("--devices, --repeat and every --batches value must be at least 1");
+            }
+            store::run(store::StoreBench { postgres, batches, devices, records, repeat, out }).await
+        }
     }
 }
 
@@ -118,7 +152,7 @@ type Metrics = BTreeMap<String, f64>;
 async fn smoke(devices: usize, seconds: u64, out: PathBuf) -> Result<()> {
     let work = tempfile::tempdir()?;
     eprintln!("bench smoke: starting a hub");
-    let lab = Lab::start_on(work.path(), None, 0).await?;
+    let lab = Lab::start_on(work.path(), &Deployment::default(), 0).await?;
     let creds = lab.devices("smoke", devices, true).await?;
     let cmd_creds = lab.devices("", devices.min(5), true).await?;
     let mut m = Metrics::new();
@@ -175,7 +209,8 @@ async fn compare(a: RunArgs) -> Result<()> {
             a.repeat,
             a.devices.max(a.fanin_devices)
         );
-        let lab = Lab::start_on(work.path(), a.postgres.as_deref(), round).await?;
+        let deployment = Deployment { postgres: a.postgres.clone(), nats: a.nats.clone(), nodes: a.nodes };
+        let lab = Lab::start_on(work.path(), &deployment, round).await?;
         let creds = lab.devices("bench", a.devices.max(a.fanin_devices), true).await?;
         let cmd_creds = lab.devices("", a.command_devices, true).await?;
         let controller = lab.devices(CONTROLLER, 1, false).await?.remove(0);
@@ -188,7 +223,7 @@ async fn compare(a: RunArgs) -> Result<()> {
             eprintln!("-- {} (pid {})", kind.name(), t.pid());
             let mut m = Metrics::new();
             let mut details = serde_json::Map::new();
-            m.insert("rss_start_kib".into(), rss_kib(t.pid()) as f64);
+            m.insert("rss_start_kib".into(), rss_sum(t) as f64);
             connect_storm(t, &creds[..a.devices], a.connect_rate, a.hold_secs, &mut m, &mut details).await?;
             fanin(t, &creds[..a.fanin_devices], &a.rates, a.step_secs, &mut m, &mut details).await?;
             if *kind == Kind::Hearth {
@@ -199,7 +234,7 @@ async fn compare(a: RunArgs) -> Result<()> {
             }
             let load = CommandLoad { rate: a.command_rate, secs: a.command_secs };
             commands(&lab, t, &cmd_creds, &controller, load, &mut m, &mut details).await?;
-            m.insert("rss_end_kib".into(), rss_kib(t.pid()) as f64);
+            m.insert("rss_end_kib".into(), rss_sum(t) as f64);
             all_details.push(json!({ "round": round, "target": kind.name(), "metrics": m, "details": details }));
             runs.entry(kind.name()).or_default().push(m);
         }
@@ -258,7 +293,7 @@ fn spawn_all(
     for (i, cred) in creds.iter().enumerate() {
         let at = start + Duration::from_secs_f64(i as f64 / rate);
         let wiring = Wiring {
-            target: target.addr,
+            target: target.addr_for(i),
             phase: phase_rx.clone(),
             reports: tx.clone(),
             clock: clock.clone(),
@@ -307,15 +342,15 @@ async fn connect_storm(
     m: &mut Metrics,
     details: &mut serde_json::Map<String, serde_json::Value>,
 ) -> Result<()> {
-    let rss0 = rss_kib(t.pid());
-    let cpu0 = cpu_us(t.pid());
+    let rss0 = rss_sum(t);
+    let cpu0 = cpu_sum(t);
     let clock = Arc::new(CommandClock::default());
     let (phase, mut rx, start) = spawn_all(t, creds, rate, false, &clock);
     let (ok, failed, h, err) = collect_connects(&mut rx, creds.len(), "connect storm").await;
     let elapsed = start.elapsed().as_secs_f64().max(0.001);
-    let cpu = cpu_us(t.pid()).saturating_sub(cpu0);
+    let cpu = cpu_sum(t).saturating_sub(cpu0);
     tokio::time::sleep(Duration::from_secs(hold_secs)).await;
-    let rss_idle = rss_kib(t.pid());
+    let rss_idle = rss_sum(t);
     let _ = phase.send(Phase::Stop);
     eprintln!("   connect storm: {ok} connected, {failed} failed in {elapsed:.1} s; holding done");
     m.insert("connect_ok".into(), ok as f64);
@@ -337,6 +372,16 @@ async fn connect_storm(
     Ok(())
 }
 
+/// CPU time of every process of the system, µs.
+fn cpu_sum(t: &Target) -> u64 {
+    t.pids().into_iter().map(cpu_us).sum()
+}
+
+/// Resident memory of every process of the system, KiB.
+fn rss_sum(t: &Target) -> u64 {
+    t.pids().into_iter().map(rss_kib).sum()
+}
+
 async fn fanin(
     t: &Target,
     creds: &[DeviceCred],
@@ -355,7 +400,7 @@ async fn fanin(
     let mut best_rate = 0.0f64;
     let mut acked_total = 0u64;
     for (i, rate) in rates.iter().enumerate() {
-        let cpu0 = cpu_us(t.pid());
+        let cpu0 = cpu_sum(t);
         let until = Instant::now() + Duration::from_secs(step_secs);
         let _ = phase.send(Phase::Publish { step: i as u32, per_device_rate: rate / ok as f64, until });
         let mut h = histogram();
@@ -380,7 +425,7 @@ async fn fanin(
                 _ => break,
             }
         }
-        let cpu = cpu_us(t.pid()).saturating_sub(cpu0);
+        let cpu = cpu_sum(t).saturating_sub(cpu0);
         acked_total += acked;
         let achieved = acked as f64 / step_secs as f64;
         let p99 = ms(h.value_at_quantile(0.99));

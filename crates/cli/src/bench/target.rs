@@ -53,6 +53,8 @@ pub struct Target {
     /// Its MQTTS address.
     pub addr: SocketAddr,
     child: Child,
+    /// Further hub nodes sharing the first one's database and bus (`--nodes`), with their MQTTS addresses.
+    others: Vec<(SocketAddr, Child)>,
 }
 
 impl Target {
@@ -60,13 +62,82 @@ impl Target {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Every process of the system (one per node).
+    pub fn pids(&self) -> Vec<u32> {
+        std::iter::once(self.child.id()).chain(self.others.iter().map(|(_, c)| c.id())).collect()
+    }
+
+    /// The MQTTS address device `i` uses: devices are spread over the nodes in turn.
+    pub fn addr_for(&self, i: usize) -> SocketAddr {
+        match i % (1 + self.others.len()) {
+            0 => self.addr,
+            k => self.others[k - 1].0,
+        }
+    }
 }
 
 impl Drop for Target {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        for (_, c) in &mut self.others {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
+}
+
+/// Where the hub runs: its embedded SQLite, or PostgreSQL (a fresh database per round) with `nodes` hub
+/// processes sharing it and the NATS bus at `nats`.
+#[derive(Debug, Clone, Default)]
+pub struct Deployment {
+    /// Admin URL of a PostgreSQL server.
+    pub postgres: Option<String>,
+    /// NATS URL (needed for more than one node).
+    pub nats: Option<String>,
+    /// Hub processes.
+    pub nodes: usize,
+}
+
+/// Starts `hearth serve` with `config`; returns the child and the setup token it printed (if any).
+fn spawn_hub(
+    config: &Path,
+    data: &Path,
+    https: u16,
+    mqtts: u16,
+    master_key: Option<&str>,
+) -> Result<(Child, Option<String>)> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(config)
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--https", &format!("127.0.0.1:{https}"), "--mqtts", &format!("127.0.0.1:{mqtts}")])
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if let Some(k) = master_key {
+        cmd.env("HEARTH_MASTER_KEY", k);
+    }
+    let mut child = cmd.spawn().context("while starting the hub")?;
+    let stdout = child.stdout.take().context("hub stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut token = None;
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.trim().starts_with("hst_") {
+                token = Some(line.trim().to_owned());
+            }
+            if line.starts_with("Ready.") {
+                let _ = tx.send(token.take());
+            }
+        }
+    });
+    let token = rx.recv_timeout(Duration::from_secs(60)).context("the hub did not start")?;
+    Ok((child, token))
 }
 
 /// The PKI and the Hearth hub's operator access.
@@ -91,57 +162,43 @@ fn free_port() -> Result<u16> {
 }
 
 impl Lab {
-    /// Starts a fresh hub in `dir` (on a fresh PostgreSQL database on the server at `postgres`, when given)
-    /// and sets up its owner.
-    pub async fn start_on(dir: &Path, postgres: Option<&str>, round: usize) -> Result<Lab> {
+    /// Starts a fresh hub in `dir` (as `deployment` says) and sets up its owner.
+    pub async fn start_on(dir: &Path, deployment: &Deployment, round: usize) -> Result<Lab> {
         let data = dir.join("hub");
         let (https, mqtts) = (free_port()?, free_port()?);
         let config = dir.join("hub.toml");
-        let store_url = match postgres {
+        let nodes = deployment.nodes.max(1);
+        if nodes > 1 && (deployment.postgres.is_none() || deployment.nats.is_none()) {
+            bail!("--nodes above 1 needs --postgres and --nats");
+        }
+        let store_url = match &deployment.postgres {
             Some(admin) => Some(Store::fresh_postgres_database(admin, &format!("hearth_bench_{round}")).await?),
             None => None,
         };
-        let store_toml = store_url
-            .as_ref()
-            .map(|u| format!("[store]\nurl = \"{u}\"\n[bus]\nsingle_node = true\n"))
-            .unwrap_or_default();
+        let bus_toml = match &deployment.nats {
+            Some(n) => format!("[bus]\nurl = \"{n}\"\n"),
+            None => "[bus]\nsingle_node = true\n".to_owned(),
+        };
+        let store_toml = store_url.as_ref().map(|u| format!("[store]\nurl = \"{u}\"\n{bus_toml}")).unwrap_or_default();
         std::fs::write(
             &config,
             format!(
                 "[public]\nhostnames = [\"127.0.0.1\", \"localhost\"]\n\
                  [mqtt]\npublish_rate_per_sec = 100000\npublish_burst = 100000\nmax_connections = 10000000\n\
-                 {store_toml}"
+                 max_pending_per_source = 100000\n{store_toml}"
             ),
         )?;
-        let mut child = Command::new(std::env::current_exe()?)
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(&data)
-            .args(["--https", &format!("127.0.0.1:{https}"), "--mqtts", &format!("127.0.0.1:{mqtts}")])
-            .env("RUST_LOG", "error")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("while starting the hub")?;
-        let stdout = child.stdout.take().context("hub stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut token = None;
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.trim().starts_with("hst_") {
-                    token = Some(line.trim().to_owned());
-                }
-                if line.starts_with("Ready.") {
-                    let _ = tx.send(token.take());
-                }
-            }
+        // Several nodes share one master key (it opens the CA keys in the shared database).
+        let master_key = (nodes > 1).then(|| {
+            use base64::Engine as _;
+            let mut raw = [0u8; 32];
+            raw.iter_mut().enumerate().for_each(|(i, b)| *b = (i as u8).wrapping_mul(131) ^ round as u8);
+            base64::engine::general_purpose::STANDARD.encode(raw)
         });
-        let setup =
-            rx.recv_timeout(Duration::from_secs(60)).context("the hub did not start")?.context("no setup token")?;
-        let hub = Target { kind: Kind::Hearth, addr: SocketAddr::from(([127, 0, 0, 1], mqtts)), child };
+        let (child, setup) = spawn_hub(&config, &data, https, mqtts, master_key.as_deref())?;
+        let setup = setup.context("no setup token")?;
+        let mut hub =
+            Target { kind: Kind::Hearth, addr: SocketAddr::from(([127, 0, 0, 1], mqtts)), child, others: Vec::new() };
         let hub_url = format!("https://127.0.0.1:{https}");
         let server_ca = data.join("tls/server-ca.pem");
         let client = crate::client::HubClient::new(&crate::HubArgs {
@@ -150,9 +207,15 @@ impl Lab {
             token: None,
         })?;
         let token = client.setup(&setup).await?;
+        // The other nodes start once the owner exists (so none of them replaces the setup token).
+        for n in 1..nodes {
+            let (https, mqtts) = (free_port()?, free_port()?);
+            let (child, _) = spawn_hub(&config, &dir.join(format!("hub{n}")), https, mqtts, master_key.as_deref())?;
+            hub.others.push((SocketAddr::from(([127, 0, 0, 1], mqtts)), child));
+        }
 
         // The operator's own access to the hub's keys, to mint bench certificates without a round trip each.
-        let (master, _) = MasterKey::load(None, None, &data.join("master.key"))?;
+        let (master, _) = MasterKey::load(master_key.as_deref(), None, &data.join("master.key"))?;
         let master = Arc::new(master);
         let store = match &store_url {
             Some(u) => {
@@ -292,7 +355,7 @@ impl Lab {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         for _ in 0..100 {
             if std::net::TcpStream::connect(addr).is_ok() {
-                return Ok(Target { kind: Kind::Mosquitto, addr, child });
+                return Ok(Target { kind: Kind::Mosquitto, addr, child, others: Vec::new() });
             }
             std::thread::sleep(Duration::from_millis(50));
         }
