@@ -73,8 +73,9 @@ enum StoreAction {
         /// The hub's data directory (its hearth.db is the source).
         #[arg(long, env = "HEARTH_DATA_DIR", default_value = "hearth-data")]
         data_dir: PathBuf,
-        /// The target: postgres://USER@HOST:PORT/DATABASE (an empty database; the schema is created).
-        #[arg(long)]
+        /// The target: postgres://USER@HOST:PORT/DATABASE (an empty database; the schema is created). Keep a
+        /// password off the command line: use a pgpass file, or pass the URL in HEARTH_MIGRATE_TO.
+        #[arg(long, env = "HEARTH_MIGRATE_TO", hide_env_values = true)]
         to: String,
     },
 }

@@ -258,7 +258,7 @@ pub async fn start_with_clock(config: Config, clock: clock::Clock) -> Result<Run
         bus: bus.clone(),
     });
     let tasks = vec![
-        tokio::spawn(routing::dispatch(notices, ctx.routing.clone(), identity.clone())),
+        tokio::spawn(routing::dispatch(notices, ctx.routing.clone(), identity.clone(), store.clone())),
         identity.spawn_revocation_sweep(Duration::from_secs(30)),
         identity.spawn_miss_reloads(),
         spawn_heartbeat(store.clone(), bus.node().to_owned(), clock.clone()),

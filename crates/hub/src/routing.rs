@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::bus::Notice;
+use hearth_proto::DeviceId;
 pub use hearth_proto::downlink::{CloseReason, Downlink};
-use hearth_proto::{DeviceId, command::Command};
 
 /// A registered connection.
 #[derive(Debug, Clone)]
@@ -26,15 +26,15 @@ pub struct Link {
     pub conn_id: u64,
     /// The session epoch the store gave this connection.
     pub epoch: i64,
-    /// Its command channel.
-    pub tx: mpsc::Sender<Command>,
+    /// Its command channel (command ids; the session reads each from the store).
+    pub tx: mpsc::Sender<String>,
     /// Its close signal (the session watches it).
     pub close: Arc<watch::Sender<Option<CloseReason>>>,
 }
 
 impl Link {
     /// A link and the receiving ends its session keeps.
-    pub fn new(conn_id: u64, epoch: i64) -> (Link, mpsc::Receiver<Command>, watch::Receiver<Option<CloseReason>>) {
+    pub fn new(conn_id: u64, epoch: i64) -> (Link, mpsc::Receiver<String>, watch::Receiver<Option<CloseReason>>) {
         let (tx, rx) = mpsc::channel(64);
         let (close, close_rx) = watch::channel(None);
         (Link { conn_id, epoch, tx, close: Arc::new(close) }, rx, close_rx)
@@ -93,12 +93,17 @@ impl Routing {
     pub fn deliver(&self, device: &DeviceId, downlink: Downlink) -> bool {
         let Some(link) = self.lock().get(device).cloned() else { return false };
         match downlink {
-            Downlink::Command { command } => link.tx.try_send(command).is_ok(),
+            Downlink::Command { id } => link.tx.try_send(id).is_ok(),
             Downlink::Close { reason } => {
                 link.close(reason);
                 true
             }
         }
+    }
+
+    /// Every connection on this node: device and epoch.
+    pub fn links(&self) -> Vec<(DeviceId, i64)> {
+        self.lock().iter().map(|(d, l)| (d.clone(), l.epoch)).collect()
     }
 
     /// Number of live connections on this node.
@@ -127,7 +132,21 @@ impl Routing {
 /// Applies bus notices on this node until the bus closes: downlinks and takeovers to this node's connections,
 /// certificate changes to the identity view (reloaded from the store, which then tells the sessions). When
 /// notices were missed (this node fell behind), the whole certificate view is reloaded.
-pub async fn dispatch(mut rx: broadcast::Receiver<Notice>, routing: Routing, identity: crate::identity::Identity) {
+pub async fn dispatch(
+    mut rx: broadcast::Receiver<Notice>,
+    routing: Routing,
+    identity: crate::identity::Identity,
+    store: crate::store::Store,
+) {
+    let (reloads, mut pending) = mpsc::channel::<DeviceId>(4096);
+    let worker = identity.clone();
+    tokio::spawn(async move {
+        while let Some(device) = pending.recv().await {
+            if let Err(e) = worker.reload_device(&device).await {
+                tracing::warn!(error = %e, device = %device, "could not reload a device's certificates");
+            }
+        }
+    });
     loop {
         match rx.recv().await {
             Ok(Notice::Downlink { device, downlink }) => {
@@ -135,18 +154,27 @@ pub async fn dispatch(mut rx: broadcast::Receiver<Notice>, routing: Routing, ide
             }
             Ok(Notice::SessionOpened { device, epoch }) => routing.close_older(&device, epoch),
             Ok(Notice::CertsChanged { device }) => {
-                let identity = identity.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = identity.reload_device(&device).await {
-                        tracing::warn!(error = %e, device = %device, "could not reload a device's certificates");
-                    }
-                });
+                // One worker, a bounded queue: a flood of notices costs at most one reload per device queued.
+                if reloads.try_send(device).is_err() {
+                    tracing::warn!("certificate reloads are behind; later notices or the sweep catch up");
+                }
             }
             Err(broadcast::error::RecvError::Lagged(n)) => {
-                tracing::warn!(missed = n, "bus notices missed (this node fell behind); reloading certificates");
-                if let Err(e) = identity.reload_all().await {
-                    tracing::warn!(error = %e, "could not reload certificates");
-                }
+                tracing::warn!(missed = n, "bus notices missed (this node fell behind); re-reading from the store");
+                let (identity, routing, store) = (identity.clone(), routing.clone(), store.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = identity.reload_all().await {
+                        tracing::warn!(error = %e, "could not reload certificates");
+                    }
+                    // Takeovers among the missed notices: the store's epochs decide.
+                    for (device, epoch) in routing.links() {
+                        match store.session_epoch(device.as_str()).await {
+                            Ok(current) if current > epoch => routing.close_older(&device, current),
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!(error = %e, "could not re-check a session epoch"),
+                        }
+                    }
+                });
             }
             Err(broadcast::error::RecvError::Closed) => return,
         }
@@ -157,8 +185,8 @@ pub async fn dispatch(mut rx: broadcast::Receiver<Notice>, routing: Routing, ide
 mod tests {
     use super::*;
 
-    fn ping() -> Command {
-        Command { v: 1, id: "c".into(), name: "ping".into(), args: Default::default(), expires_at: 0 }
+    fn ping() -> String {
+        "c".into()
     }
 
     #[test]

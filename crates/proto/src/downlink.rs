@@ -2,13 +2,15 @@
 //! another (the bus carries it to whichever node holds the device's connection).
 //!
 //! ```json
-//! {"type":"command","command":{"v":1,"id":"c7k2m9q4x8w3","name":"ping","args":{},"expires_at":1764000060000}}
+//! {"type":"command","id":"c7k2m9q4x8w3"}
 //! {"type":"close","reason":"revoked"}
 //! ```
+//!
+//! A command travels as its id only: the node that holds the connection reads it from the store and sends it
+//! only while it is still open and unexpired. So a notice that is replayed, late, or forged by anyone who can
+//! publish on the bus can never make a device run something that was not recorded, or run it twice.
 
 use serde::{Deserialize, Serialize};
-
-use crate::command::Command;
 
 /// Why the hub closes a device's connection from outside its session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,10 +28,10 @@ pub enum CloseReason {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Downlink {
-    /// Deliver a command (already recorded in the store).
+    /// Deliver a command recorded in the store.
     Command {
-        /// The command as the device receives it.
-        command: Command,
+        /// The command's id.
+        id: String,
     },
     /// Close the connection.
     Close {

@@ -27,6 +27,8 @@ pub const STREAM: &str = "HEARTH_BUS";
 const SUBJECT_PREFIX: &str = "hearth.bus";
 /// How long the stream keeps a notice.
 const MAX_AGE: Duration = Duration::from_secs(600);
+/// Most bytes the stream keeps (the oldest notices go first).
+const MAX_BYTES: i64 = 256 << 20;
 /// Notices buffered per local subscriber before it counts as lagging (and rebuilds from the store).
 const LOCAL_CAPACITY: usize = 8192;
 
@@ -98,6 +100,9 @@ pub struct Bus {
 
 struct Inner {
     node: String,
+    /// This process's origin on the bus: the node name plus a random suffix, so two processes that share a
+    /// node name (a cloned data directory) still hear each other.
+    origin: String,
     local: broadcast::Sender<Notice>,
     nats: Option<async_nats::jetstream::Context>,
     location: String,
@@ -113,7 +118,15 @@ impl Bus {
     /// The in-process bus of a single node.
     pub fn local(node: &str) -> Bus {
         let (local, _) = broadcast::channel(LOCAL_CAPACITY);
-        Bus { inner: Arc::new(Inner { node: node.to_owned(), local, nats: None, location: "in-process".into() }) }
+        Bus {
+            inner: Arc::new(Inner {
+                node: node.to_owned(),
+                origin: origin(node),
+                local,
+                nats: None,
+                location: "in-process".into(),
+            }),
+        }
     }
 
     /// Connects to NATS at `url`, creates the stream if needed and starts reading it. `node` names this node
@@ -134,6 +147,8 @@ impl Bus {
                 name: STREAM.into(),
                 subjects: vec![format!("{SUBJECT_PREFIX}.>")],
                 max_age: MAX_AGE,
+                // Notices are small; a reconnect storm must not grow the stream without bound.
+                max_bytes: MAX_BYTES,
                 storage: async_nats::jetstream::stream::StorageType::File,
                 ..Default::default()
             })
@@ -148,14 +163,15 @@ impl Bus {
             .map_err(|e| err(&format!("creating a consumer: {e}")))?;
         let mut messages = consumer.messages().await.map_err(|e| err(&e))?;
         let (local, _) = broadcast::channel(LOCAL_CAPACITY);
-        let inner = Arc::new(Inner { node: node.to_owned(), local, nats: Some(js), location: shown });
+        let inner =
+            Arc::new(Inner { node: node.to_owned(), origin: origin(node), local, nats: Some(js), location: shown });
         let weak = Arc::downgrade(&inner);
         tokio::spawn(async move {
             while let Some(msg) = messages.next().await {
                 let Some(inner) = weak.upgrade() else { return };
                 match msg {
                     Ok(msg) => match serde_json::from_slice::<Envelope>(&msg.payload) {
-                        Ok(env) if env.origin == inner.node => {}
+                        Ok(env) if env.origin == inner.origin => {}
                         Ok(env) => {
                             let _ = inner.local.send(env.notice);
                         }
@@ -187,7 +203,7 @@ impl Bus {
         let _ = self.inner.local.send(notice.clone());
         let Some(js) = &self.inner.nats else { return Ok(()) };
         let subject = notice.subject();
-        let payload = serde_json::to_vec(&Envelope { origin: self.inner.node.clone(), notice })
+        let payload = serde_json::to_vec(&Envelope { origin: self.inner.origin.clone(), notice })
             .map_err(|e| BusError::Publish(e.to_string()))?;
         let ack = tokio::time::timeout(Duration::from_secs(5), async {
             js.publish(subject, payload.into()).await.map_err(|e| e.to_string())?.await.map_err(|e| e.to_string())
@@ -201,6 +217,16 @@ impl Bus {
     pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
         self.inner.local.subscribe()
     }
+}
+
+/// `node` with a random suffix (the process's identity on the bus).
+fn origin(node: &str) -> String {
+    let mut raw = [0u8; 6];
+    let suffix = match aws_lc_rs::rand::fill(&mut raw) {
+        Ok(()) => raw.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        Err(_) => format!("{}", std::process::id()),
+    };
+    format!("{node}.{suffix}")
 }
 
 /// A NATS URL without user or password.

@@ -91,8 +91,7 @@ impl Commands {
         };
         self.store.insert_command(&new).await?;
         let row = self.store.command(device.as_str(), &id).await?.ok_or(CommandError::UnknownDevice)?;
-        let notice =
-            Notice::Downlink { device: device.clone(), downlink: Downlink::Command { command: to_command(&row) } };
+        let notice = Notice::Downlink { device: device.clone(), downlink: Downlink::Command { id: row.id.clone() } };
         if let Err(e) = self.bus.publish(notice).await {
             // Recorded all the same: the device gets it when it next subscribes.
             tracing::warn!(error = %e, command = %row.id, "could not announce a command to other nodes");
@@ -103,6 +102,19 @@ impl Commands {
     /// One command.
     pub async fn get(&self, device: &DeviceId, id: &str) -> Result<Option<CommandRow>, StoreError> {
         self.store.command(device.as_str(), id).await
+    }
+
+    /// A command to send now because a notice announced it: recorded for this device, not yet sent and
+    /// unexpired (`None` otherwise: a notice that arrives late, twice or forged sends nothing; a command already
+    /// sent goes again only with the open commands at the next subscribe).
+    pub async fn deliverable(&self, device: &DeviceId, id: &str) -> Result<Option<Command>, StoreError> {
+        let now = self.clock.now_ms();
+        Ok(self
+            .store
+            .command(device.as_str(), id)
+            .await?
+            .filter(|c| c.status == CommandStatus::Pending && c.expires_at > now)
+            .map(|c| to_command(&c)))
     }
 
     /// Commands waiting for delivery or an answer.

@@ -202,11 +202,21 @@ impl Identity {
             let mut since = this.clock.now_ms();
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut passes = 0u64;
             loop {
                 tick.tick().await;
-                // Overlap by a minute: a revocation committed with an earlier time than a later-read clock.
+                passes += 1;
+                // Every 60th pass (30 min by default) re-read the whole view: revocations whose times came from
+                // a clock far behind this one, and serial changes whose notices were lost.
+                if passes % 60 == 0 {
+                    if let Err(e) = this.reload_all().await {
+                        tracing::warn!(error = %e, "full certificate re-read failed; will retry");
+                    }
+                    continue;
+                }
+                // Overlap by ten minutes: revocation times come from other nodes' clocks.
                 let now = this.clock.now_ms();
-                match this.store.revoked_since(since.saturating_sub(60_000)).await {
+                match this.store.revoked_since(since.saturating_sub(600_000)).await {
                     Ok(ids) => {
                         since = now;
                         for id in ids.into_iter().filter(|d| !this.certs.is_revoked(d.as_str())) {
@@ -248,10 +258,14 @@ impl Identity {
     /// Tells this node's sessions of `device` to re-check their certificate, and every other node to reload it.
     async fn changed(&self, device: &DeviceId) {
         let _ = self.changed_tx.send(device.clone());
-        if let Err(e) = self.bus.publish(crate::bus::Notice::CertsChanged { device: device.clone() }).await {
-            // The store holds the change; other nodes pick up revocations by their sweep.
-            tracing::error!(error = %e, device = %device, "could not tell other nodes of a certificate change");
-        }
+        // In the background: a connect or an API answer never waits for the bus.
+        let (bus, device) = (self.bus.clone(), device.clone());
+        tokio::spawn(async move {
+            if let Err(e) = bus.publish(crate::bus::Notice::CertsChanged { device: device.clone() }).await {
+                // The store holds the change; other nodes pick up revocations by their sweep.
+                tracing::error!(error = %e, device = %device, "could not tell other nodes of a certificate change");
+            }
+        });
     }
 
     /// The same capability with other settings (for example a batch of devices with a shorter enrolment

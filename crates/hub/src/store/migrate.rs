@@ -48,12 +48,17 @@ impl Store {
         let (Backend::Sqlite { pool: src, .. }, Backend::Postgres { pool: dst }) = (&self.backend, &to.backend) else {
             return Err(StoreError::Corrupt("migrate copies from SQLite to PostgreSQL only".into()));
         };
-        let (held,): (i64,) = sqlx::query_as("SELECT (SELECT COUNT(*) FROM devices) + (SELECT COUNT(*) FROM keys)")
-            .fetch_one(dst)
-            .await?;
+        let (held,): (i64,) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM devices) + (SELECT COUNT(*) FROM keys) + (SELECT COUNT(*) FROM api_tokens) \
+             + (SELECT COUNT(*) FROM commands) + (SELECT COUNT(*) FROM security_events) \
+             + (SELECT COUNT(*) FROM setup_tokens) + (SELECT COUNT(*) FROM uplinks)",
+        )
+        .fetch_one(dst)
+        .await?;
         if held > 0 {
             return Err(StoreError::Corrupt(format!(
-                "the target database already holds {held} devices or keys; migrate into an empty database"
+                "the target database already holds {held} rows (devices, keys, tokens, commands, events or \
+                 telemetry); migrate into an empty database"
             )));
         }
         let mut report = CopyReport::default();
@@ -68,7 +73,7 @@ impl Store {
         progress("security_events", report.tables[4].1);
         report.tables.push(("uplinks", copy_uplinks(src, dst, &mut progress).await?));
         // Verify: every table has as many rows on both sides.
-        for (table, _) in &report.tables {
+        for table in report.tables.iter().map(|(t, _)| *t).chain(["setup_tokens"]) {
             let sql = format!("SELECT COUNT(*) FROM {table}");
             let (a,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).fetch_one(src).await?;
             let (b,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_one(dst).await?;

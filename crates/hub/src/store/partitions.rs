@@ -66,15 +66,17 @@ pub(super) async fn ensure(pool: &PgPool, from: i64, to: i64) -> Result<()> {
 }
 
 /// Drops every partition whose day ends at or before `before`; returns how many rows they held.
+///
+/// Each partition goes in its own short transaction that waits at most 2 s for its lock: dropping a partition
+/// locks the parent table, and ingest on every node must not queue behind a long retention pass or behind a
+/// slow query ahead of it. A partition whose lock was not had goes on the next pass.
 pub(super) async fn drop_before(pool: &PgPool, before: i64) -> Result<u64> {
-    let mut tx = pool.begin_write().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(LOCK_KEY).execute(tx.conn()).await?;
     let parts: Vec<(String,)> = sqlx::query_as(
         "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
          JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'uplinks' AND p.relnamespace = c.relnamespace \
          AND pg_table_is_visible(p.oid)",
     )
-    .fetch_all(tx.conn())
+    .fetch_all(pool)
     .await?;
     let mut rows = 0u64;
     for (table,) in parts {
@@ -82,14 +84,23 @@ pub(super) async fn drop_before(pool: &PgPool, before: i64) -> Result<u64> {
         if (day + 1) * DAY_MS > before {
             continue;
         }
-        // `table` matched uplinks_pNNNNNNNN above: safe to splice.
+        // `table` matched uplinks_pNNNNNNNN above: safe to splice. Counted before any lock is taken.
         let (n,): (i64,) =
-            sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}"))).fetch_one(tx.conn()).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {table}"))).execute(tx.conn()).await?;
-        tracing::info!(partition = %table, rows = n, "telemetry partition dropped by retention");
-        rows += u64::try_from(n).unwrap_or(0);
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}"))).fetch_one(pool).await?;
+        let mut tx = pool.begin_write().await?;
+        sqlx::query("SET LOCAL lock_timeout = '2s'").execute(tx.conn()).await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(LOCK_KEY).execute(tx.conn()).await?;
+        match sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {table}"))).execute(tx.conn()).await {
+            Ok(_) => {
+                tx.commit().await?;
+                tracing::info!(partition = %table, rows = n, "telemetry partition dropped by retention");
+                rows += u64::try_from(n).unwrap_or(0);
+            }
+            Err(e) => {
+                tracing::warn!(partition = %table, error = %e, "partition not dropped now (busy); next pass");
+            }
+        }
     }
-    tx.commit().await?;
     Ok(rows)
 }
 

@@ -221,3 +221,37 @@ async fn revoked_between_handshake_and_connect_is_refused() {
     assert!(matches!(read, Ok(0) | Err(_)) || buf[3] != 0, "a revoked device must not get a session: {read:?} {buf:?}");
     assert!(!hub.hub.state.routing.is_connected(&dev.id));
 }
+
+/// A bus notice only says "look in the store": a command id that was never recorded, or one already sent,
+/// sends nothing (anyone who can publish on the bus, or a notice replayed after a reconnect, gets nothing
+/// delivered); a recorded, unsent command is delivered.
+#[tokio::test]
+async fn bus_notices_deliver_only_recorded_unsent_commands() {
+    use hearth_hub::bus::Notice;
+    use hearth_hub::routing::Downlink;
+    use hearth_test_support::mqtt::V5;
+    use rmqtt_codec::v5;
+
+    let hub = TestHub::start().await.expect("hub");
+    let dir = tempfile::tempdir().expect("dir");
+    let dev = hub.enrolled_device(dir.path()).await.expect("device");
+    let mut c = V5::connect(&hub, &dev).await.expect("connect");
+    c.subscribe(&[format!("devices/{}/commands", dev.id)], 1).await.expect("subscribe");
+    assert!(matches!(c.recv().await, Some(v5::Packet::SubscribeAck(_))));
+    let bus = &hub.hub.state.bus;
+    let forged = Notice::Downlink { device: dev.id.clone(), downlink: Downlink::Command { id: "cforged".into() } };
+    bus.publish(forged).await.expect("publish");
+    assert!(c.recv_within(Duration::from_millis(500)).await.is_none(), "an unrecorded command id sends nothing");
+
+    let (status, cmd) =
+        hub.post(&format!("/api/v1/devices/{}/commands", dev.id), json!({"name": "ping"})).await.expect("send");
+    assert_eq!(status, 202);
+    let Some(v5::Packet::Publish(p)) = c.recv().await else { panic!("the recorded command is delivered") };
+    let body: serde_json::Value = serde_json::from_slice(&p.payload).expect("json");
+    assert_eq!(body["id"], cmd["id"]);
+    // The same notice again (a replay): the command is already sent, so nothing goes out twice.
+    let id = cmd["id"].as_str().expect("id").to_owned();
+    bus.publish(Notice::Downlink { device: dev.id.clone(), downlink: Downlink::Command { id } }).await.expect("replay");
+    let next = c.recv_within(Duration::from_millis(500)).await;
+    assert!(!matches!(next, Some(v5::Packet::Publish(_))), "a replayed notice re-sent the command: {next:?}");
+}

@@ -161,6 +161,9 @@ where
         Ok(slot) => slot,
         Err(full) => {
             tracing::warn!(device = %s.device, "no session slot free ({full}); closing");
+            if let Err(e) = ctx.store.close_session(s.device.as_str(), s.epoch).await {
+                tracing::warn!(error = %e, "could not record the end of a refused session");
+            }
             s.wire.encode(
                 Out::Disconnect {
                     reason: Reason::ServerUnavailable,
@@ -177,9 +180,20 @@ where
     let conn_id = ctx.routing.next_conn_id();
     let (link, mut link_rx, mut close_rx) = Link::new(conn_id, s.epoch);
     ctx.routing.register(&s.device, link);
-    // Any older connection of this device, on any node, closes.
-    if let Err(e) = ctx.bus.publish(Notice::SessionOpened { device: s.device.clone(), epoch: s.epoch }).await {
-        tracing::warn!(error = %e, device = %s.device, "could not tell other nodes of a new session");
+    // Any older connection of this device, on any node, closes. Announced in the background: CONNACK never
+    // waits for the bus.
+    let (bus, notice) = (ctx.bus.clone(), Notice::SessionOpened { device: s.device.clone(), epoch: s.epoch });
+    tokio::spawn(async move {
+        if let Err(e) = bus.publish(notice).await {
+            tracing::warn!(error = %e, "could not tell other nodes of a new session");
+        }
+    });
+    // A newer connection may have opened on another node between our epoch and our registration (its notice
+    // then found nothing to close here): the store decides.
+    match ctx.store.session_epoch(s.device.as_str()).await {
+        Ok(current) if current > s.epoch => ctx.routing.close_older(&s.device, current),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, device = %s.device, "could not re-check the session epoch"),
     }
     if let Err(e) = ctx.identity.cert_used(&s.device, &s.serial).await {
         tracing::warn!(error = %e, device = %s.device, "could not record the first use of a certificate");
@@ -229,9 +243,13 @@ where
                     s.release_acks();
                     result
                 }
-                Some(command) = link_rx.recv() => {
+                Some(id) = link_rx.recv() => {
                     if s.subscribed {
-                        s.send_command(&command).await;
+                        match ctx.commands.deliverable(&s.device, &id).await {
+                            Ok(Some(command)) => s.send_command(&command).await,
+                            Ok(None) => {}
+                            Err(e) => tracing::warn!(error = %e, "could not load a command; it goes at the next subscribe"),
+                        }
                     }
                     Ok(())
                 }
