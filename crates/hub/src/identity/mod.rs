@@ -208,7 +208,7 @@ impl Identity {
                 passes += 1;
                 // Every 60th pass (30 min by default) re-read the whole view: revocations whose times came from
                 // a clock far behind this one, and serial changes whose notices were lost.
-                if passes % 60 == 0 {
+                if passes.is_multiple_of(60) {
                     if let Err(e) = this.reload_all().await {
                         tracing::warn!(error = %e, "full certificate re-read failed; will retry");
                     }
