@@ -55,6 +55,19 @@ impl Clock {
     }
 }
 
+/// The hub's clock as rustls's time source, so certificate validity in the TLS handshake is judged by the same
+/// clock as everything else (a test that moves the clock a year ahead sees the handshake refuse an expired
+/// certificate, as a real year later would).
+#[derive(Debug, Clone)]
+pub struct TlsTime(pub Clock);
+
+impl rustls::time_provider::TimeProvider for TlsTime {
+    fn current_time(&self) -> Option<rustls::pki_types::UnixTime> {
+        let ms = u64::try_from(self.0.now_ms()).ok()?;
+        Some(rustls::pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_millis(ms)))
+    }
+}
+
 fn system_now_ms() -> i64 {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     i64::try_from(now.as_millis()).unwrap_or(i64::MAX)

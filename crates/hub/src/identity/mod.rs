@@ -274,6 +274,11 @@ impl Identity {
         Identity { settings, ..self.clone() }
     }
 
+    /// The hub's clock (also the TLS handshake's time source).
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
     /// The settings.
     pub fn settings(&self) -> &IdentitySettings {
         &self.settings

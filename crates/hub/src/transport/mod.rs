@@ -30,11 +30,13 @@ pub fn server_tls(
     )?;
     let versions: &[&rustls::SupportedProtocolVersion] =
         if allow_tls12 { &[&rustls::version::TLS13, &rustls::version::TLS12] } else { &[&rustls::version::TLS13] };
-    let mut config =
-        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-            .with_protocol_versions(versions)?
-            .with_client_cert_verifier(verifier)
-            .with_cert_resolver(identity.server_cert_resolver());
+    let mut config = rustls::ServerConfig::builder_with_details(
+        Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+        Arc::new(crate::clock::TlsTime(identity.clock().clone())),
+    )
+    .with_protocol_versions(versions)?
+    .with_client_cert_verifier(verifier)
+    .with_cert_resolver(identity.server_cert_resolver());
     config.alpn_protocols = vec![alpn.to_vec()];
     config.send_tls13_tickets = 0;
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});

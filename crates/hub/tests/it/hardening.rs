@@ -227,8 +227,8 @@ async fn enrol_retry_after_a_lost_reply_gets_the_same_certificate_and_a_replay_c
 
 #[tokio::test]
 async fn device_offline_past_its_certificate_renews_within_grace_or_gets_a_reissued_bootstrap() {
-    // The hub's clock starts 40 days ago: the device's 30-day certificate expired 10 days ago (by the system
-    // clock, which TLS uses).
+    // The hub's clock starts 40 days ago and then jumps to now: the device's 30-day certificate expired 10 days
+    // ago (by the hub's clock, which the TLS handshake uses too).
     let start = Clock::system().now_ms() - 40 * 86_400_000;
     let clock = Clock::manual(start);
     let hub = TestHub::start_with_clock(|_| {}, clock.clone()).await.expect("hub");
@@ -244,10 +244,13 @@ async fn device_offline_past_its_certificate_renews_within_grace_or_gets_a_reiss
     assert!(hub.has_events("renewed_after_expiry", 1).await);
 
     // Without grace, the operator re-issues a bootstrap token and the device enrols again.
-    let strict = TestHub::start_with_clock(|c| c.devices.expired_renewal_grace_days = 0, Clock::manual(start))
+    let strict_clock = Clock::manual(start);
+    let strict = TestHub::start_with_clock(|c| c.devices.expired_renewal_grace_days = 0, strict_clock.clone())
         .await
         .expect("hub");
     let dev = strict.enrolled_device(dir.path()).await.expect("device");
+    assert!(can_connect(&strict, &dev).await, "valid by the hub's clock");
+    strict_clock.set(Clock::system().now_ms());
     assert!(renew(&strict, &dev, &key).await.is_err(), "no grace: the handshake refuses the expired certificate");
     let (status, fresh) =
         strict.post(&format!("/api/v1/devices/{}/bootstrap", dev.id), json!({})).await.expect("reissue");
