@@ -309,7 +309,31 @@ async fn three_nodes_behind_haproxy_share_commands_revocation_sessions_and_inges
     drop(m2);
     c.restart(0);
 
-    // 4. kill -9 of a node during QoS 1 ingest: every acknowledged message is stored exactly once.
+    // 4. Takeover across nodes: the same device connecting to node C closes its connection on node B.
+    let d4 = c.device(&devs, 2).await;
+    let (mut on_b, _) = connect_retrying(&c.ca, c.nodes[1].mqtt_addr(), &d4, |_| {}).await;
+    let (mut on_c, _) = connect_retrying(&c.ca, c.nodes[2].mqtt_addr(), &d4, |_| {}).await;
+    let closed_at = Instant::now();
+    let mut reason = None;
+    while closed_at.elapsed() < Duration::from_secs(5) {
+        match on_b.recv_within(Duration::from_secs(5)).await {
+            Some(v5::Packet::Disconnect(d)) => {
+                reason = Some(d.reason_code);
+                break;
+            }
+            None => break,
+            Some(_) => continue,
+        }
+    }
+    assert_eq!(reason, Some(v5::DisconnectReasonCode::SessionTakenOver), "node B closes the older session");
+    on_c.publish(&format!("devices/{}/telemetry", d4.id), telemetry(1, 1.0), 1).await.expect("publish on C");
+    assert!(
+        matches!(on_c.recv().await, Some(v5::Packet::PublishAck(a)) if a.reason_code == v5::PublishAckReason::Success),
+        "the newer session on node C stays and works"
+    );
+    drop((on_b, on_c));
+
+    // 5. kill -9 of a node during QoS 1 ingest: every acknowledged message is stored exactly once.
     let mut trials = Vec::new();
     for trial in 0..3usize {
         let victim = trial % 3;
@@ -328,6 +352,8 @@ async fn three_nodes_behind_haproxy_share_commands_revocation_sessions_and_inges
         "cluster: command across nodes {cross_node_ms} ms; revocation closed the session in {revoke_close_ms} ms; \
          kill -9 trials (acked before the kill, published): {trials:?}"
     );
+    // The nodes stop before their database is dropped.
+    drop(c);
 }
 
 /// Publishes QoS 1 telemetry to node `victim` directly, kills it with -9 after 300 acknowledgements, then
@@ -518,4 +544,5 @@ async fn a_demo_hub_migrates_from_sqlite_to_postgres_and_serves_the_same_data() 
     let hub = HubProcess::start_with(&data, https, mqtt, &extra);
     let after = snapshot(&hub, &token).await;
     assert_eq!(after, before, "the same devices, statuses and telemetry (seq and receive time) after migrating");
+    drop(hub);
 }
