@@ -167,6 +167,8 @@ pub struct Listen {
     pub https: SocketAddr,
     /// MQTT over TLS for devices.
     pub mqtts: SocketAddr,
+    /// Load balancers whose connections start with a PROXY v2 header naming the client (both listeners).
+    pub proxy_protocol_from: Vec<std::net::IpAddr>,
 }
 
 /// `[public]`.
@@ -257,7 +259,11 @@ impl Default for Config {
 
 impl Default for Listen {
     fn default() -> Self {
-        Listen { https: SocketAddr::from(([0, 0, 0, 0], 8443)), mqtts: SocketAddr::from(([0, 0, 0, 0], 8883)) }
+        Listen {
+            https: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            mqtts: SocketAddr::from(([0, 0, 0, 0], 8883)),
+            proxy_protocol_from: Vec::new(),
+        }
     }
 }
 
@@ -414,6 +420,7 @@ impl Config {
             burst: self.mqtt.publish_burst,
             max_keep_alive: self.mqtt.max_keep_alive_secs,
             max_connections: self.mqtt.max_connections,
+            proxy_from: self.listen.proxy_protocol_from.clone().into(),
             pending: crate::transport::admission::StageLimits {
                 per_source: self.mqtt.max_pending_per_source,
                 ..crate::transport::mqtt::MqttLimits::default().pending

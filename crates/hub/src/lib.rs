@@ -269,6 +269,7 @@ pub async fn start_with_clock(config: Config, clock: clock::Clock) -> Result<Run
             transport::https::api::router(state.clone()),
             config.https_limits(),
             monitor,
+            config.listen.proxy_protocol_from.clone().into(),
         )),
         commands.spawn_expiry(),
         retention.spawn(),

@@ -1,5 +1,6 @@
 //! Three hub processes on loopback sharing one PostgreSQL database and one NATS server, behind Debian's
-//! HAProxy in TCP mode (TLS passes through; each hub checks client certificates itself). What one node does,
+//! HAProxy in TCP mode (TLS passes through; each hub checks client certificates itself; HAProxy connects from
+//! 127.0.0.2 and names each client in a PROXY v2 header, which the hubs trust from that address only). What one node does,
 //! every node sees: commands cross nodes, a revocation closes a session on another node and every node
 //! refuses the device, a persistent session resumes on another node, and a node killed during QoS 1 ingest
 //! loses nothing it acknowledged and stores nothing twice.
@@ -36,7 +37,9 @@ impl Balancer {
             nodes
                 .iter()
                 .enumerate()
-                .map(|(i, n)| format!("    server node{i} 127.0.0.1:{} check inter 500 fall 2 rise 1\n", pick(n)))
+                .map(|(i, n)| {
+                    format!("    server node{i} 127.0.0.1:{} send-proxy-v2 check check-send-proxy inter 500 fall 2 rise 1\n", pick(n))
+                })
                 .collect::<String>()
         };
         let config = format!(
@@ -44,8 +47,8 @@ impl Balancer {
              defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 20m\n    timeout server 20m\n\
              frontend mqtts\n    bind 127.0.0.1:{mqtt}\n    default_backend hubs_mqtts\n\
              frontend https\n    bind 127.0.0.1:{https}\n    default_backend hubs_https\n\
-             backend hubs_mqtts\n    balance leastconn\n{}\
-             backend hubs_https\n    balance roundrobin\n{}",
+             backend hubs_mqtts\n    balance leastconn\n    source 127.0.0.2\n{}\
+             backend hubs_https\n    balance roundrobin\n    source 127.0.0.2\n{}",
             servers(|n| n.1),
             servers(|n| n.0),
         );
@@ -166,7 +169,7 @@ async fn cluster(test: &str, dir: &Path) -> Option<(Cluster, hearth_test_support
     // The balancer's ports go into bootstrap files; pick them first.
     let balancer = Balancer::start(dir, &ports);
     let extra = format!(
-        "https_port = {}\nmqtt_port = {}\n[store]\nurl = \"{}\"\n[bus]\nurl = \"{}\"\n\
+        "https_port = {}\nmqtt_port = {}\n[listen]\nproxy_protocol_from = [\"127.0.0.2\"]\n[store]\nurl = \"{}\"\n[bus]\nurl = \"{}\"\n\
          [mqtt]\npublish_rate_per_sec = 100000\npublish_burst = 100000\n",
         balancer.https, balancer.mqtt, db.url, nats
     );

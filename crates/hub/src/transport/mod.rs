@@ -4,6 +4,7 @@
 pub mod admission;
 pub mod https;
 pub mod mqtt;
+pub mod proxy;
 
 use std::sync::Arc;
 

@@ -610,3 +610,65 @@ async fn a_command_larger_than_the_clients_maximum_packet_size_is_not_sent() {
         other => panic!("the small command still arrives, got {other:?}"),
     }
 }
+
+/// Behind a balancer listed in `listen.proxy_protocol_from`, the client named by its PROXY v2 header is the
+/// source (for admission, events and logs); a connection from the balancer without a valid header is refused,
+/// and a client that is not a listed balancer cannot claim an address with a header of its own.
+#[tokio::test]
+async fn a_trusted_balancer_names_the_client_and_nobody_else_can() {
+    use tokio::io::AsyncWriteExt as _;
+    // The "balancer" connects from 127.0.0.9; the test's own API client (127.0.0.1) stays a direct client.
+    let hub = TestHub::start_with(|c| c.listen.proxy_protocol_from = vec!["127.0.0.9".parse().expect("ip")])
+        .await
+        .expect("hub");
+    let header = |source: &str| {
+        ppp::v2::Builder::with_addresses(
+            ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+            ppp::v2::Protocol::Stream,
+            (source.parse::<std::net::SocketAddr>().expect("addr"), hub.hub.mqtt_addr),
+        )
+        .build()
+        .expect("header")
+    };
+    let from_balancer = |to: std::net::SocketAddr| async move {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind("127.0.0.9:0".parse().expect("addr")).expect("bind");
+        socket.connect(to).await.expect("connect")
+    };
+    // Through the "balancer": a header naming 203.0.113.7, then bytes that are not TLS.
+    let mut tcp = from_balancer(hub.hub.mqtt_addr).await;
+    tcp.write_all(&header("203.0.113.7:40000")).await.expect("header");
+    tcp.write_all(b"\x16\x03\x01\x00\x05hello").await.expect("junk");
+    let https: std::net::SocketAddr = hub.hub.https_addr;
+    let mut tcp2 = from_balancer(https).await;
+    tcp2.write_all(&header("198.51.100.9:40000")).await.expect("header");
+    tcp2.write_all(b"\x16\x03\x01\x00\x05hello").await.expect("junk");
+    // From the balancer without a header.
+    let mut tcp3 = from_balancer(hub.hub.mqtt_addr).await;
+    tcp3.write_all(b"\x16\x03\x01\x00\x05hello, no header here").await.expect("junk");
+    let events = hearth_test_support::eventually(Duration::from_secs(10), || async {
+        let (_, body) = hub.get("/api/v1/security-events?limit=100").await.ok()?;
+        let rows = body.as_array()?.clone();
+        let from = |src: &str| rows.iter().any(|e| e["source"] == src && e["kind"] == "tls_refused");
+        let refused = rows.iter().any(|e| e["kind"] == "proxy_header_refused" && e["source"] == "127.0.0.9");
+        (from("203.0.113.7") && from("198.51.100.9") && refused).then_some(rows)
+    })
+    .await;
+    assert!(events.is_some(), "events name the client from the header, and a missing header is refused");
+    drop((tcp, tcp2, tcp3));
+
+    // A hub that trusts no balancer takes a header as the start of a (broken) TLS handshake from the peer.
+    let plain = TestHub::start().await.expect("hub");
+    let mut tcp = tokio::net::TcpStream::connect(plain.hub.mqtt_addr).await.expect("connect");
+    tcp.write_all(&header("203.0.113.8:40000")).await.expect("header");
+    let seen = hearth_test_support::eventually(Duration::from_secs(10), || async {
+        let (_, body) = plain.get("/api/v1/security-events?limit=100").await.ok()?;
+        let rows = body.as_array()?.clone();
+        let claimed = rows.iter().any(|e| e["source"] == "203.0.113.8");
+        let peer = rows.iter().any(|e| e["source"] == "127.0.0.1" && e["kind"] == "tls_refused");
+        assert!(!claimed, "an untrusted peer claimed an address: {rows:?}");
+        peer.then_some(())
+    })
+    .await;
+    assert!(seen.is_some(), "the refusal is recorded against the real peer");
+}

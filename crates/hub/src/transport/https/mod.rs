@@ -14,7 +14,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use super::admission::{SourceKey, Stage, StageLimits};
+use super::admission::{Slot, SourceKey, Stage, StageLimits};
 use crate::identity::{CertFacts, Identity, cert_facts};
 use crate::monitoring::{Monitor, SecurityEvent};
 
@@ -82,86 +82,136 @@ pub async fn serve(
     app: Router,
     limits: HttpsLimits,
     monitor: Monitor,
+    proxy_from: Arc<[std::net::IpAddr]>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let pending = Stage::new(limits.pending);
     let anonymous = Stage::new(limits.anonymous);
     let devices = Stage::new(limits.device_connections);
     let per_device = Stage::new(StageLimits { total: usize::MAX, per_source: MAX_CONNECTIONS_PER_DEVICE });
+    let stages = Stages { pending, anonymous, devices, per_device };
     loop {
-        let (tcp, peer) = super::accept(&listener).await;
-        let slot = match pending.admit(peer.ip()) {
-            Ok(slot) => slot,
-            Err(refused) => {
-                monitor.record(SecurityEvent {
-                    device: None,
-                    source: Some(peer.ip()),
-                    kind: "connection_refused",
-                    detail: format!("HTTPS: {refused}"),
-                });
-                continue;
-            }
-        };
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        let (anonymous, devices, per_device, monitor) =
-            (anonymous.clone(), devices.clone(), per_device.clone(), monitor.clone());
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    monitor.record(SecurityEvent {
+        let (tcp, accepted_from) = super::accept(&listener).await;
+        let (acceptor, app, stages, monitor, proxy_from) =
+            (acceptor.clone(), app.clone(), stages.clone(), monitor.clone(), proxy_from.clone());
+        if proxy_from.contains(&accepted_from.ip()) {
+            // From a trusted balancer: the client its PROXY header names is the source admission counts. Read
+            // in the connection's own task, within the handshake timeout.
+            tokio::spawn(async move {
+                let mut tcp = tcp;
+                match super::proxy::client_address(&mut tcp, accepted_from, &proxy_from, limits.handshake_timeout).await
+                {
+                    Ok(peer) => {
+                        if let Some(slot) = admit_pending(&stages.pending, &monitor, peer) {
+                            connection(tcp, peer, slot, acceptor, app, stages, limits, monitor).await;
+                        }
+                    }
+                    Err(e) => monitor.record(SecurityEvent {
                         device: None,
-                        source: Some(peer.ip()),
-                        kind: "tls_refused",
+                        source: Some(accepted_from.ip()),
+                        kind: "proxy_header_refused",
                         detail: format!("HTTPS: {e}"),
-                    });
-                    return;
+                    }),
                 }
-                Err(_) => {
-                    monitor.record(SecurityEvent {
-                        device: None,
-                        source: Some(peer.ip()),
-                        kind: "handshake_timeout",
-                        detail: format!("HTTPS: no TLS handshake within {:?}", limits.handshake_timeout),
-                    });
-                    return;
-                }
-            };
-            let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| cert_facts(c));
-            let stage = if cert.is_some() { &devices } else { &anonymous };
-            let admitted = stage.admit(peer.ip()).and_then(|slot| match &cert {
-                Some(c) => per_device.admit_key(SourceKey::of_name(c.device.as_str())).map(|d| (slot, Some(d))),
-                None => Ok((slot, None)),
             });
-            let _slots = match admitted {
-                Ok(s) => s,
-                Err(refused) => {
-                    monitor.record(SecurityEvent {
-                        device: cert.map(|c| c.device.to_string()),
-                        source: Some(peer.ip()),
-                        kind: "connection_refused",
-                        detail: format!("HTTPS after handshake: {refused}"),
-                    });
-                    return;
-                }
-            };
-            drop(slot);
-            let svc =
-                tower::ServiceExt::map_request(app, move |mut req: axum::http::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(PeerDevice(cert.clone()));
-                    req.extensions_mut().insert(PeerAddr(peer));
-                    req
-                });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
-                .serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc));
-            match tokio::time::timeout(limits.max_lifetime, conn).await {
-                Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "HTTPS connection ended with an error"),
-                Err(_) => tracing::debug!(peer = %peer, "HTTPS connection closed at its maximum lifetime"),
-                Ok(Ok(())) => {}
-            }
-        });
+            continue;
+        }
+        let peer = accepted_from;
+        let Some(slot) = admit_pending(&stages.pending, &monitor, peer) else { continue };
+        tokio::spawn(connection(tcp, peer, slot, acceptor, app, stages, limits, monitor));
+    }
+}
+
+/// The admission stages of the HTTPS listener.
+#[derive(Clone)]
+struct Stages {
+    pending: Stage,
+    anonymous: Stage,
+    devices: Stage,
+    per_device: Stage,
+}
+
+/// A handshake slot for `peer`, or `None` (recorded) when its share or the stage is full.
+fn admit_pending(pending: &Stage, monitor: &Monitor, peer: SocketAddr) -> Option<Slot> {
+    match pending.admit(peer.ip()) {
+        Ok(slot) => Some(slot),
+        Err(refused) => {
+            monitor.record(SecurityEvent {
+                device: None,
+                source: Some(peer.ip()),
+                kind: "connection_refused",
+                detail: format!("HTTPS: {refused}"),
+            });
+            None
+        }
+    }
+}
+
+/// One connection: TLS handshake, admission by kind of client, then HTTP until it ends.
+#[allow(clippy::too_many_arguments)]
+async fn connection(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    slot: Slot,
+    acceptor: TlsAcceptor,
+    app: Router,
+    stages: Stages,
+    limits: HttpsLimits,
+    monitor: Monitor,
+) {
+    let Stages { anonymous, devices, per_device, .. } = &stages;
+    let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            monitor.record(SecurityEvent {
+                device: None,
+                source: Some(peer.ip()),
+                kind: "tls_refused",
+                detail: format!("HTTPS: {e}"),
+            });
+            return;
+        }
+        Err(_) => {
+            monitor.record(SecurityEvent {
+                device: None,
+                source: Some(peer.ip()),
+                kind: "handshake_timeout",
+                detail: format!("HTTPS: no TLS handshake within {:?}", limits.handshake_timeout),
+            });
+            return;
+        }
+    };
+    let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| cert_facts(c));
+    let stage = if cert.is_some() { &devices } else { &anonymous };
+    let admitted = stage.admit(peer.ip()).and_then(|slot| match &cert {
+        Some(c) => per_device.admit_key(SourceKey::of_name(c.device.as_str())).map(|d| (slot, Some(d))),
+        None => Ok((slot, None)),
+    });
+    let _slots = match admitted {
+        Ok(s) => s,
+        Err(refused) => {
+            monitor.record(SecurityEvent {
+                device: cert.map(|c| c.device.to_string()),
+                source: Some(peer.ip()),
+                kind: "connection_refused",
+                detail: format!("HTTPS after handshake: {refused}"),
+            });
+            return;
+        }
+    };
+    drop(slot);
+    let svc = tower::ServiceExt::map_request(app, move |mut req: axum::http::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(PeerDevice(cert.clone()));
+        req.extensions_mut().insert(PeerAddr(peer));
+        req
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc));
+    match tokio::time::timeout(limits.max_lifetime, conn).await {
+        Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "HTTPS connection ended with an error"),
+        Err(_) => tracing::debug!(peer = %peer, "HTTPS connection closed at its maximum lifetime"),
+        Ok(Ok(())) => {}
     }
 }

@@ -43,6 +43,8 @@ pub struct MqttLimits {
     pub max_connections: usize,
     /// Connections in their handshake or before CONNECT: in all, and per source address.
     pub pending: StageLimits,
+    /// Trusted load balancers that send a PROXY v2 header (see `transport::proxy`).
+    pub proxy_from: Arc<[std::net::IpAddr]>,
 }
 
 impl Default for MqttLimits {
@@ -58,6 +60,7 @@ impl Default for MqttLimits {
             connect_timeout: Duration::from_secs(5),
             max_connections: 200_000,
             pending: StageLimits { total: 2048, per_source: 64 },
+            proxy_from: Arc::from(Vec::new()),
         }
     }
 }
@@ -98,28 +101,56 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, ctx: A
     let pending = Stage::new(ctx.limits.pending);
     let sessions = Stage::new(StageLimits { total: ctx.limits.max_connections, per_source: 0 });
     loop {
-        let (tcp, peer) = super::accept(&listener).await;
-        // Before any work: a source holding its share of pending slots, or a full pending stage, is closed.
-        let slot = match pending.admit(peer.ip()) {
-            Ok(slot) => slot,
-            Err(refused) => {
-                ctx.monitor.record(SecurityEvent {
-                    device: None,
-                    source: Some(peer.ip()),
-                    kind: "connection_refused",
-                    detail: format!("MQTTS: {refused}"),
-                });
-                drop(tcp);
-                continue;
-            }
-        };
+        let (mut tcp, peer) = super::accept(&listener).await;
         let _ = tcp.set_nodelay(true);
+        if ctx.limits.proxy_from.contains(&peer.ip()) {
+            // From a trusted balancer: the client it names is the source that admission counts.
+            let (acceptor, ctx, sessions, pending) = (acceptor.clone(), ctx.clone(), sessions.clone(), pending.clone());
+            tokio::spawn(async move {
+                let proxy_from = ctx.limits.proxy_from.clone();
+                let client =
+                    match super::proxy::client_address(&mut tcp, peer, &proxy_from, ctx.limits.connect_timeout).await {
+                        Ok(client) => client,
+                        Err(e) => {
+                            ctx.monitor.record(SecurityEvent {
+                                device: None,
+                                source: Some(peer.ip()),
+                                kind: "proxy_header_refused",
+                                detail: format!("MQTTS: {e}"),
+                            });
+                            return;
+                        }
+                    };
+                if let Some(slot) = admit(&pending, &ctx, client) {
+                    handle(tcp, client, acceptor, ctx, slot, sessions).await;
+                }
+            });
+            continue;
+        }
+        // Before any work: a source holding its share of pending slots, or a full pending stage, is closed.
+        let Some(slot) = admit(&pending, &ctx, peer) else { continue };
         let acceptor = acceptor.clone();
         let ctx = ctx.clone();
         let sessions = sessions.clone();
         tokio::spawn(async move {
             handle(tcp, peer, acceptor, ctx, slot, sessions).await;
         });
+    }
+}
+
+/// A pending slot for `source`, or `None` (recorded as a security event) when its share or the stage is full.
+fn admit(pending: &Stage, ctx: &Ctx, source: SocketAddr) -> Option<Slot> {
+    match pending.admit(source.ip()) {
+        Ok(slot) => Some(slot),
+        Err(refused) => {
+            ctx.monitor.record(SecurityEvent {
+                device: None,
+                source: Some(source.ip()),
+                kind: "connection_refused",
+                detail: format!("MQTTS: {refused}"),
+            });
+            None
+        }
     }
 }
 
