@@ -16,7 +16,6 @@ use serde::de::DeserializeOwned;
 use hearth_hub::commands::{CommandError, Commands};
 use hearth_hub::identity::ca::IssueError;
 use hearth_hub::identity::{Authorities, CsrError};
-use hearth_hub::routing::Routing;
 use hearth_hub::secrets::MasterKey;
 use hearth_hub::store::Store;
 use hearth_hub::transport::https::api::ApiJson;
@@ -49,7 +48,7 @@ impl Hub {
             let hostnames = ["localhost".to_owned()];
             let authorities =
                 Authorities::load_or_create(&store, &master, &hostnames, time::OffsetDateTime::now_utc()).await?;
-            Ok::<_, Box<dyn std::error::Error>>((authorities, Commands::new(store, Routing::default())))
+            Ok::<_, Box<dyn std::error::Error>>((authorities, Commands::new(store, hearth_hub::bus::Bus::local("fuzz"), hearth_hub::clock::Clock::system())))
         })?;
         Ok(Hub { runtime, authorities, commands, device: DeviceId::parse(DEVICE)? })
     }
