@@ -137,6 +137,15 @@ impl Cluster {
         (status, resp.json().await.unwrap_or(serde_json::Value::Null))
     }
 
+    /// Sends a command to `dev` through node `via`; returns the recorded command.
+    async fn send_command(&self, via: usize, dev: &TestDevice, name: &str) -> serde_json::Value {
+        let path = format!("/api/v1/devices/{}/commands", dev.id);
+        let (status, cmd) =
+            self.api(via, reqwest::Method::POST, &path, Some(serde_json::json!({ "name": name }))).await;
+        assert_eq!(status, 202, "{cmd}");
+        cmd
+    }
+
     async fn device(&self, dir: &Path, via: usize) -> TestDevice {
         let (status, made) = self
             .api(via, reqwest::Method::POST, "/api/v1/devices", Some(serde_json::json!({"model": "c", "count": 1})))
@@ -227,15 +236,7 @@ async fn three_nodes_behind_haproxy_share_commands_revocation_sessions_and_inges
     let (mut m1, _) = V5::connect_to(&c.ca, c.nodes[0].mqtt_addr(), &d1, |_| {}).await.expect("d1 on node A");
     m1.subscribe(&[commands_filter(&d1)], 1).await.expect("subscribe");
     assert!(matches!(m1.recv().await, Some(v5::Packet::SubscribeAck(_))));
-    let (status, cmd) = c
-        .api(
-            1,
-            reqwest::Method::POST,
-            &format!("/api/v1/devices/{}/commands", d1.id),
-            Some(serde_json::json!({"name": "ping"})),
-        )
-        .await;
-    assert_eq!(status, 202, "{cmd}");
+    let cmd = c.send_command(1, &d1, "ping").await;
     let cid = cmd["id"].as_str().expect("command id").to_owned();
     let sent = Instant::now();
     let p = next_publish(&mut m1, Duration::from_secs(5)).await.expect("the command crossed from node B to node A");
@@ -291,15 +292,7 @@ async fn three_nodes_behind_haproxy_share_commands_revocation_sessions_and_inges
     drop(m2);
     // Node A dies; the device is offline when the command is sent.
     c.nodes[0].process.kill9();
-    let (status, cmd) = c
-        .api(
-            1,
-            reqwest::Method::POST,
-            &format!("/api/v1/devices/{}/commands", d2.id),
-            Some(serde_json::json!({"name": "reboot"})),
-        )
-        .await;
-    assert_eq!(status, 202, "{cmd}");
+    let cmd = c.send_command(1, &d2, "reboot").await;
     // Until the balancer's health check marks node A down, a connection may still land on it: retry, as a
     // device would.
     let (mut m2, present) = connect_retrying(&c.ca, c.balancer.mqtt_addr(), &d2, persistent).await;
