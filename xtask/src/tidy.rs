@@ -42,6 +42,26 @@ fn every_source_file_opens_with_a_module_doc() {
 }
 
 #[test]
+fn only_the_clock_reads_the_system_time() {
+    // The hub compares times only through `clock::Clock` (tests move it), so nothing else under
+    // `crates/hub/src` may read the wall clock.
+    let mut files = Vec::new();
+    rust_files(&root().join("crates/hub/src"), &mut files);
+    let offenders: Vec<_> = files
+        .into_iter()
+        .filter(|p| !p.ends_with("clock.rs"))
+        .filter(|p| {
+            read(p).lines().any(|l| {
+                let code = l.trim_start();
+                !code.starts_with("//")
+                    && (code.contains("SystemTime::now") || code.contains("now_utc()") || code.contains("Utc::now"))
+            })
+        })
+        .collect();
+    assert!(offenders.is_empty(), "the hub reads the system time outside clock.rs: {offenders:#?}");
+}
+
+#[test]
 fn only_the_store_writes_sql() {
     // Production code outside `crates/hub/src/store` never names sqlx (tests and the test-support crate may, to
     // fault-inject a database or make a PostgreSQL database per test).
