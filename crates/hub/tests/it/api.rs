@@ -94,3 +94,33 @@ async fn device_list_pages_and_openapi_is_served() {
         assert!(doc["paths"].get(path).is_some(), "{path} missing from OpenAPI");
     }
 }
+
+/// Issue 14, deviation 7: query parameters were declared as required path parameters, so generated clients put
+/// `limit` into the URL path. Every parameter is now declared where the server reads it: the names in the path
+/// template in `path` (required), every other one in `query`, optional.
+#[test]
+fn openapi_declares_query_parameters_in_the_query() {
+    let doc = serde_json::to_value(hearth_hub::transport::https::api::openapi_document()).expect("json");
+    let mut checked = 0;
+    for (path, ops) in doc["paths"].as_object().expect("paths") {
+        let in_template: Vec<&str> =
+            path.split('/').filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}'))).collect();
+        for (method, op) in ops.as_object().expect("operations") {
+            for p in op["parameters"].as_array().map(Vec::as_slice).unwrap_or_default() {
+                let name = p["name"].as_str().expect("name");
+                let (place, required) = (p["in"].as_str(), p["required"].as_bool().unwrap_or(false));
+                if in_template.contains(&name) {
+                    assert_eq!((place, required), (Some("path"), true), "{method} {path}: {name}");
+                } else {
+                    assert_eq!((place, required), (Some("query"), false), "{method} {path}: {name}");
+                }
+                checked += 1;
+            }
+            for name in &in_template {
+                let declared = op["parameters"].as_array().is_some_and(|ps| ps.iter().any(|p| p["name"] == *name));
+                assert!(declared, "{method} {path}: path parameter {name} is not declared");
+            }
+        }
+    }
+    assert!(checked >= 17, "the document's parameters were all checked ({checked})");
+}

@@ -398,6 +398,7 @@ fn device_body(state: &HubState, live: &[String], d: DeviceRow) -> DeviceBody {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListParams {
     /// Return devices with ids after this one (the previous page's `next_after`).
@@ -466,6 +467,7 @@ async fn revoke_device(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct TelemetryParams {
     /// Device time from (inclusive), Unix ms. Default 0.
@@ -755,6 +757,7 @@ async fn revoke_token(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct EventParams {
     /// Only events of this device.
