@@ -124,3 +124,27 @@ fn openapi_declares_query_parameters_in_the_query() {
     }
     assert!(checked >= 17, "the document's parameters were all checked ({checked})");
 }
+
+/// Issue 14, deviation 8: `DeviceBody.state` was declared an object but is `null` for a device that sent no
+/// state. Every null in a real device answer must be allowed by the document's schema for that property.
+#[tokio::test]
+async fn openapi_allows_every_null_a_device_answer_carries() {
+    let hub = TestHub::start().await.expect("hub");
+    let files = hub.manufacture("plug-1", 1).await.expect("manufacture");
+    let (status, body) = hub.get(&format!("/api/v1/devices/{}", files[0].device_id)).await.expect("device");
+    assert_eq!(status, 200);
+    let doc = serde_json::to_value(hearth_hub::transport::https::api::openapi_document()).expect("json");
+    let schema = &doc["components"]["schemas"]["DeviceBody"];
+    let mut nulls = 0;
+    for (name, value) in body.as_object().expect("object") {
+        let declared = &schema["properties"][name];
+        assert!(!declared.is_null(), "{name} is answered but not declared");
+        if value.is_null() {
+            nulls += 1;
+            let types = &declared["type"];
+            let nullable = types == "null" || types.as_array().is_some_and(|t| t.iter().any(|t| t == "null"));
+            assert!(nullable, "{name} is null in the answer but its schema is {declared}");
+        }
+    }
+    assert!(nulls >= 3, "a new device answers several nulls (state, enrolled_at_ms, last_seen_at_ms): {body}");
+}

@@ -365,7 +365,7 @@ struct DeviceBody {
     cert_serial: Option<String>,
     cert_not_after_ms: Option<i64>,
     /// Last reported state.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     state: Option<serde_json::Value>,
 }
 
