@@ -287,6 +287,9 @@ async fn a_different_message_under_a_stored_seq_is_refused_not_silently_acknowle
     let items = stored(&hub, &dev).await;
     assert_eq!(items.len(), 1);
     assert_eq!(items[0]["body"]["metrics"]["t"], 1.0, "the stored message is the first one");
+    // As docs/API.md says (issue 14, deviation 13): the body is the whole validated message, envelope included.
+    assert_eq!((items[0]["body"]["v"].as_u64(), items[0]["body"]["seq"].as_i64()), (Some(1), items[0]["seq"].as_i64()));
+    assert_eq!(items[0]["body"]["ts"], items[0]["device_ts_ms"]);
     assert!(hub.has_events("seq_conflict", 1).await);
 }
 
