@@ -633,7 +633,8 @@ fn hostile_cases(p: &Packets) -> Vec<Case> {
         "CONNECT empty client id without clean session",
         Start::Raw,
         packet(0x10, &cat(&[&s("MQTT"), &[if v5 { 5 } else { 4 }, 0x00, 0, 60], &p.props(&[]), &s("")])),
-        Closed,
+        // 3.1.1 §3.1.3.1: return code 2; MQTT 5 §3.1.3.1: 0x85 (issue 14, deviation 4: it was closed silently).
+        ConnAck(if v5 { 0x85 } else { 0x02 }),
     );
     add(
         "CONNECT client id of another device",

@@ -32,8 +32,13 @@ fn subscribe_311(filter: &str) -> Vec<u8> {
 }
 
 async fn connect(hub: &TestHub, dev: &TestDevice, clean: bool, keep_alive: u16) -> (Tls, [u8; 4]) {
+    connect_as(hub, dev, dev.id.as_str(), clean, keep_alive).await
+}
+
+/// Like [`connect`], with another client id in the CONNECT.
+async fn connect_as(hub: &TestHub, dev: &TestDevice, client_id: &str, clean: bool, keep_alive: u16) -> (Tls, [u8; 4]) {
     let mut tls = tls_connect(&hub.hub, Some(dev)).await.expect("tls");
-    tls.write_all(&connect_311(dev.id.as_str(), clean, keep_alive)).await.expect("connect");
+    tls.write_all(&connect_311(client_id, clean, keep_alive)).await.expect("connect");
     let mut connack = [0u8; 4];
     tls.read_exact(&mut connack).await.expect("connack");
     (tls, connack)
@@ -254,4 +259,36 @@ async fn bus_notices_deliver_only_recorded_unsent_commands() {
     bus.publish(Notice::Downlink { device: dev.id.clone(), downlink: Downlink::Command { id } }).await.expect("replay");
     let next = c.recv_within(Duration::from_millis(500)).await;
     assert!(!matches!(next, Some(v5::Packet::Publish(_))), "a replayed notice re-sent the command: {next:?}");
+}
+
+/// Issue 14, deviation 4: MQTT 3.1 (`MQIsdp`, level 3) was accepted although the hub speaks 3.1.1 and 5; a
+/// 3.1.1 CONNECT with an empty client id and clean session 0 was closed without a CONNACK. Now: CONNACK return
+/// code 1 (unacceptable protocol version) and 2 (identifier rejected), each recorded as a security event.
+#[tokio::test]
+async fn mqtt_31_and_an_empty_client_id_without_clean_session_get_their_connack_codes() {
+    let hub = TestHub::start().await.expect("hub");
+    let dir = tempfile::tempdir().expect("dir");
+    let dev = hub.enrolled_device(dir.path()).await.expect("device");
+
+    // MQTT 3.1: protocol name "MQIsdp", level 3, clean session, keep-alive 60.
+    let id = dev.id.as_str();
+    let mut body = vec![0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3, 0x02, 0, 60];
+    body.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    body.extend_from_slice(id.as_bytes());
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend_from_slice(&body);
+    let mut tls = tls_connect(&hub.hub, Some(&dev)).await.expect("tls");
+    tls.write_all(&packet).await.expect("connect");
+    let mut connack = [0u8; 4];
+    tls.read_exact(&mut connack).await.expect("connack");
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x01], "3.1 is refused with return code 1");
+
+    // 3.1.1, empty client id, clean session 0.
+    let (_tls, connack) = connect_as(&hub, &dev, "", false, 60).await;
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x02], "return code 2 (identifier rejected)");
+    // The same with clean session 1 is accepted (the hub assigns the certificate's id).
+    let (_tls, connack) = connect_as(&hub, &dev, "", true, 60).await;
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00]);
+    assert!(hub.has_events("unsupported_protocol", 1).await);
+    assert!(hub.has_events("client_id_rejected", 1).await);
 }

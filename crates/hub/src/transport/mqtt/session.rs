@@ -137,6 +137,13 @@ where
     let connect = match tokio::time::timeout(limits.connect_timeout, s.read_first()).await {
         Ok(Ok(Some(c))) => c,
         Ok(Ok(None)) => return,
+        Ok(Err(WireError::ClientIdRejected)) => {
+            // 3.1.1 §3.1.3.1: a zero-length client id needs clean session; the answer is return code 2.
+            s.security("client_id_rejected", "empty client id without clean session".into());
+            s.wire.encode(connack(Reason::ClientIdNotValid, false, &limits, None, None, None), &mut s.wbuf);
+            let _ = s.flush().await;
+            return;
+        }
         Ok(Err(e)) => {
             let kind = if matches!(e, WireError::TooLarge { .. }) { "packet_too_large" } else { "malformed_packet" };
             s.security(kind, format!("before CONNECT: {e}"));
@@ -330,11 +337,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Checks CONNECT and answers CONNACK. Returns the keep-alive to enforce, or `None` if refused.
     async fn accept_connect(&mut self, packet: In) -> Option<u16> {
         let limits = self.ctx.limits.clone();
-        let In::Connect { client_id, keep_alive, clean, session_expiry, receive_max, max_packet_size } = packet else {
+        let In::Connect { client_id, keep_alive, clean, session_expiry, receive_max, max_packet_size, legacy_31 } =
+            packet
+        else {
             self.security("protocol_error", "first packet is not CONNECT".into());
             return None;
         };
         let v5 = self.wire.version() == Some(Version::V5);
+        if legacy_31 {
+            // MQTT 3.1 (MQIsdp): the hub speaks 3.1.1 and 5 only (3.1.1 §3.2.2.3: return code 1).
+            self.security("unsupported_protocol", "MQTT 3.1 (MQIsdp); use 3.1.1 or 5".into());
+            self.wire
+                .encode(connack(Reason::UnsupportedProtocolVersion, false, &limits, None, None, None), &mut self.wbuf);
+            return None;
+        }
         let assigned = client_id.is_empty();
         if !assigned && client_id.as_ref() as &str != self.device.as_str() {
             self.security(

@@ -38,6 +38,8 @@ pub enum In {
         receive_max: u16,
         /// MQTT 5: the largest packet the client accepts, if it set one.
         max_packet_size: Option<u32>,
+        /// MQTT 3.1 (`MQIsdp`, level 3), which the hub does not support (only 3.1.1 and 5).
+        legacy_31: bool,
     },
     /// PUBLISH.
     Publish {
@@ -105,8 +107,10 @@ pub enum Reason {
     ProtocolError,
     /// 0x83 (a seq conflict on PUBACK).
     ImplementationSpecific,
-    /// 0x85 (CONNACK only).
+    /// 0x85 (CONNACK only; 3.1.1: return code 2, identifier rejected).
     ClientIdNotValid,
+    /// 0x84 (CONNACK only; 3.1.1: return code 1, unacceptable protocol version).
+    UnsupportedProtocolVersion,
     /// 0x87.
     NotAuthorized,
     /// 0x88 (CONNACK) / server busy.
@@ -223,6 +227,9 @@ pub enum WireError {
     /// The first packet is not a CONNECT of a supported protocol.
     #[error("not an MQTT 3.1, 3.1.1 or 5 CONNECT")]
     BadProtocol,
+    /// A 3.1.1 CONNECT with an empty client id and clean session 0 (3.1.1 §3.1.3.1: return code 2).
+    #[error("empty client id without clean session")]
+    ClientIdRejected,
 }
 
 /// The codec of one connection.
@@ -291,6 +298,7 @@ impl Wire {
 fn map_err(e: DecodeError) -> WireError {
     match e {
         DecodeError::MaxSizeExceeded { size, max } => WireError::TooLarge { size, max },
+        DecodeError::InvalidClientId => WireError::ClientIdRejected,
         other => WireError::Malformed(other.to_string()),
     }
 }
@@ -333,6 +341,7 @@ fn from_v3(p: v3::Packet) -> In {
             session_expiry: if c.clean_session { 0 } else { u32::MAX },
             receive_max: u16::MAX,
             max_packet_size: None,
+            legacy_31: c.protocol.0 == 3,
         },
         v3::Packet::Publish(p) => publish_in(*p),
         v3::Packet::PublishAck { packet_id } => In::PubAck { packet_id },
@@ -361,6 +370,7 @@ fn from_v5(p: v5::Packet) -> In {
             session_expiry: c.session_expiry_interval_secs,
             receive_max: c.receive_max.map_or(u16::MAX, NonZeroU16::get),
             max_packet_size: c.max_packet_size.map(std::num::NonZeroU32::get),
+            legacy_31: false,
         },
         v5::Packet::Publish(p) => publish_in(*p),
         v5::Packet::PublishAck(a) => In::PubAck { packet_id: a.packet_id },
@@ -389,6 +399,7 @@ fn to_v3(out: Out) -> Option<v3::Packet> {
             return_code: match reason {
                 Reason::Success => v3::ConnectAckReason::ConnectionAccepted,
                 Reason::ClientIdNotValid => v3::ConnectAckReason::IdentifierRejected,
+                Reason::UnsupportedProtocolVersion => v3::ConnectAckReason::UnacceptableProtocolVersion,
                 Reason::NotAuthorized => v3::ConnectAckReason::NotAuthorized,
                 _ => v3::ConnectAckReason::ServiceUnavailable,
             },
@@ -497,6 +508,7 @@ fn connack_reason(r: Reason) -> v5::ConnectAckReason {
     match r {
         Reason::Success => C::Success,
         Reason::ClientIdNotValid => C::ClientIdentifierNotValid,
+        Reason::UnsupportedProtocolVersion => C::UnsupportedProtocolVersion,
         Reason::NotAuthorized => C::NotAuthorized,
         Reason::MalformedPacket => C::MalformedPacket,
         Reason::ProtocolError => C::ProtocolError,
@@ -543,7 +555,7 @@ fn disconnect_reason(r: Reason) -> v5::DisconnectReasonCode {
         Reason::RetainNotSupported => D::RetainNotSupported,
         Reason::QosNotSupported => D::QosNotSupported,
         Reason::ImplementationSpecific => D::ImplementationSpecificError,
-        Reason::ClientIdNotValid | Reason::UnspecifiedError => D::UnspecifiedError,
+        Reason::ClientIdNotValid | Reason::UnsupportedProtocolVersion | Reason::UnspecifiedError => D::UnspecifiedError,
     }
 }
 
