@@ -60,22 +60,25 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     hub_args.token = Some(token.clone());
     let client = HubClient::new(&hub_args)?;
 
-    eprintln!("[3/4] manufacturing {} devices (+1 spare for your own MQTT client)", args.devices);
-    let made = client.manufacture("demo-thermostat", args.devices + 1).await?;
+    eprintln!("[3/4] manufacturing {} devices (+2 spares for your own MQTT clients)", args.devices);
+    let made = client.manufacture("demo-thermostat", args.devices + 2).await?;
     let factory_dir = data_dir.join("factory");
     crate::write_factory_output(&made, &factory_dir)?;
     let mut bootstraps: Vec<PathBuf> =
         made.devices.iter().map(|d| factory_dir.join(format!("{}.json", d.device_id))).collect();
-    let spare_bootstrap = bootstraps.pop().context("at least one device")?;
-
-    // The spare device enrols through the agent's own code path; its key and certificate stay on disk for the
-    // mosquitto lines printed below.
-    let spare_dir = data_dir.join("spare-device");
-    let boot = hearth_agent::enrol::read_bootstrap(&spare_bootstrap)?;
-    let key = Arc::new(hearth_agent::keystore::FileKeyStore::open_or_create(&spare_dir)?);
-    let spare = hearth_agent::enrol::enrol(&spare_dir, &boot, key).await.context("while enrolling the spare device")?;
-    std::fs::remove_file(&spare_bootstrap)?;
-    let spare_id = spare.device_id().clone();
+    // Two spare devices, one per Mosquitto client printed below: a second connection of one device would take
+    // over the first (0x8E) and the first client would exit.
+    let mut spares = Vec::new();
+    for name in ["spare-listener", "spare-sender"] {
+        let bootstrap = bootstraps.pop().context("the spare devices")?;
+        // Each enrols through the agent's own code path; its key and certificate stay on disk.
+        let dir = data_dir.join(name);
+        let boot = hearth_agent::enrol::read_bootstrap(&bootstrap)?;
+        let key = Arc::new(hearth_agent::keystore::FileKeyStore::open_or_create(&dir)?);
+        let identity = hearth_agent::enrol::enrol(&dir, &boot, key).await.context("while enrolling a spare device")?;
+        std::fs::remove_file(&bootstrap)?;
+        spares.push((identity.device_id().clone(), dir));
+    }
 
     eprintln!(
         "[4/4] starting {} simulated devices: each generates its key, enrols, connects with mutual TLS",
@@ -86,33 +89,39 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let fleet = hearth_simulator::Fleet::start(fleet_config);
 
     let mqtt_port = hub.mqtt_addr.port();
-    let spare_files = spare_dir.display();
     let first_device = made.devices.first().map(|d| d.device_id.to_string()).unwrap_or_default();
+    // The binary that runs now: after a cargo build it is not on PATH.
+    let hearth = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "hearth".into());
+    let ca = ca.display();
     println!();
     println!("Hearth demo is running.");
     println!("  API:             {https_url}  (OpenAPI: {https_url}/api/v1/openapi.json)");
     println!("  MQTTS:           127.0.0.1:{mqtt_port}  (mutual TLS only; no plaintext port exists)");
     println!("  operator token:  {token}");
-    println!("  server CA:       {}", ca.display());
+    println!("  server CA:       {ca}");
     println!();
     println!("Look at the devices and their telemetry:");
-    println!("  curl --cacert {} -H 'Authorization: Bearer {token}' {https_url}/api/v1/devices", ca.display());
+    println!("  curl --cacert {ca} -H 'Authorization: Bearer {token}' {https_url}/api/v1/devices");
     println!(
-        "  curl --cacert {} -H 'Authorization: Bearer {token}' '{https_url}/api/v1/devices/{first_device}/telemetry?limit=5'",
-        ca.display()
+        "  curl --cacert {ca} -H 'Authorization: Bearer {token}' '{https_url}/api/v1/devices/{first_device}/telemetry?limit=5'"
     );
     println!("Or with the CLI:");
-    println!("  export HEARTH_HUB={https_url} HEARTH_HUB_CA={} HEARTH_TOKEN={token}", ca.display());
-    println!("  hearth device list;  hearth device command {first_device} ping");
+    println!("  export HEARTH_HUB={https_url} HEARTH_HUB_CA={ca} HEARTH_TOKEN={token}");
+    println!("  {hearth} device list;  {hearth} device command {first_device} ping");
     println!();
-    println!("Be the spare device {spare_id} with Mosquitto's clients (its key never left {spare_files}):");
+    let (listener, listener_dir) = &spares[0];
+    let (sender, sender_dir) = &spares[1];
+    let (ld, sd) = (listener_dir.display(), sender_dir.display());
+    println!("Be two spare devices with Mosquitto's clients (their keys never left {ld} and {sd}).");
+    println!("{listener} waits for commands (in one terminal):");
     println!(
-        "  mosquitto_sub -h 127.0.0.1 -p {mqtt_port} --cafile {ca} --cert {spare_files}/device.crt --key {spare_files}/device.key -i {spare_id} -V mqttv5 -q 1 -t devices/{spare_id}/commands -v",
-        ca = ca.display()
+        "  mosquitto_sub -h 127.0.0.1 -p {mqtt_port} --cafile {ca} --cert {ld}/device.crt --key {ld}/device.key -i {listener} -V mqttv5 -q 1 -t devices/{listener}/commands -v"
     );
+    println!("and, in another, sends it a command (Mosquitto's client shows it but cannot answer, so no waiting)");
+    println!("and has {sender} send a reading:");
+    println!("  {hearth} device command {listener} ping --no-wait");
     println!(
-        "  mosquitto_pub -h 127.0.0.1 -p {mqtt_port} --cafile {ca} --cert {spare_files}/device.crt --key {spare_files}/device.key -i {spare_id} -V mqttv5 -q 1 -t devices/{spare_id}/telemetry -m '{{\"v\":1,\"seq\":1,\"ts\":1764000000000,\"metrics\":{{\"temperature_c\":21.5}}}}'",
-        ca = ca.display()
+        "  mosquitto_pub -h 127.0.0.1 -p {mqtt_port} --cafile {ca} --cert {sd}/device.crt --key {sd}/device.key -i {sender} -V mqttv5 -q 1 -t devices/{sender}/telemetry -m '{{\"v\":1,\"seq\":1,\"ts\":1764000000000,\"metrics\":{{\"temperature_c\":21.5}}}}'"
     );
     println!();
     if args.duration_secs > 0 {

@@ -161,6 +161,9 @@ enum DeviceAction {
         /// Seconds before the command times out.
         #[arg(long, default_value_t = 30)]
         timeout: u64,
+        /// Print the recorded command and return at once, without waiting for the answer.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Show a device's stored telemetry, events and state, oldest first (page on with --after-seq).
     Telemetry {
@@ -425,7 +428,7 @@ async fn device(hub: HubArgs, action: DeviceAction) -> Result<()> {
                 client.get(&format!("/api/v1/devices/{id}/telemetry?limit={limit}&after_seq={after_seq}")).await?;
             println!("{}", serde_json::to_string_pretty(&body)?);
         }
-        DeviceAction::Command { id, name, args, timeout } => {
+        DeviceAction::Command { id, name, args, timeout, no_wait } => {
             let mut map = serde_json::Map::new();
             for a in args {
                 let (k, v) = a.split_once('=').with_context(|| format!("--arg {a:?} is not name=value"))?;
@@ -442,6 +445,10 @@ async fn device(hub: HubArgs, action: DeviceAction) -> Result<()> {
                 )
                 .await?;
             let cid = body["id"].as_str().context("command id in answer")?.to_owned();
+            if no_wait {
+                println!("{}", serde_json::to_string_pretty(&body)?);
+                return Ok(());
+            }
             eprintln!("command {cid} sent; waiting for the device's answer (up to {timeout} s)");
             let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(timeout + 2);
             loop {

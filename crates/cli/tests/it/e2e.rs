@@ -227,3 +227,71 @@ async fn the_agent_renews_its_certificate_over_mutual_tls() {
     hub.post(&format!("/api/v1/devices/{}/revoke", boot.device_id), serde_json::json!({})).await.expect("revoke");
     assert!(hearth_agent::enrol::renew(&state, &second).await.is_err());
 }
+
+/// Issue 14, deviation 11: the demo printed a `mosquitto_sub` and a `mosquitto_pub` line for the same device, so
+/// running the second kicked the first off (0x8E), and bare `hearth …` lines that are not on PATH after a cargo
+/// build. Every line it prints now works when pasted in order into a shell.
+#[tokio::test]
+async fn the_demo_lines_work_when_pasted_in_order() {
+    if !hearth_test_support::require_tool("mosquitto_sub", "e2e::the_demo_lines_work_when_pasted_in_order") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let mut demo = Command::new(workspace_bin("hearth"))
+        .args(["demo", "--devices", "1", "--duration-secs", "60", "--https-port", "0", "--mqtts-port", "0"])
+        .arg("--data-dir")
+        .arg(dir.path().join("demo"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn demo");
+    let stdout = demo.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        let mut lines = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let done = line.starts_with("Stopping after") || line.starts_with("Ctrl-C");
+            lines.push(line);
+            if done {
+                let _ = tx.send(lines.clone());
+            }
+        }
+    });
+    let printed = rx.recv_timeout(Duration::from_secs(120)).expect("the demo printed its lines");
+    let find = |start: &str| -> String {
+        printed
+            .iter()
+            .map(|l| l.trim())
+            .find(|l| l.starts_with(start) || l.contains(start))
+            .unwrap_or_else(|| panic!("no line with {start:?} in {printed:#?}"))
+            .to_owned()
+    };
+    let export = find("export HEARTH_HUB=");
+    let shell = |line: &str| {
+        let mut c = Command::new("sh");
+        c.arg("-c").arg(format!("{export}; {line}"));
+        c
+    };
+    // The CLI lines (the binary's real path, not a bare `hearth`).
+    let cli = find("device list;");
+    assert!(!cli.starts_with("hearth "), "the CLI line names the binary's path: {cli}");
+    let out = shell(&cli).output().expect("run the CLI line");
+    assert!(out.status.success(), "{cli}: {}", String::from_utf8_lossy(&out.stderr));
+    // One terminal waits for a command (exiting after one, for the test); the other sends one and a reading.
+    let sub_line = find("mosquitto_sub ");
+    let sub = shell(&format!("{sub_line} -C 1 -W 30")).stdout(Stdio::piped()).spawn().expect("mosquitto_sub");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let send = printed.iter().map(|l| l.trim()).find(|l| l.contains("--no-wait")).expect("the command line").to_owned();
+    let out = shell(&send).output().expect("send a command");
+    assert!(out.status.success(), "{send}: {}", String::from_utf8_lossy(&out.stderr));
+    let pub_line = find("mosquitto_pub ");
+    let out = shell(&pub_line).output().expect("mosquitto_pub");
+    assert!(out.status.success(), "{pub_line}: {}", String::from_utf8_lossy(&out.stderr));
+    let got = tokio::task::spawn_blocking(move || sub.wait_with_output()).await.expect("join").expect("sub");
+    let text = String::from_utf8_lossy(&got.stdout);
+    assert!(got.status.success() && text.contains("\"name\":\"ping\""), "the listener got the command: {text}");
+    let _ = demo.kill();
+    let _ = demo.wait();
+}
