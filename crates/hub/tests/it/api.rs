@@ -148,3 +148,37 @@ async fn openapi_allows_every_null_a_device_answer_carries() {
     }
     assert!(nulls >= 3, "a new device answers several nulls (state, enrolled_at_ms, last_seen_at_ms): {body}");
 }
+
+/// Issue 14, deviation 13: malformed enrolment bodies (415, 422, 400) were refused but not recorded, though every
+/// refused enrolment is a security event.
+#[tokio::test]
+async fn malformed_enrol_bodies_are_recorded_as_refused_enrolments() {
+    let hub = TestHub::start().await.expect("hub");
+    let url = format!("{}/api/v1/enrol", hub.base());
+    let cases: [(&str, &str, u16); 3] = [
+        ("text/plain", "device_id=x", 415),
+        ("application/json", r#"{"device_id":"abc","bootstrap_token":"t","csr_pem":"x","extra":1}"#, 422),
+        ("application/json", "{not json", 400),
+    ];
+    for (content_type, body, status) in cases {
+        let resp = hub
+            .client
+            .post(&url)
+            .header("content-type", content_type)
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status().as_u16(), status, "{content_type} {body}");
+    }
+    hub.hub.state.monitor.flush().await;
+    let (_, events) = hub.get("/api/v1/security-events?kind=enrol_refused").await.expect("events");
+    let bodies: u64 = events
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["detail"].as_str().is_some_and(|d| d.starts_with("request body")))
+        .map(|e| e["count"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(bodies, 3, "each malformed body is one refused enrolment: {events}");
+}

@@ -254,8 +254,10 @@ fn enrol_error(e: EnrolError) -> ApiError {
 async fn enrol(
     State(state): State<HubState>,
     Extension(peer): Extension<super::PeerAddr>,
-    ApiJson(req): ApiJson<EnrolRequest>,
+    body: Result<ApiJson<EnrolRequest>, ApiError>,
 ) -> Result<Json<CertificateResponse>, ApiError> {
+    // A malformed body is a refused enrolment too, and recorded like the others.
+    let ApiJson(req) = body.inspect_err(|e| refused_body(&state, peer.0.ip(), None, "enrol_refused", e))?;
     match state.identity.enrol(&req).await {
         Ok(resp) => {
             tracing::info!(device = %req.device_id, "device enrolled");
@@ -275,6 +277,11 @@ async fn enrol(
     }
 }
 
+/// Records a request body refused before it could be read (malformed JSON, wrong content type, unknown fields).
+fn refused_body(state: &HubState, source: std::net::IpAddr, device: Option<String>, kind: &'static str, e: &ApiError) {
+    state.monitor.record(SecurityEvent { device, source: Some(source), kind, detail: format!("request body: {e}") });
+}
+
 /// Certificate renewal, authenticated by the device's current certificate (mutual TLS). A certificate expired
 /// within the hub's renewal grace period may renew (and do nothing else).
 #[utoipa::path(post, path = "/api/v1/renew", request_body(content = Object, description = "RenewRequest: csr_pem"),
@@ -284,8 +291,10 @@ async fn renew(
     State(state): State<HubState>,
     Extension(PeerDevice(peer)): Extension<PeerDevice>,
     Extension(addr): Extension<super::PeerAddr>,
-    ApiJson(req): ApiJson<RenewRequest>,
+    body: Result<ApiJson<RenewRequest>, ApiError>,
 ) -> Result<Json<CertificateResponse>, ApiError> {
+    let device = peer.as_ref().map(|f| f.device.to_string());
+    let ApiJson(req) = body.inspect_err(|e| refused_body(&state, addr.0.ip(), device, "renew_refused", e))?;
     let facts = peer.ok_or_else(|| {
         ApiError::unauthorized(
             "client_certificate_required",

@@ -15,6 +15,12 @@ pub struct ApiError {
     message: String,
 }
 
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+    }
+}
+
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct ErrorBody {
     error: ErrorDetail,
