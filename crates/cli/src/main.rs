@@ -188,6 +188,8 @@ async fn main() -> std::process::ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: a log redirected to a file or journal gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -404,16 +406,31 @@ async fn device(hub: HubArgs, action: DeviceAction) -> Result<()> {
     match action {
         DeviceAction::List { limit } => {
             let body = client.get(&format!("/api/v1/devices?limit={limit}")).await?;
-            println!("{:<18} {:<14} {:<12} {:<9} last seen (ms)", "id", "model", "status", "online");
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
+            let mut rows =
+                vec![["id".to_owned(), "model".into(), "status".into(), "online".into(), "last seen".into()]];
             for d in body["devices"].as_array().into_iter().flatten() {
-                println!(
-                    "{:<18} {:<14} {:<12} {:<9} {}",
-                    d["id"].as_str().unwrap_or("?"),
-                    d["model"].as_str().unwrap_or("?"),
-                    d["status"].as_str().unwrap_or("?"),
-                    d["connected"].as_bool().unwrap_or(false),
-                    d["last_seen_at_ms"].as_i64().map(|v| v.to_string()).unwrap_or_else(|| "never".into())
-                );
+                let seen = match d["last_seen_at_ms"].as_i64() {
+                    Some(at) => format!("{} s ago", (now_ms - at).max(0) / 1000),
+                    None => "never".into(),
+                };
+                rows.push([
+                    d["id"].as_str().unwrap_or("?").to_owned(),
+                    d["model"].as_str().unwrap_or("?").to_owned(),
+                    d["status"].as_str().unwrap_or("?").to_owned(),
+                    if d["connected"].as_bool().unwrap_or(false) { "yes" } else { "no" }.to_owned(),
+                    seen,
+                ]);
+            }
+            // Columns as wide as their widest cell, so every row lines up whatever the ids and models.
+            let widths: Vec<usize> =
+                (0..5).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+            for r in &rows {
+                let line: Vec<String> = r.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+                println!("{}", line.join("  ").trim_end());
             }
         }
         DeviceAction::Show { id } => {

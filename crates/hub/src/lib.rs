@@ -276,6 +276,8 @@ pub async fn start_with_clock(config: Config, clock: clock::Clock) -> Result<Run
         identity.spawn_server_cert_refresh(Duration::from_secs(6 * 3600)),
     ];
     let setup_token = accounts.setup_token_if_needed().await.map_err(failed("creating the setup token"))?;
+    tracing::info!(node = %bus.node(), store = %store.location(), bus = %bus.location(), mqtts = %mqtt_addr,
+        https = %https_addr, "hub started");
     Ok(RunningHub {
         mqtt_addr,
         https_addr,

@@ -295,3 +295,58 @@ async fn the_demo_lines_work_when_pasted_in_order() {
     let _ = demo.kill();
     let _ = demo.wait();
 }
+
+/// Issue 14, deviation 13: `device list` columns did not line up for longer models, and logs written to a file
+/// kept ANSI colour codes.
+#[tokio::test]
+async fn device_list_lines_up_and_logs_to_a_file_are_plain_text() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (https, mqtts) = free_ports();
+    let hub = HubProcess::start(&dir.path().join("hub"), https, mqtts);
+    let token = setup(&hub);
+    crate::support::manufacture(&hub, &token, "a-rather-long-model-designation", 1).await;
+    crate::support::manufacture(&hub, &token, "m", 1).await;
+    let (ok, out, err) = hearth(&hub, Some(&token), &["device", "list"]);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    let header = lines[0];
+    for column in ["model", "status", "online", "last seen"] {
+        let at = header.find(column).expect("column");
+        for line in &lines[1..] {
+            let before = &line[..at];
+            assert!(before.ends_with("  ") || at == 0, "{column} does not start at {at} in {line:?}\n{out}");
+            assert_ne!(line.as_bytes()[at], b' ', "{column} is empty at {at} in {line:?}");
+        }
+    }
+    assert!(lines[1..].iter().all(|l| l.ends_with("never")), "never seen devices say so: {out}");
+    drop(hub);
+    // The hub's log, redirected to a pipe (as to a file or the journal): plain text, no escape codes.
+    let mut serve = Command::new(workspace_bin("hearth"))
+        .args(["serve", "--https", "127.0.0.1:0", "--mqtts", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("plain"))
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("serve");
+    let stderr = serve.stderr.take().expect("stderr");
+    let log = std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        let mut seen = String::new();
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains("hub started") {
+                break;
+            }
+        }
+        seen
+    });
+    let seen = log.join().expect("log");
+    let _ = serve.kill();
+    let _ = serve.wait();
+    assert!(seen.contains("hub started"), "{seen}");
+    assert!(!seen.contains('\u{1b}'), "ANSI codes in a redirected log: {seen:?}");
+}
