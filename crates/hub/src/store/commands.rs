@@ -108,15 +108,18 @@ pub struct CommandRow {
     pub created_at: i64,
     /// Expiry time.
     pub expires_at: i64,
-    /// When it was last sent.
+    /// When it was first sent.
     pub sent_at: Option<i64>,
+    /// How many times it was sent (again at each SUBSCRIBE until answered).
+    pub deliveries: i64,
     /// When the device answered or it timed out.
     pub answered_at: Option<i64>,
     /// The device's detail text.
     pub detail: Option<String>,
 }
 
-const COLUMNS: &str = "id, device_id, name, args_json, status, created_at, expires_at, sent_at, answered_at, detail";
+const COLUMNS: &str =
+    "id, device_id, name, args_json, status, created_at, expires_at, sent_at, deliveries, answered_at, detail";
 
 impl Store {
     /// Records a new pending command.
@@ -160,10 +163,11 @@ impl Store {
             .await?))
     }
 
-    /// Marks a command as sent.
+    /// Marks a command as sent (once more): the first send time stays, the deliveries are counted.
     pub async fn mark_command_sent(&self, id: &str, now: i64) -> Result<()> {
         on_pool!(self, pool => sqlx::query(
-            "UPDATE commands SET status = 'sent', sent_at = $2 WHERE id = $1 AND status IN ('pending', 'sent')",
+            "UPDATE commands SET status = 'sent', sent_at = COALESCE(sent_at, $2), deliveries = deliveries + 1 \
+             WHERE id = $1 AND status IN ('pending', 'sent')",
         )
         .bind(id)
         .bind(now)

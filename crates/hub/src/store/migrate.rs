@@ -160,18 +160,29 @@ async fn copy_devices(src: &SqlitePool, dst: &PgPool, progress: &mut impl FnMut(
 
 async fn copy_commands(src: &SqlitePool, dst: &PgPool) -> Result<u64> {
     #[allow(clippy::type_complexity)]
-    let rows: Vec<(String, String, String, String, String, i64, i64, Option<i64>, Option<i64>, Option<String>)> =
-        sqlx::query_as(
-            "SELECT id, device_id, name, args_json, status, created_at, expires_at, sent_at, answered_at, detail \
-             FROM commands",
-        )
-        .fetch_all(src)
-        .await?;
+    let rows: Vec<(
+        String,
+        String,
+        String,
+        String,
+        String,
+        i64,
+        i64,
+        Option<i64>,
+        Option<i64>,
+        Option<String>,
+        i64,
+    )> = sqlx::query_as(
+        "SELECT id, device_id, name, args_json, status, created_at, expires_at, sent_at, answered_at, detail, \
+             deliveries FROM commands",
+    )
+    .fetch_all(src)
+    .await?;
     let mut tx = dst.begin_write().await?;
     for r in &rows {
         sqlx::query(
             "INSERT INTO commands (id, device_id, name, args_json, status, created_at, expires_at, sent_at, \
-             answered_at, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             answered_at, detail, deliveries) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(&r.0)
         .bind(&r.1)
@@ -183,6 +194,7 @@ async fn copy_commands(src: &SqlitePool, dst: &PgPool) -> Result<u64> {
         .bind(r.7)
         .bind(r.8)
         .bind(&r.9)
+        .bind(r.10)
         .execute(tx.conn())
         .await?;
     }

@@ -328,10 +328,13 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "initial", include_str!("../../migrations/sqlite/0001_initial.sql")),
     (2, "hardening", include_str!("../../migrations/sqlite/0002_hardening.sql")),
     (3, "scale_out", include_str!("../../migrations/sqlite/0003_scale_out.sql")),
+    (4, "command_deliveries", include_str!("../../migrations/sqlite/0004_command_deliveries.sql")),
 ];
 
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "initial", include_str!("../../migrations/postgres/0001_initial.sql"))];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "initial", include_str!("../../migrations/postgres/0001_initial.sql")),
+    (2, "command_deliveries", include_str!("../../migrations/postgres/0002_command_deliveries.sql")),
+];
 
 fn migrator(migrations: &'static [(i64, &'static str, &'static str)]) -> Migrator {
     let migrations = migrations

@@ -318,7 +318,11 @@ async fn commands(store: &Store) {
     assert_eq!(open[0].device_id.as_str(), "dev-c");
     store.mark_command_sent("c1", NOW + 6).await.unwrap();
     let c1 = store.command("dev-c", "c1").await.unwrap().unwrap();
-    assert_eq!((c1.status, c1.sent_at), (CommandStatus::Sent, Some(NOW + 6)));
+    assert_eq!((c1.status, c1.sent_at, c1.deliveries), (CommandStatus::Sent, Some(NOW + 6), 1));
+    // Sent again (a new SUBSCRIBE before the answer): the first send time stays, the deliveries count.
+    store.mark_command_sent("c1", NOW + 9).await.unwrap();
+    let c1 = store.command("dev-c", "c1").await.unwrap().unwrap();
+    assert_eq!((c1.sent_at, c1.deliveries), (Some(NOW + 6), 2), "issue 14, deviation 5");
     assert!(store.answer_command("dev-c", "c1", CommandStatus::Ok, Some("done"), NOW + 7).await.unwrap());
     assert!(!store.answer_command("dev-c", "c1", CommandStatus::Error, None, NOW + 8).await.unwrap(), "answered once");
     assert!(!store.answer_command("other", "c2", CommandStatus::Ok, None, NOW + 8).await.unwrap(), "not its command");

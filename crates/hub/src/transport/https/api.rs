@@ -575,7 +575,10 @@ struct CommandBody {
     status: String,
     created_at_ms: i64,
     expires_at_ms: i64,
+    /// When it was first sent to the device.
     sent_at_ms: Option<i64>,
+    /// How many times it was sent: again at each SUBSCRIBE until answered (devices de-duplicate by id).
+    deliveries: i64,
     answered_at_ms: Option<i64>,
     detail: Option<String>,
 }
@@ -591,6 +594,7 @@ impl From<CommandRow> for CommandBody {
             created_at_ms: r.created_at,
             expires_at_ms: r.expires_at,
             sent_at_ms: r.sent_at,
+            deliveries: r.deliveries,
             answered_at_ms: r.answered_at,
             detail: r.detail,
         }
