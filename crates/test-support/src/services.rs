@@ -36,34 +36,13 @@ pub struct PgDatabase {
 pub async fn pg_database(test: &str) -> Option<PgDatabase> {
     let admin = required("HEARTH_TEST_POSTGRES_URL", test, "PostgreSQL")?;
     let name = format!("hearth_t_{}_{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-    let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect to HEARTH_TEST_POSTGRES_URL");
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-        .execute(&mut conn)
+    let url = hearth_hub::store::Store::fresh_postgres_database(&admin, &name)
         .await
-        .expect("drop a leftover test database");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .expect("create a test database");
-    let _ = conn.close().await;
-    let url = with_database(&admin, &name);
+        .expect("create a test database on HEARTH_TEST_POSTGRES_URL");
     Some(PgDatabase { url, admin, name })
 }
 
 static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-
-/// `url` with its database replaced by `name` (query parameters kept).
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[scheme_end..].find('/').map_or(base.len(), |i| scheme_end + i);
-    let mut out = format!("{}/{name}", &base[..path_start]);
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
-}
 
 impl Drop for PgDatabase {
     fn drop(&mut self) {
@@ -79,18 +58,5 @@ impl Drop for PgDatabase {
             });
         })
         .join();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn database_names_are_swapped_in_urls() {
-        assert_eq!(super::with_database("postgres://u@h:5432/test", "x"), "postgres://u@h:5432/x");
-        assert_eq!(
-            super::with_database("postgres://u@h/test?sslmode=disable", "x"),
-            "postgres://u@h/x?sslmode=disable"
-        );
-        assert_eq!(super::with_database("postgres://h", "x"), "postgres://h/x");
     }
 }

@@ -293,10 +293,7 @@ impl Store {
             .await?;
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await?;
         let _ = conn.close().await;
-        let (base, query) = admin_url.split_once('?').map_or((admin_url, None), |(b, q)| (b, Some(q)));
-        let scheme_end = base.find("://").map_or(0, |i| i + 3);
-        let path_start = base[scheme_end..].find('/').map_or(base.len(), |i| scheme_end + i);
-        Ok(format!("{}/{name}{}", &base[..path_start], query.map(|q| format!("?{q}")).unwrap_or_default()))
+        Ok(with_database(admin_url, name))
     }
 
     /// Where the database lives (for `doctor` and logs; no password).
@@ -322,6 +319,14 @@ impl Store {
             Backend::Postgres { pool } => pool.close().await,
         }
     }
+}
+
+/// `url` with its database replaced by `name` (query parameters kept).
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[scheme_end..].find('/').map_or(base.len(), |i| scheme_end + i);
+    format!("{}/{name}{}", &base[..path_start], query.map(|q| format!("?{q}")).unwrap_or_default())
 }
 
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -355,6 +360,13 @@ fn migrator(migrations: &'static [(i64, &'static str, &'static str)]) -> Migrato
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn database_names_are_swapped_in_urls() {
+        assert_eq!(with_database("postgres://u@h:5432/test", "x"), "postgres://u@h:5432/x");
+        assert_eq!(with_database("postgres://u@h/test?sslmode=disable", "x"), "postgres://u@h/x?sslmode=disable");
+        assert_eq!(with_database("postgres://h", "x"), "postgres://h/x");
+    }
 
     #[test]
     fn store_urls_are_parsed_and_redacted() {
