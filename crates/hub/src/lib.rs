@@ -144,7 +144,7 @@ pub async fn start_with_clock(config: Config, clock: clock::Clock) -> Result<Run
     let node = node_name(&data_dir)
         .map_err(failed(format!("reading or creating {}", data_dir.join("node-name").display())))?;
     // This node holds no connection yet, whatever the store says from before a crash.
-    store.clear_sessions_of(&node).await.map_err(failed("clearing this node's old sessions"))?;
+    store.clear_sessions_of(&node, clock.now_ms()).await.map_err(failed("clearing this node's old sessions"))?;
     let bus = match &config.bus.url {
         Some(url) => {
             bus::Bus::connect_nats(url, &node).await.map_err(failed("connecting to the bus (setting `bus.url`)"))?

@@ -91,6 +91,30 @@ pub struct DeviceRow {
     pub session_node: Option<String>,
 }
 
+/// What a CONNECT asks of the device's stored session.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionOpen<'a> {
+    /// Clean start (3.1.1: clean session): any earlier session is discarded.
+    pub clean: bool,
+    /// How long the session outlives this connection, ms (0: it ends with the connection).
+    pub expiry_ms: i64,
+    /// The node that holds the connection.
+    pub node: &'a str,
+    /// Now, Unix ms.
+    pub now: i64,
+}
+
+/// The session a connection opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenedSession {
+    /// The connection's epoch (0: no such device).
+    pub epoch: i64,
+    /// An earlier session resumed (MQTT's Session Present).
+    pub present: bool,
+    /// The resumed session holds the command subscription.
+    pub subscribed: bool,
+}
+
 /// A certificate to record for a device.
 #[derive(Debug, Clone, Copy)]
 pub struct CertRecord<'a> {
@@ -395,28 +419,48 @@ impl Store {
         Ok(done == 1)
     }
 
-    /// Starts a new connection of a device: raises its session epoch and returns the new value, and whether its
-    /// persistent session holds a command subscription. A node closes its own connection of the device when
-    /// another reports a higher epoch, so of two connections the later one wins on every node.
-    pub async fn open_session(&self, id: &str, clean: bool, node: &str) -> Result<(i64, bool)> {
-        let row: Option<(i64, bool)> = on_pool!(self, pool => sqlx::query_as(
-            "UPDATE devices SET session_epoch = session_epoch + 1, session_open = $4, session_node = $5, \
-             session_subscribed = CASE WHEN $2 THEN $3 ELSE session_subscribed END \
-             WHERE id = $1 RETURNING session_epoch, session_subscribed",
-        )
-        .bind(id)
-        .bind(clean)
-        .bind(false)
-        .bind(true)
-        .bind(node)
-        .fetch_optional(pool)
-        .await?);
-        Ok(row.unwrap_or((0, false)))
+    /// Starts a new connection of a device: raises its session epoch, and says whether the device's session
+    /// resumes (MQTT's Session Present) and holds a command subscription. A session exists while a connection
+    /// of the device is open (on any node, alive or not: a reconnect is then a takeover), and after that until
+    /// its expiry interval has passed. A clean start, or a session that has expired, starts empty.
+    ///
+    /// A node closes its own connection of the device when another reports a higher epoch, so of two
+    /// connections the later one wins on every node.
+    pub async fn open_session(&self, id: &str, open: &SessionOpen<'_>) -> Result<OpenedSession> {
+        // A session exists while a connection is open, or until its expiry; evaluated on the row as it was (SET
+        // expressions see the old values on both backends).
+        macro_rules! exists {
+            () => {
+                "((session_open AND session_expires_at IS NULL) OR COALESCE(session_expires_at, 0) > $5)"
+            };
+        }
+        let sql = concat!(
+            "UPDATE devices SET session_epoch = session_epoch + 1, session_resumed = (NOT $2) AND ",
+            exists!(),
+            ", session_subscribed = CASE WHEN (NOT $2) AND ",
+            exists!(),
+            " THEN session_subscribed ELSE $3 END, session_open = $4, session_node = $6, \
+             session_expires_at = NULL, session_expiry_ms = $7 \
+             WHERE id = $1 RETURNING session_epoch, session_resumed, session_subscribed"
+        );
+        let row: Option<(i64, bool, bool)> = on_pool!(self, pool => sqlx::query_as(sql)
+            .bind(id)
+            .bind(open.clean)
+            .bind(false)
+            .bind(true)
+            .bind(open.now)
+            .bind(open.node)
+            .bind(open.expiry_ms)
+            .fetch_optional(pool)
+            .await?);
+        Ok(row.map_or(OpenedSession { epoch: 0, present: false, subscribed: false }, |(epoch, present, subscribed)| {
+            OpenedSession { epoch, present, subscribed }
+        }))
     }
 
-    /// Records whether the device's persistent session holds a command subscription (so it resumes on any
-    /// node). Only the connection with the device's current `epoch` may change it: a connection that was taken
-    /// over does not clear its successor's state as it ends.
+    /// Records whether the device's session holds a command subscription (so it resumes on any node). Only the
+    /// connection with the device's current `epoch` may change it: a connection that was taken over does not
+    /// clear its successor's state as it ends.
     pub async fn set_session_subscribed(&self, id: &str, on: bool, epoch: i64) -> Result<()> {
         on_pool!(self, pool => sqlx::query(
             "UPDATE devices SET session_subscribed = $2 WHERE id = $1 AND session_epoch = $3",
@@ -430,28 +474,33 @@ impl Store {
         Ok(())
     }
 
-    /// Records that the connection with `epoch` ended (unless a newer one has opened since).
-    pub async fn close_session(&self, id: &str, epoch: i64) -> Result<()> {
+    /// Records that the connection with `epoch` ended (unless a newer one has opened since): its session is
+    /// kept until `expires_at` (Unix ms; `now` or earlier ends it at once).
+    pub async fn close_session(&self, id: &str, epoch: i64, expires_at: i64) -> Result<()> {
         on_pool!(self, pool => sqlx::query(
-            "UPDATE devices SET session_open = $2 WHERE id = $1 AND session_epoch = $3",
+            "UPDATE devices SET session_open = $2, session_expires_at = $4 WHERE id = $1 AND session_epoch = $3",
         )
         .bind(id)
         .bind(false)
         .bind(epoch)
+        .bind(expires_at)
         .execute(pool)
         .await?
         .rows_affected());
         Ok(())
     }
 
-    /// Marks every connection recorded for node `name` closed (the node is starting and holds none).
-    pub async fn clear_sessions_of(&self, name: &str) -> Result<u64> {
+    /// Marks every connection recorded for node `name` closed at `now` (the node is starting and holds none);
+    /// each session then lasts its own expiry interval from `now`.
+    pub async fn clear_sessions_of(&self, name: &str, now: i64) -> Result<u64> {
         Ok(on_pool!(self, pool => sqlx::query(
-            "UPDATE devices SET session_open = $2 WHERE session_node = $1 AND session_open = $3",
+            "UPDATE devices SET session_open = $2, session_expires_at = $4 + session_expiry_ms \
+             WHERE session_node = $1 AND session_open = $3",
         )
         .bind(name)
         .bind(false)
         .bind(true)
+        .bind(now)
         .execute(pool)
         .await?
         .rows_affected()))

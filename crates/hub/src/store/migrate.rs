@@ -37,6 +37,8 @@ struct DeviceCopy {
     cert_used_at: Option<i64>,
     session_epoch: i64,
     session_subscribed: bool,
+    session_expiry_ms: i64,
+    session_expires_at: Option<i64>,
 }
 
 const PAGE: i64 = 5_000;
@@ -109,8 +111,8 @@ async fn copy_devices(src: &SqlitePool, dst: &PgPool, progress: &mut impl FnMut(
         let rows: Vec<DeviceCopy> = sqlx::query_as(
             "SELECT id, model, status, bootstrap_mac, bootstrap_expires_at, bootstrap_used_at, claim_mac, \
              cert_serial, cert_not_after, created_at, enrolled_at, revoked_at, last_seen_at, state_json, state_seq, \
-             prev_cert_serial, cert_spki, cert_chain_pem, cert_used_at, session_epoch, session_subscribed \
-             FROM devices WHERE id > $1 ORDER BY id LIMIT $2",
+             prev_cert_serial, cert_spki, cert_chain_pem, cert_used_at, session_epoch, session_subscribed, \
+             session_expiry_ms, session_expires_at FROM devices WHERE id > $1 ORDER BY id LIMIT $2",
         )
         .bind(&after)
         .bind(PAGE)
@@ -124,8 +126,8 @@ async fn copy_devices(src: &SqlitePool, dst: &PgPool, progress: &mut impl FnMut(
                 "INSERT INTO devices (id, model, status, bootstrap_mac, bootstrap_expires_at, bootstrap_used_at, \
                  claim_mac, cert_serial, cert_not_after, created_at, enrolled_at, revoked_at, last_seen_at, state_json, \
                  state_seq, prev_cert_serial, cert_spki, cert_chain_pem, cert_used_at, session_epoch, \
-                 session_subscribed) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-                 $17, $18, $19, $20, $21)",
+                 session_subscribed, session_expiry_ms, session_expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
+                 $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)",
             )
             .bind(&d.id)
             .bind(&d.model)
@@ -148,6 +150,8 @@ async fn copy_devices(src: &SqlitePool, dst: &PgPool, progress: &mut impl FnMut(
             .bind(d.cert_used_at)
             .bind(d.session_epoch)
             .bind(d.session_subscribed)
+            .bind(d.session_expiry_ms)
+            .bind(d.session_expires_at)
             .execute(tx.conn())
             .await?;
         }

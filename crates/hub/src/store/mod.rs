@@ -40,7 +40,8 @@ use sqlx::{Postgres, SqlSafeStr as _, Sqlite};
 
 pub use commands::{CommandRow, CommandStatus, NewCommand};
 pub use devices::{
-    CertRecord, CertSerialsRow, CurrentCert, DeviceRow, DeviceStatus, EnrolOutcome, NewDevice, TokenState,
+    CertRecord, CertSerialsRow, CurrentCert, DeviceRow, DeviceStatus, EnrolOutcome, NewDevice, OpenedSession,
+    SessionOpen, TokenState,
 };
 pub use events::{NewSecurityEvent, SecurityEventRow};
 pub use migrate::CopyReport;
@@ -334,11 +335,13 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "hardening", include_str!("../../migrations/sqlite/0002_hardening.sql")),
     (3, "scale_out", include_str!("../../migrations/sqlite/0003_scale_out.sql")),
     (4, "command_deliveries", include_str!("../../migrations/sqlite/0004_command_deliveries.sql")),
+    (5, "session_expiry", include_str!("../../migrations/sqlite/0005_session_expiry.sql")),
 ];
 
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "initial", include_str!("../../migrations/postgres/0001_initial.sql")),
     (2, "command_deliveries", include_str!("../../migrations/postgres/0002_command_deliveries.sql")),
+    (3, "session_expiry", include_str!("../../migrations/postgres/0003_session_expiry.sql")),
 ];
 
 fn migrator(migrations: &'static [(i64, &'static str, &'static str)]) -> Migrator {

@@ -3,6 +3,7 @@
 
 mod api;
 mod bad_input;
+mod conformance;
 mod enrol;
 mod hardening;
 mod hostile;

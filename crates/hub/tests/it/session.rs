@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use hearth_hub::identity::IdentitySettings;
+use hearth_test_support::mqtt::V5;
 use hearth_test_support::{TestDevice, TestHub, csr_for, eventually, tls_connect};
+use rmqtt_codec::v5;
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -291,4 +293,217 @@ async fn mqtt_31_and_an_empty_client_id_without_clean_session_get_their_connack_
     assert_eq!(connack, [0x20, 0x02, 0x00, 0x00]);
     assert!(hub.has_events("unsupported_protocol", 1).await);
     assert!(hub.has_events("client_id_rejected", 1).await);
+}
+
+/// Waits until the hub has recorded the end of the device's last connection (so the next CONNECT is not a
+/// takeover of a connection still open).
+async fn wait_closed(hub: &TestHub, dev: &TestDevice) {
+    let closed = eventually(Duration::from_secs(5), || async {
+        let row = hub.hub.state.store.device(dev.id.as_str()).await.ok()??;
+        (!row.session_open).then_some(())
+    })
+    .await;
+    assert!(closed.is_some(), "the hub did not record the end of the connection");
+}
+
+/// An MQTT 5 connection with `clean_start` and `expiry` seconds of session expiry; returns it and whether the
+/// hub said Session Present.
+async fn connect_v5(hub: &TestHub, dev: &TestDevice, clean_start: bool, expiry: u32) -> (V5, bool) {
+    V5::connect_to(&hub.hub.server_ca_path, hub.hub.mqtt_addr, dev, |c| {
+        c.clean_start = clean_start;
+        c.session_expiry_interval_secs = expiry;
+    })
+    .await
+    .expect("connect")
+}
+
+async fn disconnect_v5(mut c: V5, session_expiry: Option<u32>) {
+    c.send(v5::Packet::Disconnect(v5::Disconnect {
+        reason_code: v5::DisconnectReasonCode::NormalDisconnection,
+        session_expiry_interval_secs: session_expiry,
+        server_reference: None,
+        reason_string: None,
+        user_properties: Vec::new(),
+    }))
+    .await
+    .expect("disconnect");
+    // The hub closes after a DISCONNECT.
+    assert!(c.recv().await.is_none());
+}
+
+#[tokio::test]
+async fn session_expiry_interval_decides_session_present() {
+    // Issue 14, deviation 2: a session with expiry 5 s reported Session Present after 8 s, and a session with
+    // no subscription reported not present inside its expiry. The hub's clock is moved, not waited for.
+    let clock = hearth_hub::clock::Clock::manual(hearth_hub::clock::Clock::system().now_ms());
+    let hub = TestHub::start_with_clock(|_| {}, clock.clone()).await.expect("hub");
+    let dir = tempfile::tempdir().expect("dir");
+    let dev = hub.enrolled_device(dir.path()).await.expect("device");
+
+    // Expiry 5 s, no subscription: the session exists for 5 s after the connection closes.
+    let (c, present) = connect_v5(&hub, &dev, true, 5).await;
+    assert!(!present, "clean start: never present");
+    disconnect_v5(c, None).await;
+    wait_closed(&hub, &dev).await;
+    clock.advance(Duration::from_secs(3));
+    let (c, present) = connect_v5(&hub, &dev, false, 5).await;
+    assert!(present, "inside its expiry a session without subscriptions is present");
+    disconnect_v5(c, None).await;
+    wait_closed(&hub, &dev).await;
+    clock.advance(Duration::from_secs(8));
+    let (c, present) = connect_v5(&hub, &dev, false, 5).await;
+    assert!(!present, "8 s after a 5 s expiry the session is gone");
+
+    // DISCONNECT may lengthen the expiry: 5 s at CONNECT, 100 s at DISCONNECT.
+    disconnect_v5(c, Some(100)).await;
+    wait_closed(&hub, &dev).await;
+    clock.advance(Duration::from_secs(60));
+    let (c, present) = connect_v5(&hub, &dev, false, 0).await;
+    assert!(present, "the expiry set at DISCONNECT counts");
+
+    // Expiry 0: the session ends with the connection, subscription and all.
+    let mut c = c;
+    c.subscribe(&[format!("devices/{}/commands", dev.id)], 1).await.expect("subscribe");
+    assert!(matches!(c.recv().await, Some(v5::Packet::SubscribeAck(_))));
+    disconnect_v5(c, None).await;
+    wait_closed(&hub, &dev).await;
+    let (c, present) = connect_v5(&hub, &dev, false, 0).await;
+    assert!(!present, "expiry 0 keeps nothing");
+
+    // MQTT-3.14.2-2: a session that was to end with its connection cannot be kept by DISCONNECT.
+    let mut c = c;
+    c.send(v5::Packet::Disconnect(v5::Disconnect {
+        reason_code: v5::DisconnectReasonCode::NormalDisconnection,
+        session_expiry_interval_secs: Some(30),
+        server_reference: None,
+        reason_string: None,
+        user_properties: Vec::new(),
+    }))
+    .await
+    .expect("disconnect");
+    match c.recv().await {
+        Some(v5::Packet::Disconnect(d)) => assert_eq!(d.reason_code, v5::DisconnectReasonCode::ProtocolError),
+        other => panic!("expected DISCONNECT 0x82, got {other:?}"),
+    }
+    wait_closed(&hub, &dev).await;
+    let (_c, present) = connect_v5(&hub, &dev, false, 0).await;
+    assert!(!present, "the refused expiry was not kept");
+
+    // MQTT 3.1.1 without clean session: the session never expires.
+    drop(_c);
+    wait_closed(&hub, &dev).await;
+    let (tls, connack) = connect(&hub, &dev, false, 60).await;
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00], "the 3.1.1 session starts");
+    drop(tls);
+    wait_closed(&hub, &dev).await;
+    // (The device's certificate lasts 30 days, and the handshake checks it by the hub's clock.)
+    clock.advance(Duration::from_secs(20 * 86_400));
+    let (_tls, connack) = connect(&hub, &dev, false, 60).await;
+    assert_eq!(connack, [0x20, 0x02, 0x01, 0x00], "present after 20 days");
+}
+
+/// A will on the device's events topic.
+fn will(dev: &TestDevice, seq: u64, delay: Option<u32>) -> v5::LastWill {
+    v5::LastWill {
+        qos: rmqtt_codec::types::QoS::AtLeastOnce,
+        retain: false,
+        topic: format!("devices/{}/events", dev.id).into(),
+        message: format!(r#"{{"v":1,"seq":{seq},"ts":1700000000000,"event":"connection_lost"}}"#).into(),
+        will_delay_interval_sec: delay,
+        correlation_data: None,
+        message_expiry_interval: None,
+        content_type: None,
+        user_properties: Vec::new(),
+        is_utf8_payload: None,
+        response_topic: None,
+    }
+}
+
+/// The seqs of the device's stored events.
+async fn stored_event_seqs(hub: &TestHub, dev: &TestDevice) -> Vec<u64> {
+    let (_, page) = hub.get(&format!("/api/v1/devices/{}/telemetry?limit=100", dev.id)).await.expect("telemetry");
+    page["items"]
+        .as_array()
+        .map(|items| {
+            items.iter().filter(|i| i["kind"] == "event").filter_map(|i| i["seq"].as_u64()).collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn wills_are_stored_as_device_events_when_the_connection_is_lost() {
+    // Issue 14, deviation 6: wills were accepted and ignored.
+    let hub = TestHub::start().await.expect("hub");
+    let dir = tempfile::tempdir().expect("dir");
+    let dev = hub.enrolled_device(dir.path()).await.expect("device");
+    let with_will = |seq: u64, delay: Option<u32>, expiry: u32| {
+        let w = will(&dev, seq, delay);
+        move |c: &mut v5::Connect| {
+            c.last_will = Some(w);
+            c.session_expiry_interval_secs = expiry;
+        }
+    };
+    let addr = hub.hub.mqtt_addr;
+    let ca = hub.hub.server_ca_path.clone();
+
+    // A normal DISCONNECT discards the will (seq 901).
+    let (c, _) = V5::connect_to(&ca, addr, &dev, with_will(901, None, 0)).await.expect("connect");
+    disconnect_v5(c, None).await;
+    wait_closed(&hub, &dev).await;
+    // A will with a delay is not published when the device is back within it (seq 902).
+    let (c, _) = V5::connect_to(&ca, addr, &dev, with_will(902, Some(2), 60)).await.expect("connect");
+    drop(c);
+    wait_closed(&hub, &dev).await;
+    let (back, _) = V5::connect_to(&ca, addr, &dev, |_| {}).await.expect("back");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    drop(back);
+    wait_closed(&hub, &dev).await;
+    // DISCONNECT with reason 0x04 asks for the will (seq 903).
+    let (mut c, _) = V5::connect_to(&ca, addr, &dev, with_will(903, None, 0)).await.expect("connect");
+    c.send(v5::Packet::Disconnect(v5::Disconnect {
+        reason_code: v5::DisconnectReasonCode::DisconnectWithWillMessage,
+        session_expiry_interval_secs: None,
+        server_reference: None,
+        reason_string: None,
+        user_properties: Vec::new(),
+    }))
+    .await
+    .expect("disconnect");
+    drop(c);
+    wait_closed(&hub, &dev).await;
+    // A connection lost without DISCONNECT publishes its will (seq 904).
+    let (c, _) = V5::connect_to(&ca, addr, &dev, with_will(904, None, 0)).await.expect("connect");
+    drop(c);
+    let stored = eventually(Duration::from_secs(5), || async {
+        let seqs = stored_event_seqs(&hub, &dev).await;
+        seqs.contains(&904).then_some(seqs)
+    })
+    .await
+    .expect("the will of a lost connection is stored");
+    let mut stored = stored;
+    stored.sort_unstable();
+    assert_eq!(stored, vec![903, 904], "only the wills that fire are stored");
+    let (_, page) = hub.get(&format!("/api/v1/devices/{}/telemetry?limit=100", dev.id)).await.expect("telemetry");
+    let item = page["items"].as_array().and_then(|i| i.iter().find(|i| i["seq"] == 904)).cloned().expect("904");
+    assert_eq!(item["body"]["event"], "connection_lost");
+}
+
+#[tokio::test]
+async fn a_revoked_device_is_told_why_before_its_connection_closes() {
+    // Issue 14, deviation 13: a revoked device saw only "connection lost". MQTT 5 gets DISCONNECT 0x87 with a
+    // reason string first.
+    let hub = TestHub::start().await.expect("hub");
+    let dir = tempfile::tempdir().expect("dir");
+    let dev = hub.enrolled_device(dir.path()).await.expect("device");
+    let mut c = V5::connect(&hub, &dev).await.expect("connect");
+    let (status, _) = hub.post(&format!("/api/v1/devices/{}/revoke", dev.id), json!({})).await.expect("revoke");
+    assert_eq!(status, 200);
+    match c.recv().await {
+        Some(v5::Packet::Disconnect(d)) => {
+            assert_eq!(d.reason_code, v5::DisconnectReasonCode::NotAuthorized);
+            assert_eq!(d.reason_string.as_deref(), Some("device revoked"));
+        }
+        other => panic!("expected DISCONNECT 0x87, got {other:?}"),
+    }
+    assert!(c.recv().await.is_none(), "then the connection closes");
 }

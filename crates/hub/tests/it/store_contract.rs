@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use hearth_hub::store::{
     BackendKind, CertRecord, CommandStatus, DeviceStatus, EnrolOutcome, NewApiToken, NewCommand, NewDevice,
-    NewSecurityEvent, PoolSettings, Store, StoreUrl, TokenState, UplinkQuery, UplinkRecord, Written,
+    NewSecurityEvent, OpenedSession, PoolSettings, SessionOpen, Store, StoreUrl, TokenState, UplinkQuery, UplinkRecord,
+    Written,
 };
 use hearth_proto::uplink::UplinkKind;
 use hearth_test_support::services::{PgDatabase, pg_database};
@@ -402,31 +403,56 @@ async fn security_events(store: &Store) {
 }
 
 async fn sessions(store: &Store) {
+    let open = |clean: bool, expiry_ms: i64, node: &'static str, now: i64| SessionOpen { clean, expiry_ms, node, now };
     enrolled(store, "dev-x").await;
-    let (e1, sub) = store.open_session("dev-x", false, "n1").await.unwrap();
-    assert!(!sub);
+    let first = store.open_session("dev-x", &open(false, 60_000, "n1", NOW)).await.unwrap();
+    assert_eq!((first.present, first.subscribed), (false, false), "no earlier session");
     assert!(store.device("dev-x").await.unwrap().unwrap().session_open);
-    store.set_session_subscribed("dev-x", true, e1).await.unwrap();
-    // A second connection (another node) gets a higher epoch and the persistent subscription.
-    let (e2, sub) = store.open_session("dev-x", false, "n1").await.unwrap();
-    assert!(e2 > e1);
-    assert!(sub, "the persistent session resumes");
+    store.set_session_subscribed("dev-x", true, first.epoch).await.unwrap();
+    // A second connection (another node) while the first is open takes the session over, subscription and all.
+    let second = store.open_session("dev-x", &open(false, 60_000, "n1", NOW)).await.unwrap();
+    assert!(second.epoch > first.epoch);
+    assert_eq!((second.present, second.subscribed), (true, true), "the open session resumes");
     // The first connection ends late: it neither clears the subscription nor marks the device offline.
-    store.set_session_subscribed("dev-x", false, e1).await.unwrap();
-    store.close_session("dev-x", e1).await.unwrap();
+    store.set_session_subscribed("dev-x", false, first.epoch).await.unwrap();
+    store.close_session("dev-x", first.epoch, NOW).await.unwrap();
     let d = store.device("dev-x").await.unwrap().unwrap();
     assert!(d.session_open);
-    assert_eq!(store.session_epoch("dev-x").await.unwrap(), e2);
-    // A node that restarts clears the sessions it held before (it holds none now).
-    assert_eq!(store.clear_sessions_of("n9").await.unwrap(), 0);
-    assert_eq!(store.clear_sessions_of("n1").await.unwrap(), 1);
+    assert_eq!(store.session_epoch("dev-x").await.unwrap(), second.epoch);
+    // A node that restarts clears the connections it held before (it holds none now); their sessions then
+    // last their expiry (60 s) from that moment.
+    assert_eq!(store.clear_sessions_of("n9", NOW).await.unwrap(), 0);
+    assert_eq!(store.clear_sessions_of("n1", NOW).await.unwrap(), 1);
     assert!(!store.device("dev-x").await.unwrap().unwrap().session_open);
-    // A clean start drops the stored subscription.
-    let (e3, sub) = store.open_session("dev-x", true, "n2").await.unwrap();
-    assert!(!sub && e3 > e2);
-    store.close_session("dev-x", e3).await.unwrap();
+    let within = store.open_session("dev-x", &open(false, 5_000, "n2", NOW + 59_000)).await.unwrap();
+    assert_eq!((within.present, within.subscribed), (true, true), "resumed within the expiry");
+    // This connection asked for 5 s: closed at +60 s, its session is gone at +65 s.
+    store.close_session("dev-x", within.epoch, NOW + 65_000).await.unwrap();
+    let late = store.open_session("dev-x", &open(false, 5_000, "n2", NOW + 65_000)).await.unwrap();
+    assert_eq!((late.present, late.subscribed), (false, false), "an expired session does not resume");
+    store.set_session_subscribed("dev-x", true, late.epoch).await.unwrap();
+    store.close_session("dev-x", late.epoch, NOW + 70_000).await.unwrap();
+    // A session without a subscription still exists (and resumes) inside its expiry.
+    let bare = store.open_session("dev-x", &open(false, 5_000, "n2", NOW + 69_000)).await.unwrap();
+    assert_eq!((bare.present, bare.subscribed), (true, true));
+    store.set_session_subscribed("dev-x", false, bare.epoch).await.unwrap();
+    store.close_session("dev-x", bare.epoch, NOW + 80_000).await.unwrap();
+    let empty = store.open_session("dev-x", &open(false, 0, "n2", NOW + 79_000)).await.unwrap();
+    assert_eq!((empty.present, empty.subscribed), (true, false), "present with no subscription");
+    // A session with expiry 0 ends with its connection.
+    store.set_session_subscribed("dev-x", true, empty.epoch).await.unwrap();
+    store.close_session("dev-x", empty.epoch, NOW + 79_500).await.unwrap();
+    let after_zero = store.open_session("dev-x", &open(false, 0, "n2", NOW + 79_500)).await.unwrap();
+    assert_eq!((after_zero.present, after_zero.subscribed), (false, false));
+    store.set_session_subscribed("dev-x", true, after_zero.epoch).await.unwrap();
+    store.close_session("dev-x", after_zero.epoch, NOW + 4_294_967_295_000).await.unwrap();
+    // A clean start drops any session, even one that never expires.
+    let clean = store.open_session("dev-x", &open(true, 0, "n2", NOW + 90_000)).await.unwrap();
+    assert_eq!((clean.present, clean.subscribed), (false, false));
+    store.close_session("dev-x", clean.epoch, NOW + 90_000).await.unwrap();
     assert!(!store.device("dev-x").await.unwrap().unwrap().session_open);
-    assert_eq!(store.open_session("nobody", false, "n1").await.unwrap(), (0, false));
+    let nobody = store.open_session("nobody", &open(false, 0, "n1", NOW)).await.unwrap();
+    assert_eq!(nobody, OpenedSession { epoch: 0, present: false, subscribed: false });
     // Node liveness: a node counts as alive while its heartbeats are recent.
     store.node_heartbeat("n1", NOW).await.unwrap();
     store.node_heartbeat("n2", NOW - 60_000).await.unwrap();

@@ -27,13 +27,13 @@ use hearth_proto::topic::{self, DeviceTopic, PublishDenied};
 use hearth_proto::uplink::Uplink;
 use hearth_proto::{DeviceId, TopicFilterDecision};
 
-use super::wire::{In, Out, PublishViolation, Reason, Version, Wire, WireError};
+use super::wire::{CONNACK_UNSUPPORTED_LEVEL, In, Out, PublishViolation, Reason, Version, WillIn, Wire, WireError};
 use super::{Ctx, MqttLimits};
 use crate::bus::Notice;
 use crate::identity::{CertFacts, CertRefusal};
 use crate::monitoring::SecurityEvent;
 use crate::routing::{CloseReason, Link};
-use crate::store::UplinkRecord;
+use crate::store::{SessionOpen, UplinkRecord};
 use crate::telemetry::{Durable, IngestItem, Outcome};
 use crate::transport::admission::{Slot, Stage};
 
@@ -52,10 +52,38 @@ pub struct Admission {
 /// How a session ended (for logs and tests).
 #[derive(Debug)]
 enum End {
-    /// The client sent DISCONNECT or closed the connection.
-    Client,
+    /// The client sent DISCONNECT (MQTT 5 reason 0x04 asks for its will all the same).
+    Disconnect {
+        /// The will is published.
+        with_will: bool,
+    },
+    /// The connection closed or failed without a DISCONNECT.
+    Lost,
     /// The hub closed it, with this reason.
     Hub(Reason, String),
+}
+
+impl End {
+    /// Whether the connection's will is published. Not after a normal DISCONNECT, nor when the hub closes the
+    /// connection because the device's certificate stopped being accepted (revoked, superseded, expired: its
+    /// messages are no longer taken) or because the hub itself is shutting down (the device did not vanish).
+    fn publishes_will(&self) -> bool {
+        match self {
+            End::Disconnect { with_will } => *with_will,
+            End::Lost => true,
+            End::Hub(reason, _) => !matches!(reason, Reason::NotAuthorized | Reason::ServerShuttingDown),
+        }
+    }
+}
+
+/// A will accepted at CONNECT: checked then exactly as the publish it stands for, stored when it fires.
+#[derive(Debug)]
+struct Will {
+    uplink: Uplink,
+    /// The payload's size, charged to the device's quota when the will is stored.
+    size: u64,
+    /// MQTT 5 will delay interval.
+    delay: Duration,
 }
 
 /// A PUBACK's reason code, reason string and user properties.
@@ -89,7 +117,10 @@ struct Session<S> {
     client_max_packet: Option<u32>,
     subscribed: bool,
     subscriptions: usize,
-    persistent: bool,
+    /// How long the session outlives this connection, ms (CONNECT's session expiry; DISCONNECT may change it).
+    expiry_ms: i64,
+    /// The will to publish if the connection ends without a normal DISCONNECT.
+    will: Option<Will>,
     /// This connection's session epoch (from the store).
     epoch: i64,
     tokens: f64,
@@ -126,7 +157,8 @@ where
         client_max_packet: None,
         subscribed: false,
         subscriptions: 0,
-        persistent: false,
+        expiry_ms: 0,
+        will: None,
         epoch: 0,
         tokens: f64::from(limits.burst),
         refilled: Instant::now(),
@@ -141,6 +173,12 @@ where
             // 3.1.1 §3.1.3.1: a zero-length client id needs clean session; the answer is return code 2.
             s.security("client_id_rejected", "empty client id without clean session".into());
             s.wire.encode(connack(Reason::ClientIdNotValid, false, &limits, None, None, None), &mut s.wbuf);
+            let _ = s.flush().await;
+            return;
+        }
+        Ok(Err(WireError::UnsupportedLevel(level))) => {
+            s.security("unsupported_protocol", format!("MQTT protocol level {level}; use 3.1.1 or 5"));
+            s.wbuf.extend_from_slice(&CONNACK_UNSUPPORTED_LEVEL);
             let _ = s.flush().await;
             return;
         }
@@ -168,7 +206,8 @@ where
         Ok(slot) => slot,
         Err(full) => {
             tracing::warn!(device = %s.device, "no session slot free ({full}); closing");
-            if let Err(e) = ctx.store.close_session(s.device.as_str(), s.epoch).await {
+            let expires_at = ctx.clock.now_ms().saturating_add(s.expiry_ms);
+            if let Err(e) = ctx.store.close_session(s.device.as_str(), s.epoch, expires_at).await {
                 tracing::warn!(error = %e, "could not record the end of a refused session");
             }
             s.wire.encode(
@@ -230,7 +269,7 @@ where
             let can_read = s.acks.len() < usize::from(limits.receive_max) + 1;
             let step = tokio::select! {
                 read = s.io.read_buf(&mut s.rbuf), if can_read => match read {
-                    Ok(0) | Err(_) => Err(End::Client),
+                    Ok(0) | Err(_) => Err(End::Lost),
                     Ok(_) => {
                         deadline = Instant::now() + idle_limit;
                         s.process_input().await
@@ -282,7 +321,7 @@ where
             _ = &mut cert_expiry => Err(End::Hub(Reason::NotAuthorized, "certificate expired; renew it and reconnect".into())),
             };
             if s.flush().await.is_err() {
-                break End::Client;
+                break End::Lost;
             }
             if let Err(end) = step {
                 break end;
@@ -296,14 +335,64 @@ where
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), s.io.shutdown()).await;
     ctx.routing.unregister(&s.device, conn_id);
-    if !s.persistent && s.subscribed {
-        s.set_subscribed(false).await;
+    if let Some(will) = s.will.take().filter(|_| end.publishes_will()) {
+        publish_will(ctx.clone(), s.device.clone(), s.epoch, will, s.expiry_ms);
     }
-    if let Err(e) = ctx.store.close_session(s.device.as_str(), s.epoch).await {
+    let expires_at = ctx.clock.now_ms().saturating_add(s.expiry_ms);
+    if let Err(e) = ctx.store.close_session(s.device.as_str(), s.epoch, expires_at).await {
         tracing::warn!(error = %e, device = %s.device, "could not record the end of a session");
     }
     ctx.ingest.seen(s.device.as_str());
     tracing::info!(device = %s.device, peer = %s.peer, end = ?end, "device disconnected");
+}
+
+/// Stores a will as the message it stands for, after its delay unless the device has connected again by then
+/// (on any node: the store's session epoch tells). The delay is cut short by the end of the session (MQTT 5
+/// §3.1.3.2.2). A will whose hub stops before its delay ends is not published.
+fn publish_will(ctx: Arc<Ctx>, device: DeviceId, epoch: i64, will: Will, expiry_ms: i64) {
+    let delay = will.delay.min(Duration::from_millis(u64::try_from(expiry_ms).unwrap_or(0)));
+    tokio::spawn(async move {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+            match ctx.store.session_epoch(device.as_str()).await {
+                Ok(current) if current == epoch => {}
+                Ok(_) => {
+                    tracing::debug!(device = %device, "the device connected again within its will delay; will not published");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, device = %device, "could not check the session; will not published");
+                    return;
+                }
+            }
+        }
+        if !ctx.ingest.available() {
+            tracing::warn!(device = %device, "storage unavailable; will not published");
+            return;
+        }
+        if let Err(e) = ctx.quotas.charge(device.as_str(), will.size) {
+            tracing::warn!(device = %device, error = %e, "will not published");
+            return;
+        }
+        let record = uplink_record(&device, &will.uplink, ctx.clock.now_ms());
+        if ctx.ingest.submit(IngestItem { record, ack: None }).await.is_ok() {
+            tracing::info!(device = %device, "will published");
+        }
+    });
+}
+
+/// The row an accepted message becomes.
+fn uplink_record(device: &DeviceId, uplink: &Uplink, received_at: i64) -> UplinkRecord {
+    UplinkRecord {
+        device_id: device.to_string(),
+        seq: uplink.seq as i64,
+        kind: uplink.body.kind(),
+        device_ts: uplink.ts as i64,
+        received_at,
+        // What was validated, re-encoded: a payload with duplicate keys is stored as the value that was
+        // checked, never as the raw text that smuggled a second copy past the limits.
+        body_json: uplink.to_json_string(),
+    }
 }
 
 fn refusal_kind(r: CertRefusal) -> &'static str {
@@ -337,7 +426,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Checks CONNECT and answers CONNACK. Returns the keep-alive to enforce, or `None` if refused.
     async fn accept_connect(&mut self, packet: In) -> Option<u16> {
         let limits = self.ctx.limits.clone();
-        let In::Connect { client_id, keep_alive, clean, session_expiry, receive_max, max_packet_size, legacy_31 } =
+        let In::Connect { client_id, keep_alive, clean, session_expiry, receive_max, max_packet_size, legacy_31, will } =
             packet
         else {
             self.security("protocol_error", "first packet is not CONNECT".into());
@@ -375,25 +464,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         } else {
             (keep_alive, None)
         };
-        self.client_receive_max = receive_max.max(1);
-        self.client_max_packet = max_packet_size;
-        self.persistent = !clean || (v5 && session_expiry > 0);
-        // The session state is in the store, so it resumes on whichever node the device reaches.
-        let (epoch, stored_subscription) =
-            match self.ctx.store.open_session(self.device.as_str(), clean, self.ctx.bus.node()).await {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(error = %e, device = %self.device, "could not open a session in the store");
-                    self.wire.encode(
-                        connack(Reason::ServerUnavailable, false, &limits, None, None, Some("storage unavailable")),
-                        &mut self.wbuf,
-                    );
+        if let Some(will) = will {
+            match self.check_will(will) {
+                Ok(will) => self.will = Some(will),
+                Err((reason, text)) => {
+                    // MQTT 3.1.1 has no return code for a refused will: "not authorized" is the nearest.
+                    let reason = if v5 { reason } else { Reason::NotAuthorized };
+                    self.wire.encode(connack(reason, false, &limits, None, None, Some(&text)), &mut self.wbuf);
                     return None;
                 }
-            };
-        self.epoch = epoch;
-        let session_present = !clean && stored_subscription;
-        if session_present {
+            }
+        }
+        self.client_receive_max = receive_max.max(1);
+        self.client_max_packet = max_packet_size;
+        // 3.1.1: 0 with clean session, 0xFFFFFFFF ("never", some 136 years) without.
+        self.expiry_ms = i64::from(session_expiry) * 1000;
+        // The session state is in the store, so it resumes on whichever node the device reaches.
+        let open =
+            SessionOpen { clean, expiry_ms: self.expiry_ms, node: self.ctx.bus.node(), now: self.ctx.clock.now_ms() };
+        let opened = match self.ctx.store.open_session(self.device.as_str(), &open).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, device = %self.device, "could not open a session in the store");
+                self.wire.encode(
+                    connack(Reason::ServerUnavailable, false, &limits, None, None, Some("storage unavailable")),
+                    &mut self.wbuf,
+                );
+                return None;
+            }
+        };
+        self.epoch = opened.epoch;
+        let session_present = opened.present;
+        if opened.subscribed {
             self.subscribed = true;
             self.subscriptions = 1;
         }
@@ -489,7 +591,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.wire.encode(Out::PingResp, &mut self.wbuf);
                 Ok(())
             }
-            In::Disconnect => Err(End::Client),
+            In::Disconnect { with_will, session_expiry } => {
+                if let Some(secs) = session_expiry {
+                    if self.expiry_ms == 0 && secs > 0 {
+                        // MQTT-3.14.2-2: a session that was to end with its connection cannot be kept at the end.
+                        self.security("protocol_error", "session expiry set at DISCONNECT after 0 at CONNECT".into());
+                        return Err(End::Hub(
+                            Reason::ProtocolError,
+                            "session expiry cannot be set at DISCONNECT when CONNECT set 0".into(),
+                        ));
+                    }
+                    self.expiry_ms = i64::from(secs) * 1000;
+                }
+                Err(End::Disconnect { with_will })
+            }
             In::Connect { .. } => {
                 self.security("protocol_error", "second CONNECT".into());
                 Err(End::Hub(Reason::ProtocolError, "CONNECT may be sent only once".into()))
@@ -593,16 +708,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     self.security("quota_exceeded", e.to_string());
                     return self.refuse_publish(qos1, Reason::QuotaExceeded, e.to_string());
                 }
-                let record = UplinkRecord {
-                    device_id: self.device.to_string(),
-                    seq: uplink.seq as i64,
-                    kind: uplink.body.kind(),
-                    device_ts: uplink.ts as i64,
-                    received_at: self.ctx.clock.now_ms(),
-                    // What was validated, re-encoded: a payload with duplicate keys is stored as the value that
-                    // was checked, never as the raw text that smuggled a second copy past the limits.
-                    body_json: uplink.to_json_string(),
-                };
+                let record = uplink_record(&self.device, &uplink, self.ctx.clock.now_ms());
                 let ack = qos1.map(|id| (self.durable_tx.clone(), id));
                 if let Some(id) = qos1 {
                     self.acks.push_back(PendingAck { packet_id: id, answer: None });
@@ -734,12 +840,59 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         self.wire.encode(Out::SubAck { packet_id, results }, &mut self.wbuf);
         if newly {
-            if self.persistent {
-                self.set_subscribed(true).await;
-            }
+            // Recorded for every session, so a takeover or a resumed session keeps it (a session that ends with
+            // its connection is discarded at the next CONNECT, subscription and all).
+            self.set_subscribed(true).await;
             self.deliver_open_commands().await;
         }
         Ok(())
+    }
+
+    /// Checks a will exactly as the publish it stands for (topic, payload, QoS, retain), so that one that could
+    /// never be stored is refused at CONNECT, not lost when it fires.
+    fn check_will(&self, will: WillIn) -> Result<Will, (Reason, String)> {
+        let refuse = |kind: &'static str, reason: Reason, text: String| {
+            self.security(kind, format!("will: {text}"));
+            Err((reason, format!("will refused: {text}")))
+        };
+        if will.qos == 2 {
+            return refuse("qos_not_supported", Reason::QosNotSupported, "QoS 2; use QoS 0 or 1".into());
+        }
+        if will.retain {
+            return refuse(
+                "retain_not_supported",
+                Reason::RetainNotSupported,
+                "retained wills are not supported".into(),
+            );
+        }
+        let kind = match topic::authorize_publish(&self.device, &will.topic) {
+            Ok(kind @ (DeviceTopic::Telemetry | DeviceTopic::Events | DeviceTopic::State)) => kind,
+            Ok(DeviceTopic::CommandAck) => {
+                return refuse(
+                    "acl_publish",
+                    Reason::NotAuthorized,
+                    "a will may go to the device's events, state or telemetry topic, not its command answers".into(),
+                );
+            }
+            Err(denied @ PublishDenied::Invalid(_)) => {
+                return refuse(
+                    "invalid_topic",
+                    Reason::TopicNameInvalid,
+                    format!("{:?}: {denied}", truncate(&will.topic)),
+                );
+            }
+            Err(denied) => {
+                return refuse("acl_publish", Reason::NotAuthorized, format!("{:?}: {denied}", truncate(&will.topic)));
+            }
+        };
+        match Uplink::parse(kind, &will.payload) {
+            Ok(uplink) => Ok(Will {
+                uplink,
+                size: will.payload.len() as u64,
+                delay: Duration::from_secs(u64::from(will.delay_secs)),
+            }),
+            Err(e) => refuse("invalid_payload", Reason::PayloadFormatInvalid, format!("{}: {e}", kind.suffix())),
+        }
     }
 
     /// Records the persistent session's command subscription (only while this connection is the current one).

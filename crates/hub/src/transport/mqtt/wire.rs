@@ -40,6 +40,8 @@ pub enum In {
         max_packet_size: Option<u32>,
         /// MQTT 3.1 (`MQIsdp`, level 3), which the hub does not support (only 3.1.1 and 5).
         legacy_31: bool,
+        /// The will message, if the client set one.
+        will: Option<WillIn>,
     },
     /// PUBLISH.
     Publish {
@@ -78,9 +80,29 @@ pub enum In {
     /// PINGREQ.
     PingReq,
     /// DISCONNECT from the client.
-    Disconnect,
+    Disconnect {
+        /// MQTT 5: reason code 0x04, "disconnect with will message" (the will is published all the same).
+        with_will: bool,
+        /// MQTT 5: a new session expiry interval, seconds.
+        session_expiry: Option<u32>,
+    },
     /// A packet a client must not send to a server, or QoS 2 flow packets.
     Unexpected(&'static str),
+}
+
+/// A will message as CONNECT carries it.
+#[derive(Debug, Clone)]
+pub struct WillIn {
+    /// Topic.
+    pub topic: ByteString,
+    /// Payload.
+    pub payload: Bytes,
+    /// QoS 0, 1 or 2.
+    pub qos: u8,
+    /// Retain flag.
+    pub retain: bool,
+    /// MQTT 5 will delay interval, seconds (0 when absent).
+    pub delay_secs: u32,
 }
 
 /// A rule of PUBLISH that `rmqtt-codec` does not enforce itself.
@@ -227,6 +249,10 @@ pub enum WireError {
     /// The first packet is not a CONNECT of a supported protocol.
     #[error("not an MQTT 3.1, 3.1.1 or 5 CONNECT")]
     BadProtocol,
+    /// A CONNECT of protocol "MQTT" at a level the hub does not speak (MQTT-3.1.2-2: CONNACK return code 1, in
+    /// the 3.1.1 form, which a client of any version can read).
+    #[error("MQTT protocol level {0} is not supported; use 4 (3.1.1) or 5")]
+    UnsupportedLevel(u8),
     /// A 3.1.1 CONNECT with an empty client id and clean session 0 (3.1.1 §3.1.3.1: return code 2).
     #[error("empty client id without clean session")]
     ClientIdRejected,
@@ -268,7 +294,9 @@ impl Wire {
                 Ok(None) => return Ok(None),
                 Ok(Some(ProtocolVersion::MQTT3)) => *self = Wire::V3(v3::Codec::new(max_packet)),
                 Ok(Some(ProtocolVersion::MQTT5)) => *self = Wire::V5(v5::Codec::new(max_packet, 0)),
-                Err(_) => return Err(WireError::BadProtocol),
+                Err(_) => {
+                    return Err(unsupported_level(buf).map_or(WireError::BadProtocol, WireError::UnsupportedLevel));
+                }
             }
         }
         match self {
@@ -292,6 +320,23 @@ impl Wire {
             // Only our own packets are encoded here; failing means a bug, not bad input.
             tracing::error!(error = %e, "could not encode an MQTT packet");
         }
+    }
+}
+
+/// The 3.1.1 CONNACK "unacceptable protocol version" (return code 1).
+pub const CONNACK_UNSUPPORTED_LEVEL: [u8; 4] = [0x20, 0x02, 0x00, 0x01];
+
+/// The level of a CONNECT that names protocol "MQTT" at a level other than 4 or 5, if `buf` starts with one.
+fn unsupported_level(buf: &[u8]) -> Option<u8> {
+    // Fixed header (type CONNECT, flags 0), a remaining length of 1 to 4 bytes, then "\0\x04MQTT" and the level.
+    if buf.first() != Some(&0x10) {
+        return None;
+    }
+    let len_bytes = buf.iter().skip(1).take(4).position(|b| b & 0x80 == 0)? + 1;
+    let rest = buf.get(1 + len_bytes..)?;
+    match rest {
+        [0, 4, b'M', b'Q', b'T', b'T', level, ..] if !matches!(level, 4 | 5) => Some(*level),
+        _ => None,
     }
 }
 
@@ -342,6 +387,13 @@ fn from_v3(p: v3::Packet) -> In {
             receive_max: u16::MAX,
             max_packet_size: None,
             legacy_31: c.protocol.0 == 3,
+            will: c.last_will.map(|w| WillIn {
+                topic: w.topic,
+                payload: w.message,
+                qos: qos_num(w.qos),
+                retain: w.retain,
+                delay_secs: 0,
+            }),
         },
         v3::Packet::Publish(p) => publish_in(*p),
         v3::Packet::PublishAck { packet_id } => In::PubAck { packet_id },
@@ -350,7 +402,7 @@ fn from_v3(p: v3::Packet) -> In {
         }
         v3::Packet::Unsubscribe { packet_id, topic_filters } => In::Unsubscribe { packet_id, filters: topic_filters },
         v3::Packet::PingRequest => In::PingReq,
-        v3::Packet::Disconnect => In::Disconnect,
+        v3::Packet::Disconnect => In::Disconnect { with_will: false, session_expiry: None },
         v3::Packet::ConnectAck(_) => In::Unexpected("CONNACK"),
         v3::Packet::PublishReceived { .. } => In::Unexpected("PUBREC"),
         v3::Packet::PublishRelease { .. } => In::Unexpected("PUBREL"),
@@ -371,6 +423,13 @@ fn from_v5(p: v5::Packet) -> In {
             receive_max: c.receive_max.map_or(u16::MAX, NonZeroU16::get),
             max_packet_size: c.max_packet_size.map(std::num::NonZeroU32::get),
             legacy_31: false,
+            will: c.last_will.map(|w| WillIn {
+                topic: w.topic,
+                payload: w.message,
+                qos: qos_num(w.qos),
+                retain: w.retain,
+                delay_secs: w.will_delay_interval_sec.unwrap_or(0),
+            }),
         },
         v5::Packet::Publish(p) => publish_in(*p),
         v5::Packet::PublishAck(a) => In::PubAck { packet_id: a.packet_id },
@@ -380,7 +439,10 @@ fn from_v5(p: v5::Packet) -> In {
         },
         v5::Packet::Unsubscribe(u) => In::Unsubscribe { packet_id: u.packet_id, filters: u.topic_filters },
         v5::Packet::PingRequest => In::PingReq,
-        v5::Packet::Disconnect(_) => In::Disconnect,
+        v5::Packet::Disconnect(d) => In::Disconnect {
+            with_will: d.reason_code == v5::DisconnectReasonCode::DisconnectWithWillMessage,
+            session_expiry: d.session_expiry_interval_secs,
+        },
         v5::Packet::ConnectAck(_) => In::Unexpected("CONNACK"),
         v5::Packet::PublishReceived(_) => In::Unexpected("PUBREC"),
         v5::Packet::PublishRelease(_) => In::Unexpected("PUBREL"),
@@ -514,6 +576,10 @@ fn connack_reason(r: Reason) -> v5::ConnectAckReason {
         Reason::ProtocolError => C::ProtocolError,
         Reason::PacketTooLarge => C::PacketTooLarge,
         Reason::QuotaExceeded => C::QuotaExceeded,
+        Reason::TopicNameInvalid => C::TopicNameInvalid,
+        Reason::PayloadFormatInvalid => C::PayloadFormatInvalid,
+        Reason::RetainNotSupported => C::RetainNotSupported,
+        Reason::QosNotSupported => C::QosNotSupported,
         Reason::ServerUnavailable | Reason::ServerShuttingDown => C::ServerUnavailable,
         _ => C::UnspecifiedError,
     }
