@@ -43,15 +43,18 @@ impl std::fmt::Debug for BootstrapFile {
 }
 
 /// `POST /api/v1/enrol`: a device asks for its first certificate.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnrolRequest {
     /// The device's id, as in its bootstrap file.
     pub device_id: DeviceId,
     /// The single-use bootstrap token.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 256))]
     pub bootstrap_token: String,
     /// A PKCS#10 certificate signing request (PEM) for the key the device generated; its subject, if any, must
     /// be the device id.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 16384))]
     pub csr_pem: String,
 }
 
@@ -62,14 +65,17 @@ impl std::fmt::Debug for EnrolRequest {
 }
 
 /// `POST /api/v1/renew` (over mutual TLS with the current certificate): a device asks for a fresh certificate.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RenewRequest {
     /// A certificate signing request (PEM); its subject, if any, must be the device id.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 16384))]
     pub csr_pem: String,
 }
 
 /// The answer to enrolment and renewal.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CertificateResponse {
     /// The device id the certificate names.
@@ -83,16 +89,19 @@ pub struct CertificateResponse {
 }
 
 /// `POST /api/v1/devices` (operator): how many devices of which model to manufacture.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ManufactureRequest {
     /// Model designation.
     pub model: ModelId,
     /// How many (1 to 10000).
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 10000))]
     pub count: usize,
 }
 
 /// How devices reach the hub, as the hub states it in a manufacturing answer.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HubEndpoints {
     /// HTTPS base URL for enrolment and renewal.
@@ -106,6 +115,7 @@ pub struct HubEndpoints {
 }
 
 /// One manufactured device with its secrets, shown once.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Serialize, Deserialize)]
 pub struct ManufacturedDevice {
     /// Device id.
@@ -125,6 +135,7 @@ impl std::fmt::Debug for ManufacturedDevice {
 }
 
 /// The answer to `POST /api/v1/devices`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ManufactureResponse {
     /// How devices reach the hub.

@@ -116,6 +116,47 @@ impl<'de> Deserialize<'de> for ModelId {
     }
 }
 
+/// The OpenAPI schemas of the ids: strings with the alphabet and lengths `parse` checks.
+#[cfg(feature = "openapi")]
+mod openapi {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+
+    fn string(min: usize, max: usize, pattern: &str, description: &str) -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(min))
+            .max_length(Some(max))
+            .pattern(Some(pattern))
+            .description(Some(description))
+            .into()
+    }
+
+    impl utoipa::PartialSchema for super::DeviceId {
+        fn schema() -> RefOr<Schema> {
+            string(
+                super::DeviceId::MIN_LEN,
+                super::DeviceId::MAX_LEN,
+                "^[a-z0-9][a-z0-9-]*$",
+                "A device id: 3 to 64 characters of a-z, 0-9 and '-' (not first).",
+            )
+        }
+    }
+    impl utoipa::ToSchema for super::DeviceId {}
+
+    impl utoipa::PartialSchema for super::ModelId {
+        fn schema() -> RefOr<Schema> {
+            string(
+                1,
+                super::ModelId::MAX_LEN,
+                "^[A-Za-z0-9._-]+$",
+                "A model designation: 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' and '-'.",
+            )
+        }
+    }
+    impl utoipa::ToSchema for super::ModelId {}
+}
+
 pub(crate) fn check_len(what: &'static str, s: &str, min: usize, max: usize) -> Result<(), ValidationError> {
     if s.len() > max {
         return Err(ValidationError::TooLong { what, len: s.len(), max });

@@ -3,6 +3,7 @@
 //! that needs one (mosquitto, openssl, …) says clearly that it is skipped when the tool is missing, unless
 //! `HEARTH_REQUIRE_ALL=1` (set by CI), which turns the skip into a failure.
 
+pub mod contract;
 pub mod mqtt;
 pub mod services;
 
@@ -56,15 +57,14 @@ impl TestHub {
         let hub = hearth_hub::start_with_clock(config, clock).await?;
         let client = client_for(&hub.server_ca_path, None)?;
         let setup = hub.setup_token.as_ref().context("a new hub prints a setup token")?.expose().to_owned();
-        let resp = client
-            .post(format!("{}/api/v1/setup", base_url(&hub)))
-            .json(&serde_json::json!({ "setup_token": setup }))
-            .send()
-            .await?;
-        if !resp.status().is_success() {
-            bail!("setup failed: {}", resp.text().await?);
+        let request =
+            client.post(format!("{}/api/v1/setup", base_url(&hub))).json(&serde_json::json!({ "setup_token": setup }));
+        let (status, _, body) = checked(request).await?;
+        if status != 201 {
+            bail!("setup failed: {}", String::from_utf8_lossy(&body));
         }
-        let token = resp.json::<serde_json::Value>().await?["token"].as_str().context("token in answer")?.to_owned();
+        let answer: serde_json::Value = serde_json::from_slice(&body)?;
+        let token = answer["token"].as_str().context("token in answer")?.to_owned();
         Ok(TestHub { hub, dir, token, client })
     }
 
@@ -73,17 +73,24 @@ impl TestHub {
         base_url(&self.hub)
     }
 
-    /// GET with the operator token; returns status and JSON body.
+    /// GET with the operator token; returns status and JSON body. The answer must keep the API contract.
     pub async fn get(&self, path: &str) -> Result<(u16, serde_json::Value)> {
-        let resp = self.client.get(format!("{}{path}", self.base())).bearer_auth(&self.token).send().await?;
-        Ok((resp.status().as_u16(), resp.json().await.unwrap_or(serde_json::Value::Null)))
+        let (status, _, body) =
+            self.send(self.client.get(format!("{}{path}", self.base())).bearer_auth(&self.token)).await?;
+        Ok((status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null)))
     }
 
-    /// POST JSON with the operator token; returns status and JSON body.
+    /// POST JSON with the operator token; returns status and JSON body. The answer must keep the API contract.
     pub async fn post(&self, path: &str, body: serde_json::Value) -> Result<(u16, serde_json::Value)> {
-        let resp =
-            self.client.post(format!("{}{path}", self.base())).bearer_auth(&self.token).json(&body).send().await?;
-        Ok((resp.status().as_u16(), resp.json().await.unwrap_or(serde_json::Value::Null)))
+        let request = self.client.post(format!("{}{path}", self.base())).bearer_auth(&self.token).json(&body);
+        let (status, _, body) = self.send(request).await?;
+        Ok((status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null)))
+    }
+
+    /// Sends any request to the hub and checks its answer against the OpenAPI document ([`contract::check`]);
+    /// returns status, headers and body.
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<(u16, reqwest::header::HeaderMap, Vec<u8>)> {
+        checked(request).await
     }
 
     /// Occurrences of security events of `kind` stored so far (events are aggregated: rows carry a count). Flushes
@@ -142,6 +149,22 @@ pub fn write_bootstraps(files: &[BootstrapFile], dir: &Path) -> Result<Vec<PathB
         paths.push(path);
     }
     Ok(paths)
+}
+
+/// Sends `request` and checks its answer against the OpenAPI document; returns status, headers and body.
+pub async fn checked(request: reqwest::RequestBuilder) -> Result<(u16, reqwest::header::HeaderMap, Vec<u8>)> {
+    let (client, request) = request.build_split();
+    let request = request?;
+    let (method, path) = (request.method().to_string(), request.url().path().to_owned());
+    let resp = client.execute(request).await?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.bytes().await?.to_vec();
+    let content_type = headers.get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    if let Err(breach) = contract::check(&method, &path, status, content_type, &body) {
+        bail!("API contract broken: {breach}");
+    }
+    Ok((status, headers, body))
 }
 
 /// The hub's HTTPS base URL.
@@ -235,15 +258,14 @@ pub async fn enrol_at(
 ) -> Result<TestDevice> {
     let key = rcgen::KeyPair::generate()?;
     let csr = csr_for(&key, device_id)?;
-    let resp = client
+    let request = client
         .post(format!("{base}/api/v1/enrol"))
-        .json(&serde_json::json!({ "device_id": device_id, "bootstrap_token": bootstrap_token, "csr_pem": csr }))
-        .send()
-        .await?;
-    if resp.status() != 200 {
-        bail!("enrol failed: {}", resp.text().await?);
+        .json(&serde_json::json!({ "device_id": device_id, "bootstrap_token": bootstrap_token, "csr_pem": csr }));
+    let (status, _, body) = checked(request).await?;
+    if status != 200 {
+        bail!("enrol failed: {}", String::from_utf8_lossy(&body));
     }
-    let cert: hearth_proto::enrol::CertificateResponse = resp.json().await?;
+    let cert: hearth_proto::enrol::CertificateResponse = serde_json::from_slice(&body)?;
     write_device_files(dir, hearth_proto::DeviceId::parse(device_id)?, key.serialize_pem(), cert.certificate_chain_pem)
 }
 
@@ -253,17 +275,13 @@ impl TestHub {
         let file = self.manufacture("test-model", 1).await?.remove(0);
         let key = rcgen::KeyPair::generate()?;
         let csr = csr_for(&key, file.device_id.as_str())?;
-        let resp = self
-            .client
-            .post(format!("{}/api/v1/enrol", self.base()))
-            .json(&serde_json::json!({
-                "device_id": file.device_id, "bootstrap_token": file.bootstrap_token, "csr_pem": csr }))
-            .send()
-            .await?;
-        if resp.status() != 200 {
-            bail!("enrol failed: {}", resp.text().await?);
+        let request = self.client.post(format!("{}/api/v1/enrol", self.base())).json(&serde_json::json!({
+            "device_id": file.device_id, "bootstrap_token": file.bootstrap_token, "csr_pem": csr }));
+        let (status, _, body) = checked(request).await?;
+        if status != 200 {
+            bail!("enrol failed: {}", String::from_utf8_lossy(&body));
         }
-        let cert: hearth_proto::enrol::CertificateResponse = resp.json().await?;
+        let cert: hearth_proto::enrol::CertificateResponse = serde_json::from_slice(&body)?;
         write_device_files(dir, file.device_id, key.serialize_pem(), cert.certificate_chain_pem)
     }
 

@@ -7,30 +7,27 @@ use serde_json::json;
 async fn operator_endpoints_need_a_valid_token() {
     let hub = TestHub::start().await.expect("hub");
     for path in ["/api/v1/devices", "/api/v1/security-events"] {
-        let resp = hub.client.get(format!("{}{path}", hub.base())).send().await.expect("send");
-        assert_eq!(resp.status(), 401, "{path}");
-        assert_eq!(resp.headers().get("www-authenticate").map(|v| v.to_str().ok()), Some(Some("Bearer")));
-        let body: serde_json::Value = resp.json().await.expect("json");
+        let (status, headers, body) = hub.send(hub.client.get(format!("{}{path}", hub.base()))).await.expect("send");
+        assert_eq!(status, 401, "{path}");
+        assert_eq!(headers.get("www-authenticate").map(|v| v.to_str().ok()), Some(Some("Bearer")));
+        let body: serde_json::Value = serde_json::from_slice(&body).expect("json");
         assert_eq!(body["error"]["code"], "missing_token");
-        let resp = hub.client.get(format!("{}{path}", hub.base())).bearer_auth("hop_wrong").send().await.expect("send");
-        assert_eq!(resp.status(), 401);
+        let request = hub.client.get(format!("{}{path}", hub.base())).bearer_auth("hop_wrong");
+        let (status, _, _) = hub.send(request).await.expect("send");
+        assert_eq!(status, 401);
     }
     // The setup token is single use: a second exchange fails.
-    let resp = hub
-        .client
-        .post(format!("{}/api/v1/setup", hub.base()))
-        .json(&json!({ "setup_token": "hst_anything" }))
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(resp.status(), 401);
+    let request =
+        hub.client.post(format!("{}/api/v1/setup", hub.base())).json(&json!({ "setup_token": "hst_anything" }));
+    let (status, _, _) = hub.send(request).await.expect("send");
+    assert_eq!(status, 401);
     // Health says nothing beyond "up"; every answer carries the hardening headers.
-    let resp = hub.client.get(format!("{}/healthz", hub.base())).send().await.expect("send");
-    let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let (_, headers, body) = hub.send(hub.client.get(format!("{}/healthz", hub.base()))).await.expect("send");
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
     assert_eq!(header("strict-transport-security").as_deref(), Some("max-age=31536000"));
     assert_eq!(header("x-content-type-options").as_deref(), Some("nosniff"));
     assert_eq!(header("cache-control").as_deref(), Some("no-store"));
-    assert_eq!(resp.json::<serde_json::Value>().await.expect("json"), json!({ "status": "ok" }));
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&body).expect("json"), json!({ "status": "ok" }));
 }
 
 #[tokio::test]
@@ -61,16 +58,14 @@ async fn bad_requests_get_clear_errors() {
     check(s, b, 400, "invalid_range");
     // Oversized body.
     let big = "x".repeat(100 * 1024);
-    let resp = hub
+    let request = hub
         .client
         .post(format!("{}/api/v1/devices", hub.base()))
         .bearer_auth(&hub.token)
         .header("content-type", "application/json")
-        .body(format!("{{\"model\":\"{big}\",\"count\":1}}"))
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(resp.status(), 413);
+        .body(format!("{{\"model\":\"{big}\",\"count\":1}}"));
+    let (status, _, _) = hub.send(request).await.expect("send");
+    assert_eq!(status, 413);
     // Nothing was created by any of the refusals above except the one good batch.
     let (_, list) = hub.get("/api/v1/devices").await.expect("list");
     assert_eq!(list["devices"].as_array().map(Vec::len), Some(1));
@@ -161,15 +156,9 @@ async fn malformed_enrol_bodies_are_recorded_as_refused_enrolments() {
         ("application/json", "{not json", 400),
     ];
     for (content_type, body, status) in cases {
-        let resp = hub
-            .client
-            .post(&url)
-            .header("content-type", content_type)
-            .body(body.to_owned())
-            .send()
-            .await
-            .expect("send");
-        assert_eq!(resp.status().as_u16(), status, "{content_type} {body}");
+        let request = hub.client.post(&url).header("content-type", content_type).body(body.to_owned());
+        let (got, _, _) = hub.send(request).await.expect("send");
+        assert_eq!(got, status, "{content_type} {body}");
     }
     hub.hub.state.monitor.flush().await;
     let (_, events) = hub.get("/api/v1/security-events?kind=enrol_refused").await.expect("events");
@@ -181,4 +170,101 @@ async fn malformed_enrol_bodies_are_recorded_as_refused_enrolments() {
         .map(|e| e["count"].as_u64().unwrap_or(0))
         .sum();
     assert_eq!(bodies, 3, "each malformed body is one refused enrolment: {events}");
+}
+
+/// The OpenAPI document is kept as `docs/openapi.json` and reviewed on change: a change to the API that changes
+/// the document fails here until the snapshot is regenerated (`HEARTH_UPDATE_SNAPSHOTS=1 cargo test -p hearth-hub
+/// --test it openapi_document_matches`) and the diff is committed with it.
+#[test]
+fn openapi_document_matches_its_snapshot() {
+    let doc = hearth_hub::transport::https::api::openapi_document().to_pretty_json().expect("json") + "\n";
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json");
+    if std::env::var_os("HEARTH_UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(&path, &doc).expect("write the snapshot");
+    }
+    let kept = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        kept == doc,
+        "the OpenAPI document changed: review it, then regenerate docs/openapi.json with HEARTH_UPDATE_SNAPSHOTS=1"
+    );
+}
+
+/// Issue 14, deviation 9: 400, 401, 415 and 422 were not declared, and request schemas were looser than the
+/// server. Every operation with a body declares the body answers, every operator operation 401, and the request
+/// schemas refuse what the server refuses: `{}`, an empty command name, a count of 0.
+#[test]
+fn openapi_declares_every_refusal_and_request_schemas_are_as_strict_as_the_server() {
+    let doc = hearth_test_support::contract::document();
+    let mut with_body = 0;
+    for (path, ops) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in ops.as_object().expect("operations") {
+            let declared = |status: &str| !op["responses"][status].is_null();
+            if !op["requestBody"].is_null() {
+                with_body += 1;
+                for status in ["400", "408", "413", "415", "422"] {
+                    assert!(declared(status), "{method} {path} does not declare {status}");
+                }
+            }
+            if op["security"].as_array().is_some_and(|s| !s.is_empty()) {
+                assert!(declared("401"), "{method} {path} does not declare 401");
+            }
+            if path.contains('{') {
+                assert!(declared("404") && declared("400"), "{method} {path} does not declare 400 and 404");
+            }
+        }
+    }
+    assert!(with_body >= 6, "operations with a body: {with_body}");
+    // Request schemas, validated as JSON Schema 2020-12 with the document's components.
+    let schema = |name: &str| {
+        let mut root = doc["components"]["schemas"][name].clone();
+        root["components"] = doc["components"].clone();
+        jsonschema::validator_for(&root).expect("compiles")
+    };
+    let refused: &[(&str, serde_json::Value)] = &[
+        ("EnrolRequest", json!({})),
+        ("EnrolRequest", json!({"device_id": "ab", "bootstrap_token": "t", "csr_pem": "c"})),
+        ("EnrolRequest", json!({"device_id": "abc", "bootstrap_token": "", "csr_pem": "c"})),
+        ("EnrolRequest", json!({"device_id": "abc", "bootstrap_token": "t", "csr_pem": "c", "extra": 1})),
+        ("RenewRequest", json!({})),
+        ("ManufactureRequest", json!({"model": "m", "count": 0})),
+        ("ManufactureRequest", json!({"model": "", "count": 1})),
+        ("ManufactureRequest", json!({"model": "m"})),
+        ("CommandRequest", json!({"name": ""})),
+        ("CommandRequest", json!({"name": "Ping"})),
+        ("CommandRequest", json!({"name": "ping", "timeout_secs": 0})),
+        ("NewTokenRequest", json!({"label": ""})),
+        ("SetupRequest", json!({})),
+    ];
+    for (name, body) in refused {
+        assert!(!schema(name).is_valid(body), "{name} accepts {body}");
+    }
+    let accepted: &[(&str, serde_json::Value)] = &[
+        ("EnrolRequest", json!({"device_id": "abc", "bootstrap_token": "t", "csr_pem": "c"})),
+        ("ManufactureRequest", json!({"model": "plug-1", "count": 1})),
+        ("CommandRequest", json!({"name": "set_interval", "args": {"seconds": 5}, "timeout_secs": 60})),
+        ("SetupRequest", json!({"setup_token": "x"})),
+    ];
+    for (name, body) in accepted {
+        assert!(schema(name).is_valid(body), "{name} refuses {body}");
+    }
+}
+
+/// The contract check every test's answers go through refuses what breaks the document: an undeclared status, a
+/// body the schema refuses, the wrong content type, a body where none is declared.
+#[test]
+fn the_contract_check_refuses_answers_that_break_the_document() {
+    use hearth_test_support::contract::check;
+    let json = Some("application/json");
+    let device = br#"{"id":"abc","model":"m","status":"enrolled","connected":false,"created_at_ms":1,
+        "enrolled_at_ms":null,"revoked_at_ms":null,"last_seen_at_ms":null,"cert_serial":null,
+        "cert_not_after_ms":null,"state":null}"#;
+    assert_eq!(check("GET", "/api/v1/devices/abc", 200, json, device), Ok(()));
+    assert!(check("GET", "/api/v1/devices/abc", 418, json, device).is_err(), "undeclared status");
+    assert!(check("GET", "/api/v1/devices/abc", 200, json, br#"{"id":"abc"}"#).is_err(), "missing fields");
+    assert!(check("GET", "/api/v1/devices/abc", 200, Some("text/plain"), device).is_err(), "content type");
+    assert!(check("POST", "/api/v1/tokens/t1/revoke", 204, None, b"{}").is_err(), "a body where none is declared");
+    assert_eq!(check("POST", "/api/v1/tokens/t1/revoke", 204, None, b""), Ok(()));
+    let error = br#"{"error":{"code":"not_found","message":"no such device"}}"#;
+    assert_eq!(check("GET", "/api/v1/devices/abc?limit=5", 404, json, error), Ok(()));
+    assert!(check("GET", "/api/v1/devices/abc", 404, json, br#"{"error":"x"}"#).is_err(), "error body shape");
 }

@@ -4,14 +4,12 @@ use hearth_test_support::{TestHub, client_for, csr_for};
 use serde_json::json;
 
 async fn enrol_raw(hub: &TestHub, device_id: &str, token: &str, csr: &str) -> (u16, serde_json::Value) {
-    let resp = hub
+    let request = hub
         .client
         .post(format!("{}/api/v1/enrol", hub.base()))
-        .json(&json!({ "device_id": device_id, "bootstrap_token": token, "csr_pem": csr }))
-        .send()
-        .await
-        .expect("request");
-    (resp.status().as_u16(), resp.json().await.unwrap_or_default())
+        .json(&json!({ "device_id": device_id, "bootstrap_token": token, "csr_pem": csr }));
+    let (status, _, body) = hub.send(request).await.expect("request");
+    (status, serde_json::from_slice(&body).unwrap_or_default())
 }
 
 #[tokio::test]
@@ -77,33 +75,26 @@ async fn renewal_needs_the_current_certificate_and_stops_at_revocation() {
     let csr = csr_for(&key, device.id.as_str()).expect("csr");
 
     // Without a client certificate.
-    let resp = hub
-        .client
-        .post(format!("{}/api/v1/renew", hub.base()))
-        .json(&json!({ "csr_pem": csr }))
-        .send()
+    let (status, _, _) = hub
+        .send(hub.client.post(format!("{}/api/v1/renew", hub.base())).json(&json!({ "csr_pem": csr })))
         .await
         .expect("send");
-    assert_eq!(resp.status(), 401);
+    assert_eq!(status, 401);
 
     // With it.
     let identity = format!("{}{}", device.key_pem, device.chain_pem);
     let mtls = client_for(&hub.hub.server_ca_path, Some(identity.as_bytes())).expect("client");
-    let resp =
-        mtls.post(format!("{}/api/v1/renew", hub.base())).json(&json!({ "csr_pem": csr })).send().await.expect("send");
-    assert_eq!(resp.status(), 200);
-    let body: serde_json::Value = resp.json().await.expect("json");
+    let request = mtls.post(format!("{}/api/v1/renew", hub.base())).json(&json!({ "csr_pem": csr }));
+    let (status, _, body) = hearth_test_support::checked(request).await.expect("send");
+    assert_eq!(status, 200);
+    let body: serde_json::Value = serde_json::from_slice(&body).expect("json");
     assert_eq!(body["device_id"], device.id.as_str());
 
     // A CSR for another name is refused even over mutual TLS.
     let other = csr_for(&key, "someoneelse").expect("csr");
-    let resp = mtls
-        .post(format!("{}/api/v1/renew", hub.base()))
-        .json(&json!({ "csr_pem": other }))
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(resp.status(), 400);
+    let request = mtls.post(format!("{}/api/v1/renew", hub.base())).json(&json!({ "csr_pem": other }));
+    let (status, _, _) = hearth_test_support::checked(request).await.expect("send");
+    assert_eq!(status, 400);
 
     // After revocation the TLS handshake itself refuses the certificate.
     let (status, _) = hub.post(&format!("/api/v1/devices/{}/revoke", device.id), json!({})).await.expect("revoke");

@@ -37,13 +37,9 @@ async fn renew(hub: &TestHub, dev: &TestDevice, key: &rcgen::KeyPair) -> Result<
     let identity = format!("{}{}", dev.key_pem, dev.chain_pem);
     let client = client_for(&hub.hub.server_ca_path, Some(identity.as_bytes())).map_err(|e| e.to_string())?;
     let csr = csr_for(key, dev.id.as_str()).map_err(|e| e.to_string())?;
-    let resp = client
-        .post(format!("{}/api/v1/renew", hub.base()))
-        .json(&json!({ "csr_pem": csr }))
-        .send()
-        .await
-        .map_err(|e| format!("{e:?}"))?;
-    Ok((resp.status().as_u16(), resp.json().await.unwrap_or_default()))
+    let request = client.post(format!("{}/api/v1/renew", hub.base())).json(&json!({ "csr_pem": csr }));
+    let (status, _, body) = hearth_test_support::checked(request).await.map_err(|e| format!("{e:?}"))?;
+    Ok((status, serde_json::from_slice(&body).unwrap_or_default()))
 }
 
 fn with_chain(dev: &TestDevice, key: &rcgen::KeyPair, chain: &str) -> TestDevice {
@@ -57,14 +53,12 @@ fn with_chain(dev: &TestDevice, key: &rcgen::KeyPair, chain: &str) -> TestDevice
 }
 
 async fn enrol(hub: &TestHub, id: &str, token: &str, key: &rcgen::KeyPair) -> (u16, serde_json::Value) {
-    let resp = hub
+    let request = hub
         .client
         .post(format!("{}/api/v1/enrol", hub.base()))
-        .json(&json!({ "device_id": id, "bootstrap_token": token, "csr_pem": csr_for(key, id).expect("csr") }))
-        .send()
-        .await
-        .expect("send");
-    (resp.status().as_u16(), resp.json().await.unwrap_or_default())
+        .json(&json!({ "device_id": id, "bootstrap_token": token, "csr_pem": csr_for(key, id).expect("csr") }));
+    let (status, _, body) = hub.send(request).await.expect("send");
+    (status, serde_json::from_slice(&body).unwrap_or_default())
 }
 
 async fn can_connect(hub: &TestHub, dev: &TestDevice) -> bool {
@@ -405,7 +399,7 @@ async fn failed_logins_are_recorded_and_operator_tokens_expire_and_can_be_revoke
     let url = format!("{}/api/v1/devices", hub.base());
     let status = |token: String| {
         let (client, url) = (hub.client.clone(), url.clone());
-        async move { client.get(url).bearer_auth(token).send().await.expect("send").status().as_u16() }
+        async move { hearth_test_support::checked(client.get(url).bearer_auth(token)).await.expect("send").0 }
     };
     assert_eq!(status("hop_wrong".into()).await, 401);
     assert!(hub.has_events("auth_failed", 1).await, "a failed login leaves a trace");
@@ -434,16 +428,14 @@ async fn failed_logins_are_recorded_and_operator_tokens_expire_and_can_be_revoke
     // A token never mints one that outlives it.
     let (_, short) = hub.post("/api/v1/tokens", json!({ "label": "short", "expires_in_days": 1 })).await.expect("new");
     let short_token = short["token"].as_str().expect("token").to_owned();
-    let resp = hub
+    let request = hub
         .client
         .post(format!("{}/api/v1/tokens", hub.base()))
         .bearer_auth(&short_token)
-        .json(&json!({ "label": "long", "expires_in_days": 397 }))
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(resp.status(), 201);
-    let long: serde_json::Value = resp.json().await.expect("json");
+        .json(&json!({ "label": "long", "expires_in_days": 397 }));
+    let (status, _, body) = hub.send(request).await.expect("send");
+    assert_eq!(status, 201);
+    let long: serde_json::Value = serde_json::from_slice(&body).expect("json");
     assert!(long["expires_at_ms"].as_i64() <= short["expires_at_ms"].as_i64(), "{long} outlives {short}");
 }
 
@@ -546,8 +538,9 @@ async fn server_certificate_is_renewed_while_running() {
 async fn enrol_body_over_16_kib_is_refused() {
     let hub = TestHub::start().await.expect("hub");
     let body = json!({ "device_id": "aaaaaaaaaaaaaaaa", "bootstrap_token": "x".repeat(20_000), "csr_pem": "" });
-    let resp = hub.client.post(format!("{}/api/v1/enrol", hub.base())).json(&body).send().await.expect("send");
-    assert_eq!(resp.status(), 413);
+    let (status, _, _) =
+        hub.send(hub.client.post(format!("{}/api/v1/enrol", hub.base())).json(&body)).await.expect("send");
+    assert_eq!(status, 413);
 }
 
 #[tokio::test]

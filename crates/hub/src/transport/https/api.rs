@@ -13,12 +13,12 @@ use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use hearth_proto::DeviceId;
 use hearth_proto::enrol::{
     CertificateResponse, EnrolRequest, HubEndpoints, ManufactureRequest, ManufactureResponse, ManufacturedDevice,
     RenewRequest,
 };
 use hearth_proto::uplink::Fields;
+use hearth_proto::{DeviceId, ModelId};
 
 use super::PeerDevice;
 use super::error::ApiError;
@@ -73,10 +73,65 @@ async fn hardening_headers(mut response: axum::response::Response) -> axum::resp
 #[openapi(
     info(title = "Hearth hub API", version = "1", description = "Devices, telemetry and commands of a Hearth hub. Operator endpoints take `Authorization: Bearer <token>`."),
     paths(healthz, setup, enrol, renew, manufacture, list_devices, get_device, revoke_device, reissue_bootstrap, list_tokens, create_token, revoke_token, telemetry, send_command, get_command, security_events),
-    components(schemas(super::error::ErrorBody, super::error::ErrorDetail, SetupRequest, SetupResponse, DeviceBody, DeviceList, TelemetryPage, TelemetryItem, CommandRequest, CommandBody, SecurityEventBody, TokenBody, NewTokenRequest, NewTokenResponse)),
-    modifiers(&BearerScheme)
+    components(schemas(Health, super::error::ErrorBody, super::error::ErrorDetail, SetupRequest, SetupResponse, DeviceBody, DeviceList, TelemetryPage, TelemetryItem, CommandRequest, CommandBody, SecurityEventBody, TokenBody, NewTokenRequest, NewTokenResponse, BootstrapBody, EnrolRequest, RenewRequest, CertificateResponse, ManufactureRequest, ManufactureResponse, ManufacturedDevice, HubEndpoints, DeviceId, ModelId)),
+    modifiers(&BearerScheme, &CommonResponses)
 )]
 struct ApiDoc;
+
+/// The answers any operation of a kind can give, declared once for all of them: a body that is not JSON, of the
+/// wrong type or shape, too large or too slow (400, 415, 422, 413, 408); a missing or refused token (401); a
+/// malformed path id (400) or an unknown one (404); a malformed query (400). An operation declares its own
+/// answers besides these in its `#[utoipa::path]`.
+struct CommonResponses;
+impl utoipa::Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::ParameterIn;
+        use utoipa::openapi::{ContentBuilder, RefOr, ResponseBuilder, schema::Ref};
+        let error = |description: &str| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(description)
+                    .content(
+                        "application/json",
+                        ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build(),
+                    )
+                    .build(),
+            )
+        };
+        for item in openapi.paths.paths.values_mut() {
+            for op in [&mut item.get, &mut item.post].into_iter().flatten() {
+                let params = op.parameters.iter().flatten().filter_map(|p| match p {
+                    RefOr::T(p) => Some(p.parameter_in.clone()),
+                    RefOr::Ref(_) => None,
+                });
+                let (mut in_path, mut in_query) = (false, false);
+                for place in params {
+                    in_path |= matches!(place, ParameterIn::Path);
+                    in_query |= matches!(place, ParameterIn::Query);
+                }
+                let mut add = |status: &str, description: &str| {
+                    op.responses.responses.entry(status.to_owned()).or_insert_with(|| error(description));
+                };
+                if in_path || in_query {
+                    add("400", "A malformed path id or query parameter");
+                }
+                if in_path {
+                    add("404", "No such device (or other item the path names)");
+                }
+                if op.request_body.is_some() {
+                    add("400", "The body is not valid JSON, or a value is out of range");
+                    add("408", "The body did not arrive within 10 s");
+                    add("413", "The body is too large");
+                    add("415", "The body is not `application/json`");
+                    add("422", "The body does not match the request schema");
+                }
+                if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                    add("401", "Missing, unknown, expired or revoked operator token");
+                }
+            }
+        }
+    }
+}
 
 struct BearerScheme;
 impl utoipa::Modify for BearerScheme {
@@ -116,6 +171,32 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<
                 "body_timeout",
                 format!("the request body did not arrive within {BODY_TIMEOUT:?}"),
             )),
+        }
+    }
+}
+
+/// Query extractor whose rejections are [`ApiError`]s (400 with a JSON body, like every other refusal).
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(v)) => Ok(ApiQuery(v)),
+            Err(rejection) => Err(ApiError::bad_request("invalid_query", rejection.body_text())),
+        }
+    }
+}
+
+/// Path extractor whose rejections are [`ApiError`]s.
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(v)) => Ok(ApiPath(v)),
+            Err(rejection) => Err(ApiError::bad_request("invalid_path", rejection.body_text())),
         }
     }
 }
@@ -164,9 +245,15 @@ fn device_id(raw: &str) -> Result<DeviceId, ApiError> {
 }
 
 /// Liveness. Says nothing about the hub's configuration.
-#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "The hub is up")))]
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+#[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health, description = "The hub is up")))]
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+#[derive(Serialize, ToSchema)]
+struct Health {
+    /// Always `ok`.
+    status: &'static str,
 }
 
 // Public only so that `fuzz/` deserializes the real body type (like `CommandRequest`); a plain comment, not a doc
@@ -175,9 +262,11 @@ async fn healthz() -> Json<serde_json::Value> {
 #[serde(deny_unknown_fields)]
 pub struct SetupRequest {
     /// The one-time setup token the hub printed at first start.
+    #[schema(min_length = 1, max_length = 256)]
     setup_token: String,
     /// A label for the operator token (default `owner`).
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 64)]
     label: Option<String>,
 }
 
@@ -248,9 +337,12 @@ fn enrol_error(e: EnrolError) -> ApiError {
 }
 
 /// A device's first enrolment with its single-use bootstrap token and a CSR.
-#[utoipa::path(post, path = "/api/v1/enrol", request_body(content = Object, description = "EnrolRequest: device_id, bootstrap_token, csr_pem"),
-    responses((status = 200, body = Object, description = "CertificateResponse: device_id, certificate_chain_pem, not_after_ms, renew_after_ms"),
-        (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody, description = "Token already used")))]
+#[utoipa::path(post, path = "/api/v1/enrol", request_body = EnrolRequest,
+    responses((status = 200, body = CertificateResponse),
+        (status = 400, body = super::error::ErrorBody, description = "Invalid CSR"),
+        (status = 401, body = super::error::ErrorBody, description = "Unknown or expired bootstrap token"),
+        (status = 403, body = super::error::ErrorBody, description = "The device is revoked"),
+        (status = 409, body = super::error::ErrorBody, description = "Token already used")))]
 async fn enrol(
     State(state): State<HubState>,
     Extension(peer): Extension<super::PeerAddr>,
@@ -284,9 +376,13 @@ fn refused_body(state: &HubState, source: std::net::IpAddr, device: Option<Strin
 
 /// Certificate renewal, authenticated by the device's current certificate (mutual TLS). A certificate expired
 /// within the hub's renewal grace period may renew (and do nothing else).
-#[utoipa::path(post, path = "/api/v1/renew", request_body(content = Object, description = "RenewRequest: csr_pem"),
-    responses((status = 200, body = Object, description = "CertificateResponse"), (status = 401, body = super::error::ErrorBody, description = "No client certificate"),
-        (status = 403, body = super::error::ErrorBody, description = "Revoked, superseded or expired past the grace period")))]
+#[utoipa::path(post, path = "/api/v1/renew", request_body = RenewRequest,
+    responses((status = 200, body = CertificateResponse),
+        (status = 400, body = super::error::ErrorBody, description = "Invalid CSR"),
+        (status = 401, body = super::error::ErrorBody, description = "No client certificate"),
+        (status = 403, body = super::error::ErrorBody, description = "Revoked, superseded or expired past the grace period"),
+        (status = 409, body = super::error::ErrorBody, description = "The device has not enrolled"),
+        (status = 429, body = super::error::ErrorBody, description = "Renewed too recently")))]
 async fn renew(
     State(state): State<HubState>,
     Extension(PeerDevice(peer)): Extension<PeerDevice>,
@@ -331,8 +427,8 @@ async fn renew(
 }
 
 /// Creates a batch of device records (the factory). Secrets are returned once and stored only as MACs.
-#[utoipa::path(post, path = "/api/v1/devices", request_body(content = Object, description = "ManufactureRequest: model, count (1 to 10000)"), security(("bearer" = [])),
-    responses((status = 201, body = Object, description = "ManufactureResponse: hub {url, mqtt_host, mqtt_port, ca_pem}, devices [{device_id, model, bootstrap_token, claim_code}]"), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/devices", request_body = ManufactureRequest, security(("bearer" = [])),
+    responses((status = 201, body = ManufactureResponse), (status = 400, body = super::error::ErrorBody)))]
 async fn manufacture(
     State(state): State<HubState>,
     _auth: OperatorAuth,
@@ -411,8 +507,10 @@ fn device_body(state: &HubState, live: &[String], d: DeviceRow) -> DeviceBody {
 #[serde(deny_unknown_fields)]
 struct ListParams {
     /// Return devices with ids after this one (the previous page's `next_after`).
+    #[param(max_length = 64)]
     after: Option<String>,
     /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
@@ -437,7 +535,7 @@ fn page_limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64, ApiErro
 async fn list_devices(
     State(state): State<HubState>,
     _auth: OperatorAuth,
-    Query(params): Query<ListParams>,
+    ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<DeviceList>, ApiError> {
     let limit = page_limit(params.limit, 100, 1000)?;
     let rows = state.store.devices(params.after.as_deref(), limit).await?;
@@ -447,12 +545,12 @@ async fn list_devices(
 }
 
 /// One device.
-#[utoipa::path(get, path = "/api/v1/devices/{id}", params(("id" = String, Path)), security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/devices/{id}", params(("id" = DeviceId, Path, description = "Device id")), security(("bearer" = [])),
     responses((status = 200, body = DeviceBody), (status = 404, body = super::error::ErrorBody)))]
 async fn get_device(
     State(state): State<HubState>,
     _auth: OperatorAuth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<DeviceBody>, ApiError> {
     let id = device_id(&id)?;
     let row = state.store.device(id.as_str()).await?.ok_or_else(|| ApiError::not_found("device"))?;
@@ -460,12 +558,12 @@ async fn get_device(
 }
 
 /// Revokes a device: its connection closes within seconds and every later connection or renewal is refused.
-#[utoipa::path(post, path = "/api/v1/devices/{id}/revoke", params(("id" = String, Path)), security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/v1/devices/{id}/revoke", params(("id" = DeviceId, Path, description = "Device id")), security(("bearer" = [])),
     responses((status = 200, body = DeviceBody), (status = 404, body = super::error::ErrorBody)))]
 async fn revoke_device(
     State(state): State<HubState>,
     _auth: OperatorAuth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<DeviceBody>, ApiError> {
     let id = device_id(&id)?;
     if !state.identity.revoke(&id).await? {
@@ -480,12 +578,15 @@ async fn revoke_device(
 #[serde(deny_unknown_fields)]
 struct TelemetryParams {
     /// Device time from (inclusive), Unix ms. Default 0.
+    #[param(minimum = 0)]
     from: Option<i64>,
-    /// Device time to (exclusive), Unix ms. Default: no limit.
+    /// Device time to (exclusive), Unix ms, above `from`. Default: no limit.
+    #[param(minimum = 1)]
     to: Option<i64>,
     /// Only messages with seq greater than this (the previous page's `next_after_seq`).
     after_seq: Option<i64>,
     /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
@@ -508,13 +609,13 @@ struct TelemetryPage {
 }
 
 /// A device's stored uplinks (telemetry, events, state) in a device-time range, ordered by sequence number.
-#[utoipa::path(get, path = "/api/v1/devices/{id}/telemetry", params(("id" = String, Path), TelemetryParams), security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/devices/{id}/telemetry", params(("id" = DeviceId, Path, description = "Device id"), TelemetryParams), security(("bearer" = [])),
     responses((status = 200, body = TelemetryPage), (status = 404, body = super::error::ErrorBody)))]
 async fn telemetry(
     State(state): State<HubState>,
     _auth: OperatorAuth,
-    Path(id): Path<String>,
-    Query(p): Query<TelemetryParams>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(p): ApiQuery<TelemetryParams>,
 ) -> Result<Json<TelemetryPage>, ApiError> {
     let id = device_id(&id)?;
     let limit = page_limit(p.limit, 100, 1000)?;
@@ -554,13 +655,15 @@ async fn telemetry(
 #[serde(deny_unknown_fields)]
 pub struct CommandRequest {
     /// Command name (`a-z 0-9 _`), for example `ping`, `set_interval`, `report_state`.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[a-z0-9_]+$")]
     pub name: String,
     /// Arguments: names to numbers, booleans or short strings.
     #[serde(default)]
     #[schema(value_type = Object)]
     pub args: Fields,
-    /// Seconds until the command times out (default 60).
+    /// Seconds until the command times out, 1 to 604800 (a week; default 60).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 604800)]
     pub timeout_secs: Option<u64>,
 }
 
@@ -603,12 +706,12 @@ impl From<CommandRow> for CommandBody {
 
 /// Sends a command. It is recorded first, delivered when the device is connected and subscribed, and ends as
 /// the device's answer or `timeout`.
-#[utoipa::path(post, path = "/api/v1/devices/{id}/commands", params(("id" = String, Path)), request_body = CommandRequest, security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/v1/devices/{id}/commands", params(("id" = DeviceId, Path, description = "Device id")), request_body = CommandRequest, security(("bearer" = [])),
     responses((status = 202, body = CommandBody), (status = 400, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody)))]
 async fn send_command(
     State(state): State<HubState>,
     _auth: OperatorAuth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<CommandRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let id = device_id(&id)?;
@@ -623,12 +726,12 @@ async fn send_command(
 }
 
 /// One command and its outcome.
-#[utoipa::path(get, path = "/api/v1/devices/{id}/commands/{command_id}", params(("id" = String, Path), ("command_id" = String, Path)), security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/devices/{id}/commands/{command_id}", params(("id" = DeviceId, Path, description = "Device id"), ("command_id" = String, Path, min_length = 1, max_length = 64, description = "Command id")), security(("bearer" = [])),
     responses((status = 200, body = CommandBody), (status = 404, body = super::error::ErrorBody)))]
 async fn get_command(
     State(state): State<HubState>,
     _auth: OperatorAuth,
-    Path((id, command_id)): Path<(String, String)>,
+    ApiPath((id, command_id)): ApiPath<(String, String)>,
 ) -> Result<Json<CommandBody>, ApiError> {
     let id = device_id(&id)?;
     let row = state.commands.get(&id, &command_id).await?.ok_or_else(|| ApiError::not_found("command"))?;
@@ -638,10 +741,9 @@ async fn get_command(
 #[derive(Serialize, ToSchema)]
 struct BootstrapBody {
     /// Where the device reaches the hub.
-    #[schema(value_type = Object)]
     hub: HubEndpoints,
-    /// The device with its new single-use bootstrap token (shown once).
-    #[schema(value_type = Object)]
+    /// The device with its new single-use bootstrap token (shown once; `claim_code` is empty: the label's code
+    /// stays valid).
     device: ManufacturedDevice,
     /// When the token stops working, Unix ms.
     expires_at_ms: i64,
@@ -650,12 +752,12 @@ struct BootstrapBody {
 /// Re-issues a single-use bootstrap token for a device that is not revoked: for a device whose enrol reply was
 /// lost for good, that was offline past its certificate's lifetime and renewal grace, or lost its key. Its
 /// current certificate keeps working until it enrols again with the new token; then only the new one does.
-#[utoipa::path(post, path = "/api/v1/devices/{id}/bootstrap", params(("id" = String, Path)), security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/v1/devices/{id}/bootstrap", params(("id" = DeviceId, Path, description = "Device id")), security(("bearer" = [])),
     responses((status = 201, body = BootstrapBody), (status = 404, body = super::error::ErrorBody), (status = 403, body = super::error::ErrorBody, description = "Revoked")))]
 async fn reissue_bootstrap(
     State(state): State<HubState>,
     auth: OperatorAuth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let id = device_id(&id)?;
     let made = state.identity.reissue_bootstrap(&id).await.map_err(|e| match e {
@@ -711,9 +813,11 @@ async fn list_tokens(State(state): State<HubState>, _auth: OperatorAuth) -> Resu
 #[serde(deny_unknown_fields)]
 pub struct NewTokenRequest {
     /// What the token is for (1 to 64 bytes).
+    #[schema(min_length = 1, max_length = 64)]
     label: String,
     /// Days until it expires (1 to 397; default the hub's `accounts.operator_token_days`).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 397)]
     expires_in_days: Option<u32>,
 }
 
@@ -755,12 +859,12 @@ async fn create_token(
 }
 
 /// Revokes an operator token (also the caller's own).
-#[utoipa::path(post, path = "/api/v1/tokens/{id}/revoke", params(("id" = String, Path)), security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/v1/tokens/{id}/revoke", params(("id" = String, Path, max_length = 64, description = "Token id")), security(("bearer" = [])),
     responses((status = 204, description = "Revoked"), (status = 404, body = super::error::ErrorBody)))]
 async fn revoke_token(
     State(state): State<HubState>,
     auth: OperatorAuth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     if id.len() > 64 || !state.accounts.revoke_token(&id).await? {
         return Err(ApiError::not_found("token"));
@@ -774,10 +878,13 @@ async fn revoke_token(
 #[serde(deny_unknown_fields)]
 struct EventParams {
     /// Only events of this device.
+    #[param(min_length = 3, max_length = 64, pattern = "^[a-z0-9][a-z0-9-]*$")]
     device: Option<String>,
     /// Only events of this kind.
+    #[param(max_length = 64)]
     kind: Option<String>,
     /// How many, newest first, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
@@ -802,7 +909,7 @@ struct SecurityEventBody {
 async fn security_events(
     State(state): State<HubState>,
     _auth: OperatorAuth,
-    Query(p): Query<EventParams>,
+    ApiQuery(p): ApiQuery<EventParams>,
 ) -> Result<Json<Vec<SecurityEventBody>>, ApiError> {
     let limit = page_limit(p.limit, 100, 1000)?;
     let device = match p.device.as_deref() {
