@@ -35,13 +35,13 @@ curl -sSf --cacert "$CA_FILE" -o "$SPEC" "$BASE_URL/api/v1/openapi.json"
 if [ -n "$TOKEN" ]; then AUTH=(-H "Authorization: Bearer $TOKEN"); NAME=owner; else AUTH=(); NAME=anonymous; fi
 # Bounded and reproducible: --max-examples per operation and a fixed --seed, one worker, no --max-time
 # (with --max-time schemathesis repeats the fuzzing phase until the budget is spent).
-# Excluded: renew needs a device's client certificate; revoking tokens could revoke the run's own token.
+# Excluded: revoking tokens could revoke the run's own token (renew runs; without a client certificate it answers 401).
 timeout 1200 "$VENV/bin/schemathesis" run "$SPEC" \
     --url "$BASE_URL" \
     --tls-verify "$CA_FILE" \
     "${AUTH[@]}" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
-    --max-examples "${MAX_EXAMPLES:-30}" --seed "${SEED:-1}" --workers 1 \
+    --max-examples "${MAX_EXAMPLES:-30}" --seed "${SEED:-1}" --workers 1 --continue-on-failure \
     --request-timeout 10 --generation-database none \
     --exclude-path-regex '^/api/v1/tokens/\{id\}/revoke$' \
     --report junit --report-junit-path "$REPORT_DIR/junit-$NAME.xml" \

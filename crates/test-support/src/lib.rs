@@ -203,13 +203,20 @@ pub fn require_tool(tool: &str, test: &str) -> bool {
     let found = std::env::var_os("PATH")
         .map(|paths| std::env::split_paths(&paths).any(|p| p.join(tool).is_file()))
         .unwrap_or(false);
-    if found {
-        return true;
-    }
+    found || missing(test, &format!("`{tool}` is not installed"), "`.ci/run` lists the Debian packages the tests use")
+}
+
+/// Whether `path` (an outside tool the tests install, such as a Python virtual environment) exists; when it does
+/// not, as [`require_tool`], with `hint` saying how to get it.
+pub fn require_file(path: &Path, test: &str, hint: &str) -> bool {
+    path.exists() || missing(test, &format!("{} does not exist", path.display()), hint)
+}
+
+fn missing(test: &str, what: &str, hint: &str) -> bool {
     if std::env::var("HEARTH_REQUIRE_ALL").is_ok_and(|v| v == "1") {
-        panic!("{test}: `{tool}` is required (HEARTH_REQUIRE_ALL=1) but not installed");
+        panic!("{test}: {what}, and HEARTH_REQUIRE_ALL=1 makes that a failure ({hint})");
     }
-    eprintln!("SKIPPED {test}: `{tool}` is not installed (apt-get install mosquitto-clients openssl)");
+    eprintln!("SKIPPED {test}: {what} ({hint})");
     false
 }
 

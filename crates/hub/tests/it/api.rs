@@ -268,3 +268,43 @@ fn the_contract_check_refuses_answers_that_break_the_document() {
     assert_eq!(check("GET", "/api/v1/devices/abc?limit=5", 404, json, error), Ok(()));
     assert!(check("GET", "/api/v1/devices/abc", 404, json, br#"{"error":"x"}"#).is_err(), "error body shape");
 }
+
+/// The property-based API fuzzer (schemathesis, driven by the served OpenAPI document, validated first as
+/// OpenAPI 3.1) against a live hub, as the owner and anonymously, with a bounded number of examples per
+/// operation and a fixed seed: no 5xx, no undeclared status, no body outside its schema, no wrong content type.
+/// The pinned tools live in `target/api-venv` (`.ci/run` makes it from `ci/requirements-api.txt`).
+#[tokio::test]
+async fn api_fuzzer_finds_no_contract_breach_as_owner_or_anonymous() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let venv = hearth_test_support::workspace_bin("").parent().expect("target").join("api-venv");
+    let hint = "python3 -m venv target/api-venv && target/api-venv/bin/pip install --require-hashes -r ci/requirements-api.txt";
+    if !hearth_test_support::require_file(&venv.join("bin/schemathesis"), "api_fuzzer", hint) {
+        return;
+    }
+    let hub = TestHub::start().await.expect("hub");
+    let reports = tempfile::tempdir().expect("dir");
+    for token in [Some(hub.token.as_str()), None] {
+        let mut command = tokio::process::Command::new("bash");
+        command
+            .arg(root.join("ci/api-fuzz.sh"))
+            .arg(hub.base())
+            .arg(&hub.hub.server_ca_path)
+            .args(token)
+            .env("VENV", &venv)
+            .env("REPORT_DIR", reports.path())
+            .env("MAX_EXAMPLES", "25")
+            .kill_on_drop(true);
+        let out = command.output().await.expect("run ci/api-fuzz.sh");
+        let who = if token.is_some() { "owner" } else { "anonymous" };
+        // The fuzzer's summary, for the log.
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let summary: Vec<&str> = stdout.lines().rev().take(25).collect();
+        eprintln!("api fuzzer ({who}):\n{}", summary.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        assert!(
+            out.status.success(),
+            "the API fuzzer ({who}) found contract breaches:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -128,6 +128,15 @@ impl utoipa::Modify for CommonResponses {
                 if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
                     add("401", "Missing, unknown, expired or revoked operator token");
                 }
+                // OpenAPI requires a description on every response; where a handler gave none, its status says it.
+                for (status, response) in &mut op.responses.responses {
+                    if let RefOr::T(response) = response
+                        && response.description.is_empty()
+                    {
+                        let reason = status.parse::<u16>().ok().and_then(|s| StatusCode::from_u16(s).ok());
+                        response.description = reason.and_then(|s| s.canonical_reason()).unwrap_or("Answer").to_owned();
+                    }
+                }
             }
         }
     }
