@@ -308,3 +308,33 @@ async fn api_fuzzer_finds_no_contract_breach_as_owner_or_anonymous() {
         );
     }
 }
+
+/// Issue 14, deviation 10: no HSTS, no `Cache-Control: no-store` on answers carrying bootstrap or operator
+/// tokens, no `X-Content-Type-Options`. Every answer, success or refusal, now carries all three.
+#[tokio::test]
+async fn every_answer_carries_hsts_nosniff_and_no_store() {
+    let hub = TestHub::start().await.expect("hub");
+    let files = hub.manufacture("plug-1", 1).await.expect("manufacture");
+    let id = files[0].device_id.to_string();
+    let base = hub.base();
+    let requests = [
+        hub.client.get(format!("{base}/healthz")),
+        hub.client.get(format!("{base}/api/v1/devices")),
+        hub.client.get(format!("{base}/api/v1/devices")).bearer_auth(&hub.token),
+        hub.client
+            .post(format!("{base}/api/v1/devices"))
+            .bearer_auth(&hub.token)
+            .json(&json!({"model": "m", "count": 1})),
+        hub.client.post(format!("{base}/api/v1/devices/{id}/bootstrap")).bearer_auth(&hub.token),
+        hub.client.post(format!("{base}/api/v1/tokens")).bearer_auth(&hub.token).json(&json!({"label": "ci"})),
+        hub.client.post(format!("{base}/api/v1/setup")).json(&json!({"setup_token": "hst_used"})),
+        hub.client.get(format!("{base}/api/v1/nowhere")),
+    ];
+    for request in requests {
+        let (status, headers, _) = hub.send(request).await.expect("send");
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        assert_eq!(header("strict-transport-security").as_deref(), Some("max-age=31536000"), "{status}");
+        assert_eq!(header("x-content-type-options").as_deref(), Some("nosniff"), "{status}");
+        assert_eq!(header("cache-control").as_deref(), Some("no-store"), "{status}");
+    }
+}

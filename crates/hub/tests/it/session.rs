@@ -507,3 +507,96 @@ async fn a_revoked_device_is_told_why_before_its_connection_closes() {
     }
     assert!(c.recv().await.is_none(), "then the connection closes");
 }
+
+#[tokio::test]
+async fn topic_alias_is_refused_with_0x94_with_or_without_a_topic_name() {
+    // Issue 14, deviation 1: aliases 1 and 5 were accepted (stored, PUBACK 0x00) though CONNACK allows none; an
+    // alias-only publish got PUBACK 0x90 and alias 0 DISCONNECT 0x81. MQTT 5 §3.3.2.3.4 wants DISCONNECT 0x94.
+    let hub = TestHub::start().await.expect("hub");
+    let dir = tempfile::tempdir().expect("dir");
+    let dev = hub.enrolled_device(dir.path()).await.expect("device");
+    for (topic, alias) in [(format!("devices/{}/telemetry", dev.id), 1u16), (String::new(), 1), (String::new(), 5)] {
+        let mut c = V5::connect(&hub, &dev).await.expect("connect");
+        let publish = rmqtt_codec::types::Publish {
+            dup: false,
+            retain: false,
+            qos: rmqtt_codec::types::QoS::AtLeastOnce,
+            topic: topic.clone().into(),
+            packet_id: std::num::NonZeroU16::new(3),
+            payload: hearth_test_support::mqtt::telemetry(u64::from(alias) + 70, 1.0).into(),
+            properties: Some(v5::PublishProperties {
+                topic_alias: std::num::NonZeroU16::new(alias),
+                ..Default::default()
+            }),
+        };
+        c.send(v5::Packet::Publish(Box::new(publish))).await.expect("publish");
+        match c.recv().await {
+            Some(v5::Packet::Disconnect(d)) => {
+                assert_eq!(d.reason_code, v5::DisconnectReasonCode::TopicAliasInvalid, "topic {topic:?} alias {alias}")
+            }
+            other => panic!("topic {topic:?} alias {alias}: expected DISCONNECT 0x94, got {other:?}"),
+        }
+    }
+    let (_, page) = hub.get(&format!("/api/v1/devices/{}/telemetry", dev.id)).await.expect("telemetry");
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(0), "nothing sent with an alias is stored");
+}
+
+#[tokio::test]
+async fn a_resent_command_keeps_its_first_send_time_and_counts_its_deliveries() {
+    // Issue 14, deviation 5: every SUBSCRIBE re-sent unanswered commands and overwrote `sent_at_ms`.
+    let hub = TestHub::start().await.expect("hub");
+    let dir = tempfile::tempdir().expect("dir");
+    let dev = hub.enrolled_device(dir.path()).await.expect("device");
+    let (_, cmd) =
+        hub.post(&format!("/api/v1/devices/{}/commands", dev.id), json!({ "name": "ping" })).await.expect("cmd");
+    let id = cmd["id"].as_str().expect("id").to_owned();
+    let mut first_sent = None;
+    for delivery in 1..=2 {
+        let mut c = V5::connect(&hub, &dev).await.expect("connect");
+        c.subscribe(&[format!("devices/{}/commands", dev.id)], 1).await.expect("subscribe");
+        let mut got = false;
+        while let Some(p) = c.recv().await {
+            if let v5::Packet::Publish(p) = p {
+                assert!(String::from_utf8_lossy(&p.payload).contains(&id), "the same command, by id");
+                got = true;
+                break;
+            }
+        }
+        assert!(got, "delivery {delivery}: the unanswered command is sent");
+        let (_, shown) = hub.get(&format!("/api/v1/devices/{}/commands/{id}", dev.id)).await.expect("show");
+        assert_eq!(shown["deliveries"], delivery, "{shown}");
+        let sent = shown["sent_at_ms"].as_i64().expect("sent_at_ms");
+        assert_eq!(*first_sent.get_or_insert(sent), sent, "the first send time stays");
+        drop(c);
+        wait_closed(&hub, &dev).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn last_seen_moves_while_a_device_streams_not_only_at_connect() {
+    // Issue 14, deviation 12: a device streaming every 2 s showed 14 minutes old. Activity moves last seen, at
+    // most once per 30 s of the hub's clock per session (coalesced, not a write per message).
+    let clock = hearth_hub::clock::Clock::manual(hearth_hub::clock::Clock::system().now_ms());
+    let hub = TestHub::start_with_clock(|_| {}, clock.clone()).await.expect("hub");
+    let dir = tempfile::tempdir().expect("dir");
+    let dev = hub.enrolled_device(dir.path()).await.expect("device");
+    let mut c = V5::connect(&hub, &dev).await.expect("connect");
+    let topic = format!("devices/{}/telemetry", dev.id);
+    let last_seen = || async {
+        let (_, d) = hub.get(&format!("/api/v1/devices/{}", dev.id)).await.expect("device");
+        d["last_seen_at_ms"].as_i64()
+    };
+    let connected_at = clock.now_ms();
+    assert_eq!(
+        eventually(Duration::from_secs(5), || async { last_seen().await.filter(|t| *t == connected_at) }).await,
+        Some(connected_at)
+    );
+    // (A seen mark goes to the writer before the message does: once the PUBACK is back, the mark is applied.)
+    for (seq, step, expected) in [(1u64, 10u64, 0i64), (2, 25, 35_000), (3, 20, 35_000), (4, 40, 95_000)] {
+        clock.advance(Duration::from_secs(step));
+        c.publish(&topic, hearth_test_support::mqtt::telemetry(seq, 1.0), seq as u16).await.expect("publish");
+        assert!(matches!(c.recv().await, Some(v5::Packet::PublishAck(_))));
+        assert_eq!(last_seen().await, Some(connected_at + expected), "after message {seq}");
+    }
+}

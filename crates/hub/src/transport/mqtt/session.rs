@@ -37,8 +37,8 @@ use crate::store::{SessionOpen, UplinkRecord};
 use crate::telemetry::{Durable, IngestItem, Outcome};
 use crate::transport::admission::{Slot, Stage};
 
-/// How often, at most, a busy session tells the store that its device is active.
-const SEEN_EVERY: Duration = Duration::from_secs(30);
+/// How often, at most, a busy session tells the store that its device is active (ms of the hub's clock).
+const SEEN_EVERY_MS: i64 = 30_000;
 
 /// The admission slots a connection holds: its pending slot until CONNECT is accepted, then a session slot.
 #[derive(Debug)]
@@ -125,7 +125,8 @@ struct Session<S> {
     epoch: i64,
     tokens: f64,
     refilled: Instant,
-    seen_at: Instant,
+    /// When the session last told the store its device was active (hub clock, ms).
+    seen_at_ms: i64,
 }
 
 /// Runs a session on an authenticated TLS stream until it ends.
@@ -162,7 +163,7 @@ where
         epoch: 0,
         tokens: f64::from(limits.burst),
         refilled: Instant::now(),
-        seen_at: Instant::now(),
+        seen_at_ms: ctx.clock.now_ms(),
     };
 
     // CONNECT must arrive promptly.
@@ -647,8 +648,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             self.security("receive_maximum_exceeded", format!("{} unacknowledged", self.acks.len() + 1));
             return Err(End::Hub(Reason::ReceiveMaximumExceeded, "too many unacknowledged QoS 1 messages".into()));
         }
-        if self.seen_at.elapsed() >= SEEN_EVERY {
-            self.seen_at = Instant::now();
+        let now_ms = self.ctx.clock.now_ms();
+        if now_ms - self.seen_at_ms >= SEEN_EVERY_MS {
+            self.seen_at_ms = now_ms;
             self.ctx.ingest.seen(self.device.as_str());
         }
         let kind = match topic::authorize_publish(&self.device, &topic_name) {
