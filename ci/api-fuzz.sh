@@ -2,7 +2,8 @@
 # Contract check of a running hub's HTTPS API against its own OpenAPI document:
 #   1. openapi-spec-validator: the served document is valid OpenAPI 3.1;
 #   2. schemathesis: property-based requests to every operation, failing on any 5xx, an undeclared status code,
-#      a body that does not match the declared schema, or a wrong Content-Type.
+#      a body that does not match the declared schema, a wrong Content-Type, or a request the schema refuses
+#      that the hub accepts (negative data must get a 4xx: the request schemas are never looser than the hub).
 #
 # Usage: ci/api-fuzz.sh BASE_URL CA_FILE [TOKEN]
 #   BASE_URL  e.g. https://localhost:8443 (a host name in the server certificate)
@@ -40,7 +41,7 @@ timeout 1200 "$VENV/bin/schemathesis" run "$SPEC" \
     --url "$BASE_URL" \
     --tls-verify "$CA_FILE" \
     "${AUTH[@]}" \
-    --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
+    --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,negative_data_rejection \
     --max-examples "${MAX_EXAMPLES:-30}" --seed "${SEED:-1}" --workers 1 --continue-on-failure \
     --request-timeout 10 --generation-database none \
     --exclude-path-regex '^/api/v1/tokens/\{id\}/revoke$' \

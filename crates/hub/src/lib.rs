@@ -69,6 +69,8 @@ pub struct HubState {
     pub retention: telemetry::Retention,
     /// The bus between nodes.
     pub bus: bus::Bus,
+    /// Wills waiting out their delay on this node.
+    pub pending_wills: Arc<transport::mqtt::session::PendingWills>,
 }
 
 /// Why the hub could not start. The message names what to fix.
@@ -225,6 +227,7 @@ pub async fn start_with_clock(config: Config, clock: clock::Clock) -> Result<Run
         mqtt_port: config.public.mqtt_port.unwrap_or(mqtt_addr.port()),
     });
 
+    let pending_wills = Arc::new(transport::mqtt::session::PendingWills::default());
     let state = HubState {
         store: store.clone(),
         identity: identity.clone(),
@@ -236,6 +239,7 @@ pub async fn start_with_clock(config: Config, clock: clock::Clock) -> Result<Run
         clock: clock.clone(),
         retention: retention.clone(),
         bus: bus.clone(),
+        pending_wills: pending_wills.clone(),
     };
     let mqtt_tls =
         transport::mqtt::tls_config(&identity, config.tls.allow_tls12).map_err(failed("configuring MQTTS TLS"))?;
@@ -256,6 +260,7 @@ pub async fn start_with_clock(config: Config, clock: clock::Clock) -> Result<Run
         quotas: telemetry::Quotas::new(config.telemetry.max_bytes_per_device_per_day, clock.clone()),
         clock: clock.clone(),
         bus: bus.clone(),
+        wills: pending_wills,
     });
     let tasks = vec![
         tokio::spawn(routing::dispatch(notices, ctx.routing.clone(), identity.clone(), store.clone())),

@@ -54,7 +54,7 @@ pub struct EnrolRequest {
     pub bootstrap_token: String,
     /// A PKCS#10 certificate signing request (PEM) for the key the device generated; its subject, if any, must
     /// be the device id.
-    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 16384))]
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 12288))]
     pub csr_pem: String,
 }
 
@@ -70,7 +70,7 @@ impl std::fmt::Debug for EnrolRequest {
 #[serde(deny_unknown_fields)]
 pub struct RenewRequest {
     /// A certificate signing request (PEM); its subject, if any, must be the device id.
-    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 16384))]
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 12288))]
     pub csr_pem: String,
 }
 

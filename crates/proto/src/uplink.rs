@@ -258,6 +258,30 @@ fn check_fields(what: &'static str, fields: Fields) -> Result<Fields, Validation
     Ok(fields)
 }
 
+/// The OpenAPI schema of [`Fields`] as [`check_fields`] accepts them: at most `MAX_METRICS` names of `a-z 0-9 _ .`,
+/// each a finite number, a boolean or a string of at most `MAX_METRIC_STRING` bytes.
+#[cfg(feature = "openapi")]
+pub fn fields_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, OneOfBuilder, Type};
+    let value = OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::Number))
+        .item(ObjectBuilder::new().schema_type(Type::Boolean))
+        .item(ObjectBuilder::new().schema_type(Type::String).max_length(Some(MAX_METRIC_STRING)));
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .max_properties(Some(MAX_METRICS))
+        .property_names(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(MAX_METRIC_NAME))
+                .pattern(Some("^[a-z0-9_.]+$")),
+        ))
+        .additional_properties(Some(AdditionalProperties::RefOr(value.into())))
+        .description(Some("Names (a-z 0-9 _ .) to finite numbers, booleans or short strings."))
+        .build()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -232,6 +232,8 @@ fn openapi_declares_every_refusal_and_request_schemas_are_as_strict_as_the_serve
         ("CommandRequest", json!({"name": ""})),
         ("CommandRequest", json!({"name": "Ping"})),
         ("CommandRequest", json!({"name": "ping", "timeout_secs": 0})),
+        ("CommandRequest", json!({"name": "ping", "args": {"list": [1, 2]}})),
+        ("CommandRequest", json!({"name": "ping", "args": {"Bad Name": 1}})),
         ("NewTokenRequest", json!({"label": ""})),
         ("SetupRequest", json!({})),
     ];

@@ -600,3 +600,33 @@ async fn last_seen_moves_while_a_device_streams_not_only_at_connect() {
         assert_eq!(last_seen().await, Some(connected_at + expected), "after message {seq}");
     }
 }
+
+#[tokio::test]
+async fn a_device_reconnecting_in_a_loop_holds_at_most_one_waiting_will() {
+    // A will with a long delay waits in a task; a device that reconnects in a loop must not pile them up (each
+    // new connection cancels the wait, each new will replaces the old one).
+    let hub = TestHub::start().await.expect("hub");
+    let dir = tempfile::tempdir().expect("dir");
+    let dev = hub.enrolled_device(dir.path()).await.expect("device");
+    let (ca, addr) = (hub.hub.server_ca_path.clone(), hub.hub.mqtt_addr);
+    for i in 0..20 {
+        let w = will(&dev, 2000 + i, Some(3600));
+        let (c, _) = V5::connect_to(&ca, addr, &dev, |c| {
+            c.last_will = Some(w);
+            c.session_expiry_interval_secs = 7200;
+        })
+        .await
+        .expect("connect");
+        drop(c);
+        wait_closed(&hub, &dev).await;
+    }
+    let waiting = eventually(Duration::from_secs(5), || async {
+        let n = hub.hub.state.pending_wills.len();
+        (n == 1).then_some(n)
+    })
+    .await;
+    assert_eq!(waiting, Some(1), "one will waits: the last connection's");
+    let (_c, _) = V5::connect_to(&ca, addr, &dev, |_| {}).await.expect("back");
+    assert!(hub.hub.state.pending_wills.is_empty(), "the device is back: no will waits");
+    assert!(stored_event_seqs(&hub, &dev).await.is_empty(), "no will was published");
+}

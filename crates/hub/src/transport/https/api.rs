@@ -547,6 +547,9 @@ async fn list_devices(
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<DeviceList>, ApiError> {
     let limit = page_limit(params.limit, 100, 1000)?;
+    if params.after.as_ref().is_some_and(|a| a.len() > DeviceId::MAX_LEN) {
+        return Err(ApiError::bad_request("invalid_after", "after is a device id, at most 64 bytes"));
+    }
     let rows = state.store.devices(params.after.as_deref(), limit).await?;
     let next_after = (rows.len() as i64 == limit).then(|| rows.last().map(|d| d.id.to_string())).flatten();
     let live = live_nodes(&state).await?;
@@ -668,7 +671,7 @@ pub struct CommandRequest {
     pub name: String,
     /// Arguments: names to numbers, booleans or short strings.
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(schema_with = hearth_proto::uplink::fields_schema)]
     pub args: Fields,
     /// Seconds until the command times out, 1 to 604800 (a week; default 60).
     #[serde(default)]

@@ -88,6 +88,8 @@ pub struct Ctx {
     pub clock: Clock,
     /// The bus (session takeover across nodes).
     pub bus: crate::bus::Bus,
+    /// Wills waiting out their delay (shared with [`crate::HubState`] for tests and monitoring).
+    pub wills: Arc<session::PendingWills>,
 }
 
 /// Builds the TLS configuration of the MQTT listener.

@@ -223,6 +223,8 @@ where
         }
     };
     drop(pending);
+    // A will of an earlier connection still waiting out its delay here is not published now.
+    ctx.wills.cancel(&s.device);
 
     let conn_id = ctx.routing.next_conn_id();
     let (link, mut link_rx, mut close_rx) = Link::new(conn_id, s.epoch);
@@ -347,39 +349,93 @@ where
     tracing::info!(device = %s.device, peer = %s.peer, end = ?end, "device disconnected");
 }
 
+/// Wills waiting out their delay on this node: at most one per device (a newer one replaces it, a new connection
+/// of the device cancels it), so a device that reconnects in a loop with a long will delay holds one task here,
+/// not one per connection.
+#[derive(Debug, Default)]
+pub struct PendingWills(std::sync::Mutex<HashMap<DeviceId, tokio::task::AbortHandle>>);
+
+impl PendingWills {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, tokio::task::AbortHandle>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn replace(&self, device: DeviceId, task: tokio::task::AbortHandle) {
+        if let Some(old) = self.map().insert(device, task) {
+            old.abort();
+        }
+    }
+
+    /// A new connection of `device` opened: its waiting will is not published.
+    fn cancel(&self, device: &DeviceId) {
+        if let Some(task) = self.map().remove(device) {
+            task.abort();
+        }
+    }
+
+    fn finished(&self, device: &DeviceId, task: tokio::task::Id) {
+        let mut map = self.map();
+        if map.get(device).is_some_and(|t| t.id() == task) {
+            map.remove(device);
+        }
+    }
+
+    /// How many wills wait (one per device at most).
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+
+    /// Whether none waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Stores a will as the message it stands for, after its delay unless the device has connected again by then
-/// (on any node: the store's session epoch tells). The delay is cut short by the end of the session (MQTT 5
-/// §3.1.3.2.2). A will whose hub stops before its delay ends is not published.
+/// (on any node: the store's session epoch tells; on this node a new connection also cancels the wait). The
+/// delay is cut short by the end of the session (MQTT 5 §3.1.3.2.2). A will whose hub stops before its delay
+/// ends is not published.
 fn publish_will(ctx: Arc<Ctx>, device: DeviceId, epoch: i64, will: Will, expiry_ms: i64) {
     let delay = will.delay.min(Duration::from_millis(u64::try_from(expiry_ms).unwrap_or(0)));
-    tokio::spawn(async move {
+    let (task_ctx, task_device) = (ctx.clone(), device.clone());
+    let task = tokio::spawn(async move {
+        fire_will(&task_ctx, &task_device, epoch, will, delay).await;
         if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-            match ctx.store.session_epoch(device.as_str()).await {
-                Ok(current) if current == epoch => {}
-                Ok(_) => {
-                    tracing::debug!(device = %device, "the device connected again within its will delay; will not published");
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, device = %device, "could not check the session; will not published");
-                    return;
-                }
-            }
-        }
-        if !ctx.ingest.available() {
-            tracing::warn!(device = %device, "storage unavailable; will not published");
-            return;
-        }
-        if let Err(e) = ctx.quotas.charge(device.as_str(), will.size) {
-            tracing::warn!(device = %device, error = %e, "will not published");
-            return;
-        }
-        let record = uplink_record(&device, &will.uplink, ctx.clock.now_ms());
-        if ctx.ingest.submit(IngestItem { record, ack: None }).await.is_ok() {
-            tracing::info!(device = %device, "will published");
+            task_ctx.wills.finished(&task_device, tokio::task::id());
         }
     });
+    if !delay.is_zero() {
+        ctx.wills.replace(device, task.abort_handle());
+    }
+}
+
+async fn fire_will(ctx: &Ctx, device: &DeviceId, epoch: i64, will: Will, delay: Duration) {
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+        match ctx.store.session_epoch(device.as_str()).await {
+            Ok(current) if current == epoch => {}
+            Ok(_) => {
+                tracing::debug!(device = %device, "the device connected again within its will delay; will not published");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, device = %device, "could not check the session; will not published");
+                return;
+            }
+        }
+    }
+    if !ctx.ingest.available() {
+        tracing::warn!(device = %device, "storage unavailable; will not published");
+        return;
+    }
+    if let Err(e) = ctx.quotas.charge(device.as_str(), will.size) {
+        tracing::warn!(device = %device, error = %e, "will not published");
+        return;
+    }
+    let record = uplink_record(device, &will.uplink, ctx.clock.now_ms());
+    if ctx.ingest.submit(IngestItem { record, ack: None }).await.is_ok() {
+        tracing::info!(device = %device, "will published");
+    }
 }
 
 /// The row an accepted message becomes.
