@@ -7,7 +7,7 @@
 //! Behaviours that need more than one connection (session expiry and Session Present, wills firing, takeover)
 //! are in `session.rs`; hostile and truncated input is in `hostile.rs`.
 
-use super::hostile::{Case, Env, Expect, Got, Packets, Start, V, cat, packet, run_table, s};
+use super::hostile::{Case, Env, Expect, Got, Packets, Start, cat, for_both_versions, packet, run_table, s};
 use hearth_test_support::TestHub;
 use hearth_test_support::mqtt::telemetry;
 
@@ -28,10 +28,7 @@ async fn mqtt_conformance_table() {
     let dir = tempfile::tempdir().expect("dir");
     let dev = hub.enrolled_device(dir.path()).await.expect("device");
     let env = Env { hub: &hub, dev: &dev };
-    let mut cases = Vec::new();
-    for v in [V::V3, V::V5] {
-        cases.extend(rules(&Packets { v, dev: dev.id.to_string() }));
-    }
+    let cases = for_both_versions(&dev, rules);
     let count = cases.len();
     assert!(count >= 60, "the conformance table shrank to {count} rows");
     let failures = run_table(&env, &cases).await;

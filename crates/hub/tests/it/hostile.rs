@@ -97,10 +97,7 @@ async fn hostile_packets_are_refused_and_cost_only_their_connection() {
     let dev = hub.enrolled_device(dir.path()).await.expect("device");
     let env = Env { hub: &hub, dev: &dev };
 
-    let mut cases = Vec::new();
-    for v in [V::V3, V::V5] {
-        cases.extend(hostile_cases(&Packets { v, dev: dev.id.to_string() }));
-    }
+    let cases = for_both_versions(&dev, hostile_cases);
     let count = cases.len();
     assert!(count >= 100, "the hostile table shrank to {count} cases");
     let started = Instant::now();
@@ -241,6 +238,11 @@ async fn slow_loris_https_body_is_cut_at_the_body_timeout() {
     // Held while the bytes trickled: the cut is the body timeout, not an early refusal of the request.
     assert!(answered >= Duration::from_secs(5), "answered after only {answered:?}: {text:?}");
     assert_eq!(statuses, vec![200; 9], "GET /healthz while the body trickles");
+}
+
+/// The cases `table` makes for each version, 3.1.1 first.
+pub(super) fn for_both_versions(dev: &TestDevice, table: fn(&Packets) -> Vec<Case>) -> Vec<Case> {
+    [V::V3, V::V5].into_iter().flat_map(|v| table(&Packets { v, dev: dev.id.to_string() })).collect()
 }
 
 /// Runs `cases` one after another and returns the failures, each naming its case.

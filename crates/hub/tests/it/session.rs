@@ -317,16 +317,19 @@ async fn connect_v5(hub: &TestHub, dev: &TestDevice, clean_start: bool, expiry: 
     .expect("connect")
 }
 
-async fn disconnect_v5(mut c: V5, session_expiry: Option<u32>) {
-    c.send(v5::Packet::Disconnect(v5::Disconnect {
-        reason_code: v5::DisconnectReasonCode::NormalDisconnection,
+/// An MQTT 5 DISCONNECT with `code` and, if given, a new session expiry.
+fn disconnect_packet(code: v5::DisconnectReasonCode, session_expiry: Option<u32>) -> v5::Packet {
+    v5::Packet::Disconnect(v5::Disconnect {
+        reason_code: code,
         session_expiry_interval_secs: session_expiry,
         server_reference: None,
         reason_string: None,
         user_properties: Vec::new(),
-    }))
-    .await
-    .expect("disconnect");
+    })
+}
+
+async fn disconnect_v5(mut c: V5, session_expiry: Option<u32>) {
+    c.send(disconnect_packet(v5::DisconnectReasonCode::NormalDisconnection, session_expiry)).await.expect("disconnect");
     // The hub closes after a DISCONNECT.
     assert!(c.recv().await.is_none());
 }
@@ -372,15 +375,7 @@ async fn session_expiry_interval_decides_session_present() {
 
     // MQTT-3.14.2-2: a session that was to end with its connection cannot be kept by DISCONNECT.
     let mut c = c;
-    c.send(v5::Packet::Disconnect(v5::Disconnect {
-        reason_code: v5::DisconnectReasonCode::NormalDisconnection,
-        session_expiry_interval_secs: Some(30),
-        server_reference: None,
-        reason_string: None,
-        user_properties: Vec::new(),
-    }))
-    .await
-    .expect("disconnect");
+    c.send(disconnect_packet(v5::DisconnectReasonCode::NormalDisconnection, Some(30))).await.expect("disconnect");
     match c.recv().await {
         Some(v5::Packet::Disconnect(d)) => assert_eq!(d.reason_code, v5::DisconnectReasonCode::ProtocolError),
         other => panic!("expected DISCONNECT 0x82, got {other:?}"),
@@ -460,15 +455,7 @@ async fn wills_are_stored_as_device_events_when_the_connection_is_lost() {
     wait_closed(&hub, &dev).await;
     // DISCONNECT with reason 0x04 asks for the will (seq 903).
     let (mut c, _) = V5::connect_to(&ca, addr, &dev, with_will(903, None, 0)).await.expect("connect");
-    c.send(v5::Packet::Disconnect(v5::Disconnect {
-        reason_code: v5::DisconnectReasonCode::DisconnectWithWillMessage,
-        session_expiry_interval_secs: None,
-        server_reference: None,
-        reason_string: None,
-        user_properties: Vec::new(),
-    }))
-    .await
-    .expect("disconnect");
+    c.send(disconnect_packet(v5::DisconnectReasonCode::DisconnectWithWillMessage, None)).await.expect("disconnect");
     drop(c);
     wait_closed(&hub, &dev).await;
     // A connection lost without DISCONNECT publishes its will (seq 904).
