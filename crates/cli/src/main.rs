@@ -261,7 +261,7 @@ async fn migrate(data_dir: &std::path::Path, to: &str) -> Result<()> {
     let started = std::time::Instant::now();
     let mut last = std::time::Instant::now();
     let report = from
-        .copy_into(&into, |table, rows| {
+        .copy_into(&into, hearth_hub::clock::Clock::system().now_ms(), |table, rows| {
             if last.elapsed() >= std::time::Duration::from_secs(1) {
                 eprintln!("  {table}: {rows} rows so far");
                 last = std::time::Instant::now();

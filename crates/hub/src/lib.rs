@@ -304,6 +304,8 @@ impl RunningHub {
             t.abort();
         }
         self.state.routing.close_all(routing::CloseReason::ShuttingDown);
+        // Waiting wills hold ingest handles; they are not published when the hub stops.
+        self.state.pending_wills.abort_all();
         self.state.monitor.flush().await;
         // Sessions end, dropping their ingest handles; the writer then drains and stops.
         if tokio::time::timeout(Duration::from_secs(10), self.ingest_task).await.is_err() {

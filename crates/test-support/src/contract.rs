@@ -58,15 +58,31 @@ pub fn template_for(path: &str) -> Option<String> {
         .map(|(_, template)| template)
 }
 
-/// Checks one answer against the document. `path` may carry a query. Paths the document does not describe
-/// (the document itself, unknown paths answered by the fallback) and methods it does not list are not checked.
+/// Checks one answer against the document. `path` may carry a query. A path the document does not describe must
+/// be answered `404` with the error body (only the document itself is served outside it), and a method it does
+/// not list for a path `405`: a route missing from the document shows up here as a breach.
 pub fn check(method: &str, path: &str, status: u16, content_type: Option<&str>, body: &[u8]) -> Result<(), String> {
     let path = path.split('?').next().unwrap_or_default();
-    let Some(template) = template_for(path) else { return Ok(()) };
     let method = method.to_ascii_lowercase();
+    let Some(template) = template_for(path) else {
+        if path == "/api/v1/openapi.json" && method == "get" {
+            return Ok(());
+        }
+        let error = serde_json::from_slice::<Value>(body).ok();
+        let is_error = error.as_ref().is_some_and(|e| e["error"]["code"].is_string());
+        return if status == 404 && is_error {
+            Ok(())
+        } else {
+            Err(format!("{method} {path}, which the document does not describe, answered {status}"))
+        };
+    };
     let op = &document()["paths"][&template][&method];
     if op.is_null() {
-        return Ok(());
+        return if status == 405 {
+            Ok(())
+        } else {
+            Err(format!("{method} {template}, a method the document does not list, answered {status}"))
+        };
     }
     let what = format!("{} {template} answered {status}", method.to_ascii_uppercase());
     let response = &op["responses"][status.to_string()];
@@ -81,6 +97,9 @@ pub fn check(method: &str, path: &str, status: u16, content_type: Option<&str>, 
         };
     };
     let (declared_type, media) = content;
+    if !media["schema"].is_object() {
+        return Err(format!("{what}: the document declares {declared_type} without a schema"));
+    }
     let media_type = content_type.unwrap_or_default().split(';').next().unwrap_or_default().trim();
     if media_type != declared_type {
         return Err(format!("{what} as {media_type:?}, where the document declares {declared_type:?}"));
@@ -104,11 +123,14 @@ fn validator(template: &str, method: &str, status: u16, schema: &Value) -> Resul
     if let Some(v) = cache.get(&key) {
         return Ok(v.clone());
     }
-    // The response schema, with the document's components beside it so that `#/components/schemas/…` resolves.
+    // The response schema, with the document's components beside it so that `#/components/schemas/…` resolves;
+    // in answers an object carries only its declared properties (a field leaked into an answer is a breach).
     let mut root = json!({ "$schema": "https://json-schema.org/draft/2020-12/schema" });
     if let (Some(root), Some(schema)) = (root.as_object_mut(), schema.as_object()) {
         root.extend(schema.clone());
-        root.insert("components".into(), c.doc["components"].clone());
+        let mut components = c.doc["components"].clone();
+        close_objects(&mut components);
+        root.insert("components".into(), components);
     }
     let v = Arc::new(
         jsonschema::validator_for(&root)
@@ -116,4 +138,18 @@ fn validator(template: &str, method: &str, status: u16, schema: &Value) -> Resul
     );
     cache.insert(key, v.clone());
     Ok(v)
+}
+
+/// Sets `additionalProperties: false` on every object schema that lists its properties and says nothing of others.
+fn close_objects(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            if map.contains_key("properties") && !map.contains_key("additionalProperties") {
+                map.insert("additionalProperties".into(), Value::Bool(false));
+            }
+            map.values_mut().for_each(close_objects);
+        }
+        Value::Array(items) => items.iter_mut().for_each(close_objects),
+        _ => {}
+    }
 }

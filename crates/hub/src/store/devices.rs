@@ -427,11 +427,11 @@ impl Store {
     /// A node closes its own connection of the device when another reports a higher epoch, so of two
     /// connections the later one wins on every node.
     pub async fn open_session(&self, id: &str, open: &SessionOpen<'_>) -> Result<OpenedSession> {
-        // A session exists while a connection is open, or until its expiry; evaluated on the row as it was (SET
-        // expressions see the old values on both backends).
+        // A session exists while a connection is open, or until its expiry (never for expiry 0, whatever a clock
+        // stepped back says); evaluated on the row as it was (SET expressions see the old values on both backends).
         macro_rules! exists {
             () => {
-                "((session_open AND session_expires_at IS NULL) OR COALESCE(session_expires_at, 0) > $5)"
+                "((session_open AND session_expires_at IS NULL) OR (session_expiry_ms > 0 AND COALESCE(session_expires_at, 0) > $5))"
             };
         }
         let sql = concat!(

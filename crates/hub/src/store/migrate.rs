@@ -45,8 +45,9 @@ const PAGE: i64 = 5_000;
 
 impl Store {
     /// Copies everything from this (SQLite) store into `to` (an empty PostgreSQL store). `progress` is told
-    /// (table, rows so far) as the copy goes.
-    pub async fn copy_into(&self, to: &Store, mut progress: impl FnMut(&str, u64)) -> Result<CopyReport> {
+    /// (table, rows so far) as the copy goes. Connections the source still records as open (its hub stopped
+    /// without closing them) are closed at `now_ms`: their sessions last their expiry from then.
+    pub async fn copy_into(&self, to: &Store, now_ms: i64, mut progress: impl FnMut(&str, u64)) -> Result<CopyReport> {
         let (Backend::Sqlite { pool: src, .. }, Backend::Postgres { pool: dst }) = (&self.backend, &to.backend) else {
             return Err(StoreError::Corrupt("migrate copies from SQLite to PostgreSQL only".into()));
         };
@@ -66,7 +67,7 @@ impl Store {
         let mut report = CopyReport::default();
         report.tables.push(("keys", copy_keys(src, dst).await?));
         progress("keys", report.tables[0].1);
-        report.tables.push(("devices", copy_devices(src, dst, &mut progress).await?));
+        report.tables.push(("devices", copy_devices(src, dst, now_ms, &mut progress).await?));
         report.tables.push(("commands", copy_commands(src, dst).await?));
         progress("commands", report.tables[2].1);
         report.tables.push(("api_tokens", copy_tokens(src, dst).await?));
@@ -104,7 +105,12 @@ async fn copy_keys(src: &SqlitePool, dst: &PgPool) -> Result<u64> {
     Ok(rows.len() as u64)
 }
 
-async fn copy_devices(src: &SqlitePool, dst: &PgPool, progress: &mut impl FnMut(&str, u64)) -> Result<u64> {
+async fn copy_devices(
+    src: &SqlitePool,
+    dst: &PgPool,
+    now_ms: i64,
+    progress: &mut impl FnMut(&str, u64),
+) -> Result<u64> {
     let mut after = String::new();
     let mut copied = 0u64;
     loop {
@@ -112,10 +118,14 @@ async fn copy_devices(src: &SqlitePool, dst: &PgPool, progress: &mut impl FnMut(
             "SELECT id, model, status, bootstrap_mac, bootstrap_expires_at, bootstrap_used_at, claim_mac, \
              cert_serial, cert_not_after, created_at, enrolled_at, revoked_at, last_seen_at, state_json, state_seq, \
              prev_cert_serial, cert_spki, cert_chain_pem, cert_used_at, session_epoch, session_subscribed, \
-             session_expiry_ms, session_expires_at FROM devices WHERE id > $1 ORDER BY id LIMIT $2",
+             session_expiry_ms, \
+             CASE WHEN session_open <> 0 AND session_expires_at IS NULL THEN $3 + session_expiry_ms \
+             ELSE session_expires_at END AS session_expires_at \
+             FROM devices WHERE id > $1 ORDER BY id LIMIT $2",
         )
         .bind(&after)
         .bind(PAGE)
+        .bind(now_ms)
         .fetch_all(src)
         .await?;
         let Some(last) = rows.last() else { break };

@@ -107,6 +107,15 @@ fn rules(p: &Packets) -> Vec<Case> {
         // Level-3 CONNECT ("MQIsdp", MQTT 3.1): the hub speaks 3.1.1 and 5 only.
         let mqisdp = cat(&[&s("MQIsdp"), &[3, 0x02, 0, 60], &s(&p.dev)]);
         add("MQTT-3.1.2-2: MQTT 3.1 gets return code 1", Start::Raw, packet(0x10, &mqisdp), ConnAck(1));
+        for level in [4u8, 5] {
+            let body = cat(&[&s("MQIsdp"), &[level, 0x02, 0, 60], &s(&p.dev)]);
+            add(
+                &format!("MQTT-3.1.2-2: MQIsdp at level {level} gets return code 1"),
+                Start::Raw,
+                packet(0x10, &body),
+                ConnAck(1),
+            );
+        }
         for level in [6u8, 7] {
             let mut b = p.connect_body(0x02, 60, &[]);
             b[6] = level;

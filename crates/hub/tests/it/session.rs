@@ -617,3 +617,37 @@ async fn a_device_reconnecting_in_a_loop_holds_at_most_one_waiting_will() {
     assert!(hub.hub.state.pending_wills.is_empty(), "the device is back: no will waits");
     assert!(stored_event_seqs(&hub, &dev).await.is_empty(), "no will was published");
 }
+
+#[tokio::test]
+async fn a_will_is_not_published_for_a_device_revoked_during_its_delay_and_an_error_disconnect_publishes_it() {
+    let hub = TestHub::start().await.expect("hub");
+    let dir = tempfile::tempdir().expect("dir");
+    let dev = hub.enrolled_device(dir.path()).await.expect("device");
+    let (ca, addr) = (hub.hub.server_ca_path.clone(), hub.hub.mqtt_addr);
+    // MQTT-3.14.4-3: only DISCONNECT 0x00 discards the will; 0x80 (an error on the client's side) publishes it.
+    let w = will(&dev, 3001, None);
+    let (mut c, _) = V5::connect_to(&ca, addr, &dev, |c| c.last_will = Some(w)).await.expect("connect");
+    c.send(disconnect_packet(v5::DisconnectReasonCode::UnspecifiedError, None)).await.expect("disconnect");
+    drop(c);
+    let stored = eventually(Duration::from_secs(5), || async {
+        stored_event_seqs(&hub, &dev).await.contains(&3001).then_some(())
+    })
+    .await;
+    assert!(stored.is_some(), "the will after DISCONNECT 0x80 is stored");
+    wait_closed(&hub, &dev).await;
+    // A will waiting out its 1 s delay when the device is revoked is not published.
+    let w = will(&dev, 3002, Some(1));
+    let (c, _) = V5::connect_to(&ca, addr, &dev, |c| {
+        c.last_will = Some(w);
+        c.session_expiry_interval_secs = 60;
+    })
+    .await
+    .expect("connect");
+    drop(c);
+    wait_closed(&hub, &dev).await;
+    let (status, _) = hub.post(&format!("/api/v1/devices/{}/revoke", dev.id), json!({})).await.expect("revoke");
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(hub.hub.state.pending_wills.is_empty(), "the will's wait is over");
+    assert_eq!(stored_event_seqs(&hub, &dev).await, vec![3001], "nothing of a revoked device is stored");
+}

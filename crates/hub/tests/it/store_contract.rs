@@ -451,6 +451,12 @@ async fn sessions(store: &Store) {
     assert_eq!((clean.present, clean.subscribed), (false, false));
     store.close_session("dev-x", clean.epoch, NOW + 90_000).await.unwrap();
     assert!(!store.device("dev-x").await.unwrap().unwrap().session_open);
+    // A session that ended with its connection (expiry 0) does not come back when the clock steps back.
+    let zero = store.open_session("dev-x", &open(false, 0, "n2", NOW + 100_000)).await.unwrap();
+    store.close_session("dev-x", zero.epoch, NOW + 100_000).await.unwrap();
+    let stepped_back = store.open_session("dev-x", &open(false, 0, "n2", NOW + 40_000)).await.unwrap();
+    assert!(!stepped_back.present, "expiry 0 never resumes, whatever the clock says");
+    store.close_session("dev-x", stepped_back.epoch, NOW + 40_000).await.unwrap();
     let nobody = store.open_session("nobody", &open(false, 0, "n1", NOW)).await.unwrap();
     assert_eq!(nobody, OpenedSession { epoch: 0, present: false, subscribed: false });
     // Node liveness: a node counts as alive while its heartbeats are recent.
@@ -501,4 +507,21 @@ async fn concurrent_writers_store_each_message_once(store: &Store) {
     for d in ["dev-k1", "dev-k2", "dev-k3"] {
         assert_eq!(store.uplink_count(d).await.unwrap(), 200);
     }
+}
+
+/// `hearth store migrate` keeps sessions the SQLite hub left open when it stopped (a crash): they count as closed
+/// at the migration and last their expiry from then, as a restarted node would treat them.
+#[tokio::test]
+async fn migration_keeps_sessions_left_open_by_a_crash() {
+    let Some(pg) = postgres("migration_keeps_sessions").await else { return };
+    let source = sqlite().await;
+    enrolled(&source.store, "dev-m").await;
+    let open = SessionOpen { clean: false, expiry_ms: 4_294_967_295_000, node: "old", now: NOW };
+    let first = source.store.open_session("dev-m", &open).await.unwrap();
+    source.store.set_session_subscribed("dev-m", true, first.epoch).await.unwrap();
+    // The SQLite hub stops here without closing the connection.
+    source.store.copy_into(&pg.store, NOW + 1_000, |_, _| {}).await.unwrap();
+    let later = SessionOpen { clean: false, expiry_ms: 0, node: "new", now: NOW + 86_400_000 };
+    let resumed = pg.store.open_session("dev-m", &later).await.unwrap();
+    assert_eq!((resumed.present, resumed.subscribed), (true, true), "the 3.1.1 session survives the migration");
 }

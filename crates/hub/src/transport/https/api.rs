@@ -249,6 +249,12 @@ impl FromRequestParts<HubState> for OperatorAuth {
     }
 }
 
+/// Whether `s` is `min` to `max` bytes without control characters (which, NUL first, no database column takes).
+/// The schema says the same with the pattern `^[^\x00-\x1f\x7f-\x9f]*$`.
+fn plain_text(s: &str, min: usize, max: usize) -> bool {
+    (min..=max).contains(&s.len()) && !s.chars().any(char::is_control)
+}
+
 fn device_id(raw: &str) -> Result<DeviceId, ApiError> {
     DeviceId::parse(raw).map_err(|e| ApiError::bad_request("invalid_device_id", e.to_string()))
 }
@@ -275,7 +281,7 @@ pub struct SetupRequest {
     setup_token: String,
     /// A label for the operator token (default `owner`).
     #[serde(default)]
-    #[schema(min_length = 1, max_length = 64)]
+    #[schema(min_length = 1, max_length = 64, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$")]
     label: Option<String>,
 }
 
@@ -294,7 +300,7 @@ async fn setup(
     ApiJson(req): ApiJson<SetupRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let label = req.label.unwrap_or_else(|| "owner".into());
-    if label.is_empty() || label.len() > 64 {
+    if !plain_text(&label, 1, 64) {
         return Err(ApiError::bad_request("invalid_label", "label must be 1 to 64 bytes"));
     }
     match state.accounts.complete_setup(req.setup_token.trim(), &label).await? {
@@ -516,7 +522,7 @@ fn device_body(state: &HubState, live: &[String], d: DeviceRow) -> DeviceBody {
 #[serde(deny_unknown_fields)]
 struct ListParams {
     /// Return devices with ids after this one (the previous page's `next_after`).
-    #[param(max_length = 64)]
+    #[param(max_length = 64, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$")]
     after: Option<String>,
     /// Page size, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
@@ -547,8 +553,11 @@ async fn list_devices(
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<DeviceList>, ApiError> {
     let limit = page_limit(params.limit, 100, 1000)?;
-    if params.after.as_ref().is_some_and(|a| a.len() > DeviceId::MAX_LEN) {
-        return Err(ApiError::bad_request("invalid_after", "after is a device id, at most 64 bytes"));
+    if params.after.as_ref().is_some_and(|a| !plain_text(a, 0, DeviceId::MAX_LEN)) {
+        return Err(ApiError::bad_request(
+            "invalid_after",
+            "after is a device id: at most 64 bytes, no control characters",
+        ));
     }
     let rows = state.store.devices(params.after.as_deref(), limit).await?;
     let next_after = (rows.len() as i64 == limit).then(|| rows.last().map(|d| d.id.to_string())).flatten();
@@ -738,7 +747,7 @@ async fn send_command(
 }
 
 /// One command and its outcome.
-#[utoipa::path(get, path = "/api/v1/devices/{id}/commands/{command_id}", params(("id" = DeviceId, Path, description = "Device id"), ("command_id" = String, Path, min_length = 1, max_length = 64, description = "Command id")), security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/devices/{id}/commands/{command_id}", params(("id" = DeviceId, Path, description = "Device id"), ("command_id" = String, Path, min_length = 1, max_length = 64, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$", description = "Command id")), security(("bearer" = [])),
     responses((status = 200, body = CommandBody), (status = 404, body = super::error::ErrorBody)))]
 async fn get_command(
     State(state): State<HubState>,
@@ -746,6 +755,9 @@ async fn get_command(
     ApiPath((id, command_id)): ApiPath<(String, String)>,
 ) -> Result<Json<CommandBody>, ApiError> {
     let id = device_id(&id)?;
+    if !plain_text(&command_id, 1, 64) {
+        return Err(ApiError::not_found("command"));
+    }
     let row = state.commands.get(&id, &command_id).await?.ok_or_else(|| ApiError::not_found("command"))?;
     Ok(Json(row.into()))
 }
@@ -825,7 +837,7 @@ async fn list_tokens(State(state): State<HubState>, _auth: OperatorAuth) -> Resu
 #[serde(deny_unknown_fields)]
 pub struct NewTokenRequest {
     /// What the token is for (1 to 64 bytes).
-    #[schema(min_length = 1, max_length = 64)]
+    #[schema(min_length = 1, max_length = 64, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$")]
     label: String,
     /// Days until it expires (1 to 397; default the hub's `accounts.operator_token_days`).
     #[serde(default)]
@@ -849,7 +861,7 @@ async fn create_token(
     auth: OperatorAuth,
     ApiJson(req): ApiJson<NewTokenRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    if req.label.is_empty() || req.label.len() > 64 {
+    if !plain_text(&req.label, 1, 64) {
         return Err(ApiError::bad_request("invalid_label", "label must be 1 to 64 bytes"));
     }
     let validity = match req.expires_in_days {
@@ -871,14 +883,14 @@ async fn create_token(
 }
 
 /// Revokes an operator token (also the caller's own).
-#[utoipa::path(post, path = "/api/v1/tokens/{id}/revoke", params(("id" = String, Path, max_length = 64, description = "Token id")), security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/v1/tokens/{id}/revoke", params(("id" = String, Path, min_length = 1, max_length = 64, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$", description = "Token id")), security(("bearer" = [])),
     responses((status = 204, description = "Revoked"), (status = 404, body = super::error::ErrorBody)))]
 async fn revoke_token(
     State(state): State<HubState>,
     auth: OperatorAuth,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    if id.len() > 64 || !state.accounts.revoke_token(&id).await? {
+    if !plain_text(&id, 1, 64) || !state.accounts.revoke_token(&id).await? {
         return Err(ApiError::not_found("token"));
     }
     tracing::info!(token = %id, by = %auth.0.token_id, "operator token revoked");
@@ -893,7 +905,7 @@ struct EventParams {
     #[param(min_length = 3, max_length = 64, pattern = "^[a-z0-9][a-z0-9-]*$")]
     device: Option<String>,
     /// Only events of this kind.
-    #[param(max_length = 64)]
+    #[param(max_length = 64, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$")]
     kind: Option<String>,
     /// How many, newest first, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
@@ -928,8 +940,8 @@ async fn security_events(
         Some(d) => Some(device_id(d)?),
         None => None,
     };
-    if p.kind.as_ref().is_some_and(|k| k.len() > 64) {
-        return Err(ApiError::bad_request("invalid_kind", "kind is at most 64 bytes"));
+    if p.kind.as_ref().is_some_and(|k| !plain_text(k, 0, 64)) {
+        return Err(ApiError::bad_request("invalid_kind", "kind is at most 64 bytes, no control characters"));
     }
     let rows = state.store.security_events(device.as_ref().map(DeviceId::as_str), p.kind.as_deref(), limit).await?;
     Ok(Json(

@@ -61,17 +61,21 @@ enum End {
     Lost,
     /// The hub closed it, with this reason.
     Hub(Reason, String),
+    /// The hub closed it because the device's certificate stopped being accepted (revoked, superseded,
+    /// expired): MQTT 5 `0x87 Not authorized` with this text.
+    Untrusted(String),
 }
 
 impl End {
-    /// Whether the connection's will is published. Not after a normal DISCONNECT, nor when the hub closes the
-    /// connection because the device's certificate stopped being accepted (revoked, superseded, expired: its
-    /// messages are no longer taken) or because the hub itself is shutting down (the device did not vanish).
+    /// Whether the connection's will is published. Not after a DISCONNECT with reason 0x00 (MQTT-3.14.4-3), nor
+    /// when the hub closes the connection because the device's certificate stopped being accepted (its messages
+    /// are no longer taken) or because the hub itself is shutting down (the device did not vanish).
     fn publishes_will(&self) -> bool {
         match self {
             End::Disconnect { with_will } => *with_will,
             End::Lost => true,
-            End::Hub(reason, _) => !matches!(reason, Reason::NotAuthorized | Reason::ServerShuttingDown),
+            End::Hub(reason, _) => *reason != Reason::ServerShuttingDown,
+            End::Untrusted(_) => false,
         }
     }
 }
@@ -306,7 +310,7 @@ where
                     let reason = if changed.is_ok() { *close_rx.borrow_and_update() } else { Some(CloseReason::SessionTakenOver) };
                     match reason {
                         None => Ok(()),
-                        Some(CloseReason::Revoked) => Err(End::Hub(Reason::NotAuthorized, "device revoked".into())),
+                        Some(CloseReason::Revoked) => Err(End::Untrusted("device revoked".into())),
                         Some(CloseReason::SessionTakenOver) => Err(End::Hub(Reason::SessionTakenOver, "another connection of this device took over".into())),
                         Some(CloseReason::ShuttingDown) => Err(End::Hub(Reason::ServerShuttingDown, "hub shutting down".into())),
                     }
@@ -316,30 +320,38 @@ where
                     // Our device changed, or notices were missed (lagged): decide from the authoritative view.
                     _ => match certs.check(s.device.as_str(), &s.serial) {
                         Ok(()) => Ok(()),
-                        Err(CertRefusal::Revoked) => Err(End::Hub(Reason::NotAuthorized, "device revoked".into())),
-                        Err(other) => Err(End::Hub(Reason::NotAuthorized, other.to_string())),
+                        Err(CertRefusal::Revoked) => Err(End::Untrusted("device revoked".into())),
+                        Err(other) => Err(End::Untrusted(other.to_string())),
                     },
                 },
                 _ = sleep_until(deadline) => Err(End::Hub(Reason::KeepAliveTimeout, "keep-alive expired".into())),
-            _ = &mut cert_expiry => Err(End::Hub(Reason::NotAuthorized, "certificate expired; renew it and reconnect".into())),
+            _ = &mut cert_expiry => Err(End::Untrusted("certificate expired; renew it and reconnect".into())),
             };
-            if s.flush().await.is_err() {
-                break End::Lost;
-            }
+            // The step's own end wins over a failed write (a client that sent DISCONNECT and reset the socket, or a
+            // revoked device that stopped reading, did not "lose" its connection).
+            let flushed = s.flush().await;
             if let Err(end) = step {
                 break end;
+            }
+            if flushed.is_err() {
+                break End::Lost;
             }
         }
     };
 
-    if let End::Hub(reason, text) = &end {
-        s.wire.encode(Out::Disconnect { reason: *reason, reason_string: Some(text.clone()) }, &mut s.wbuf);
+    let said = match &end {
+        End::Hub(reason, text) => Some((*reason, text.clone())),
+        End::Untrusted(text) => Some((Reason::NotAuthorized, text.clone())),
+        End::Disconnect { .. } | End::Lost => None,
+    };
+    if let Some((reason, text)) = said {
+        s.wire.encode(Out::Disconnect { reason, reason_string: Some(text) }, &mut s.wbuf);
         let _ = tokio::time::timeout(Duration::from_secs(2), s.flush()).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), s.io.shutdown()).await;
     ctx.routing.unregister(&s.device, conn_id);
     if let Some(will) = s.will.take().filter(|_| end.publishes_will()) {
-        publish_will(ctx.clone(), s.device.clone(), s.epoch, will, s.expiry_ms);
+        publish_will(ctx.clone(), s.device.clone(), s.serial.clone(), s.epoch, will, s.expiry_ms);
     }
     let expires_at = ctx.clock.now_ms().saturating_add(s.expiry_ms);
     if let Err(e) = ctx.store.close_session(s.device.as_str(), s.epoch, expires_at).await {
@@ -349,34 +361,47 @@ where
     tracing::info!(device = %s.device, peer = %s.peer, end = ?end, "device disconnected");
 }
 
-/// Wills waiting out their delay on this node: at most one per device (a newer one replaces it, a new connection
-/// of the device cancels it), so a device that reconnects in a loop with a long will delay holds one task here,
-/// not one per connection.
+/// Wills waiting out their delay on this node: at most one per device, that of its newest connection (a newer
+/// connection's will replaces it, a new connection cancels it), so a device that reconnects in a loop with a long
+/// will delay holds one task here, not one per connection.
 #[derive(Debug, Default)]
-pub struct PendingWills(std::sync::Mutex<HashMap<DeviceId, tokio::task::AbortHandle>>);
+pub struct PendingWills(std::sync::Mutex<HashMap<DeviceId, (i64, tokio::task::AbortHandle)>>);
 
 impl PendingWills {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, tokio::task::AbortHandle>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, (i64, tokio::task::AbortHandle)>> {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn replace(&self, device: DeviceId, task: tokio::task::AbortHandle) {
-        if let Some(old) = self.map().insert(device, task) {
+    /// Starts `task` for the will of the connection with `epoch`, unless a newer connection's will waits already
+    /// (then this one could never fire: the device connected again after it).
+    fn start(&self, device: DeviceId, epoch: i64, task: impl FnOnce() -> tokio::task::AbortHandle) {
+        let mut map = self.map();
+        if map.get(&device).is_some_and(|(newer, _)| *newer > epoch) {
+            return;
+        }
+        if let Some((_, old)) = map.insert(device, (epoch, task())) {
             old.abort();
         }
     }
 
     /// A new connection of `device` opened: its waiting will is not published.
     fn cancel(&self, device: &DeviceId) {
-        if let Some(task) = self.map().remove(device) {
+        if let Some((_, task)) = self.map().remove(device) {
             task.abort();
         }
     }
 
     fn finished(&self, device: &DeviceId, task: tokio::task::Id) {
         let mut map = self.map();
-        if map.get(device).is_some_and(|t| t.id() == task) {
+        if map.get(device).is_some_and(|(_, t)| t.id() == task) {
             map.remove(device);
+        }
+    }
+
+    /// Drops every waiting will (the hub is stopping; they are not published).
+    pub fn abort_all(&self) {
+        for (_, (_, task)) in self.map().drain() {
+            task.abort();
         }
     }
 
@@ -392,24 +417,32 @@ impl PendingWills {
 }
 
 /// Stores a will as the message it stands for, after its delay unless the device has connected again by then
-/// (on any node: the store's session epoch tells; on this node a new connection also cancels the wait). The
-/// delay is cut short by the end of the session (MQTT 5 §3.1.3.2.2). A will whose hub stops before its delay
-/// ends is not published.
-fn publish_will(ctx: Arc<Ctx>, device: DeviceId, epoch: i64, will: Will, expiry_ms: i64) {
+/// (on any node: the store's session epoch tells; on this node a new connection also cancels the wait), and only
+/// while the certificate that set it is still accepted (a device revoked meanwhile publishes nothing). The delay is
+/// cut short by the end of the session (MQTT 5 §3.1.3.2.2). A will whose hub stops before its delay ends is not
+/// published.
+fn publish_will(ctx: Arc<Ctx>, device: DeviceId, serial: String, epoch: i64, will: Will, expiry_ms: i64) {
     let delay = will.delay.min(Duration::from_millis(u64::try_from(expiry_ms).unwrap_or(0)));
-    let (task_ctx, task_device) = (ctx.clone(), device.clone());
-    let task = tokio::spawn(async move {
-        fire_will(&task_ctx, &task_device, epoch, will, delay).await;
-        if !delay.is_zero() {
-            task_ctx.wills.finished(&task_device, tokio::task::id());
+    let spawn = {
+        let (ctx, device) = (ctx.clone(), device.clone());
+        move || {
+            tokio::spawn(async move {
+                fire_will(&ctx, &device, &serial, epoch, will, delay).await;
+                if !delay.is_zero() {
+                    ctx.wills.finished(&device, tokio::task::id());
+                }
+            })
+            .abort_handle()
         }
-    });
-    if !delay.is_zero() {
-        ctx.wills.replace(device, task.abort_handle());
+    };
+    if delay.is_zero() {
+        spawn();
+    } else {
+        ctx.wills.start(device, epoch, spawn);
     }
 }
 
-async fn fire_will(ctx: &Ctx, device: &DeviceId, epoch: i64, will: Will, delay: Duration) {
+async fn fire_will(ctx: &Ctx, device: &DeviceId, serial: &str, epoch: i64, will: Will, delay: Duration) {
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
         match ctx.store.session_epoch(device.as_str()).await {
@@ -424,6 +457,10 @@ async fn fire_will(ctx: &Ctx, device: &DeviceId, epoch: i64, will: Will, delay: 
             }
         }
     }
+    if let Err(refusal) = ctx.identity.certs().check(device.as_str(), serial) {
+        tracing::info!(device = %device, %refusal, "will not published: the certificate that set it is no longer accepted");
+        return;
+    }
     if !ctx.ingest.available() {
         tracing::warn!(device = %device, "storage unavailable; will not published");
         return;
@@ -433,8 +470,27 @@ async fn fire_will(ctx: &Ctx, device: &DeviceId, epoch: i64, will: Will, delay: 
         return;
     }
     let record = uplink_record(device, &will.uplink, ctx.clock.now_ms());
-    if ctx.ingest.submit(IngestItem { record, ack: None }).await.is_ok() {
-        tracing::info!(device = %device, "will published");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    if ctx.ingest.submit(IngestItem { record, ack: Some((tx, NonZeroU16::MIN)) }).await.is_err() {
+        return;
+    }
+    match rx.recv().await.map(|d| d.outcome) {
+        Some(Outcome::Stored) => tracing::info!(device = %device, "will published"),
+        Some(Outcome::Duplicate) => {
+            tracing::info!(device = %device, seq = will.uplink.seq, "will already stored under its seq (a repeat)")
+        }
+        Some(Outcome::Conflict { highest_seq }) => ctx.monitor.record(SecurityEvent {
+            device: Some(device.to_string()),
+            source: None,
+            kind: "seq_conflict",
+            detail: format!(
+                "will under seq {}: a different message is stored there; highest stored seq is {highest_seq}",
+                will.uplink.seq
+            ),
+        }),
+        Some(Outcome::Unavailable) | None => {
+            tracing::warn!(device = %device, "storage failed while storing a will; it is lost")
+        }
     }
 }
 
@@ -705,7 +761,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return Err(End::Hub(Reason::ReceiveMaximumExceeded, "too many unacknowledged QoS 1 messages".into()));
         }
         let now_ms = self.ctx.clock.now_ms();
-        if now_ms - self.seen_at_ms >= SEEN_EVERY_MS {
+        // (A clock stepped back counts as due, or activity would stop showing until the clock caught up.)
+        if now_ms - self.seen_at_ms >= SEEN_EVERY_MS || now_ms < self.seen_at_ms {
             self.seen_at_ms = now_ms;
             self.ctx.ingest.seen(self.device.as_str());
         }
@@ -1086,4 +1143,32 @@ fn connack(
 
 fn truncate(s: &str) -> String {
     s.chars().take(80).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_older_connections_will_never_replaces_a_newer_ones() {
+        let wills = PendingWills::default();
+        let device = DeviceId::parse("dev-1").expect("id");
+        let waiting = || tokio::spawn(std::future::pending::<()>()).abort_handle();
+        wills.start(device.clone(), 6, waiting);
+        let newer = wills.map().get(&device).map(|(_, t)| t.id());
+        let mut started = false;
+        wills.start(device.clone(), 5, || {
+            started = true;
+            waiting()
+        });
+        assert!(!started, "the will of epoch 5 is not started behind epoch 6's");
+        assert_eq!(wills.map().get(&device).map(|(_, t)| t.id()), newer);
+        wills.start(device.clone(), 7, waiting);
+        assert_eq!(wills.len(), 1, "epoch 7's will replaces epoch 6's");
+        wills.cancel(&device);
+        assert!(wills.is_empty());
+        wills.start(device.clone(), 8, waiting);
+        wills.abort_all();
+        assert!(wills.is_empty());
+    }
 }

@@ -81,7 +81,7 @@ pub enum In {
     PingReq,
     /// DISCONNECT from the client.
     Disconnect {
-        /// MQTT 5: reason code 0x04, "disconnect with will message" (the will is published all the same).
+        /// MQTT 5: any reason but 0x00 (0x04 asks for the will; an error code leaves it to be published).
         with_will: bool,
         /// MQTT 5: a new session expiry interval, seconds.
         session_expiry: Option<u32>,
@@ -290,13 +290,15 @@ impl Wire {
     /// Decodes the next complete packet from `buf`, if there is one.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<In>, WireError> {
         if let Wire::Detecting { max_packet } = *self {
+            // Before the codec, which takes a name and a level that do not belong together (MQIsdp at level 4 or 5).
+            if let Some(level) = unsupported_level(buf) {
+                return Err(WireError::UnsupportedLevel(level));
+            }
             match VersionCodec.decode(buf) {
                 Ok(None) => return Ok(None),
                 Ok(Some(ProtocolVersion::MQTT3)) => *self = Wire::V3(v3::Codec::new(max_packet)),
                 Ok(Some(ProtocolVersion::MQTT5)) => *self = Wire::V5(v5::Codec::new(max_packet, 0)),
-                Err(_) => {
-                    return Err(unsupported_level(buf).map_or(WireError::BadProtocol, WireError::UnsupportedLevel));
-                }
+                Err(_) => return Err(WireError::BadProtocol),
             }
         }
         match self {
@@ -326,16 +328,18 @@ impl Wire {
 /// The 3.1.1 CONNACK "unacceptable protocol version" (return code 1).
 pub const CONNACK_UNSUPPORTED_LEVEL: [u8; 4] = [0x20, 0x02, 0x00, 0x01];
 
-/// The level of a CONNECT that names protocol "MQTT" at a level other than 4 or 5, if `buf` starts with one.
+/// The level of a CONNECT whose protocol name and level the hub does not speak together, if `buf` starts with
+/// one: "MQTT" at a level other than 4 (3.1.1) or 5, or "MQIsdp" at a level other than 3 (3.1 itself is refused
+/// after decoding, also with return code 1).
 fn unsupported_level(buf: &[u8]) -> Option<u8> {
-    // Fixed header (type CONNECT, flags 0), a remaining length of 1 to 4 bytes, then "\0\x04MQTT" and the level.
+    // Fixed header (type CONNECT, flags 0), a remaining length of 1 to 4 bytes, then the name and the level.
     if buf.first() != Some(&0x10) {
         return None;
     }
     let len_bytes = buf.iter().skip(1).take(4).position(|b| b & 0x80 == 0)? + 1;
-    let rest = buf.get(1 + len_bytes..)?;
-    match rest {
+    match buf.get(1 + len_bytes..)? {
         [0, 4, b'M', b'Q', b'T', b'T', level, ..] if !matches!(level, 4 | 5) => Some(*level),
+        [0, 6, b'M', b'Q', b'I', b's', b'd', b'p', level, ..] if *level != 3 => Some(*level),
         _ => None,
     }
 }
@@ -440,7 +444,8 @@ fn from_v5(p: v5::Packet) -> In {
         v5::Packet::Unsubscribe(u) => In::Unsubscribe { packet_id: u.packet_id, filters: u.topic_filters },
         v5::Packet::PingRequest => In::PingReq,
         v5::Packet::Disconnect(d) => In::Disconnect {
-            with_will: d.reason_code == v5::DisconnectReasonCode::DisconnectWithWillMessage,
+            // MQTT-3.14.4-3: only reason 0x00 discards the will.
+            with_will: d.reason_code != v5::DisconnectReasonCode::NormalDisconnection,
             session_expiry: d.session_expiry_interval_secs,
         },
         v5::Packet::ConnectAck(_) => In::Unexpected("CONNACK"),
