@@ -31,7 +31,9 @@ async fn mqtt_conformance_table() {
     let cases = for_both_versions(&dev, rules);
     let count = cases.len();
     assert!(count >= 60, "the conformance table shrank to {count} rows");
+    let started = std::time::Instant::now();
     let failures = run_table(&env, &cases).await;
+    eprintln!("conformance: {count} rows in {:?}", started.elapsed());
     assert!(failures.is_empty(), "{} of {count} rows failed:\n{}", failures.len(), failures.join("\n"));
     // Rows whose messages are refused store nothing: only the accepted message and the will of a lost connection
     // (each row's connection ends without DISCONNECT) are stored.
