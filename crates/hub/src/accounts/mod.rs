@@ -3,6 +3,8 @@
 //!
 //! Operator tokens expire (90 days by default), can be listed and revoked; only their MACs are stored.
 
+pub mod password;
+
 use std::sync::Arc;
 
 use time::Duration;
