@@ -53,6 +53,7 @@ impl Store {
         };
         let (held,): (i64,) = sqlx::query_as(
             "SELECT (SELECT COUNT(*) FROM devices) + (SELECT COUNT(*) FROM keys) + (SELECT COUNT(*) FROM api_tokens) \
+             + (SELECT COUNT(*) FROM accounts) \
              + (SELECT COUNT(*) FROM commands) + (SELECT COUNT(*) FROM security_events) \
              + (SELECT COUNT(*) FROM setup_tokens) + (SELECT COUNT(*) FROM uplinks)",
         )
@@ -70,13 +71,17 @@ impl Store {
         report.tables.push(("devices", copy_devices(src, dst, now_ms, &mut progress).await?));
         report.tables.push(("commands", copy_commands(src, dst).await?));
         progress("commands", report.tables[2].1);
+        report.tables.push(("accounts", copy_accounts(src, dst).await?));
+        progress("accounts", report.tables[3].1);
         report.tables.push(("api_tokens", copy_tokens(src, dst).await?));
-        progress("api_tokens", report.tables[3].1);
+        progress("api_tokens", report.tables[4].1);
         report.tables.push(("security_events", copy_events(src, dst).await?));
-        progress("security_events", report.tables[4].1);
+        progress("security_events", report.tables[5].1);
         report.tables.push(("uplinks", copy_uplinks(src, dst, &mut progress).await?));
         // Verify: every table has as many rows on both sides.
-        for table in report.tables.iter().map(|(t, _)| *t).chain(["setup_tokens"]) {
+        for table in
+            report.tables.iter().map(|(t, _)| *t).chain(["setup_tokens", "web_sessions", "login_failures", "audit_log"])
+        {
             let sql = format!("SELECT COUNT(*) FROM {table}");
             let (a,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).fetch_one(src).await?;
             let (b,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_one(dst).await?;
@@ -218,8 +223,8 @@ async fn copy_commands(src: &SqlitePool, dst: &PgPool) -> Result<u64> {
 
 async fn copy_tokens(src: &SqlitePool, dst: &PgPool) -> Result<u64> {
     #[allow(clippy::type_complexity)]
-    let rows: Vec<(String, Vec<u8>, String, i64, Option<i64>, Option<i64>)> =
-        sqlx::query_as("SELECT id, token_mac, label, created_at, revoked_at, expires_at FROM api_tokens")
+    let rows: Vec<(String, Vec<u8>, String, i64, Option<i64>, Option<i64>, Option<String>)> =
+        sqlx::query_as("SELECT id, token_mac, label, created_at, revoked_at, expires_at, account_id FROM api_tokens")
             .fetch_all(src)
             .await?;
     let setup: Vec<(Vec<u8>, i64, Option<i64>)> =
@@ -227,8 +232,8 @@ async fn copy_tokens(src: &SqlitePool, dst: &PgPool) -> Result<u64> {
     let mut tx = dst.begin_write().await?;
     for r in &rows {
         sqlx::query(
-            "INSERT INTO api_tokens (id, token_mac, label, created_at, revoked_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO api_tokens (id, token_mac, label, created_at, revoked_at, expires_at, account_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&r.0)
         .bind(&r.1)
@@ -236,6 +241,7 @@ async fn copy_tokens(src: &SqlitePool, dst: &PgPool) -> Result<u64> {
         .bind(r.3)
         .bind(r.4)
         .bind(r.5)
+        .bind(&r.6)
         .execute(tx.conn())
         .await?;
     }
@@ -249,6 +255,96 @@ async fn copy_tokens(src: &SqlitePool, dst: &PgPool) -> Result<u64> {
     }
     tx.commit().await?;
     Ok(rows.len() as u64)
+}
+
+/// Accounts, their sessions and login counters, and the audit log (small tables: one transaction).
+async fn copy_accounts(src: &SqlitePool, dst: &PgPool) -> Result<u64> {
+    #[allow(clippy::type_complexity)]
+    let accounts: Vec<(String, String, String, String, i64, i64, Option<i64>)> = sqlx::query_as(
+        "SELECT id, email, role, password_hash, created_at, password_changed_at, disabled_at FROM accounts",
+    )
+    .fetch_all(src)
+    .await?;
+    #[allow(clippy::type_complexity)]
+    let sessions: Vec<(String, Vec<u8>, String, i64, i64, i64, Option<String>, Option<String>, Option<i64>)> =
+        sqlx::query_as(
+            "SELECT id, token_mac, account_id, created_at, last_seen_at, expires_at, source, user_agent, revoked_at \
+             FROM web_sessions",
+        )
+        .fetch_all(src)
+        .await?;
+    let failures: Vec<(String, i64, i64, Option<i64>)> =
+        sqlx::query_as("SELECT key, failures, first_at, locked_until FROM login_failures").fetch_all(src).await?;
+    #[allow(clippy::type_complexity)]
+    let audit: Vec<(i64, i64, Option<String>, String, Option<String>, Option<String>, String)> =
+        sqlx::query_as("SELECT id, at, account_id, action, target, source, detail FROM audit_log")
+            .fetch_all(src)
+            .await?;
+    let mut tx = dst.begin_write().await?;
+    for a in &accounts {
+        sqlx::query(
+            "INSERT INTO accounts (id, email, role, password_hash, created_at, password_changed_at, disabled_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&a.0)
+        .bind(&a.1)
+        .bind(&a.2)
+        .bind(&a.3)
+        .bind(a.4)
+        .bind(a.5)
+        .bind(a.6)
+        .execute(tx.conn())
+        .await?;
+    }
+    for s in &sessions {
+        sqlx::query(
+            "INSERT INTO web_sessions (id, token_mac, account_id, created_at, last_seen_at, expires_at, source, \
+             user_agent, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&s.0)
+        .bind(&s.1)
+        .bind(&s.2)
+        .bind(s.3)
+        .bind(s.4)
+        .bind(s.5)
+        .bind(&s.6)
+        .bind(&s.7)
+        .bind(s.8)
+        .execute(tx.conn())
+        .await?;
+    }
+    for f in &failures {
+        sqlx::query("INSERT INTO login_failures (key, failures, first_at, locked_until) VALUES ($1, $2, $3, $4)")
+            .bind(&f.0)
+            .bind(f.1)
+            .bind(f.2)
+            .bind(f.3)
+            .execute(tx.conn())
+            .await?;
+    }
+    for e in &audit {
+        sqlx::query(
+            "INSERT INTO audit_log (id, at, account_id, action, target, source, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(e.0)
+        .bind(e.1)
+        .bind(&e.2)
+        .bind(&e.3)
+        .bind(&e.4)
+        .bind(&e.5)
+        .bind(&e.6)
+        .execute(tx.conn())
+        .await?;
+    }
+    tx.commit().await?;
+    sqlx::query(
+        "SELECT setval(pg_get_serial_sequence('audit_log', 'id'), \
+         GREATEST((SELECT COALESCE(MAX(id), 0) FROM audit_log), 1))",
+    )
+    .execute(dst)
+    .await?;
+    Ok(accounts.len() as u64)
 }
 
 async fn copy_events(src: &SqlitePool, dst: &PgPool) -> Result<u64> {

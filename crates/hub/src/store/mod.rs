@@ -21,6 +21,7 @@ macro_rules! on_pool {
     };
 }
 
+mod accounts;
 mod commands;
 mod devices;
 mod events;
@@ -38,6 +39,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Postgres, SqlSafeStr as _, Sqlite};
 
+pub use accounts::{AccountRow, AuditRow, NewAccount, NewWebSession, Role, WebSessionRow};
 pub use commands::{CommandRow, CommandStatus, NewCommand};
 pub use devices::{
     CertRecord, CertSerialsRow, CurrentCert, DeviceRow, DeviceStatus, EnrolOutcome, NewDevice, OpenedSession,
@@ -336,12 +338,14 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "scale_out", include_str!("../../migrations/sqlite/0003_scale_out.sql")),
     (4, "command_deliveries", include_str!("../../migrations/sqlite/0004_command_deliveries.sql")),
     (5, "session_expiry", include_str!("../../migrations/sqlite/0005_session_expiry.sql")),
+    (6, "accounts", include_str!("../../migrations/sqlite/0006_accounts.sql")),
 ];
 
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "initial", include_str!("../../migrations/postgres/0001_initial.sql")),
     (2, "command_deliveries", include_str!("../../migrations/postgres/0002_command_deliveries.sql")),
     (3, "session_expiry", include_str!("../../migrations/postgres/0003_session_expiry.sql")),
+    (4, "accounts", include_str!("../../migrations/postgres/0004_accounts.sql")),
 ];
 
 fn migrator(migrations: &'static [(i64, &'static str, &'static str)]) -> Migrator {

@@ -8,9 +8,9 @@
 use std::time::Duration;
 
 use hearth_hub::store::{
-    BackendKind, CertRecord, CommandStatus, DeviceStatus, EnrolOutcome, NewApiToken, NewCommand, NewDevice,
-    NewSecurityEvent, OpenedSession, PoolSettings, SessionOpen, Store, StoreUrl, TokenState, UplinkQuery, UplinkRecord,
-    Written,
+    AuditRow, BackendKind, CertRecord, CommandStatus, DeviceStatus, EnrolOutcome, NewAccount, NewApiToken, NewCommand,
+    NewDevice, NewSecurityEvent, NewWebSession, OpenedSession, PoolSettings, Role, SessionOpen, Store, StoreUrl,
+    TokenState, UplinkQuery, UplinkRecord, Written,
 };
 use hearth_proto::uplink::UplinkKind;
 use hearth_test_support::services::{PgDatabase, pg_database};
@@ -78,6 +78,7 @@ contract!(
     tokens_and_setup,
     security_events,
     sessions,
+    people,
     keys,
     concurrent_writers_store_each_message_once,
 );
@@ -468,6 +469,110 @@ async fn sessions(store: &Store) {
     assert_eq!(d.session_node.as_deref(), Some("n2"));
     store.node_heartbeat("n3", NOW + 8 * DAY).await.unwrap();
     assert_eq!(store.live_nodes(0).await.unwrap(), vec!["n3".to_owned()], "nodes silent for a week are forgotten");
+}
+
+async fn people(store: &Store) {
+    const MIN: i64 = 60_000;
+    // The owner comes only with a live setup token, once.
+    let owner = NewAccount {
+        id: "a-owner",
+        email: "owner@example.org",
+        role: Role::Owner,
+        password_hash: "$h1",
+        created_at: NOW,
+    };
+    assert!(!store.owner_exists().await.unwrap());
+    assert!(!store.create_owner(b"no-such-token", &owner).await.unwrap(), "an unknown setup token creates nothing");
+    store.replace_setup_token(b"setup", NOW + 100).await.unwrap();
+    let late = NewAccount { created_at: NOW + 100, ..owner };
+    assert!(!store.create_owner(b"setup", &late).await.unwrap(), "an expired setup token creates nothing");
+    let consumer_role = NewAccount { role: Role::Consumer, ..owner };
+    assert!(!store.create_owner(b"setup", &consumer_role).await.unwrap(), "setup makes an owner or nothing");
+    assert!(!store.owner_exists().await.unwrap());
+    assert!(store.create_owner(b"setup", &owner).await.unwrap());
+    assert!(store.owner_exists().await.unwrap());
+    let second = NewAccount { id: "a-2", email: "two@example.org", ..owner };
+    assert!(!store.create_owner(b"setup", &second).await.unwrap(), "the setup token works once");
+    store.replace_setup_token(b"setup-2", NOW + 100).await.unwrap();
+    assert!(!store.create_owner(b"setup-2", &second).await.unwrap(), "never a second owner");
+    // Accounts: unique email, found by email and id.
+    let consumer =
+        NewAccount { id: "a-c", email: "c@example.org", role: Role::Consumer, password_hash: "$h2", created_at: NOW };
+    assert!(store.insert_account(&consumer).await.unwrap());
+    assert!(!store.insert_account(&NewAccount { id: "a-c2", ..consumer }).await.unwrap(), "an email is taken once");
+    let row = store.account_by_email("c@example.org").await.unwrap().expect("by email");
+    assert_eq!((row.id.as_str(), row.role, row.password_hash.as_str()), ("a-c", Role::Consumer, "$h2"));
+    assert_eq!(store.account("a-owner").await.unwrap().map(|a| a.role), Some(Role::Owner));
+    assert!(store.account("nobody").await.unwrap().is_none());
+    // Sessions: idle and absolute expiry, one and all revoked, a password change ends them.
+    let session = |id: &'static str, mac: &'static [u8], at: i64| NewWebSession {
+        id,
+        mac,
+        account_id: "a-c",
+        created_at: at,
+        expires_at: at + 12 * 60 * MIN,
+        source: Some("192.0.2.0"),
+        user_agent: Some("test"),
+    };
+    store.insert_web_session(&session("s1", b"mac-s1", NOW)).await.unwrap();
+    store.insert_web_session(&session("s2", b"mac-s2", NOW + 1)).await.unwrap();
+    let idle = 30 * MIN;
+    let (s, a) = store.web_session(b"mac-s1", NOW + 20 * MIN, idle).await.unwrap().expect("live");
+    assert_eq!((s.id.as_str(), a.id.as_str(), s.last_seen_at), ("s1", "a-c", NOW + 20 * MIN), "use moves last seen");
+    assert!(store.web_session(b"mac-s1", NOW + 45 * MIN, idle).await.unwrap().is_some(), "used 25 min ago");
+    assert!(store.web_session(b"mac-s2", NOW + 45 * MIN, idle).await.unwrap().is_none(), "idle for 45 min");
+    assert!(store.web_session(b"mac-s1", NOW + 12 * 60 * MIN, 24 * 60 * MIN).await.unwrap().is_none(), "absolute end");
+    assert!(store.web_session(b"unknown", NOW, idle).await.unwrap().is_none());
+    let live = store.web_sessions_of("a-c", NOW + 50 * MIN, idle).await.unwrap();
+    assert_eq!(live.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), vec!["s1"]);
+    assert!(store.revoke_web_session("a-c", "s1", NOW + 50 * MIN).await.unwrap());
+    assert!(!store.revoke_web_session("a-c", "s1", NOW + 50 * MIN).await.unwrap(), "ended once");
+    assert!(!store.revoke_web_session("a-owner", "s2", NOW).await.unwrap(), "not another account's session");
+    assert!(store.web_session(b"mac-s1", NOW + 51 * MIN, idle).await.unwrap().is_none(), "a revoked session is dead");
+    store.insert_web_session(&session("s3", b"mac-s3", NOW + 60 * MIN)).await.unwrap();
+    store.insert_web_session(&session("s4", b"mac-s4", NOW + 60 * MIN)).await.unwrap();
+    assert_eq!(store.revoke_web_sessions_of("a-c", NOW + 61 * MIN).await.unwrap(), 3, "everywhere (s2, s3, s4)");
+    store.insert_web_session(&session("s5", b"mac-s5", NOW + 62 * MIN)).await.unwrap();
+    assert!(store.set_password("a-c", "$h3", NOW + 63 * MIN).await.unwrap());
+    assert!(
+        store.web_session(b"mac-s5", NOW + 63 * MIN, idle).await.unwrap().is_none(),
+        "a new password ends sessions"
+    );
+    assert_eq!(
+        store.account("a-c").await.unwrap().map(|a| (a.password_hash, a.password_changed_at)),
+        Some(("$h3".into(), NOW + 63 * MIN))
+    );
+    // Throttling: 5 failures within 15 min lock the key for 15 min; the window restarts after it passes.
+    let (window, lock) = (15 * MIN, 15 * MIN);
+    for i in 0..4 {
+        assert_eq!(store.record_login_failure("acct:a-c", NOW + i, window, 5, lock).await.unwrap(), None);
+    }
+    assert_eq!(store.record_login_failure("acct:a-c", NOW + 4, window, 5, lock).await.unwrap(), Some(NOW + 4 + lock));
+    assert_eq!(store.login_lock("acct:a-c", NOW + 10 * MIN).await.unwrap(), Some(NOW + 4 + lock));
+    assert_eq!(store.login_lock("acct:a-c", NOW + 20 * MIN).await.unwrap(), None, "the lock ends");
+    assert_eq!(
+        store.record_login_failure("acct:a-c", NOW + 40 * MIN, window, 5, lock).await.unwrap(),
+        None,
+        "a new window"
+    );
+    assert_eq!(store.login_lock("src:192.0.2.0", NOW).await.unwrap(), None);
+    store.clear_login_failures("acct:a-c").await.unwrap();
+    assert_eq!(store.login_lock("acct:a-c", NOW + 40 * MIN).await.unwrap(), None);
+    // Audit: newest first, pruned by age.
+    let entry = |at: i64, action: &str| AuditRow {
+        at,
+        account_id: Some("a-c".into()),
+        action: action.into(),
+        target: None,
+        source: Some("192.0.2.0".into()),
+        detail: String::new(),
+    };
+    store.audit(&entry(NOW, "sign_in")).await.unwrap();
+    store.audit(&entry(NOW + 1, "sign_out")).await.unwrap();
+    let log = store.audit_log(10).await.unwrap();
+    assert_eq!(log, vec![entry(NOW + 1, "sign_out"), entry(NOW, "sign_in")]);
+    assert_eq!(store.prune_audit_log(NOW + 1).await.unwrap(), 1);
+    assert_eq!(store.audit_log(10).await.unwrap().len(), 1);
 }
 
 async fn keys(store: &Store) {

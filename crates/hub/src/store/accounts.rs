@@ -1,0 +1,432 @@
+//! People: accounts, their sign-in sessions (only token MACs), login throttling counters and the audit log.
+
+use super::{BeginWrite as _, Result, Store};
+
+/// An account's role. Operators run the hub (owner, admin, support); consumers own devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Set up the hub; everything an admin may, and manages admins.
+    Owner,
+    /// Operates the fleet and the accounts of consumers and support.
+    Admin,
+    /// Sees a consumer's devices only while that consumer grants access.
+    Support,
+    /// Owns and claims devices.
+    Consumer,
+}
+
+impl Role {
+    /// As stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Admin => "admin",
+            Role::Support => "support",
+            Role::Consumer => "consumer",
+        }
+    }
+
+    /// An operator role (owner, admin, support).
+    pub fn is_operator(self) -> bool {
+        self != Role::Consumer
+    }
+}
+
+impl TryFrom<String> for Role {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        Ok(match s.as_str() {
+            "owner" => Role::Owner,
+            "admin" => Role::Admin,
+            "support" => Role::Support,
+            "consumer" => Role::Consumer,
+            _ => return Err(format!("unknown role {s:?}")),
+        })
+    }
+}
+
+/// An account to create.
+#[derive(Debug, Clone, Copy)]
+pub struct NewAccount<'a> {
+    /// Random id.
+    pub id: &'a str,
+    /// Lower-case email.
+    pub email: &'a str,
+    /// Role.
+    pub role: Role,
+    /// PHC string.
+    pub password_hash: &'a str,
+    /// Now, Unix ms.
+    pub created_at: i64,
+}
+
+/// A stored account.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AccountRow {
+    /// Id.
+    pub id: String,
+    /// Email.
+    pub email: String,
+    /// Role.
+    #[sqlx(try_from = "String")]
+    pub role: Role,
+    /// PHC string.
+    pub password_hash: String,
+    /// Created, Unix ms.
+    pub created_at: i64,
+    /// Password last set, Unix ms.
+    pub password_changed_at: i64,
+    /// Disabled, Unix ms.
+    pub disabled_at: Option<i64>,
+}
+
+/// A sign-in session to store.
+#[derive(Debug, Clone, Copy)]
+pub struct NewWebSession<'a> {
+    /// Id (to list and end it).
+    pub id: &'a str,
+    /// MAC of the token.
+    pub mac: &'a [u8],
+    /// Whose.
+    pub account_id: &'a str,
+    /// Now, Unix ms.
+    pub created_at: i64,
+    /// Absolute end, Unix ms.
+    pub expires_at: i64,
+    /// Where from (the source network).
+    pub source: Option<&'a str>,
+    /// The browser's User-Agent, clipped.
+    pub user_agent: Option<&'a str>,
+}
+
+/// A stored sign-in session.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct WebSessionRow {
+    /// Id.
+    pub id: String,
+    /// Whose.
+    pub account_id: String,
+    /// Created, Unix ms.
+    pub created_at: i64,
+    /// Last used, Unix ms.
+    pub last_seen_at: i64,
+    /// Absolute end, Unix ms.
+    pub expires_at: i64,
+    /// Source network.
+    pub source: Option<String>,
+    /// User-Agent.
+    pub user_agent: Option<String>,
+}
+
+/// An audit entry.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct AuditRow {
+    /// When, Unix ms.
+    pub at: i64,
+    /// Who (an account id), if anyone signed in.
+    pub account_id: Option<String>,
+    /// What: a stable action name (`owner_setup`, `sign_in`, `sign_in_refused`, …).
+    pub action: String,
+    /// On what (an account, device or token id).
+    pub target: Option<String>,
+    /// From where (the source network).
+    pub source: Option<String>,
+    /// Detail, minimised (never a secret).
+    pub detail: String,
+}
+
+/// The account columns, in `AccountRow`'s order.
+macro_rules! account_columns {
+    () => {
+        "id, email, role, password_hash, created_at, password_changed_at, disabled_at"
+    };
+}
+
+/// Inserts `$a` (a `NewAccount`) through the executor `$conn`.
+macro_rules! insert_account {
+    ($conn:expr, $a:expr) => {
+        sqlx::query(
+            "INSERT INTO accounts (id, email, role, password_hash, created_at, password_changed_at) \
+             VALUES ($1, $2, $3, $4, $5, $5)",
+        )
+        .bind($a.id)
+        .bind($a.email)
+        .bind($a.role.as_str())
+        .bind($a.password_hash)
+        .bind($a.created_at)
+        .execute($conn)
+        .await?
+    };
+}
+
+impl Store {
+    /// Whether an owner account exists.
+    pub async fn owner_exists(&self) -> Result<bool> {
+        let (n,): (i64,) = on_pool!(self, pool => sqlx::query_as("SELECT COUNT(*) FROM accounts WHERE role = $1")
+            .bind(Role::Owner.as_str())
+            .fetch_one(pool)
+            .await?);
+        Ok(n > 0)
+    }
+
+    /// Creates the owner with the setup token whose MAC is `setup_mac`, in one transaction: the token must be
+    /// unused and unexpired at `account.created_at`, no owner may exist yet, and the token is used up. False
+    /// (and nothing changed) otherwise.
+    pub async fn create_owner(&self, setup_mac: &[u8], account: &NewAccount<'_>) -> Result<bool> {
+        on_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let used = sqlx::query(
+                "UPDATE setup_tokens SET used_at = $2 WHERE token_mac = $1 AND used_at IS NULL AND expires_at > $2",
+            )
+            .bind(setup_mac)
+            .bind(account.created_at)
+            .execute(tx.conn())
+            .await?
+            .rows_affected();
+            let (owners,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM accounts WHERE role = $1")
+                .bind(Role::Owner.as_str())
+                .fetch_one(tx.conn())
+                .await?;
+            if used != 1 || owners > 0 || account.role != Role::Owner {
+                return Ok(false);
+            }
+            insert_account!(tx.conn(), account);
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
+    /// Creates an account. False if the email is taken.
+    pub async fn insert_account(&self, account: &NewAccount<'_>) -> Result<bool> {
+        on_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let (taken,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM accounts WHERE email = $1")
+                .bind(account.email)
+                .fetch_one(tx.conn())
+                .await?;
+            if taken > 0 {
+                return Ok(false);
+            }
+            insert_account!(tx.conn(), account);
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
+    /// The account with this (lower-case) email.
+    pub async fn account_by_email(&self, email: &str) -> Result<Option<AccountRow>> {
+        on_pool!(self, pool => Ok(sqlx::query_as::<_, AccountRow>(concat!("SELECT ", account_columns!(), " FROM accounts WHERE email = $1"))
+            .bind(email)
+            .fetch_optional(pool)
+            .await?))
+    }
+
+    /// The account with this id.
+    pub async fn account(&self, id: &str) -> Result<Option<AccountRow>> {
+        on_pool!(self, pool => Ok(sqlx::query_as::<_, AccountRow>(concat!("SELECT ", account_columns!(), " FROM accounts WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(pool)
+            .await?))
+    }
+
+    /// Sets an account's password hash and ends every one of its sessions (a changed password signs out
+    /// everywhere else; the caller starts a new session if it wants one).
+    pub async fn set_password(&self, account_id: &str, password_hash: &str, now: i64) -> Result<bool> {
+        on_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let n = sqlx::query("UPDATE accounts SET password_hash = $2, password_changed_at = $3 WHERE id = $1")
+                .bind(account_id)
+                .bind(password_hash)
+                .bind(now)
+                .execute(tx.conn())
+                .await?
+                .rows_affected();
+            sqlx::query("UPDATE web_sessions SET revoked_at = $2 WHERE account_id = $1 AND revoked_at IS NULL")
+                .bind(account_id)
+                .bind(now)
+                .execute(tx.conn())
+                .await?;
+            tx.commit().await?;
+            Ok(n == 1)
+        })
+    }
+
+    /// Stores a sign-in session.
+    pub async fn insert_web_session(&self, s: &NewWebSession<'_>) -> Result<()> {
+        on_pool!(self, pool => sqlx::query(
+            "INSERT INTO web_sessions (id, token_mac, account_id, created_at, last_seen_at, expires_at, source, \
+             user_agent) VALUES ($1, $2, $3, $4, $4, $5, $6, $7)",
+        )
+        .bind(s.id)
+        .bind(s.mac)
+        .bind(s.account_id)
+        .bind(s.created_at)
+        .bind(s.expires_at)
+        .bind(s.source)
+        .bind(s.user_agent)
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(())
+    }
+
+    /// The live session with this token MAC at `now`: not revoked, before its absolute end, used within `idle_ms`,
+    /// of an account that is not disabled. Its last use moves to `now` (at most once a minute, to spare writes).
+    pub async fn web_session(&self, mac: &[u8], now: i64, idle_ms: i64) -> Result<Option<(WebSessionRow, AccountRow)>> {
+        let row: Option<(String,)> = on_pool!(self, pool => sqlx::query_as(
+            "SELECT s.id FROM web_sessions s JOIN accounts a ON a.id = s.account_id \
+             WHERE s.token_mac = $1 AND s.revoked_at IS NULL AND s.expires_at > $2 AND s.last_seen_at + $3 > $2 \
+             AND a.disabled_at IS NULL",
+        )
+        .bind(mac)
+        .bind(now)
+        .bind(idle_ms)
+        .fetch_optional(pool)
+        .await?);
+        let Some((id,)) = row else { return Ok(None) };
+        on_pool!(self, pool => sqlx::query(
+            "UPDATE web_sessions SET last_seen_at = $2 WHERE id = $1 AND last_seen_at < $2 - 60000",
+        )
+        .bind(&id)
+        .bind(now)
+        .execute(pool)
+        .await?
+        .rows_affected());
+        let session: Option<WebSessionRow> = on_pool!(self, pool => sqlx::query_as(
+            "SELECT id, account_id, created_at, last_seen_at, expires_at, source, user_agent FROM web_sessions \
+             WHERE id = $1",
+        )
+        .bind(&id)
+        .fetch_optional(pool)
+        .await?);
+        let Some(session) = session else { return Ok(None) };
+        Ok(self.account(&session.account_id).await?.map(|a| (session, a)))
+    }
+
+    /// The account's live sessions at `now`, newest first.
+    pub async fn web_sessions_of(&self, account_id: &str, now: i64, idle_ms: i64) -> Result<Vec<WebSessionRow>> {
+        on_pool!(self, pool => Ok(sqlx::query_as::<_, WebSessionRow>(
+            "SELECT id, account_id, created_at, last_seen_at, expires_at, source, user_agent FROM web_sessions \
+             WHERE account_id = $1 AND revoked_at IS NULL AND expires_at > $2 AND last_seen_at + $3 > $2 \
+             ORDER BY created_at DESC, id",
+        )
+        .bind(account_id)
+        .bind(now)
+        .bind(idle_ms)
+        .fetch_all(pool)
+        .await?))
+    }
+
+    /// Ends one session of the account (false if it has no such live session).
+    pub async fn revoke_web_session(&self, account_id: &str, id: &str, now: i64) -> Result<bool> {
+        Ok(on_pool!(self, pool => sqlx::query(
+            "UPDATE web_sessions SET revoked_at = $3 WHERE account_id = $1 AND id = $2 AND revoked_at IS NULL",
+        )
+        .bind(account_id)
+        .bind(id)
+        .bind(now)
+        .execute(pool)
+        .await?
+        .rows_affected())
+            == 1)
+    }
+
+    /// Ends every session of the account ("sign out everywhere"); returns how many ended.
+    pub async fn revoke_web_sessions_of(&self, account_id: &str, now: i64) -> Result<u64> {
+        Ok(on_pool!(self, pool => sqlx::query(
+            "UPDATE web_sessions SET revoked_at = $2 WHERE account_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(account_id)
+        .bind(now)
+        .execute(pool)
+        .await?
+        .rows_affected()))
+    }
+
+    /// Counts a failed sign-in under `key` at `now` (a new window once `window_ms` passed since the first); at
+    /// `max` failures in the window the key is locked until `now + lock_ms`. Returns the lock, if any.
+    pub async fn record_login_failure(
+        &self,
+        key: &str,
+        now: i64,
+        window_ms: i64,
+        max: i64,
+        lock_ms: i64,
+    ) -> Result<Option<i64>> {
+        let row: (i64, Option<i64>) = on_pool!(self, pool => sqlx::query_as(
+            "INSERT INTO login_failures (key, failures, first_at, locked_until) VALUES ($1, 1, $2, NULL) \
+             ON CONFLICT (key) DO UPDATE SET \
+               failures = CASE WHEN login_failures.first_at + $3 <= $2 THEN 1 ELSE login_failures.failures + 1 END, \
+               first_at = CASE WHEN login_failures.first_at + $3 <= $2 THEN $2 ELSE login_failures.first_at END, \
+               locked_until = CASE \
+                 WHEN login_failures.first_at + $3 > $2 AND login_failures.failures + 1 >= $4 THEN $2 + $5 \
+                 ELSE login_failures.locked_until END \
+             RETURNING failures, locked_until",
+        )
+        .bind(key)
+        .bind(now)
+        .bind(window_ms)
+        .bind(max)
+        .bind(lock_ms)
+        .fetch_one(pool)
+        .await?);
+        Ok(row.1.filter(|until| *until > now))
+    }
+
+    /// When `key` is locked until, if it is locked at `now`.
+    pub async fn login_lock(&self, key: &str, now: i64) -> Result<Option<i64>> {
+        let row: Option<(Option<i64>,)> = on_pool!(self, pool => sqlx::query_as(
+            "SELECT locked_until FROM login_failures WHERE key = $1",
+        )
+        .bind(key)
+        .fetch_optional(pool)
+        .await?);
+        Ok(row.and_then(|(until,)| until).filter(|until| *until > now))
+    }
+
+    /// Forgets the failures counted under `key` (after a successful sign-in).
+    pub async fn clear_login_failures(&self, key: &str) -> Result<()> {
+        on_pool!(self, pool => sqlx::query("DELETE FROM login_failures WHERE key = $1")
+            .bind(key)
+            .execute(pool)
+            .await?
+            .rows_affected());
+        Ok(())
+    }
+
+    /// Appends to the audit log.
+    pub async fn audit(&self, e: &AuditRow) -> Result<()> {
+        on_pool!(self, pool => sqlx::query(
+            "INSERT INTO audit_log (at, account_id, action, target, source, detail) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(e.at)
+        .bind(&e.account_id)
+        .bind(&e.action)
+        .bind(&e.target)
+        .bind(&e.source)
+        .bind(&e.detail)
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(())
+    }
+
+    /// The newest audit entries, newest first.
+    pub async fn audit_log(&self, limit: i64) -> Result<Vec<AuditRow>> {
+        on_pool!(self, pool => Ok(sqlx::query_as::<_, AuditRow>(
+            "SELECT at, account_id, action, target, source, detail FROM audit_log ORDER BY id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(pool)
+        .await?))
+    }
+
+    /// Deletes audit entries older than `before` (the retention job); returns how many went.
+    pub async fn prune_audit_log(&self, before: i64) -> Result<u64> {
+        Ok(on_pool!(self, pool => sqlx::query("DELETE FROM audit_log WHERE at < $1")
+            .bind(before)
+            .execute(pool)
+            .await?
+            .rows_affected()))
+    }
+}
