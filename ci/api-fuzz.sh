@@ -15,7 +15,7 @@
 set -euo pipefail
 
 [ $# -ge 2 ] || { echo "usage: $0 BASE_URL CA_FILE [TOKEN]" >&2; exit 2; }
-BASE_URL=${1%/} CA_FILE=$2 TOKEN=${3:-}
+BASE_URL=${1%/} CA_FILE=$(realpath "$2") TOKEN=${3:-}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${VENV:-$ROOT/target/api-venv}
 REPORT_DIR=${REPORT_DIR:-$ROOT/target/api-fuzz}
@@ -37,6 +37,8 @@ if [ -n "$TOKEN" ]; then AUTH=(-H "Authorization: Bearer $TOKEN"); NAME=owner; e
 # Bounded and reproducible: --max-examples per operation and a fixed --seed, one worker, no --max-time
 # (with --max-time schemathesis repeats the fuzzing phase until the budget is spent).
 # Excluded: revoking tokens could revoke the run's own token (renew runs; without a client certificate it answers 401).
+# (From the report directory: schemathesis keeps a `.schemathesis/` cache in its working directory.)
+cd "$REPORT_DIR"
 timeout 1200 "$VENV/bin/schemathesis" run "$SPEC" \
     --url "$BASE_URL" \
     --tls-verify "$CA_FILE" \

@@ -45,12 +45,13 @@ impl HubClient {
         answer(req.send().await.with_context(|| format!("while contacting {}", self.base))?).await
     }
 
-    /// Completes owner setup; returns the operator token.
-    pub async fn setup(&self, setup_token: &str) -> Result<String> {
+    /// Completes owner setup (or, once an owner exists, recovers the owner's access with the owner's email):
+    /// creates the owner account with `email` and `password`; returns the owner's API token.
+    pub async fn setup(&self, setup_token: &str, email: &str, password: &str) -> Result<String> {
         let resp = self
             .http
             .post(format!("{}/api/v1/setup", self.base))
-            .json(&serde_json::json!({ "setup_token": setup_token }))
+            .json(&serde_json::json!({ "setup_token": setup_token, "email": email, "password": password }))
             .send()
             .await
             .with_context(|| format!("while contacting {}", self.base))?;

@@ -14,6 +14,8 @@ use crate::client::HubClient;
 
 /// Marks a directory the demo created, so it may clear it on the next run.
 const MARKER: &str = ".hearth-demo";
+/// The demo owner's email (a reserved domain: nothing is ever sent there).
+const DEMO_OWNER: &str = "owner@demo.invalid";
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -56,7 +58,9 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     eprintln!("[2/4] setting up the owner with the one-time setup token");
     let setup = hub.setup_token.as_ref().context("a new hub has a setup token")?.expose().to_owned();
     let mut hub_args = HubArgs { hub: https_url.clone(), ca: ca.clone(), token: None };
-    let token = HubClient::new(&hub_args)?.setup(&setup).await?;
+    // The demo's owner gets a random password, printed once at the end (a real hub's owner chooses their own).
+    let owner_password = hearth_hub::secrets::random_base32(24).context("no randomness for the owner password")?;
+    let token = HubClient::new(&hub_args)?.setup(&setup, DEMO_OWNER, &owner_password).await?;
     hub_args.token = Some(token.clone());
     let client = HubClient::new(&hub_args)?;
 
@@ -97,7 +101,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     println!("Hearth demo is running.");
     println!("  API:             {https_url}  (OpenAPI: {https_url}/api/v1/openapi.json)");
     println!("  MQTTS:           127.0.0.1:{mqtt_port}  (mutual TLS only; no plaintext port exists)");
-    println!("  operator token:  {token}");
+    println!("  owner account:   {DEMO_OWNER}  password {owner_password}  (sign in: POST /api/v1/sessions)");
+    println!("  API token:       {token}");
     println!("  server CA:       {ca}");
     println!();
     println!("Look at the devices and their telemetry:");

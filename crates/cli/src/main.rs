@@ -25,13 +25,18 @@ struct Cli {
 enum Command {
     /// Run the hub: MQTTS for devices and HTTPS for people, both TLS only.
     Serve(ServeArgs),
-    /// Exchange the one-time setup token (printed at first start) for the first operator token.
+    /// Create the owner account with the one-time setup token printed at first start (or, with a token from
+    /// `hearth setup-token`, set a new owner password); prints the owner's API token. The password is read from
+    /// HEARTH_OWNER_PASSWORD or, if unset, from the first line of standard input.
     Setup {
         #[command(flatten)]
         hub: HubArgs,
         /// The setup token the hub printed.
         #[arg(long, env = "HEARTH_SETUP_TOKEN", hide_env_values = true)]
         setup_token: String,
+        /// The owner's email address (the owner signs in with it).
+        #[arg(long, env = "HEARTH_OWNER_EMAIL")]
+        email: String,
     },
     /// Issue a new one-time setup token from the hub's data directory (recovery for a lost operator token;
     /// needs read access to the data directory and the master key). Exchange it with `hearth setup`.
@@ -200,13 +205,27 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
+/// The owner's password: HEARTH_OWNER_PASSWORD, or the first line of standard input.
+fn owner_password() -> Result<zeroize::Zeroizing<String>> {
+    if let Ok(p) = std::env::var("HEARTH_OWNER_PASSWORD") {
+        return Ok(zeroize::Zeroizing::new(p));
+    }
+    eprint!("Owner password (at least 12 characters, not a common one; read from standard input): ");
+    let mut line = zeroize::Zeroizing::new(String::new());
+    std::io::stdin().read_line(&mut line).context("reading the password from standard input")?;
+    let password = line.trim_end_matches(['\r', '\n']).to_owned();
+    anyhow::ensure!(!password.is_empty(), "no password given: set HEARTH_OWNER_PASSWORD or type it on standard input");
+    Ok(zeroize::Zeroizing::new(password))
+}
+
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
-        Command::Setup { hub, setup_token } => {
+        Command::Setup { hub, setup_token, email } => {
+            let password = owner_password()?;
             let client = HubClient::new(&hub)?;
-            let token = client.setup(&setup_token).await?;
-            println!("Operator token (shown once; keep it safe):\n\n  {token}\n");
+            let token = client.setup(&setup_token, &email, &password).await?;
+            println!("Owner account {email} is ready. API token (shown once; keep it safe):\n\n  {token}\n");
             println!("Use it with:  export HEARTH_TOKEN={token}");
             Ok(())
         }
@@ -222,7 +241,9 @@ async fn run(cli: Cli) -> Result<()> {
             println!();
             println!("  {}", token.expose());
             println!();
-            println!("Exchange it for an operator token with `hearth setup --setup-token <token>`.");
+            println!(
+                "Use it with `hearth setup --setup-token <token> --email <owner email>` to set a new owner password."
+            );
             Ok(())
         }
         Command::Factory(args) => factory(args).await,

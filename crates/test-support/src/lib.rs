@@ -4,6 +4,8 @@
 //! `HEARTH_REQUIRE_ALL=1` (set by CI), which turns the skip into a failure.
 
 pub mod contract;
+/// The HTTP client the helpers use, for tests that build their own requests.
+pub use reqwest;
 pub mod mqtt;
 pub mod services;
 
@@ -57,8 +59,8 @@ impl TestHub {
         let hub = hearth_hub::start_with_clock(config, clock).await?;
         let client = client_for(&hub.server_ca_path, None)?;
         let setup = hub.setup_token.as_ref().context("a new hub prints a setup token")?.expose().to_owned();
-        let request =
-            client.post(format!("{}/api/v1/setup", base_url(&hub))).json(&serde_json::json!({ "setup_token": setup }));
+        let request = client.post(format!("{}/api/v1/setup", base_url(&hub))).json(&serde_json::json!({
+            "setup_token": setup, "email": OWNER_EMAIL, "password": OWNER_PASSWORD }));
         let (status, _, body) = checked(request).await?;
         if status != 201 {
             bail!("setup failed: {}", String::from_utf8_lossy(&body));
@@ -66,6 +68,15 @@ impl TestHub {
         let answer: serde_json::Value = serde_json::from_slice(&body)?;
         let token = answer["token"].as_str().context("token in answer")?.to_owned();
         Ok(TestHub { hub, dir, token, client })
+    }
+
+    /// Starts a hub on `clock` with no owner yet: `token` is empty; returns the setup token it printed.
+    pub async fn start_bare(clock: hearth_hub::clock::Clock) -> Result<(TestHub, String)> {
+        let dir = tempfile::tempdir()?;
+        let hub = hearth_hub::start_with_clock(test_config(dir.path()), clock).await?;
+        let client = client_for(&hub.server_ca_path, None)?;
+        let setup = hub.setup_token.as_ref().context("a new hub prints a setup token")?.expose().to_owned();
+        Ok((TestHub { hub, dir, token: String::new(), client }, setup))
     }
 
     /// `https://127.0.0.1:PORT`.
@@ -150,6 +161,11 @@ pub fn write_bootstraps(files: &[BootstrapFile], dir: &Path) -> Result<Vec<PathB
     }
     Ok(paths)
 }
+
+/// The test owner's email.
+pub const OWNER_EMAIL: &str = "owner@example.org";
+/// The test owner's password (strong enough for the hub's rules).
+pub const OWNER_PASSWORD: &str = "correct horse battery staple";
 
 /// Sends `request` and checks its answer against the OpenAPI document; returns status, headers and body.
 pub async fn checked(request: reqwest::RequestBuilder) -> Result<(u16, reqwest::header::HeaderMap, Vec<u8>)> {

@@ -206,7 +206,8 @@ impl Lab {
             ca: server_ca.clone(),
             token: None,
         })?;
-        let token = client.setup(&setup).await?;
+        let password = hearth_hub::secrets::random_base32(24).context("no randomness for the owner password")?;
+        let token = client.setup(&setup, "owner@bench.invalid", &password).await?;
         // The other nodes start once the owner exists (so none of them replaces the setup token).
         for n in 1..nodes {
             let (https, mqtts) = (free_port()?, free_port()?);

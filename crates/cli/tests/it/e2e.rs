@@ -104,12 +104,16 @@ async fn factory_enrol_connect_publish_store_query_with_real_processes() {
     let _ = agent.kill();
     let _ = agent.wait();
 
-    // A lost operator token: someone with the data directory (and so the master key) issues a new setup token,
-    // which yields a second operator token; the first keeps working.
+    // A lost owner password or token: someone with the data directory (and so the master key) issues a new setup
+    // token, which with the owner's email sets a new password and yields a second API token; the first keeps
+    // working. With another email it creates nothing: there is one owner.
     let (ok, out, err) = hearth(&hub, None, &["setup-token", "--data-dir", hub.data_dir.to_str().expect("utf8")]);
     assert!(ok, "setup-token failed: {err}");
     let setup_token = out.split_whitespace().find(|w| w.starts_with("hst_")).expect("setup token printed").to_owned();
-    let (ok, out, err) = hearth(&hub, None, &["setup", "--setup-token", &setup_token]);
+    let (ok, _, err) = hearth(&hub, None, &["setup", "--setup-token", &setup_token, "--email", "intruder@example.org"]);
+    assert!(!ok && err.contains("invalid_setup_token"), "{err}");
+    let owner = hearth_test_support::OWNER_EMAIL;
+    let (ok, out, err) = hearth(&hub, None, &["setup", "--setup-token", &setup_token, "--email", owner]);
     assert!(ok, "{err}");
     let second = out.split_whitespace().find(|w| w.starts_with("hop_")).expect("operator token").to_owned();
     assert_ne!(second, token);

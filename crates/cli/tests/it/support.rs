@@ -111,6 +111,8 @@ impl Drop for HubProcess {
 pub fn hearth(hub: &HubProcess, token: Option<&str>, args: &[&str]) -> (bool, String, String) {
     let mut cmd = Command::new(workspace_bin("hearth"));
     cmd.args(args).env("HEARTH_HUB", hub.url()).env("HEARTH_HUB_CA", hub.ca()).env("RUST_LOG", "warn");
+    // `hearth setup` reads the owner's password from here.
+    cmd.env("HEARTH_OWNER_PASSWORD", hearth_test_support::OWNER_PASSWORD);
     if let Some(t) = token {
         cmd.env("HEARTH_TOKEN", t);
     }
@@ -125,7 +127,8 @@ pub fn hearth(hub: &HubProcess, token: Option<&str>, args: &[&str]) -> (bool, St
 /// Completes owner setup through the CLI; returns the operator token.
 pub fn setup(hub: &HubProcess) -> String {
     let token = hub.setup_token.clone().expect("first start prints a setup token");
-    let (ok, out, err) = hearth(hub, None, &["setup", "--setup-token", &token]);
+    let (ok, out, err) =
+        hearth(hub, None, &["setup", "--setup-token", &token, "--email", hearth_test_support::OWNER_EMAIL]);
     assert!(ok, "setup failed: {err}");
     out.split_whitespace().find(|w| w.starts_with("hop_")).expect("operator token printed").to_owned()
 }

@@ -102,6 +102,13 @@ fn argon2() -> Argon2<'static> {
 #[error("password hashing failed: {0}")]
 pub struct HashError(String);
 
+impl HashError {
+    /// A failure described by `what`.
+    pub fn new(what: String) -> Self {
+        HashError(what)
+    }
+}
+
 /// The PHC string (`$argon2id$v=19$m=19456,t=2,p=1$salt$hash`) of `password`, with a fresh random salt.
 pub fn hash(password: &str) -> Result<String, HashError> {
     let mut salt = [0u8; 16];

@@ -165,7 +165,7 @@ fn row(kind: &'static str, device_id: Option<String>, source: Option<String>, a:
 }
 
 /// The aggregation key of a source address: the address itself, or its /64 for IPv6.
-fn source_network(ip: IpAddr) -> String {
+pub fn source_network(ip: IpAddr) -> String {
     match ip {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

@@ -169,10 +169,15 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// Creates the owner with the setup token whose MAC is `setup_mac`, in one transaction: the token must be
-    /// unused and unexpired at `account.created_at`, no owner may exist yet, and the token is used up. False
-    /// (and nothing changed) otherwise.
-    pub async fn create_owner(&self, setup_mac: &[u8], account: &NewAccount<'_>) -> Result<bool> {
+    /// Creates the owner, and the owner's first API token, with the setup token whose MAC is `setup_mac`, in one
+    /// transaction: the setup token must be unused and unexpired at `account.created_at`, no owner may exist yet,
+    /// and the setup token is used up. False (and nothing changed) otherwise.
+    pub async fn create_owner(
+        &self,
+        setup_mac: &[u8],
+        account: &NewAccount<'_>,
+        token: &super::NewApiToken<'_>,
+    ) -> Result<bool> {
         on_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             let used = sqlx::query(
@@ -187,10 +192,22 @@ impl Store {
                 .bind(Role::Owner.as_str())
                 .fetch_one(tx.conn())
                 .await?;
-            if used != 1 || owners > 0 || account.role != Role::Owner {
+            if used != 1 || owners > 0 || account.role != Role::Owner || token.account_id != Some(account.id) {
                 return Ok(false);
             }
             insert_account!(tx.conn(), account);
+            sqlx::query(
+                "INSERT INTO api_tokens (id, token_mac, label, created_at, expires_at, account_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(token.id)
+            .bind(token.mac)
+            .bind(token.label)
+            .bind(token.created_at)
+            .bind(token.expires_at)
+            .bind(token.account_id)
+            .execute(tx.conn())
+            .await?;
             tx.commit().await?;
             Ok(true)
         })

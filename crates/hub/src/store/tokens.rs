@@ -15,6 +15,8 @@ pub struct NewApiToken<'a> {
     pub created_at: i64,
     /// Expires, Unix ms.
     pub expires_at: i64,
+    /// The account it belongs to (`None` only for tokens minted by an older hub's setup).
+    pub account_id: Option<&'a str>,
 }
 
 impl Store {
@@ -26,10 +28,11 @@ impl Store {
             .0))
     }
 
-    /// The id and expiry of the unrevoked operator token with this MAC.
-    pub async fn api_token(&self, mac: &[u8]) -> Result<Option<(String, Option<i64>)>> {
-        on_pool!(self, pool => Ok(sqlx::query_as::<_, (String, Option<i64>)>(
-            "SELECT id, expires_at FROM api_tokens WHERE token_mac = $1 AND revoked_at IS NULL",
+    /// The id, expiry and account of the unrevoked API token with this MAC (the account is `None` for a token
+    /// minted by the setup token before accounts existed: it stands for the owner).
+    pub async fn api_token(&self, mac: &[u8]) -> Result<Option<(String, Option<i64>, Option<String>)>> {
+        on_pool!(self, pool => Ok(sqlx::query_as::<_, (String, Option<i64>, Option<String>)>(
+            "SELECT id, expires_at, account_id FROM api_tokens WHERE token_mac = $1 AND revoked_at IS NULL",
         )
         .bind(mac)
         .fetch_optional(pool)
@@ -39,13 +42,15 @@ impl Store {
     /// Stores a new operator token.
     pub async fn insert_api_token(&self, t: &NewApiToken<'_>) -> Result<()> {
         on_pool!(self, pool => sqlx::query(
-            "INSERT INTO api_tokens (id, token_mac, label, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO api_tokens (id, token_mac, label, created_at, expires_at, account_id) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(t.id)
         .bind(t.mac)
         .bind(t.label)
         .bind(t.created_at)
         .bind(t.expires_at)
+        .bind(t.account_id)
         .execute(pool)
         .await?
         .rows_affected());
@@ -99,46 +104,30 @@ impl Store {
         })
     }
 
-    /// Consumes a valid setup token and creates the first operator token, atomically. False if the setup token
-    /// is unknown, used or expired.
-    pub async fn complete_setup(&self, setup_mac: &[u8], token: &NewApiToken<'_>) -> Result<bool> {
-        on_pool!(self, pool => {
-            // A plain read first: a wrong token never takes the write lock (anyone may call setup).
-            let usable = sqlx::query(
-                "SELECT 1 FROM setup_tokens WHERE token_mac = $1 AND used_at IS NULL AND expires_at > $2",
-            )
-            .bind(setup_mac)
-            .bind(token.created_at)
-            .fetch_optional(pool)
-            .await?
-            .is_some();
-            if !usable {
-                return Ok(false);
-            }
-            let mut tx = pool.begin_write().await?;
-            let done = sqlx::query(
-                "UPDATE setup_tokens SET used_at = $2 WHERE token_mac = $1 AND used_at IS NULL AND expires_at > $2",
-            )
-            .bind(setup_mac)
-            .bind(token.created_at)
-            .execute(tx.conn())
-            .await?;
-            if done.rows_affected() != 1 {
-                return Ok(false);
-            }
-            sqlx::query(
-                "INSERT INTO api_tokens (id, token_mac, label, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(token.id)
-            .bind(token.mac)
-            .bind(token.label)
-            .bind(token.created_at)
-            .bind(token.expires_at)
-            .execute(tx.conn())
-            .await?;
-            tx.commit().await?;
-            Ok(true)
-        })
+    /// Uses up the setup token with this MAC if it is live at `now`; false (nothing changed) otherwise.
+    pub async fn use_setup_token(&self, setup_mac: &[u8], now: i64) -> Result<bool> {
+        Ok(on_pool!(self, pool => sqlx::query(
+            "UPDATE setup_tokens SET used_at = $2 WHERE token_mac = $1 AND used_at IS NULL AND expires_at > $2",
+        )
+        .bind(setup_mac)
+        .bind(now)
+        .execute(pool)
+        .await?
+        .rows_affected())
+            == 1)
+    }
+
+    /// Whether the setup token with this MAC can still be used at `now` (a plain read: a wrong token never takes
+    /// the write lock, and costs no password hashing).
+    pub async fn setup_token_usable(&self, setup_mac: &[u8], now: i64) -> Result<bool> {
+        Ok(on_pool!(self, pool => sqlx::query(
+            "SELECT 1 FROM setup_tokens WHERE token_mac = $1 AND used_at IS NULL AND expires_at > $2",
+        )
+        .bind(setup_mac)
+        .bind(now)
+        .fetch_optional(pool)
+        .await?
+        .is_some()))
     }
 
     /// A stored key pair: (certificate PEM, sealed private key).

@@ -17,8 +17,9 @@ async fn operator_endpoints_need_a_valid_token() {
         assert_eq!(status, 401);
     }
     // The setup token is single use: a second exchange fails.
-    let request =
-        hub.client.post(format!("{}/api/v1/setup", hub.base())).json(&json!({ "setup_token": "hst_anything" }));
+    let request = hub.client.post(format!("{}/api/v1/setup", hub.base())).json(
+        &json!({ "setup_token": "hst_anything", "email": "x@example.org", "password": "correct horse battery staple" }),
+    );
     let (status, _, _) = hub.send(request).await.expect("send");
     assert_eq!(status, 401);
     // Health says nothing beyond "up"; every answer carries the hardening headers.
@@ -244,7 +245,7 @@ fn openapi_declares_every_refusal_and_request_schemas_are_as_strict_as_the_serve
         ("EnrolRequest", json!({"device_id": "abc", "bootstrap_token": "t", "csr_pem": "c"})),
         ("ManufactureRequest", json!({"model": "plug-1", "count": 1})),
         ("CommandRequest", json!({"name": "set_interval", "args": {"seconds": 5}, "timeout_secs": 60})),
-        ("SetupRequest", json!({"setup_token": "x"})),
+        ("SetupRequest", json!({"setup_token": "x", "email": "a@example.org", "password": "correct horse battery"})),
     ];
     for (name, body) in accepted {
         assert!(schema(name).is_valid(body), "{name} refuses {body}");
@@ -353,7 +354,9 @@ async fn every_answer_carries_hsts_nosniff_and_no_store() {
             .json(&json!({"model": "m", "count": 1})),
         hub.client.post(format!("{base}/api/v1/devices/{id}/bootstrap")).bearer_auth(&hub.token),
         hub.client.post(format!("{base}/api/v1/tokens")).bearer_auth(&hub.token).json(&json!({"label": "ci"})),
-        hub.client.post(format!("{base}/api/v1/setup")).json(&json!({"setup_token": "hst_used"})),
+        hub.client.post(format!("{base}/api/v1/setup")).json(
+            &json!({"setup_token": "hst_used", "email": "x@example.org", "password": "correct horse battery staple"}),
+        ),
         hub.client.get(format!("{base}/api/v1/nowhere")),
     ];
     for request in requests {

@@ -403,7 +403,13 @@ async fn failed_logins_are_recorded_and_operator_tokens_expire_and_can_be_revoke
     };
     assert_eq!(status("hop_wrong".into()).await, 401);
     assert!(hub.has_events("auth_failed", 1).await, "a failed login leaves a trace");
-    let (code, _) = hub.post("/api/v1/setup", json!({ "setup_token": "hst_wrong" })).await.expect("setup");
+    let (code, _) = hub
+        .post(
+            "/api/v1/setup",
+            json!({ "setup_token": "hst_wrong", "email": "x@example.org", "password": "correct horse battery staple" }),
+        )
+        .await
+        .expect("setup");
     assert_eq!(code, 401);
     assert!(hub.has_events("setup_failed", 1).await);
 

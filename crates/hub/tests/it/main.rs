@@ -8,5 +8,6 @@ mod enrol;
 mod hardening;
 mod hostile;
 mod interop;
+mod people;
 mod session;
 mod store_contract;

@@ -342,13 +342,33 @@ async fn tokens_and_setup(store: &Store) {
     assert_eq!(store.api_tokens_ever().await.unwrap(), 0);
     store.replace_setup_token(b"setup-1", NOW + 100).await.unwrap();
     store.replace_setup_token(b"setup-2", NOW + 100).await.unwrap();
-    let owner = NewApiToken { id: "t1", mac: b"mac-1", label: "owner", created_at: NOW, expires_at: NOW + DAY };
-    assert!(!store.complete_setup(b"setup-1", &owner).await.unwrap(), "a replaced setup token is dead");
-    assert!(!store.complete_setup(b"setup-2", &NewApiToken { created_at: NOW + 100, ..owner }).await.unwrap());
-    assert!(store.complete_setup(b"setup-2", &owner).await.unwrap());
-    let second = NewApiToken { id: "t9", mac: b"mac-9", ..owner };
-    assert!(!store.complete_setup(b"setup-2", &second).await.unwrap(), "a setup token works once");
+    let account =
+        NewAccount { id: "a1", email: "o@example.org", role: Role::Owner, password_hash: "$h", created_at: NOW };
+    let owner = NewApiToken {
+        id: "t1",
+        mac: b"mac-1",
+        label: "owner",
+        created_at: NOW,
+        expires_at: NOW + DAY,
+        account_id: Some("a1"),
+    };
+    assert!(!store.setup_token_usable(b"setup-1", NOW).await.unwrap(), "a replaced setup token is dead");
+    assert!(!store.create_owner(b"setup-1", &account, &owner).await.unwrap());
+    assert!(store.setup_token_usable(b"setup-2", NOW).await.unwrap());
+    assert!(!store.setup_token_usable(b"setup-2", NOW + 100).await.unwrap(), "expired");
+    let stray = NewApiToken { account_id: Some("someone-else"), ..owner };
+    assert!(!store.create_owner(b"setup-2", &account, &stray).await.unwrap(), "the token is the owner's own");
+    assert!(store.create_owner(b"setup-2", &account, &owner).await.unwrap());
+    assert!(!store.setup_token_usable(b"setup-2", NOW).await.unwrap(), "a setup token works once");
     assert_eq!(store.api_tokens_ever().await.unwrap(), 1);
+    assert_eq!(
+        store.api_token(b"mac-1").await.unwrap(),
+        Some(("t1".to_owned(), Some(NOW + DAY), Some("a1".to_owned())))
+    );
+    // Recovery: a new setup token is used up once.
+    store.replace_setup_token(b"setup-3", NOW + 100).await.unwrap();
+    assert!(store.use_setup_token(b"setup-3", NOW).await.unwrap());
+    assert!(!store.use_setup_token(b"setup-3", NOW).await.unwrap());
     store
         .insert_api_token(&NewApiToken {
             id: "t2",
@@ -356,10 +376,11 @@ async fn tokens_and_setup(store: &Store) {
             label: "ci",
             created_at: NOW + 1,
             expires_at: NOW + 2,
+            account_id: Some("a1"),
         })
         .await
         .unwrap();
-    assert_eq!(store.api_token(b"mac-2").await.unwrap(), Some(("t2".to_owned(), Some(NOW + 2))));
+    assert_eq!(store.api_token(b"mac-2").await.unwrap(), Some(("t2".to_owned(), Some(NOW + 2), Some("a1".to_owned()))));
     assert!(store.revoke_api_token("t2", NOW + 5).await.unwrap());
     assert!(!store.revoke_api_token("t2", NOW + 6).await.unwrap());
     assert_eq!(store.api_token(b"mac-2").await.unwrap(), None, "a revoked token authenticates nothing");
@@ -481,20 +502,32 @@ async fn people(store: &Store) {
         password_hash: "$h1",
         created_at: NOW,
     };
+    let token = NewApiToken {
+        id: "tk",
+        mac: b"mac-tk",
+        label: "owner",
+        created_at: NOW,
+        expires_at: NOW + DAY,
+        account_id: Some("a-owner"),
+    };
     assert!(!store.owner_exists().await.unwrap());
-    assert!(!store.create_owner(b"no-such-token", &owner).await.unwrap(), "an unknown setup token creates nothing");
+    assert!(
+        !store.create_owner(b"no-such-token", &owner, &token).await.unwrap(),
+        "an unknown setup token creates nothing"
+    );
     store.replace_setup_token(b"setup", NOW + 100).await.unwrap();
     let late = NewAccount { created_at: NOW + 100, ..owner };
-    assert!(!store.create_owner(b"setup", &late).await.unwrap(), "an expired setup token creates nothing");
+    assert!(!store.create_owner(b"setup", &late, &token).await.unwrap(), "an expired setup token creates nothing");
     let consumer_role = NewAccount { role: Role::Consumer, ..owner };
-    assert!(!store.create_owner(b"setup", &consumer_role).await.unwrap(), "setup makes an owner or nothing");
+    assert!(!store.create_owner(b"setup", &consumer_role, &token).await.unwrap(), "setup makes an owner or nothing");
     assert!(!store.owner_exists().await.unwrap());
-    assert!(store.create_owner(b"setup", &owner).await.unwrap());
+    assert!(store.create_owner(b"setup", &owner, &token).await.unwrap());
     assert!(store.owner_exists().await.unwrap());
     let second = NewAccount { id: "a-2", email: "two@example.org", ..owner };
-    assert!(!store.create_owner(b"setup", &second).await.unwrap(), "the setup token works once");
+    let token2 = NewApiToken { id: "tk2", mac: b"mac-tk2", account_id: Some("a-2"), ..token };
+    assert!(!store.create_owner(b"setup", &second, &token2).await.unwrap(), "the setup token works once");
     store.replace_setup_token(b"setup-2", NOW + 100).await.unwrap();
-    assert!(!store.create_owner(b"setup-2", &second).await.unwrap(), "never a second owner");
+    assert!(!store.create_owner(b"setup-2", &second, &token2).await.unwrap(), "never a second owner");
     // Accounts: unique email, found by email and id.
     let consumer =
         NewAccount { id: "a-c", email: "c@example.org", role: Role::Consumer, password_hash: "$h2", created_at: NOW };

@@ -21,9 +21,10 @@ use hearth_proto::uplink::Fields;
 use hearth_proto::{DeviceId, ModelId};
 
 use super::PeerDevice;
+pub use super::auth::OperatorAuth;
 use super::error::ApiError;
 use crate::HubState;
-use crate::accounts::TokenRefusal;
+use crate::accounts::SetupRefusal;
 use crate::commands::CommandError;
 use crate::identity::{EnrolError, PresentedCert};
 use crate::monitoring::SecurityEvent;
@@ -52,6 +53,7 @@ pub fn router(state: HubState) -> Router {
         .route("/api/v1/devices/{id}/commands", post(send_command))
         .route("/api/v1/devices/{id}/commands/{command_id}", get(get_command))
         .route("/api/v1/security-events", get(security_events))
+        .merge(super::people::router())
         .fallback(|| async { ApiError::not_found("endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response(hardening_headers))
@@ -72,7 +74,8 @@ async fn hardening_headers(mut response: axum::response::Response) -> axum::resp
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Hearth hub API", version = "1", description = "Devices, telemetry and commands of a Hearth hub. Operator endpoints take `Authorization: Bearer <token>`."),
-    paths(healthz, setup, enrol, renew, manufacture, list_devices, get_device, revoke_device, reissue_bootstrap, list_tokens, create_token, revoke_token, telemetry, send_command, get_command, security_events),
+    paths(healthz, setup, enrol, renew, manufacture, list_devices, get_device, revoke_device, reissue_bootstrap, list_tokens, create_token, revoke_token, telemetry, send_command, get_command, security_events,
+        super::people::sign_in, super::people::me, super::people::my_sessions, super::people::end_session, super::people::sign_out, super::people::sign_out_everywhere, super::people::change_password, super::people::audit_log),
     components(schemas(Health, super::error::ErrorBody, super::error::ErrorDetail, SetupRequest, SetupResponse, DeviceBody, DeviceList, TelemetryPage, TelemetryItem, CommandRequest, CommandBody, SecurityEventBody, TokenBody, NewTokenRequest, NewTokenResponse, BootstrapBody, EnrolRequest, RenewRequest, CertificateResponse, ManufactureRequest, ManufactureResponse, ManufacturedDevice, HubEndpoints, DeviceId, ModelId)),
     modifiers(&BearerScheme, &CommonResponses)
 )]
@@ -126,7 +129,8 @@ impl utoipa::Modify for CommonResponses {
                     add("422", "The body does not match the request schema");
                 }
                 if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
-                    add("401", "Missing, unknown, expired or revoked operator token");
+                    add("401", "Missing, unknown, expired or revoked API token or session");
+                    add("403", "The account's role may not do this, or a session request without its CSRF token");
                 }
                 // OpenAPI requires a description on every response; where a handler gave none, its status says it.
                 for (status, response) in &mut op.responses.responses {
@@ -150,6 +154,13 @@ impl utoipa::Modify for BearerScheme {
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        // A browser's sign-in session; unsafe methods also need the `X-CSRF-Token` header.
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(utoipa::openapi::security::ApiKey::Cookie(
+                utoipa::openapi::security::ApiKeyValue::new(super::auth::SESSION_COOKIE),
+            )),
         );
     }
 }
@@ -210,45 +221,6 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> 
     }
 }
 
-fn peer_ip(parts_ext: &axum::http::Extensions) -> Option<std::net::IpAddr> {
-    parts_ext.get::<super::PeerAddr>().map(|p| p.0.ip())
-}
-
-/// An authenticated operator.
-pub struct OperatorAuth(pub crate::accounts::Operator);
-
-impl FromRequestParts<HubState> for OperatorAuth {
-    type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, state: &HubState) -> Result<Self, Self::Rejection> {
-        let value =
-            parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).ok_or_else(|| {
-                ApiError::unauthorized("missing_token", "send `Authorization: Bearer <operator token>`")
-            })?;
-        let token = value.strip_prefix("Bearer ").ok_or_else(|| {
-            ApiError::unauthorized("missing_token", "the Authorization header must be `Bearer <token>`")
-        })?;
-        if token.len() > 256 {
-            return Err(ApiError::unauthorized("invalid_token", "the token is not valid"));
-        }
-        match state.accounts.authenticate(token.trim()).await? {
-            Ok(op) => Ok(OperatorAuth(op)),
-            Err(refusal) => {
-                // Recorded (aggregated per source) like every other refusal.
-                state.monitor.record(SecurityEvent {
-                    device: None,
-                    source: peer_ip(&parts.extensions),
-                    kind: "auth_failed",
-                    detail: format!("operator token {refusal:?} for {} {}", parts.method, parts.uri.path()),
-                });
-                match refusal {
-                    TokenRefusal::Expired => Err(ApiError::unauthorized("token_expired", "the token has expired")),
-                    TokenRefusal::Invalid => Err(ApiError::unauthorized("invalid_token", "the token is not valid")),
-                }
-            }
-        }
-    }
-}
-
 /// Whether `s` is `min` to `max` bytes without control characters (which, NUL first, no database column takes).
 /// The schema says the same with the pattern `^[^\x00-\x1f\x7f-\x9f]*$`.
 fn plain_text(s: &str, min: usize, max: usize) -> bool {
@@ -279,6 +251,13 @@ pub struct SetupRequest {
     /// The one-time setup token the hub printed at first start.
     #[schema(min_length = 1, max_length = 256)]
     setup_token: String,
+    /// The owner's email address (the owner signs in with it).
+    #[schema(min_length = 3, max_length = 254)]
+    email: String,
+    /// The owner's password: at least 12 characters, not a common or default one, not built from the email or
+    /// the product's name, and not easily guessed (the answer says which rule it breaks).
+    #[schema(min_length = 12, max_length = 512)]
+    password: String,
     /// A label for the operator token (default `owner`).
     #[serde(default)]
     #[schema(min_length = 1, max_length = 64, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$")]
@@ -287,13 +266,18 @@ pub struct SetupRequest {
 
 #[derive(Serialize, ToSchema)]
 struct SetupResponse {
-    /// The first operator token. Shown once; store it safely.
+    /// The owner's first API token. Shown once; store it safely.
     token: String,
+    /// The owner's account.
+    account: super::people::AccountBody,
 }
 
 /// Exchanges the one-time setup token for the first operator token.
 #[utoipa::path(post, path = "/api/v1/setup", request_body = SetupRequest,
-    responses((status = 201, body = SetupResponse), (status = 401, body = super::error::ErrorBody, description = "Unknown, used or expired setup token")))]
+    responses((status = 201, body = SetupResponse),
+        (status = 400, body = super::error::ErrorBody, description = "Invalid label or email, or a password that breaks a rule (`weak_password`, with the rule)"),
+        (status = 401, body = super::error::ErrorBody, description = "Unknown, used or expired setup token"),
+        (status = 503, body = super::error::ErrorBody, description = "Too many password checks at once; retry")))]
 async fn setup(
     State(state): State<HubState>,
     peer: Option<Extension<super::PeerAddr>>,
@@ -303,24 +287,34 @@ async fn setup(
     if !plain_text(&label, 1, 64) {
         return Err(ApiError::bad_request("invalid_label", "label must be 1 to 64 bytes"));
     }
-    match state.accounts.complete_setup(req.setup_token.trim(), &label).await? {
-        Some(token) => {
-            tracing::info!("owner setup completed; the setup token is now used up");
+    let source = peer.map(|p| p.0.0.ip());
+    let outcome = state
+        .accounts
+        .setup_owner(req.setup_token.trim(), &req.email, &req.password, &label, source)
+        .await
+        .map_err(super::people::accounts_error)?;
+    match outcome {
+        Ok((account, token)) => {
+            tracing::info!(account = %account.id, "owner setup completed; the setup token is now used up");
             Ok((
                 StatusCode::CREATED,
                 [(header::CACHE_CONTROL, "no-store")],
-                Json(SetupResponse { token: token.expose().to_owned() }),
+                Json(SetupResponse { token: token.token.expose().to_owned(), account: account.into() }),
             ))
         }
-        None => {
+        Err(SetupRefusal::InvalidToken) => {
             state.monitor.record(SecurityEvent {
                 device: None,
-                source: peer.map(|p| p.0.0.ip()),
+                source,
                 kind: "setup_failed",
                 detail: "unknown, used or expired setup token".into(),
             });
             Err(ApiError::unauthorized("invalid_setup_token", "the setup token is unknown, already used or expired"))
         }
+        Err(refusal @ SetupRefusal::InvalidEmail(_)) => {
+            Err(ApiError::bad_request("invalid_email", refusal.to_string()))
+        }
+        Err(SetupRefusal::Password(refusal)) => Err(ApiError::bad_request("weak_password", refusal.to_string())),
     }
 }
 
@@ -442,7 +436,7 @@ async fn renew(
 }
 
 /// Creates a batch of device records (the factory). Secrets are returned once and stored only as MACs.
-#[utoipa::path(post, path = "/api/v1/devices", request_body = ManufactureRequest, security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/v1/devices", request_body = ManufactureRequest, security(("bearer" = []), ("session" = [])),
     responses((status = 201, body = ManufactureResponse), (status = 400, body = super::error::ErrorBody)))]
 async fn manufacture(
     State(state): State<HubState>,
@@ -545,7 +539,7 @@ fn page_limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64, ApiErro
 }
 
 /// Lists devices, ordered by id.
-#[utoipa::path(get, path = "/api/v1/devices", params(ListParams), security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/devices", params(ListParams), security(("bearer" = []), ("session" = [])),
     responses((status = 200, body = DeviceList), (status = 401, body = super::error::ErrorBody)))]
 async fn list_devices(
     State(state): State<HubState>,
@@ -566,7 +560,7 @@ async fn list_devices(
 }
 
 /// One device.
-#[utoipa::path(get, path = "/api/v1/devices/{id}", params(("id" = DeviceId, Path, description = "Device id")), security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/devices/{id}", params(("id" = DeviceId, Path, description = "Device id")), security(("bearer" = []), ("session" = [])),
     responses((status = 200, body = DeviceBody), (status = 404, body = super::error::ErrorBody)))]
 async fn get_device(
     State(state): State<HubState>,
@@ -579,7 +573,7 @@ async fn get_device(
 }
 
 /// Revokes a device: its connection closes within seconds and every later connection or renewal is refused.
-#[utoipa::path(post, path = "/api/v1/devices/{id}/revoke", params(("id" = DeviceId, Path, description = "Device id")), security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/v1/devices/{id}/revoke", params(("id" = DeviceId, Path, description = "Device id")), security(("bearer" = []), ("session" = [])),
     responses((status = 200, body = DeviceBody), (status = 404, body = super::error::ErrorBody)))]
 async fn revoke_device(
     State(state): State<HubState>,
@@ -630,7 +624,7 @@ struct TelemetryPage {
 }
 
 /// A device's stored uplinks (telemetry, events, state) in a device-time range, ordered by sequence number.
-#[utoipa::path(get, path = "/api/v1/devices/{id}/telemetry", params(("id" = DeviceId, Path, description = "Device id"), TelemetryParams), security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/devices/{id}/telemetry", params(("id" = DeviceId, Path, description = "Device id"), TelemetryParams), security(("bearer" = []), ("session" = [])),
     responses((status = 200, body = TelemetryPage), (status = 404, body = super::error::ErrorBody)))]
 async fn telemetry(
     State(state): State<HubState>,
@@ -727,7 +721,7 @@ impl From<CommandRow> for CommandBody {
 
 /// Sends a command. It is recorded first, delivered when the device is connected and subscribed, and ends as
 /// the device's answer or `timeout`.
-#[utoipa::path(post, path = "/api/v1/devices/{id}/commands", params(("id" = DeviceId, Path, description = "Device id")), request_body = CommandRequest, security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/v1/devices/{id}/commands", params(("id" = DeviceId, Path, description = "Device id")), request_body = CommandRequest, security(("bearer" = []), ("session" = [])),
     responses((status = 202, body = CommandBody), (status = 400, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody)))]
 async fn send_command(
     State(state): State<HubState>,
@@ -747,7 +741,7 @@ async fn send_command(
 }
 
 /// One command and its outcome.
-#[utoipa::path(get, path = "/api/v1/devices/{id}/commands/{command_id}", params(("id" = DeviceId, Path, description = "Device id"), ("command_id" = String, Path, min_length = 1, max_length = 64, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$", description = "Command id")), security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/devices/{id}/commands/{command_id}", params(("id" = DeviceId, Path, description = "Device id"), ("command_id" = String, Path, min_length = 1, max_length = 64, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$", description = "Command id")), security(("bearer" = []), ("session" = [])),
     responses((status = 200, body = CommandBody), (status = 404, body = super::error::ErrorBody)))]
 async fn get_command(
     State(state): State<HubState>,
@@ -776,7 +770,7 @@ struct BootstrapBody {
 /// Re-issues a single-use bootstrap token for a device that is not revoked: for a device whose enrol reply was
 /// lost for good, that was offline past its certificate's lifetime and renewal grace, or lost its key. Its
 /// current certificate keeps working until it enrols again with the new token; then only the new one does.
-#[utoipa::path(post, path = "/api/v1/devices/{id}/bootstrap", params(("id" = DeviceId, Path, description = "Device id")), security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/v1/devices/{id}/bootstrap", params(("id" = DeviceId, Path, description = "Device id")), security(("bearer" = []), ("session" = [])),
     responses((status = 201, body = BootstrapBody), (status = 404, body = super::error::ErrorBody), (status = 403, body = super::error::ErrorBody, description = "Revoked")))]
 async fn reissue_bootstrap(
     State(state): State<HubState>,
@@ -814,7 +808,7 @@ struct TokenBody {
 }
 
 /// Lists operator tokens (never their values), newest first.
-#[utoipa::path(get, path = "/api/v1/tokens", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/tokens", security(("bearer" = []), ("session" = [])),
     responses((status = 200, body = [TokenBody]), (status = 401, body = super::error::ErrorBody)))]
 async fn list_tokens(State(state): State<HubState>, _auth: OperatorAuth) -> Result<Json<Vec<TokenBody>>, ApiError> {
     let tokens = state.accounts.tokens().await?;
@@ -854,7 +848,7 @@ struct NewTokenResponse {
 }
 
 /// Creates an operator token. It never outlives the caller's own token.
-#[utoipa::path(post, path = "/api/v1/tokens", request_body = NewTokenRequest, security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/v1/tokens", request_body = NewTokenRequest, security(("bearer" = []), ("session" = [])),
     responses((status = 201, body = NewTokenResponse), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody)))]
 async fn create_token(
     State(state): State<HubState>,
@@ -883,7 +877,7 @@ async fn create_token(
 }
 
 /// Revokes an operator token (also the caller's own).
-#[utoipa::path(post, path = "/api/v1/tokens/{id}/revoke", params(("id" = String, Path, min_length = 1, max_length = 64, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$", description = "Token id")), security(("bearer" = [])),
+#[utoipa::path(post, path = "/api/v1/tokens/{id}/revoke", params(("id" = String, Path, min_length = 1, max_length = 64, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$", description = "Token id")), security(("bearer" = []), ("session" = [])),
     responses((status = 204, description = "Revoked"), (status = 404, body = super::error::ErrorBody)))]
 async fn revoke_token(
     State(state): State<HubState>,
@@ -928,7 +922,7 @@ struct SecurityEventBody {
 }
 
 /// Recent security events (refused connections, ACL violations, invalid payloads, limit breaches).
-#[utoipa::path(get, path = "/api/v1/security-events", params(EventParams), security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/security-events", params(EventParams), security(("bearer" = []), ("session" = [])),
     responses((status = 200, body = [SecurityEventBody])))]
 async fn security_events(
     State(state): State<HubState>,

@@ -2,7 +2,9 @@
 //! be a valid, unrevoked device certificate (used by renewal). Serves the REST API; there is no plaintext HTTP.
 
 pub mod api;
+pub mod auth;
 pub mod error;
+pub mod people;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

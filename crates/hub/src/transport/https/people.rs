@@ -1,0 +1,325 @@
+//! People's endpoints: sign in (a session cookie and its CSRF token), who am I, my sessions, sign out here or
+//! everywhere, change my password, and the audit log for operators. Owner setup is in `api.rs` with the rest of
+//! the first-start flow.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::api::{ApiJson, ApiPath, ApiQuery};
+use super::auth::{Caller, OperatorAuth, SESSION_COOKIE};
+use super::error::ApiError;
+use crate::HubState;
+use crate::accounts::{AccountInfo, AccountsError, ChangeRefusal, SESSION_ABSOLUTE, SignInRefusal};
+
+/// The people routes.
+pub fn router() -> Router<HubState> {
+    Router::new()
+        .route("/api/v1/sessions", post(sign_in))
+        .route("/api/v1/me", get(me))
+        .route("/api/v1/me/sessions", get(my_sessions))
+        .route("/api/v1/me/sessions/{id}/revoke", post(end_session))
+        .route("/api/v1/me/sign-out", post(sign_out))
+        .route("/api/v1/me/sign-out-everywhere", post(sign_out_everywhere))
+        .route("/api/v1/me/password", post(change_password))
+        .route("/api/v1/audit-log", get(audit_log))
+}
+
+/// The API answer for a failure of the accounts capability that is not the caller's.
+pub fn accounts_error(e: AccountsError) -> ApiError {
+    match e {
+        AccountsError::Busy => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", e.to_string()),
+        AccountsError::Store(s) => ApiError::internal(s),
+        AccountsError::Hashing(h) => ApiError::internal(h),
+    }
+}
+
+/// An account as clients see it.
+#[derive(Serialize, ToSchema)]
+pub struct AccountBody {
+    id: String,
+    email: String,
+    /// `owner`, `admin`, `support` or `consumer`.
+    role: String,
+}
+
+impl From<AccountInfo> for AccountBody {
+    fn from(a: AccountInfo) -> Self {
+        AccountBody { id: a.id, email: a.email, role: a.role.as_str().to_owned() }
+    }
+}
+
+// Public only so that `fuzz/` can deserialize the real body type.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignInRequest {
+    #[schema(min_length = 1, max_length = 254)]
+    email: String,
+    #[schema(min_length = 1, max_length = 512)]
+    password: String,
+}
+
+#[derive(Serialize, ToSchema)]
+struct SignedInBody {
+    account: AccountBody,
+    /// Send it as `X-CSRF-Token` with every unsafe request (POST …) that uses the session cookie.
+    csrf_token: String,
+    /// When the session ends at the latest, Unix ms (it also ends after 30 minutes unused).
+    expires_at_ms: i64,
+}
+
+/// Signs in with email and password: the answer sets the session cookie (`__Host-hearth_session`, HttpOnly,
+/// Secure, SameSite=Strict) and carries the CSRF token. Unknown email and wrong password get the same answer.
+/// Failures are throttled per account and per source network (429 with `Retry-After`; while locked, the right
+/// password is refused too).
+#[utoipa::path(post, path = "/api/v1/sessions", request_body = SignInRequest,
+    responses((status = 201, body = SignedInBody, description = "Signed in; the session cookie is set"),
+        (status = 401, body = super::error::ErrorBody, description = "Unknown email or wrong password (the same answer)"),
+        (status = 429, body = super::error::ErrorBody, description = "Too many failures; see Retry-After"),
+        (status = 503, body = super::error::ErrorBody, description = "Too many password checks at once; retry")))]
+async fn sign_in(
+    State(state): State<HubState>,
+    peer: Option<Extension<super::PeerAddr>>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<SignInRequest>,
+) -> Result<axum::response::Response, ApiError> {
+    let source = peer.map(|p| p.0.0.ip());
+    let agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok());
+    if req.email.len() > 254 || req.password.len() > 512 {
+        return Err(ApiError::unauthorized("invalid_credentials", "unknown email or wrong password"));
+    }
+    match state.accounts.sign_in(&req.email, &req.password, source, agent).await.map_err(accounts_error)? {
+        Ok(signed) => {
+            let cookie = format!(
+                "{SESSION_COOKIE}={}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={}",
+                signed.session_token.expose(),
+                SESSION_ABSOLUTE.whole_seconds()
+            );
+            let body = SignedInBody {
+                account: signed.account.into(),
+                csrf_token: signed.csrf_token,
+                expires_at_ms: signed.expires_at_ms,
+            };
+            Ok((StatusCode::CREATED, [(header::SET_COOKIE, cookie)], Json(body)).into_response())
+        }
+        Err(SignInRefusal::Invalid) => {
+            Err(ApiError::unauthorized("invalid_credentials", "unknown email or wrong password"))
+        }
+        Err(SignInRefusal::Throttled { retry_after_secs }) => {
+            let mut response = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "throttled",
+                format!("too many failed sign-ins; try again in {retry_after_secs} s"),
+            )
+            .into_response();
+            if let Ok(v) = retry_after_secs.to_string().parse() {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            Ok(response)
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+struct MeBody {
+    /// The account (null for an API token minted by an older hub's setup, which stands for the owner).
+    account: Option<AccountBody>,
+    /// `owner`, `admin`, `support` or `consumer`.
+    role: String,
+    /// Signed in through a session (a browser), not an API token.
+    session: bool,
+}
+
+/// Who the caller is.
+#[utoipa::path(get, path = "/api/v1/me", security(("bearer" = []), ("session" = [])),
+    responses((status = 200, body = MeBody)))]
+async fn me(State(state): State<HubState>, Caller(op): Caller) -> Result<Json<MeBody>, ApiError> {
+    let account = match &op.account_id {
+        Some(id) => state.store.account(id).await?.map(|a| AccountInfo::from(&a).into()),
+        None => None,
+    };
+    Ok(Json(MeBody { account, role: op.role.as_str().to_owned(), session: op.session }))
+}
+
+#[derive(Serialize, ToSchema)]
+struct SessionBody {
+    id: String,
+    created_at_ms: i64,
+    last_seen_at_ms: i64,
+    expires_at_ms: i64,
+    /// The network it signed in from.
+    source: Option<String>,
+    user_agent: Option<String>,
+    /// The session this request came with.
+    current: bool,
+}
+
+/// The caller's live sign-in sessions, newest first.
+#[utoipa::path(get, path = "/api/v1/me/sessions", security(("bearer" = []), ("session" = [])),
+    responses((status = 200, body = [SessionBody])))]
+async fn my_sessions(State(state): State<HubState>, Caller(op): Caller) -> Result<Json<Vec<SessionBody>>, ApiError> {
+    let Some(account) = &op.account_id else { return Ok(Json(Vec::new())) };
+    let rows = state.accounts.sessions(account).await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|s| SessionBody {
+                current: op.session && s.id == op.token_id,
+                id: s.id,
+                created_at_ms: s.created_at,
+                last_seen_at_ms: s.last_seen_at,
+                expires_at_ms: s.expires_at,
+                source: s.source,
+                user_agent: s.user_agent,
+            })
+            .collect(),
+    ))
+}
+
+/// Ends one of the caller's sessions.
+#[utoipa::path(post, path = "/api/v1/me/sessions/{id}/revoke", params(("id" = String, Path, min_length = 1, max_length = 64, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$", description = "Session id")), security(("bearer" = []), ("session" = [])),
+    responses((status = 204, description = "Ended")))]
+async fn end_session(
+    State(state): State<HubState>,
+    peer: Option<Extension<super::PeerAddr>>,
+    Caller(op): Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    let Some(account) = &op.account_id else { return Err(ApiError::not_found("session")) };
+    if id.len() > 64 || id.chars().any(char::is_control) {
+        return Err(ApiError::not_found("session"));
+    }
+    if !state.accounts.end_session(account, &id, peer.map(|p| p.0.0.ip())).await? {
+        return Err(ApiError::not_found("session"));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Ends the session this request came with, and clears its cookie.
+#[utoipa::path(post, path = "/api/v1/me/sign-out", security(("bearer" = []), ("session" = [])),
+    responses((status = 204, description = "Signed out")))]
+async fn sign_out(
+    State(state): State<HubState>,
+    peer: Option<Extension<super::PeerAddr>>,
+    Caller(op): Caller,
+) -> Result<impl IntoResponse, ApiError> {
+    if let (true, Some(account)) = (op.session, &op.account_id) {
+        state.accounts.end_session(account, &op.token_id, peer.map(|p| p.0.0.ip())).await?;
+    }
+    let clear = format!("{SESSION_COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0");
+    Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, clear)]))
+}
+
+#[derive(Serialize, ToSchema)]
+struct EndedBody {
+    /// How many sessions ended.
+    ended: u64,
+}
+
+/// Ends every session of the caller's account ("sign out everywhere"). API tokens are not affected (revoke them
+/// under `/api/v1/tokens`).
+#[utoipa::path(post, path = "/api/v1/me/sign-out-everywhere", security(("bearer" = []), ("session" = [])),
+    responses((status = 200, body = EndedBody)))]
+async fn sign_out_everywhere(
+    State(state): State<HubState>,
+    peer: Option<Extension<super::PeerAddr>>,
+    Caller(op): Caller,
+) -> Result<Json<EndedBody>, ApiError> {
+    let ended = match &op.account_id {
+        Some(account) => state.accounts.end_all_sessions(account, peer.map(|p| p.0.0.ip())).await?,
+        None => 0,
+    };
+    Ok(Json(EndedBody { ended }))
+}
+
+// Public only so that `fuzz/` can deserialize the real body type.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordChange {
+    #[schema(min_length = 1, max_length = 512)]
+    current_password: String,
+    /// At least 12 characters, not common, not built from the email or the product's name, not easily guessed.
+    #[schema(min_length = 12, max_length = 512)]
+    new_password: String,
+}
+
+/// Changes the caller's password. Every session of the account ends (sign in again).
+#[utoipa::path(post, path = "/api/v1/me/password", request_body = PasswordChange, security(("bearer" = []), ("session" = [])),
+    responses((status = 204, description = "Changed; every session ended"),
+        (status = 400, body = super::error::ErrorBody, description = "The new password breaks a rule (`weak_password`)"),
+        (status = 403, body = super::error::ErrorBody, description = "The current password is not right"),
+        (status = 503, body = super::error::ErrorBody, description = "Too many password checks at once; retry")))]
+async fn change_password(
+    State(state): State<HubState>,
+    peer: Option<Extension<super::PeerAddr>>,
+    Caller(op): Caller,
+    ApiJson(req): ApiJson<PasswordChange>,
+) -> Result<StatusCode, ApiError> {
+    let Some(account) = &op.account_id else {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "no_account", "this API token belongs to no account"));
+    };
+    let outcome = state
+        .accounts
+        .change_password(account, &req.current_password, &req.new_password, peer.map(|p| p.0.0.ip()))
+        .await
+        .map_err(accounts_error)?;
+    match outcome {
+        Ok(()) => Ok(StatusCode::NO_CONTENT),
+        Err(ChangeRefusal::WrongPassword) => {
+            Err(ApiError::new(StatusCode::FORBIDDEN, "wrong_password", ChangeRefusal::WrongPassword.to_string()))
+        }
+        Err(ChangeRefusal::Password(p)) => Err(ApiError::bad_request("weak_password", p.to_string())),
+    }
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct AuditParams {
+    /// How many, newest first, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct AuditBody {
+    at_ms: i64,
+    account_id: Option<String>,
+    /// `owner_setup`, `sign_in`, `sign_in_refused`, `sign_in_throttled`, `sign_out`, `sign_out_everywhere`,
+    /// `password_changed`, `password_change_refused`.
+    action: String,
+    target: Option<String>,
+    /// The source network.
+    source: Option<String>,
+    detail: String,
+}
+
+/// The audit log of security-relevant actions, newest first (owner and admins).
+#[utoipa::path(get, path = "/api/v1/audit-log", params(AuditParams), security(("bearer" = []), ("session" = [])),
+    responses((status = 200, body = [AuditBody])))]
+async fn audit_log(
+    State(state): State<HubState>,
+    _auth: OperatorAuth,
+    ApiQuery(p): ApiQuery<AuditParams>,
+) -> Result<Json<Vec<AuditBody>>, ApiError> {
+    let limit = p.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_limit", "limit must be 1 to 1000"));
+    }
+    let rows = state.accounts.audit_log(limit).await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|r| AuditBody {
+                at_ms: r.at,
+                account_id: r.account_id,
+                action: r.action,
+                target: r.target,
+                source: r.source,
+                detail: r.detail,
+            })
+            .collect(),
+    ))
+}

@@ -1,0 +1,267 @@
+//! People: owner setup with the one-time token, sign-in sessions with CSRF, throttling without user enumeration,
+//! password rules and changes, roles, and the audit log — through the HTTPS API, every answer checked against the
+//! OpenAPI document.
+
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use hearth_hub::accounts::password;
+use hearth_hub::clock::Clock;
+use hearth_hub::store::{NewAccount, Role};
+use hearth_test_support::{OWNER_EMAIL, OWNER_PASSWORD, TestHub};
+use serde_json::{Value, json};
+
+/// A signed-in browser: the session cookie and its CSRF token.
+struct Browser {
+    cookie: String,
+    csrf: String,
+}
+
+async fn post(hub: &TestHub, path: &str, body: Value, who: Option<&Browser>, csrf: bool) -> (u16, HeaderMap, Value) {
+    let mut request = hub.client.post(format!("{}{path}", hub.base())).json(&body);
+    if let Some(b) = who {
+        request = request.header("cookie", format!("__Host-hearth_session={}", b.cookie));
+        if csrf {
+            request = request.header("x-csrf-token", &b.csrf);
+        }
+    }
+    let (status, headers, body) = hub.send(request).await.expect("send");
+    (status, headers, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+async fn get(hub: &TestHub, path: &str, who: &Browser) -> (u16, Value) {
+    let request = hub
+        .client
+        .get(format!("{}{path}", hub.base()))
+        .header("cookie", format!("__Host-hearth_session={}", who.cookie));
+    let (status, _, body) = hub.send(request).await.expect("send");
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+async fn sign_in(hub: &TestHub, email: &str, password: &str) -> (u16, HeaderMap, Value) {
+    post(hub, "/api/v1/sessions", json!({ "email": email, "password": password }), None, false).await
+}
+
+async fn signed_in(hub: &TestHub, email: &str, password: &str) -> Browser {
+    let (status, headers, body) = sign_in(hub, email, password).await;
+    assert_eq!(status, 201, "{body}");
+    let set_cookie = headers.get("set-cookie").and_then(|v| v.to_str().ok()).expect("set-cookie").to_owned();
+    for attribute in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(set_cookie.contains(attribute), "{set_cookie}");
+    }
+    let cookie = set_cookie
+        .strip_prefix("__Host-hearth_session=")
+        .and_then(|v| v.split(';').next())
+        .expect("a __Host- session cookie")
+        .to_owned();
+    Browser { cookie, csrf: body["csrf_token"].as_str().expect("csrf token").to_owned() }
+}
+
+/// An account made directly in the store (sign-up comes with the web app).
+async fn account(hub: &TestHub, id: &str, email: &str, role: Role, pass: &str) {
+    let hash = password::hash(pass).expect("hash");
+    let new = NewAccount { id, email, role, password_hash: &hash, created_at: hub.hub.state.clock.now_ms() };
+    assert!(hub.hub.state.store.insert_account(&new).await.expect("insert"));
+}
+
+#[tokio::test]
+async fn the_setup_token_makes_one_owner_with_a_strong_password_and_nothing_signs_in_before() {
+    let (hub, setup) = TestHub::start_bare(Clock::system()).await.expect("hub");
+    // Nothing signs in before setup: there is no account at all.
+    assert_eq!(sign_in(&hub, OWNER_EMAIL, OWNER_PASSWORD).await.0, 401);
+    let attempt =
+        |token: &str, email: &str, pass: &str| json!({ "setup_token": token, "email": email, "password": pass });
+    // Refused with the rule that was broken, and nothing made.
+    for (pass, code, says) in [
+        ("short", "weak_password", "at least 12"),
+        ("password1234", "weak_password", "most-used"),
+        ("owner-example-2026", "weak_password", "email"),
+        ("hearth-kitchen-2026", "weak_password", "product"),
+    ] {
+        let (status, _, body) = post(&hub, "/api/v1/setup", attempt(&setup, OWNER_EMAIL, pass), None, false).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (400, Some(code)), "{pass}: {body}");
+        assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains(says)), "{pass}: {body}");
+    }
+    let (status, _, body) =
+        post(&hub, "/api/v1/setup", attempt(&setup, "not-an-email", OWNER_PASSWORD), None, false).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_email")));
+    let (status, _, _) =
+        post(&hub, "/api/v1/setup", attempt("hst_wrong", OWNER_EMAIL, OWNER_PASSWORD), None, false).await;
+    assert_eq!(status, 401);
+    assert!(!hub.hub.state.store.owner_exists().await.expect("store"), "no refusal made an account");
+    // The right token, a good password: the owner exists, with an API token.
+    let (status, _, body) =
+        post(&hub, "/api/v1/setup", attempt(&setup, " Owner@Example.org ", OWNER_PASSWORD), None, false).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        (body["account"]["email"].as_str(), body["account"]["role"].as_str()),
+        (Some(OWNER_EMAIL), Some("owner"))
+    );
+    let token = body["token"].as_str().expect("token").to_owned();
+    let (status, _, _) =
+        hub.send(hub.client.get(format!("{}/api/v1/devices", hub.base())).bearer_auth(&token)).await.expect("send");
+    assert_eq!(status, 200, "the owner's API token works");
+    // The setup token works once.
+    let again = attempt(&setup, "second@example.org", "another strong passphrase here");
+    assert_eq!(post(&hub, "/api/v1/setup", again, None, false).await.0, 401);
+    // The owner signs in with the password, and the session knows who it is.
+    let owner = signed_in(&hub, "OWNER@example.org", OWNER_PASSWORD).await;
+    let (status, me) = get(&hub, "/api/v1/me", &owner).await;
+    assert_eq!((status, me["role"].as_str(), me["session"].as_bool()), (200, Some("owner"), Some(true)), "{me}");
+    let (_, log) = get(&hub, "/api/v1/audit-log", &owner).await;
+    let actions: Vec<&str> = log.as_array().expect("log").iter().filter_map(|e| e["action"].as_str()).collect();
+    assert!(actions.contains(&"owner_setup") && actions.contains(&"sign_in"), "{actions:?}");
+}
+
+#[tokio::test]
+async fn sign_in_is_throttled_per_account_and_the_right_password_is_refused_while_locked() {
+    let clock = Clock::manual(Clock::system().now_ms());
+    let hub = TestHub::start_with_clock(|_| {}, clock.clone()).await.expect("hub");
+    for i in 0..4 {
+        assert_eq!(sign_in(&hub, OWNER_EMAIL, "wrong password guess").await.0, 401, "failure {i}");
+    }
+    let (status, headers, body) = sign_in(&hub, OWNER_EMAIL, "wrong password guess").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (429, Some("throttled")), "the fifth failure locks");
+    let retry: u64 =
+        headers.get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).expect("retry-after");
+    assert!((1..=900).contains(&retry), "{retry}");
+    assert_eq!(sign_in(&hub, OWNER_EMAIL, OWNER_PASSWORD).await.0, 429, "locked: the right password too");
+    clock.advance(Duration::from_secs(16 * 60));
+    assert_eq!(sign_in(&hub, OWNER_EMAIL, OWNER_PASSWORD).await.0, 201, "the lock ends");
+    let (_, log) = hub.get("/api/v1/audit-log?limit=50").await.expect("audit");
+    let refused = log.as_array().expect("log").iter().filter(|e| e["action"] == "sign_in_refused").count();
+    assert_eq!(refused, 5);
+}
+
+/// A refused sign-in from `client`: how long it took, the status, the body.
+async fn timed_sign_in(
+    hub: &TestHub,
+    client: &hearth_test_support::reqwest::Client,
+    email: &str,
+) -> (Duration, u16, Value) {
+    let request = client
+        .post(format!("{}/api/v1/sessions", hub.base()))
+        .json(&json!({ "email": email, "password": "wrong password here" }));
+    let started = std::time::Instant::now();
+    let (status, _, body) = hub.send(request).await.expect("send");
+    (started.elapsed(), status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn unknown_and_known_emails_get_the_same_answer_in_about_the_same_time() {
+    let hub = TestHub::start().await.expect("hub");
+    for i in 0..4 {
+        account(&hub, &format!("k{i}"), &format!("known{i}@example.org"), Role::Consumer, "a strong known passphrase")
+            .await;
+    }
+    // Interleaved; 4 rounds from 4 source addresses (16 failures each, below a source's lock of 20), 4 attempts
+    // per known account (below its lock of 5): 16 samples of each.
+    let (mut known, mut unknown) = (Vec::new(), Vec::new());
+    for round in 0..4u8 {
+        let client =
+            hearth_test_support::client_from(&hub.hub.server_ca_path, [127, 0, 0, 10 + round].into()).expect("client");
+        for i in 0..4 {
+            let (took, status, body) = timed_sign_in(&hub, &client, &format!("known{i}@example.org")).await;
+            known.push(took);
+            assert_eq!((status, body["error"]["code"].as_str()), (401, Some("invalid_credentials")), "{body}");
+            let (took, status, other) = timed_sign_in(&hub, &client, &format!("nobody{round}{i}@example.org")).await;
+            unknown.push(took);
+            assert_eq!((status, &other), (401, &body), "the same answer");
+        }
+    }
+    // The mean without the slowest eighth (a loaded 2-core machine stalls a request now and then).
+    let mean = |v: &mut Vec<Duration>| {
+        v.sort_unstable();
+        let kept = &v[..v.len() - v.len() / 8];
+        kept.iter().sum::<Duration>() / kept.len() as u32
+    };
+    let (k, u) = (mean(&mut known), mean(&mut unknown));
+    let gap = k.abs_diff(u);
+    eprintln!("sign-in refusals: known {k:?}, unknown {u:?} on average ({} each)", known.len());
+    assert!(gap < Duration::from_millis(10), "known {k:?} vs unknown {u:?}: an unknown email must cost the same work");
+}
+
+#[tokio::test]
+async fn a_session_cookie_needs_its_csrf_token_on_unsafe_requests() {
+    let hub = TestHub::start().await.expect("hub");
+    let owner = signed_in(&hub, OWNER_EMAIL, OWNER_PASSWORD).await;
+    assert_eq!(get(&hub, "/api/v1/devices", &owner).await.0, 200, "safe methods need no CSRF token");
+    let body = json!({ "label": "from-browser" });
+    let (status, _, answer) = post(&hub, "/api/v1/tokens", body.clone(), Some(&owner), false).await;
+    assert_eq!((status, answer["error"]["code"].as_str()), (403, Some("csrf_refused")), "without the token");
+    let wrong = Browser { cookie: owner.cookie.clone(), csrf: "00".repeat(32) };
+    assert_eq!(post(&hub, "/api/v1/tokens", body.clone(), Some(&wrong), true).await.0, 403, "with a wrong token");
+    let request = hub
+        .client
+        .post(format!("{}/api/v1/tokens", hub.base()))
+        .header("cookie", format!("__Host-hearth_session={}", owner.cookie))
+        .header("x-csrf-token", &owner.csrf)
+        .header("sec-fetch-site", "cross-site")
+        .json(&body);
+    assert_eq!(hub.send(request).await.expect("send").0, 403, "from another site, even with the token");
+    assert_eq!(post(&hub, "/api/v1/tokens", body, Some(&owner), true).await.0, 201, "with it");
+    assert!(hub.has_events("csrf_refused", 3).await);
+}
+
+#[tokio::test]
+async fn sessions_end_one_by_one_everywhere_and_with_a_password_change() {
+    let hub = TestHub::start().await.expect("hub");
+    let laptop = signed_in(&hub, OWNER_EMAIL, OWNER_PASSWORD).await;
+    let phone = signed_in(&hub, OWNER_EMAIL, OWNER_PASSWORD).await;
+    let (_, list) = get(&hub, "/api/v1/me/sessions", &laptop).await;
+    let list = list.as_array().expect("sessions").clone();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list.iter().filter(|s| s["current"] == true).count(), 1);
+    let phone_id =
+        list.iter().find(|s| s["current"] == false).and_then(|s| s["id"].as_str()).expect("other").to_owned();
+    let (status, _, _) =
+        post(&hub, &format!("/api/v1/me/sessions/{phone_id}/revoke"), json!({}), Some(&laptop), true).await;
+    assert_eq!(status, 204);
+    assert_eq!(get(&hub, "/api/v1/me", &phone).await.0, 401, "the phone's session ended");
+    assert_eq!(get(&hub, "/api/v1/me", &laptop).await.0, 200);
+    // Sign out here clears the cookie.
+    let (status, headers, _) = post(&hub, "/api/v1/me/sign-out", json!({}), Some(&laptop), true).await;
+    assert_eq!(status, 204);
+    assert!(headers.get("set-cookie").and_then(|v| v.to_str().ok()).is_some_and(|c| c.contains("Max-Age=0")));
+    assert_eq!(get(&hub, "/api/v1/me", &laptop).await.0, 401);
+    // Everywhere.
+    let a = signed_in(&hub, OWNER_EMAIL, OWNER_PASSWORD).await;
+    let b = signed_in(&hub, OWNER_EMAIL, OWNER_PASSWORD).await;
+    let (status, _, ended) = post(&hub, "/api/v1/me/sign-out-everywhere", json!({}), Some(&a), true).await;
+    assert_eq!((status, ended["ended"].as_u64()), (200, Some(2)));
+    assert_eq!(get(&hub, "/api/v1/me", &b).await.0, 401);
+    // A password change: the current one is needed, the new one must be strong; then every session ends.
+    let c = signed_in(&hub, OWNER_EMAIL, OWNER_PASSWORD).await;
+    let change = |current: &str, new: &str| json!({ "current_password": current, "new_password": new });
+    let (status, _, _) =
+        post(&hub, "/api/v1/me/password", change("wrong one entirely", "a brand new passphrase"), Some(&c), true).await;
+    assert_eq!(status, 403);
+    let (status, _, body) =
+        post(&hub, "/api/v1/me/password", change(OWNER_PASSWORD, "password12345"), Some(&c), true).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("weak_password")));
+    let (status, _, _) =
+        post(&hub, "/api/v1/me/password", change(OWNER_PASSWORD, "a brand new passphrase"), Some(&c), true).await;
+    assert_eq!(status, 204);
+    assert_eq!(get(&hub, "/api/v1/me", &c).await.0, 401, "a new password ends sessions");
+    assert_eq!(sign_in(&hub, OWNER_EMAIL, OWNER_PASSWORD).await.0, 401, "the old password is gone");
+    signed_in(&hub, OWNER_EMAIL, "a brand new passphrase").await;
+}
+
+#[tokio::test]
+async fn only_the_owner_and_admins_run_the_fleet() {
+    let hub = TestHub::start().await.expect("hub");
+    account(&hub, "c1", "consumer@example.org", Role::Consumer, "a consumer passphrase").await;
+    account(&hub, "s1", "support@example.org", Role::Support, "a support passphrase here").await;
+    account(&hub, "ad", "admin@example.org", Role::Admin, "an admin passphrase here").await;
+    for (email, pass, fleet) in [
+        ("consumer@example.org", "a consumer passphrase", 403),
+        ("support@example.org", "a support passphrase here", 403),
+        ("admin@example.org", "an admin passphrase here", 200),
+    ] {
+        let who = signed_in(&hub, email, pass).await;
+        assert_eq!(get(&hub, "/api/v1/devices", &who).await.0, fleet, "{email}: fleet list");
+        assert_eq!(get(&hub, "/api/v1/security-events", &who).await.0, fleet, "{email}: security events");
+        assert_eq!(get(&hub, "/api/v1/audit-log", &who).await.0, fleet, "{email}: audit log");
+        assert_eq!(get(&hub, "/api/v1/me", &who).await.0, 200, "{email}: who am I");
+    }
+}
