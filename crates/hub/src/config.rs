@@ -124,6 +124,8 @@ pub struct Retention {
     pub security_events_days: u32,
     /// Most security-event rows kept; the oldest go first.
     pub max_security_events: u64,
+    /// Days audit-log entries are kept (30 to 3650).
+    pub audit_days: u32,
 }
 
 /// `[accounts]`.
@@ -149,7 +151,7 @@ impl Default for Telemetry {
 
 impl Default for Retention {
     fn default() -> Self {
-        Retention { telemetry_days: 365, security_events_days: 90, max_security_events: 1_000_000 }
+        Retention { telemetry_days: 365, security_events_days: 90, max_security_events: 1_000_000, audit_days: 365 }
     }
 }
 
@@ -406,6 +408,7 @@ impl Config {
         range("retention.security_events_days", self.retention.security_events_days, 1, 3650)?;
         range("retention.telemetry_days", self.retention.telemetry_days, 0, 36_500)?;
         range("retention.max_security_events", self.retention.max_security_events, 1_000, 1_000_000_000)?;
+        range("retention.audit_days", self.retention.audit_days, 30, 3650)?;
         range("accounts.operator_token_days", self.accounts.operator_token_days, 1, 397)?;
         Ok(())
     }

@@ -206,6 +206,7 @@ pub async fn start_with_clock(config: Config, clock: clock::Clock) -> Result<Run
             telemetry_days: config.retention.telemetry_days,
             security_events_days: config.retention.security_events_days,
             max_security_events: config.retention.max_security_events,
+            audit_days: config.retention.audit_days,
             interval: Duration::from_secs(3600),
         },
     );

@@ -438,6 +438,26 @@ impl Store {
         .await?))
     }
 
+    /// Deletes sign-in sessions that ended (revoked or past their absolute end) before `before`, and login-failure
+    /// counters first counted before `before` that hold no lock; returns how many rows went.
+    pub async fn prune_web_sessions(&self, before: i64) -> Result<u64> {
+        let sessions = on_pool!(self, pool => sqlx::query(
+            "DELETE FROM web_sessions WHERE revoked_at < $1 OR expires_at < $1",
+        )
+        .bind(before)
+        .execute(pool)
+        .await?
+        .rows_affected());
+        let failures = on_pool!(self, pool => sqlx::query(
+            "DELETE FROM login_failures WHERE first_at < $1 AND (locked_until IS NULL OR locked_until < $1)",
+        )
+        .bind(before)
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(sessions + failures)
+    }
+
     /// Deletes audit entries older than `before` (the retention job); returns how many went.
     pub async fn prune_audit_log(&self, before: i64) -> Result<u64> {
         Ok(on_pool!(self, pool => sqlx::query("DELETE FROM audit_log WHERE at < $1")

@@ -80,6 +80,8 @@ pub struct RetentionSettings {
     pub security_events_days: u32,
     /// At most this many security-event rows are kept (the oldest go first).
     pub max_security_events: u64,
+    /// Audit-log entries older than this are deleted.
+    pub audit_days: u32,
     /// How often the job runs.
     pub interval: Duration,
 }
@@ -99,6 +101,10 @@ pub struct Pruned {
     pub uplinks: u64,
     /// Security-event rows.
     pub security_events: u64,
+    /// Audit-log entries.
+    pub audit: u64,
+    /// Ended sign-in sessions and stale login-failure counters.
+    pub sessions: u64,
 }
 
 impl Retention {
@@ -116,7 +122,13 @@ impl Retention {
                 tick.tick().await;
                 match self.run_once().await {
                     Ok(p) if p != Pruned::default() => {
-                        tracing::info!(uplinks = p.uplinks, security_events = p.security_events, "retention pass")
+                        tracing::info!(
+                            uplinks = p.uplinks,
+                            security_events = p.security_events,
+                            audit = p.audit,
+                            sessions = p.sessions,
+                            "retention pass"
+                        )
                     }
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "retention pass failed; will retry"),
@@ -145,6 +157,9 @@ impl Retention {
         let before = now - i64::from(self.settings.security_events_days) * DAY_MS;
         let max = i64::try_from(self.settings.max_security_events).unwrap_or(i64::MAX);
         pruned.security_events = self.store.prune_security_events(before, max).await?;
+        pruned.audit = self.store.prune_audit_log(now - i64::from(self.settings.audit_days) * DAY_MS).await?;
+        // Sessions ended (revoked, or past their end) a day ago, and failure counters a day old and not locked.
+        pruned.sessions = self.store.prune_web_sessions(now - DAY_MS).await?;
         Ok(pruned)
     }
 }

@@ -605,6 +605,11 @@ async fn people(store: &Store) {
     let log = store.audit_log(10).await.unwrap();
     assert_eq!(log, vec![entry(NOW + 1, "sign_out"), entry(NOW, "sign_in")]);
     assert_eq!(store.prune_audit_log(NOW + 1).await.unwrap(), 1);
+    // Ended sessions (s1..s5, all revoked by now) and a day-old unlocked failure counter go; live rows stay.
+    store.insert_web_session(&session("s6", b"mac-s6", NOW + 70 * MIN)).await.unwrap();
+    store.record_login_failure("src:198.51.100.0", NOW, window, 5, lock).await.unwrap();
+    assert_eq!(store.prune_web_sessions(NOW + 70 * MIN).await.unwrap(), 5 + 1, "five ended sessions, one counter");
+    assert!(store.web_session(b"mac-s6", NOW + 71 * MIN, idle).await.unwrap().is_some(), "a live session stays");
     assert_eq!(store.audit_log(10).await.unwrap().len(), 1);
 }
 
