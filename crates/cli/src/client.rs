@@ -1,4 +1,4 @@
-//! A small client for the hub's REST API: trusts only the hub's server CA, sends the operator token, and turns
+//! A small client for the hub's REST API: trusts only the hub's server CA, sends the API token, and turns
 //! the API's JSON errors into readable messages.
 
 use anyhow::{Context as _, Result, bail};
@@ -29,17 +29,17 @@ impl HubClient {
     }
 
     fn auth(&self, req: reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder> {
-        let token = self.token.as_deref().context("an operator token is needed: set --token or HEARTH_TOKEN")?;
+        let token = self.token.as_deref().context("an API token is needed: set --token or HEARTH_TOKEN")?;
         Ok(req.bearer_auth(token))
     }
 
-    /// GET with the operator token.
+    /// GET with the API token.
     pub async fn get(&self, path: &str) -> Result<serde_json::Value> {
         let req = self.auth(self.http.get(format!("{}{path}", self.base)))?;
         answer(req.send().await.with_context(|| format!("while contacting {}", self.base))?).await
     }
 
-    /// POST JSON with the operator token.
+    /// POST JSON with the API token.
     pub async fn post(&self, path: &str, body: serde_json::Value) -> Result<serde_json::Value> {
         let req = self.auth(self.http.post(format!("{}{path}", self.base)).json(&body))?;
         answer(req.send().await.with_context(|| format!("while contacting {}", self.base))?).await
@@ -59,7 +59,7 @@ impl HubClient {
         Ok(body["token"].as_str().context("no token in the answer")?.to_owned())
     }
 
-    /// Enrols a device (no operator token needed: the bootstrap token authenticates).
+    /// Enrols a device (no API token needed: the bootstrap token authenticates).
     pub async fn enrol(
         &self,
         req: &hearth_proto::enrol::EnrolRequest,

@@ -38,8 +38,8 @@ enum Command {
         #[arg(long, env = "HEARTH_OWNER_EMAIL")]
         email: String,
     },
-    /// Issue a new one-time setup token from the hub's data directory (recovery for a lost operator token;
-    /// needs read access to the data directory and the master key). Exchange it with `hearth setup`.
+    /// Issue a new one-time setup token from the hub's data directory (recovery for a lost owner password or API
+    /// token; needs read access to the data directory and the master key). Use it with `hearth setup --email`.
     SetupToken {
         /// Configuration file, for `secrets.master_key_file`.
         #[arg(long, env = "HEARTH_CONFIG")]
@@ -353,7 +353,7 @@ pub fn print_started(hub: &hearth_hub::RunningHub) {
         println!("  {}", token.expose());
         println!();
         println!(
-            "Exchange it for an operator token:\n  hearth setup --hub {} --ca {} --setup-token {}",
+            "Create the owner account with it (the password is read from HEARTH_OWNER_PASSWORD or standard input):\n  hearth setup --hub {} --ca {} --setup-token {} --email <owner email>",
             hub.public.https_url,
             hub.server_ca_path.display(),
             token.expose()

@@ -258,7 +258,7 @@ pub struct SetupRequest {
     /// the product's name, and not easily guessed (the answer says which rule it breaks).
     #[schema(min_length = 12, max_length = 512)]
     password: String,
-    /// A label for the operator token (default `owner`).
+    /// A label for the owner's first API token (default `owner`).
     #[serde(default)]
     #[schema(min_length = 1, max_length = 64, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$")]
     label: Option<String>,
@@ -272,7 +272,9 @@ struct SetupResponse {
     account: super::people::AccountBody,
 }
 
-/// Exchanges the one-time setup token for the first operator token.
+/// Creates the owner account with the one-time setup token and a password the owner chooses, and returns the
+/// owner's first API token. Once an owner exists, a new setup token (from `hearth setup-token`) with the owner's
+/// email sets a new owner password instead.
 #[utoipa::path(post, path = "/api/v1/setup", request_body = SetupRequest,
     responses((status = 201, body = SetupResponse),
         (status = 400, body = super::error::ErrorBody, description = "Invalid label or email, or a password that breaks a rule (`weak_password`, with the rule)"),
@@ -807,7 +809,7 @@ struct TokenBody {
     revoked_at_ms: Option<i64>,
 }
 
-/// Lists operator tokens (never their values), newest first.
+/// Lists API tokens (never their values), newest first.
 #[utoipa::path(get, path = "/api/v1/tokens", security(("bearer" = []), ("session" = [])),
     responses((status = 200, body = [TokenBody]), (status = 401, body = super::error::ErrorBody)))]
 async fn list_tokens(State(state): State<HubState>, _auth: OperatorAuth) -> Result<Json<Vec<TokenBody>>, ApiError> {
@@ -847,7 +849,7 @@ struct NewTokenResponse {
     expires_at_ms: i64,
 }
 
-/// Creates an operator token. It never outlives the caller's own token.
+/// Creates an API token for the caller's account. It never outlives the caller's own token or session.
 #[utoipa::path(post, path = "/api/v1/tokens", request_body = NewTokenRequest, security(("bearer" = []), ("session" = [])),
     responses((status = 201, body = NewTokenResponse), (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody)))]
 async fn create_token(
@@ -864,7 +866,7 @@ async fn create_token(
         Some(_) => return Err(ApiError::bad_request("invalid_expiry", "expires_in_days must be 1 to 397")),
     };
     let made = state.accounts.create_token(&auth.0, &req.label, validity).await?;
-    tracing::info!(token = %made.id, by = %auth.0.token_id, "operator token created");
+    tracing::info!(token = %made.id, by = %auth.0.token_id, "API token created");
     Ok((
         StatusCode::CREATED,
         [(header::CACHE_CONTROL, "no-store")],
@@ -876,7 +878,7 @@ async fn create_token(
     ))
 }
 
-/// Revokes an operator token (also the caller's own).
+/// Revokes an API token (also the caller's own).
 #[utoipa::path(post, path = "/api/v1/tokens/{id}/revoke", params(("id" = String, Path, min_length = 1, max_length = 64, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$", description = "Token id")), security(("bearer" = []), ("session" = [])),
     responses((status = 204, description = "Revoked"), (status = 404, body = super::error::ErrorBody)))]
 async fn revoke_token(
@@ -887,7 +889,7 @@ async fn revoke_token(
     if !plain_text(&id, 1, 64) || !state.accounts.revoke_token(&id).await? {
         return Err(ApiError::not_found("token"));
     }
-    tracing::info!(token = %id, by = %auth.0.token_id, "operator token revoked");
+    tracing::info!(token = %id, by = %auth.0.token_id, "API token revoked");
     Ok(StatusCode::NO_CONTENT)
 }
 

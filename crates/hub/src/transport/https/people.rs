@@ -288,8 +288,8 @@ struct AuditParams {
 struct AuditBody {
     at_ms: i64,
     account_id: Option<String>,
-    /// `owner_setup`, `sign_in`, `sign_in_refused`, `sign_in_throttled`, `sign_out`, `sign_out_everywhere`,
-    /// `password_changed`, `password_change_refused`.
+    /// `owner_setup`, `owner_recovered`, `owner_recovery_refused`, `sign_in`, `sign_in_refused`,
+    /// `sign_in_throttled`, `sign_out`, `sign_out_everywhere`, `password_changed`, `password_change_refused`.
     action: String,
     target: Option<String>,
     /// The source network.
