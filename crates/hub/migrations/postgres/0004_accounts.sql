@@ -13,6 +13,9 @@ CREATE TABLE accounts (
     disabled_at         BIGINT
 );
 
+-- One owner, whatever races (two setup tokens live on two nodes at once).
+CREATE UNIQUE INDEX accounts_one_owner ON accounts (role) WHERE role = 'owner';
+
 -- Sign-in sessions: only the MAC of the opaque token is stored.
 CREATE TABLE web_sessions (
     id            TEXT PRIMARY KEY,

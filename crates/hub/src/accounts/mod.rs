@@ -194,6 +194,10 @@ pub fn normalize_email(raw: &str) -> Result<String, SetupRefusal> {
 impl Accounts {
     /// Builds the capability; API tokens get `token_validity` unless asked for less.
     pub fn new(store: Store, master: Arc<MasterKey>, clock: Clock, token_validity: Duration) -> Self {
+        // The decoy hash is made now, off the async threads, not by the first sign-in with an unknown email.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn_blocking(|| password::decoy().len());
+        }
         Accounts { store, master, clock, token_validity, hashing: Arc::new(Semaphore::new(HASHING_AT_ONCE)) }
     }
 
@@ -279,13 +283,17 @@ impl Accounts {
         let now = self.clock.now();
         let owner = self.store.account_by_email(email).await?.filter(|a| a.role == Role::Owner);
         let Some(owner) = owner else {
-            self.audit(None, "owner_recovery_refused", None, source, format!("email {}", clip(email))).await;
+            self.audit(None, "owner_recovery_refused", None, source, String::new()).await;
             return Ok(Err(SetupRefusal::InvalidToken));
         };
         if !self.store.use_setup_token(setup_mac, unix_ms(now)).await? {
             return Ok(Err(SetupRefusal::InvalidToken));
         }
         self.store.set_password(&owner.id, hash, unix_ms(now)).await?;
+        // Whoever had the owner's access loses it: every API token of the owner goes, and the sign-in counters
+        // of the owner's email are cleared.
+        let revoked = self.store.revoke_api_tokens_of(&owner.id, unix_ms(now)).await?;
+        self.store.clear_login_failures_like(&format!("acct:{email}|")).await?;
         let by = Operator {
             token_id: String::new(),
             expires_at_ms: None,
@@ -294,14 +302,22 @@ impl Accounts {
             session: false,
         };
         let token = self.create_token(&by, label, None).await?;
-        self.audit(Some(&owner.id), "owner_recovered", Some(&owner.id), source, String::new()).await;
+        self.audit(
+            Some(&owner.id),
+            "owner_recovered",
+            Some(&owner.id),
+            source,
+            format!("{revoked} API tokens revoked"),
+        )
+        .await;
         Ok(Ok(((&owner).into(), token)))
     }
 
-    /// Signs in with email and password. Throttled per account and per source network: past
-    /// [`THROTTLE_FAILURES`] failures within [`THROTTLE_WINDOW`] either is locked for that long, and while
-    /// locked even the right password is refused. An unknown email costs the same work as a wrong password and
-    /// gets the same answer.
+    /// Signs in with email and password. Every attempt is counted before any password work, under the account
+    /// as seen from this source network (a lock after [`THROTTLE_FAILURES`] within [`THROTTLE_WINDOW`]) and under
+    /// the source network (after four times as many, for a shared NAT); a lock lasts [`THROTTLE_WINDOW`] and while
+    /// it holds even the right password is refused. Counting per account *and source* means nobody elsewhere can
+    /// lock the owner out. An unknown email costs the same work as a wrong password and gets the same answer.
     pub async fn sign_in(
         &self,
         email: &str,
@@ -309,42 +325,32 @@ impl Accounts {
         source: Option<IpAddr>,
         user_agent: Option<&str>,
     ) -> Result<Result<SignedIn, SignInRefusal>, AccountsError> {
-        let email = email.trim().to_lowercase();
+        let raw = email.trim().to_lowercase();
+        // Control characters never match an account (and no database column takes NUL); keys keep the rest.
+        let plain = !raw.chars().any(char::is_control) && raw.len() <= 254;
+        let email: String = raw.chars().filter(|c| !c.is_control()).take(254).collect();
         let now = self.clock.now_ms();
-        let account_key = format!("acct:{email}");
-        let source_key = source.map(|ip| format!("src:{}", crate::monitoring::source_network(ip)));
-        let mut lock = self.store.login_lock(&account_key, now).await?;
-        if let Some(key) = &source_key {
-            lock = lock.max(self.store.login_lock(key, now).await?);
-        }
-        if let Some(until) = lock {
-            self.audit(None, "sign_in_throttled", None, source, format!("email {}", clip(&email))).await;
+        let network = source.map(crate::monitoring::source_network).unwrap_or_else(|| "-".into());
+        let keys =
+            [(format!("acct:{email}|{network}"), THROTTLE_FAILURES), (format!("src:{network}"), 4 * THROTTLE_FAILURES)];
+        if let Some(until) = self.count_attempt(&keys, now).await? {
             return Ok(Err(SignInRefusal::Throttled { retry_after_secs: retry_after(until, now) }));
         }
-        let account = self.store.account_by_email(&email).await?.filter(|a| a.disabled_at.is_none());
+        let account = if plain { self.store.account_by_email(&email).await? } else { None };
+        let account = account.filter(|a| a.disabled_at.is_none());
         let stored = account.as_ref().map_or(password::decoy(), |a| a.password_hash.as_str()).to_owned();
         let matches = self.verify(password, stored).await? && account.is_some();
         let Some(account) = account.filter(|_| matches) else {
-            let (window, lock_ms) =
-                (THROTTLE_WINDOW.whole_milliseconds() as i64, THROTTLE_WINDOW.whole_milliseconds() as i64);
-            let mut locked =
-                self.store.record_login_failure(&account_key, now, window, THROTTLE_FAILURES, lock_ms).await?;
-            if let Some(key) = &source_key {
-                // A source may try several accounts (a shared NAT): four times the account limit.
-                let source_lock =
-                    self.store.record_login_failure(key, now, window, 4 * THROTTLE_FAILURES, lock_ms).await?;
-                locked = locked.max(source_lock);
+            if let Some(known) = self.store.account_by_email(&email).await?.filter(|_| plain) {
+                self.audit(Some(&known.id), "sign_in_refused", None, source, String::new()).await;
             }
-            self.audit(None, "sign_in_refused", None, source, format!("email {}", clip(&email))).await;
-            return Ok(Err(match locked {
-                Some(until) => SignInRefusal::Throttled { retry_after_secs: retry_after(until, now) },
-                None => SignInRefusal::Invalid,
-            }));
+            return Ok(Err(SignInRefusal::Invalid));
         };
-        self.store.clear_login_failures(&account_key).await?;
+        // A success is no failure: the account's count here is cleared, the source's given back.
+        self.store.clear_login_failures(&keys[0].0).await?;
+        self.store.forgive_login_failure(&keys[1].0).await?;
         let (token, id) = new_secret("hss_")?;
         let expires_at = now + SESSION_ABSOLUTE.whole_milliseconds() as i64;
-        let network = source.map(crate::monitoring::source_network);
         let agent: Option<String> = user_agent.map(|a| a.chars().filter(|c| !c.is_control()).take(200).collect());
         self.store
             .insert_web_session(&NewWebSession {
@@ -353,13 +359,31 @@ impl Accounts {
                 account_id: &account.id,
                 created_at: now,
                 expires_at,
-                source: network.as_deref(),
+                source: source.map(crate::monitoring::source_network).as_deref(),
                 user_agent: agent.as_deref(),
             })
             .await?;
         self.audit(Some(&account.id), "sign_in", Some(&id), source, String::new()).await;
         let csrf_token = self.csrf_token(token.expose());
         Ok(Ok(SignedIn { account: (&account).into(), session_token: token, csrf_token, expires_at_ms: expires_at }))
+    }
+
+    /// Counts an attempt under each key (with its limit) before any password work: the lock, if one holds or
+    /// this attempt sets one. Counting first means parallel attempts cannot all slip in before the first
+    /// failure is recorded.
+    async fn count_attempt(&self, keys: &[(String, i64)], now: i64) -> Result<Option<i64>, StoreError> {
+        for (key, _) in keys {
+            if let Some(until) = self.store.login_lock(key, now).await? {
+                return Ok(Some(until));
+            }
+        }
+        let window = THROTTLE_WINDOW.whole_milliseconds() as i64;
+        let mut locked = None;
+        for (key, max) in keys {
+            // The attempt that reaches the limit is refused too: `max - 1` attempts are judged per window.
+            locked = locked.max(self.store.record_login_failure(key, now, window, *max, window).await?);
+        }
+        Ok(locked)
     }
 
     /// The caller behind a session cookie, if the session is live.
@@ -428,10 +452,17 @@ impl Accounts {
         let Some(account) = self.store.account(account_id).await? else {
             return Ok(Err(ChangeRefusal::WrongPassword));
         };
+        // Guessing the current password here is throttled like signing in.
+        let now = self.clock.now_ms();
+        let key = [(format!("pw:{account_id}"), THROTTLE_FAILURES)];
+        if let Some(until) = self.count_attempt(&key, now).await? {
+            return Ok(Err(ChangeRefusal::Throttled { retry_after_secs: retry_after(until, now) }));
+        }
         if !self.verify(current, account.password_hash.clone()).await? {
             self.audit(Some(account_id), "password_change_refused", None, source, String::new()).await;
             return Ok(Err(ChangeRefusal::WrongPassword));
         }
+        self.store.clear_login_failures(&key[0].0).await?;
         if let Err(refusal) = password::check(new, &password_context(&account.email)) {
             return Ok(Err(ChangeRefusal::Password(refusal)));
         }
@@ -496,6 +527,12 @@ impl Accounts {
         self.store.revoke_api_token(id, self.clock.now_ms()).await
     }
 
+    /// Records an action `by` took on `target` in the audit log (token and device changes, for example).
+    pub async fn record(&self, by: &Operator, action: &str, target: &str, source: Option<IpAddr>) {
+        let via = if by.session { "session" } else { "API token" };
+        self.audit(by.account_id.as_deref(), action, Some(target), source, format!("by {via} {}", by.token_id)).await;
+    }
+
     /// The newest audit entries.
     pub async fn audit_log(&self, limit: i64) -> Result<Vec<AuditRow>, StoreError> {
         self.store.audit_log(limit).await
@@ -554,6 +591,12 @@ pub enum ChangeRefusal {
     /// The current password is wrong.
     #[error("the current password is not right")]
     WrongPassword,
+    /// Too many wrong current passwords: retry after this many seconds.
+    #[error("too many wrong passwords; try again in {retry_after_secs} s")]
+    Throttled {
+        /// Seconds until the lock ends.
+        retry_after_secs: u64,
+    },
     /// The new one breaks a rule.
     #[error("{0}")]
     Password(password::PasswordRefusal),
@@ -573,9 +616,4 @@ fn new_secret(prefix: &str) -> Result<(SecretString, String), StoreError> {
 
 fn retry_after(until: i64, now: i64) -> u64 {
     u64::try_from((until - now + 999) / 1000).unwrap_or(1).max(1)
-}
-
-/// An email as the audit log keeps it: clipped (it is a person's identifier; the log keeps no more than needed).
-fn clip(email: &str) -> String {
-    email.chars().take(64).collect()
 }

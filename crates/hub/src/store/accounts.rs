@@ -25,11 +25,6 @@ impl Role {
             Role::Consumer => "consumer",
         }
     }
-
-    /// An operator role (owner, admin, support).
-    pub fn is_operator(self) -> bool {
-        self != Role::Consumer
-    }
 }
 
 impl TryFrom<String> for Role {
@@ -196,6 +191,11 @@ impl Store {
                 return Ok(false);
             }
             insert_account!(tx.conn(), account);
+            // API tokens an older hub's setup minted (no account) become the owner's.
+            sqlx::query("UPDATE api_tokens SET account_id = $1 WHERE account_id IS NULL")
+                .bind(account.id)
+                .execute(tx.conn())
+                .await?;
             sqlx::query(
                 "INSERT INTO api_tokens (id, token_mac, label, created_at, expires_at, account_id) \
                  VALUES ($1, $2, $3, $4, $5, $6)",
@@ -399,6 +399,28 @@ impl Store {
         .fetch_optional(pool)
         .await?);
         Ok(row.and_then(|(until,)| until).filter(|until| *until > now))
+    }
+
+    /// Takes one counted attempt back from `key`, unless it is locked (a success is not a failure).
+    pub async fn forgive_login_failure(&self, key: &str) -> Result<()> {
+        on_pool!(self, pool => sqlx::query(
+            "UPDATE login_failures SET failures = failures - 1 WHERE key = $1 AND failures > 0 AND locked_until IS NULL",
+        )
+        .bind(key)
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(())
+    }
+
+    /// Forgets every counter whose key starts with `prefix` (recovery clears an account's locks everywhere).
+    pub async fn clear_login_failures_like(&self, prefix: &str) -> Result<u64> {
+        let pattern = format!("{}%", prefix.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+        Ok(on_pool!(self, pool => sqlx::query("DELETE FROM login_failures WHERE key LIKE $1 ESCAPE '\\'")
+            .bind(&pattern)
+            .execute(pool)
+            .await?
+            .rows_affected()))
     }
 
     /// Forgets the failures counted under `key` (after a successful sign-in).

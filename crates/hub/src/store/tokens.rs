@@ -104,6 +104,18 @@ impl Store {
         })
     }
 
+    /// Revokes every live API token of the account, and any that belongs to no account; returns how many.
+    pub async fn revoke_api_tokens_of(&self, account_id: &str, now: i64) -> Result<u64> {
+        Ok(on_pool!(self, pool => sqlx::query(
+            "UPDATE api_tokens SET revoked_at = $2 WHERE (account_id = $1 OR account_id IS NULL) AND revoked_at IS NULL",
+        )
+        .bind(account_id)
+        .bind(now)
+        .execute(pool)
+        .await?
+        .rows_affected()))
+    }
+
     /// Uses up the setup token with this MAC if it is live at `now`; false (nothing changed) otherwise.
     pub async fn use_setup_token(&self, setup_mac: &[u8], now: i64) -> Result<bool> {
         Ok(on_pool!(self, pool => sqlx::query(

@@ -130,7 +130,39 @@ async fn sign_in_is_throttled_per_account_and_the_right_password_is_refused_whil
     assert_eq!(sign_in(&hub, OWNER_EMAIL, OWNER_PASSWORD).await.0, 201, "the lock ends");
     let (_, log) = hub.get("/api/v1/audit-log?limit=50").await.expect("audit");
     let refused = log.as_array().expect("log").iter().filter(|e| e["action"] == "sign_in_refused").count();
-    assert_eq!(refused, 5);
+    assert_eq!(refused, 4, "the fifth attempt was refused before any password work");
+    assert!(hub.has_events("sign_in_throttled", 2).await);
+}
+
+#[tokio::test]
+async fn nobody_elsewhere_can_lock_the_owner_out_and_parallel_guesses_are_counted_first() {
+    let hub = TestHub::start().await.expect("hub");
+    let from =
+        |last: u8| hearth_test_support::client_from(&hub.hub.server_ca_path, [127, 0, 0, last].into()).expect("client");
+    let attacker = from(66);
+    let try_with = |client: &hearth_test_support::reqwest::Client, password: &str| {
+        let request = client
+            .post(format!("{}/api/v1/sessions", hub.base()))
+            .json(&json!({ "email": OWNER_EMAIL, "password": password }));
+        async { hub.send(request).await.expect("send").0 }
+    };
+    // Ten guesses at once from one source: counted before any password work, so at most four are judged.
+    let guesses = (0..10).map(|_| try_with(&attacker, "wrong password guess"));
+    let statuses = futures_util::future::join_all(guesses).await;
+    let judged = statuses.iter().filter(|s| **s == 401).count();
+    assert!(judged <= 4, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 10 - judged, "{statuses:?}");
+    assert_eq!(try_with(&attacker, OWNER_PASSWORD).await, 429, "locked for the attacker's source, right password too");
+    // The owner, elsewhere, is not locked out.
+    assert_eq!(try_with(&from(77), OWNER_PASSWORD).await, 201);
+    // Guessing the current password through a password change is throttled the same way.
+    let owner = signed_in(&hub, OWNER_EMAIL, OWNER_PASSWORD).await;
+    let change = json!({ "current_password": "not it at all", "new_password": "a brand new passphrase" });
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(post(&hub, "/api/v1/me/password", change.clone(), Some(&owner), true).await.0);
+    }
+    assert_eq!(statuses, vec![403, 403, 403, 403, 429, 429]);
 }
 
 /// A refused sign-in from `client`: how long it took, the status, the body.
@@ -200,6 +232,9 @@ async fn a_session_cookie_needs_its_csrf_token_on_unsafe_requests() {
         .json(&body);
     assert_eq!(hub.send(request).await.expect("send").0, 403, "from another site, even with the token");
     assert_eq!(post(&hub, "/api/v1/tokens", body, Some(&owner), true).await.0, 201, "with it");
+    let (_, log) = hub.get("/api/v1/audit-log").await.expect("audit");
+    let created = log.as_array().expect("log").iter().find(|e| e["action"] == "api_token_created").cloned();
+    assert!(created.is_some_and(|e| e["detail"].as_str().is_some_and(|d| d.starts_with("by session"))), "audited");
     assert!(hub.has_events("csrf_refused", 3).await);
 }
 

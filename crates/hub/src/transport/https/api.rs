@@ -579,13 +579,14 @@ async fn get_device(
     responses((status = 200, body = DeviceBody), (status = 404, body = super::error::ErrorBody)))]
 async fn revoke_device(
     State(state): State<HubState>,
-    _auth: OperatorAuth,
+    auth: OperatorAuth,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<DeviceBody>, ApiError> {
     let id = device_id(&id)?;
     if !state.identity.revoke(&id).await? {
         return Err(ApiError::not_found("device"));
     }
+    state.accounts.record(&auth.0, "device_revoked", id.as_str(), None).await;
     let row = state.store.device(id.as_str()).await?.ok_or_else(|| ApiError::not_found("device"))?;
     Ok(Json(device_body(&state, &live_nodes(&state).await?, row)))
 }
@@ -867,6 +868,7 @@ async fn create_token(
     };
     let made = state.accounts.create_token(&auth.0, &req.label, validity).await?;
     tracing::info!(token = %made.id, by = %auth.0.token_id, "API token created");
+    state.accounts.record(&auth.0, "api_token_created", &made.id, None).await;
     Ok((
         StatusCode::CREATED,
         [(header::CACHE_CONTROL, "no-store")],
@@ -890,6 +892,7 @@ async fn revoke_token(
         return Err(ApiError::not_found("token"));
     }
     tracing::info!(token = %id, by = %auth.0.token_id, "API token revoked");
+    state.accounts.record(&auth.0, "api_token_revoked", &id, None).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

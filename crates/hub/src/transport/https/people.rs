@@ -15,6 +15,7 @@ use super::auth::{Caller, OperatorAuth, SESSION_COOKIE};
 use super::error::ApiError;
 use crate::HubState;
 use crate::accounts::{AccountInfo, AccountsError, ChangeRefusal, SESSION_ABSOLUTE, SignInRefusal};
+use crate::monitoring::SecurityEvent;
 
 /// The people routes.
 pub fn router() -> Router<HubState> {
@@ -107,21 +108,35 @@ async fn sign_in(
             Ok((StatusCode::CREATED, [(header::SET_COOKIE, cookie)], Json(body)).into_response())
         }
         Err(SignInRefusal::Invalid) => {
+            // Aggregated per source like every refusal; the email is not recorded (people type passwords there).
+            state.monitor.record(SecurityEvent {
+                device: None,
+                source,
+                kind: "sign_in_refused",
+                detail: "unknown email or wrong password".into(),
+            });
             Err(ApiError::unauthorized("invalid_credentials", "unknown email or wrong password"))
         }
         Err(SignInRefusal::Throttled { retry_after_secs }) => {
-            let mut response = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "throttled",
-                format!("too many failed sign-ins; try again in {retry_after_secs} s"),
-            )
-            .into_response();
-            if let Ok(v) = retry_after_secs.to_string().parse() {
-                response.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-            Ok(response)
+            state.monitor.record(SecurityEvent {
+                device: None,
+                source,
+                kind: "sign_in_throttled",
+                detail: "sign-in refused while locked".into(),
+            });
+            Err(throttled(retry_after_secs))
         }
     }
+}
+
+/// 429 with `Retry-After`.
+fn throttled(retry_after_secs: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "throttled",
+        format!("too many failures; try again in {retry_after_secs} s"),
+    )
+    .with_retry_after(retry_after_secs)
 }
 
 #[derive(Serialize, ToSchema)]
@@ -251,6 +266,7 @@ pub struct PasswordChange {
     responses((status = 204, description = "Changed; every session ended"),
         (status = 400, body = super::error::ErrorBody, description = "The new password breaks a rule (`weak_password`)"),
         (status = 403, body = super::error::ErrorBody, description = "The current password is not right"),
+        (status = 429, body = super::error::ErrorBody, description = "Too many wrong current passwords; see Retry-After"),
         (status = 503, body = super::error::ErrorBody, description = "Too many password checks at once; retry")))]
 async fn change_password(
     State(state): State<HubState>,
@@ -272,6 +288,7 @@ async fn change_password(
             Err(ApiError::new(StatusCode::FORBIDDEN, "wrong_password", ChangeRefusal::WrongPassword.to_string()))
         }
         Err(ChangeRefusal::Password(p)) => Err(ApiError::bad_request("weak_password", p.to_string())),
+        Err(ChangeRefusal::Throttled { retry_after_secs }) => Err(throttled(retry_after_secs)),
     }
 }
 
@@ -288,8 +305,9 @@ struct AuditParams {
 struct AuditBody {
     at_ms: i64,
     account_id: Option<String>,
-    /// `owner_setup`, `owner_recovered`, `owner_recovery_refused`, `sign_in`, `sign_in_refused`,
-    /// `sign_in_throttled`, `sign_out`, `sign_out_everywhere`, `password_changed`, `password_change_refused`.
+    /// `owner_setup`, `owner_recovered`, `owner_recovery_refused`, `sign_in`, `sign_in_refused` (known accounts;
+    /// refusals and locks are also aggregated security events), `sign_out`, `sign_out_everywhere`,
+    /// `password_changed`, `password_change_refused`, `api_token_created`, `api_token_revoked`, `device_revoked`.
     action: String,
     target: Option<String>,
     /// The source network.
