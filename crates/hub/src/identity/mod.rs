@@ -486,6 +486,17 @@ impl Identity {
         Ok(())
     }
 
+    /// Gives the device whose label carries `code` to `account_id`, if it is unclaimed and not revoked; the
+    /// device id, or `None` (unknown code or already claimed: the same answer). Callers throttle attempts.
+    pub async fn claim(&self, code: &str, account_id: &str) -> Result<Option<String>, crate::store::StoreError> {
+        // As printed on the label: 20 characters of base32 in upper case; people type spaces, dashes, lower case.
+        let code: String = code.chars().filter(|c| c.is_ascii_alphanumeric()).collect::<String>().to_uppercase();
+        if code.len() != 20 {
+            return Ok(None);
+        }
+        self.store.claim_device(&self.master.token_mac(CLAIM, &code), account_id, self.clock.now_ms()).await
+    }
+
     /// Issues a new single-use bootstrap token for a device that is not revoked (its key was lost, or it was
     /// offline past its certificate's lifetime and grace). The device's current certificate keeps working until
     /// it enrols again; then only the new one does.

@@ -89,6 +89,8 @@ pub struct DeviceRow {
     pub session_open: bool,
     /// The node that holds (or held) it: the connection counts only while that node is alive.
     pub session_node: Option<String>,
+    /// The consumer account that claimed it.
+    pub owner_account_id: Option<String>,
 }
 
 /// What a CONNECT asks of the device's stored session.
@@ -189,7 +191,7 @@ pub enum EnrolOutcome {
 }
 
 const DEVICE_COLUMNS: &str = "id, model, status, cert_serial, cert_not_after, created_at, enrolled_at, revoked_at, \
-                              last_seen_at, state_json, session_open, session_node";
+                              last_seen_at, state_json, session_open, session_node, owner_account_id";
 
 /// Decodes a status column.
 fn status(s: String) -> Result<DeviceStatus> {
@@ -232,6 +234,40 @@ impl Store {
     pub async fn devices(&self, after: Option<&str>, limit: i64) -> Result<Vec<DeviceRow>> {
         let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id > $1 ORDER BY id LIMIT $2");
         on_pool!(self, pool => Ok(sqlx::query_as::<_, DeviceRow>(sqlx::AssertSqlSafe(sql))
+            .bind(after.unwrap_or(""))
+            .bind(limit)
+            .fetch_all(pool)
+            .await?))
+    }
+
+    /// Gives the unclaimed, unrevoked device whose claim code has this MAC to `account_id`; its id, or `None`
+    /// (no such device, or it is claimed already: the same answer).
+    pub async fn claim_device(&self, claim_mac: &[u8], account_id: &str, now: i64) -> Result<Option<String>> {
+        let row: Option<(String,)> = on_pool!(self, pool => sqlx::query_as(
+            "UPDATE devices SET owner_account_id = $2, claimed_at = $3 \
+             WHERE claim_mac = $1 AND owner_account_id IS NULL AND status <> $4 RETURNING id",
+        )
+        .bind(claim_mac)
+        .bind(account_id)
+        .bind(now)
+        .bind(DeviceStatus::Revoked.to_string())
+        .fetch_optional(pool)
+        .await?);
+        Ok(row.map(|(id,)| id))
+    }
+
+    /// The devices `account_id` claimed, in id order, after `after`.
+    pub async fn devices_of_account(
+        &self,
+        account_id: &str,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<DeviceRow>> {
+        let sql = format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE owner_account_id = $1 AND id > $2 ORDER BY id LIMIT $3"
+        );
+        on_pool!(self, pool => Ok(sqlx::query_as::<_, DeviceRow>(sqlx::AssertSqlSafe(sql))
+            .bind(account_id)
             .bind(after.unwrap_or(""))
             .bind(limit)
             .fetch_all(pool)

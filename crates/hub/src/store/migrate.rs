@@ -39,6 +39,8 @@ struct DeviceCopy {
     session_subscribed: bool,
     session_expiry_ms: i64,
     session_expires_at: Option<i64>,
+    owner_account_id: Option<String>,
+    claimed_at: Option<i64>,
 }
 
 const PAGE: i64 = 5_000;
@@ -68,11 +70,12 @@ impl Store {
         let mut report = CopyReport::default();
         report.tables.push(("keys", copy_keys(src, dst).await?));
         progress("keys", report.tables[0].1);
+        // Accounts before devices: a claimed device names its owner's account.
+        report.tables.push(("accounts", copy_accounts(src, dst).await?));
+        progress("accounts", report.tables[1].1);
         report.tables.push(("devices", copy_devices(src, dst, now_ms, &mut progress).await?));
         report.tables.push(("commands", copy_commands(src, dst).await?));
-        progress("commands", report.tables[2].1);
-        report.tables.push(("accounts", copy_accounts(src, dst).await?));
-        progress("accounts", report.tables[3].1);
+        progress("commands", report.tables[3].1);
         report.tables.push(("api_tokens", copy_tokens(src, dst).await?));
         progress("api_tokens", report.tables[4].1);
         report.tables.push(("security_events", copy_events(src, dst).await?));
@@ -125,7 +128,7 @@ async fn copy_devices(
              prev_cert_serial, cert_spki, cert_chain_pem, cert_used_at, session_epoch, session_subscribed, \
              session_expiry_ms, \
              CASE WHEN session_open <> 0 AND session_expires_at IS NULL THEN $3 + session_expiry_ms \
-             ELSE session_expires_at END AS session_expires_at \
+             ELSE session_expires_at END AS session_expires_at, owner_account_id, claimed_at \
              FROM devices WHERE id > $1 ORDER BY id LIMIT $2",
         )
         .bind(&after)
@@ -141,8 +144,8 @@ async fn copy_devices(
                 "INSERT INTO devices (id, model, status, bootstrap_mac, bootstrap_expires_at, bootstrap_used_at, \
                  claim_mac, cert_serial, cert_not_after, created_at, enrolled_at, revoked_at, last_seen_at, state_json, \
                  state_seq, prev_cert_serial, cert_spki, cert_chain_pem, cert_used_at, session_epoch, \
-                 session_subscribed, session_expiry_ms, session_expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
-                 $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)",
+                 session_subscribed, session_expiry_ms, session_expires_at, owner_account_id, claimed_at) VALUES ($1, $2, \
+                 $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)",
             )
             .bind(&d.id)
             .bind(&d.model)
@@ -167,6 +170,8 @@ async fn copy_devices(
             .bind(d.session_subscribed)
             .bind(d.session_expiry_ms)
             .bind(d.session_expires_at)
+            .bind(&d.owner_account_id)
+            .bind(d.claimed_at)
             .execute(tx.conn())
             .await?;
         }

@@ -339,6 +339,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "command_deliveries", include_str!("../../migrations/sqlite/0004_command_deliveries.sql")),
     (5, "session_expiry", include_str!("../../migrations/sqlite/0005_session_expiry.sql")),
     (6, "accounts", include_str!("../../migrations/sqlite/0006_accounts.sql")),
+    (7, "claims", include_str!("../../migrations/sqlite/0007_claims.sql")),
 ];
 
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -346,6 +347,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "command_deliveries", include_str!("../../migrations/postgres/0002_command_deliveries.sql")),
     (3, "session_expiry", include_str!("../../migrations/postgres/0003_session_expiry.sql")),
     (4, "accounts", include_str!("../../migrations/postgres/0004_accounts.sql")),
+    (5, "claims", include_str!("../../migrations/postgres/0005_claims.sql")),
 ];
 
 fn migrator(migrations: &'static [(i64, &'static str, &'static str)]) -> Migrator {

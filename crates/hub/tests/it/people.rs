@@ -288,15 +288,84 @@ async fn only_the_owner_and_admins_run_the_fleet() {
     account(&hub, "c1", "consumer@example.org", Role::Consumer, "a consumer passphrase").await;
     account(&hub, "s1", "support@example.org", Role::Support, "a support passphrase here").await;
     account(&hub, "ad", "admin@example.org", Role::Admin, "an admin passphrase here").await;
-    for (email, pass, fleet) in [
-        ("consumer@example.org", "a consumer passphrase", 403),
-        ("support@example.org", "a support passphrase here", 403),
-        ("admin@example.org", "an admin passphrase here", 200),
+    hub.manufacture("plug-1", 2).await.expect("manufacture");
+    for (email, pass, fleet, listed) in [
+        ("consumer@example.org", "a consumer passphrase", 403, Some(0)),
+        ("support@example.org", "a support passphrase here", 403, None),
+        ("admin@example.org", "an admin passphrase here", 200, Some(2)),
     ] {
         let who = signed_in(&hub, email, pass).await;
-        assert_eq!(get(&hub, "/api/v1/devices", &who).await.0, fleet, "{email}: fleet list");
+        let (status, list) = get(&hub, "/api/v1/devices", &who).await;
+        let count = list["devices"].as_array().map(Vec::len);
+        assert_eq!((status == 200).then_some(count).flatten(), listed, "{email}: the devices it may see");
         assert_eq!(get(&hub, "/api/v1/security-events", &who).await.0, fleet, "{email}: security events");
         assert_eq!(get(&hub, "/api/v1/audit-log", &who).await.0, fleet, "{email}: audit log");
         assert_eq!(get(&hub, "/api/v1/me", &who).await.0, 200, "{email}: who am I");
     }
+}
+
+#[tokio::test]
+async fn a_consumer_claims_a_device_by_its_code_once_and_only_its_owner_sees_it() {
+    let hub = TestHub::start().await.expect("hub");
+    account(&hub, "alice", "alice@example.org", Role::Consumer, "alice's own passphrase").await;
+    account(&hub, "bob", "bob@example.org", Role::Consumer, "bob's very own passphrase").await;
+    let (status, made) = hub.post("/api/v1/devices", json!({ "model": "plug-1", "count": 2 })).await.expect("made");
+    assert_eq!(status, 201);
+    let device = made["devices"][0]["device_id"].as_str().expect("id").to_owned();
+    let code = made["devices"][0]["claim_code"].as_str().expect("code").to_owned();
+    let alice = signed_in(&hub, "alice@example.org", "alice's own passphrase").await;
+    let bob = signed_in(&hub, "bob@example.org", "bob's very own passphrase").await;
+    // Typed as people type it from a label: lower case, in groups.
+    let typed: String = code
+        .to_lowercase()
+        .chars()
+        .collect::<Vec<_>>()
+        .chunks(5)
+        .map(|c| c.iter().collect::<String>())
+        .collect::<Vec<_>>()
+        .join("-");
+    let (status, _, body) = post(&hub, "/api/v1/claims", json!({ "claim_code": typed }), Some(&alice), true).await;
+    assert_eq!((status, body["device_id"].as_str()), (201, Some(device.as_str())), "{body}");
+    // Once: Bob gets the same answer as for a code that never existed.
+    let (status, _, used) = post(&hub, "/api/v1/claims", json!({ "claim_code": code }), Some(&bob), true).await;
+    let (_, _, unknown) = post(&hub, "/api/v1/claims", json!({ "claim_code": "A".repeat(20) }), Some(&bob), true).await;
+    assert_eq!((status, &used), (404, &unknown));
+    // Alice sees it, with its telemetry and commands; Bob sees nothing of it (as if it did not exist).
+    let (_, list) = get(&hub, "/api/v1/devices", &alice).await;
+    assert_eq!(
+        list["devices"].as_array().map(|d| d.iter().filter_map(|x| x["id"].as_str()).collect::<Vec<_>>()),
+        Some(vec![device.as_str()])
+    );
+    for path in [format!("/api/v1/devices/{device}"), format!("/api/v1/devices/{device}/telemetry")] {
+        assert_eq!(get(&hub, &path, &alice).await.0, 200, "{path}");
+        let (status, body) = get(&hub, &path, &bob).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")), "{path}");
+    }
+    let command = json!({ "name": "ping" });
+    assert_eq!(
+        post(&hub, &format!("/api/v1/devices/{device}/commands"), command.clone(), Some(&bob), true).await.0,
+        404
+    );
+    assert_eq!(
+        post(&hub, &format!("/api/v1/devices/{device}/commands"), command, Some(&alice), true).await.0,
+        409,
+        "not enrolled yet"
+    );
+    assert_eq!(get(&hub, "/api/v1/devices", &bob).await.1["devices"].as_array().map(Vec::len), Some(0));
+    // Consumers cannot revoke, and operators do not claim.
+    assert_eq!(post(&hub, &format!("/api/v1/devices/{device}/revoke"), json!({}), Some(&alice), true).await.0, 403);
+    let owner = signed_in(&hub, OWNER_EMAIL, OWNER_PASSWORD).await;
+    let other = made["devices"][1]["claim_code"].as_str().expect("code");
+    assert_eq!(post(&hub, "/api/v1/claims", json!({ "claim_code": other }), Some(&owner), true).await.0, 403);
+    // Guessing codes is throttled: Bob has used 2 of his 10 attempts.
+    let mut statuses = Vec::new();
+    for i in 0..9 {
+        let guess = format!("{:B>20}", i);
+        statuses.push(post(&hub, "/api/v1/claims", json!({ "claim_code": guess }), Some(&bob), true).await.0);
+    }
+    assert_eq!(statuses, [vec![404; 7], vec![429; 2]].concat());
+    let (_, log) = hub.get("/api/v1/audit-log").await.expect("audit");
+    assert!(
+        log.as_array().expect("log").iter().any(|e| e["action"] == "device_claimed" && e["target"] == device.as_str())
+    );
 }

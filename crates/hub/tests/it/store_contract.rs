@@ -591,6 +591,19 @@ async fn people(store: &Store) {
     assert_eq!(store.login_lock("src:192.0.2.0", NOW).await.unwrap(), None);
     store.clear_login_failures("acct:a-c").await.unwrap();
     assert_eq!(store.login_lock("acct:a-c", NOW + 40 * MIN).await.unwrap(), None);
+    // Claiming: once, not a revoked device, and each account sees its own.
+    store.insert_devices(&[device("dev-c1"), device("dev-c2")], NOW).await.unwrap();
+    assert_eq!(store.claim_device(b"claim-dev-c1", "a-c", NOW).await.unwrap().as_deref(), Some("dev-c1"));
+    assert_eq!(store.claim_device(b"claim-dev-c1", "a-owner", NOW).await.unwrap(), None, "a code works once");
+    assert_eq!(store.claim_device(b"claim-nothing", "a-c", NOW).await.unwrap(), None);
+    store.revoke("dev-c2", NOW).await.unwrap();
+    assert_eq!(store.claim_device(b"claim-dev-c2", "a-c", NOW).await.unwrap(), None, "not a revoked device");
+    let mine = store.devices_of_account("a-c", None, 10).await.unwrap();
+    assert_eq!(
+        mine.iter().map(|d| (d.id.as_str(), d.owner_account_id.as_deref())).collect::<Vec<_>>(),
+        vec![("dev-c1", Some("a-c"))]
+    );
+    assert!(store.devices_of_account("a-owner", None, 10).await.unwrap().is_empty());
     // Audit: newest first, pruned by age.
     let entry = |at: i64, action: &str| AuditRow {
         at,

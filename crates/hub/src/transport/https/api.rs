@@ -21,6 +21,7 @@ use hearth_proto::uplink::Fields;
 use hearth_proto::{DeviceId, ModelId};
 
 use super::PeerDevice;
+use super::auth::Caller;
 pub use super::auth::OperatorAuth;
 use super::error::ApiError;
 use crate::HubState;
@@ -75,7 +76,7 @@ async fn hardening_headers(mut response: axum::response::Response) -> axum::resp
 #[openapi(
     info(title = "Hearth hub API", version = "1", description = "Devices, telemetry and commands of a Hearth hub. Operator endpoints take `Authorization: Bearer <token>`."),
     paths(healthz, setup, enrol, renew, manufacture, list_devices, get_device, revoke_device, reissue_bootstrap, list_tokens, create_token, revoke_token, telemetry, send_command, get_command, security_events,
-        super::people::sign_in, super::people::me, super::people::my_sessions, super::people::end_session, super::people::sign_out, super::people::sign_out_everywhere, super::people::change_password, super::people::audit_log),
+        super::people::sign_in, super::people::me, super::people::my_sessions, super::people::end_session, super::people::sign_out, super::people::sign_out_everywhere, super::people::change_password, super::people::audit_log, super::people::claim),
     components(schemas(Health, super::error::ErrorBody, super::error::ErrorDetail, SetupRequest, SetupResponse, DeviceBody, DeviceList, TelemetryPage, TelemetryItem, CommandRequest, CommandBody, SecurityEventBody, TokenBody, NewTokenRequest, NewTokenResponse, BootstrapBody, EnrolRequest, RenewRequest, CertificateResponse, ManufactureRequest, ManufactureResponse, ManufacturedDevice, HubEndpoints, DeviceId, ModelId)),
     modifiers(&BearerScheme, &CommonResponses)
 )]
@@ -225,6 +226,41 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> 
 /// The schema says the same with the pattern `^[^\x00-\x1f\x7f-\x9f]*$`.
 fn plain_text(s: &str, min: usize, max: usize) -> bool {
     (min..=max).contains(&s.len()) && !s.chars().any(char::is_control)
+}
+
+/// Which devices a caller may see: the fleet (owner, admin), or the devices its account claimed (consumer).
+/// Support sees nobody's devices until consumers can grant access.
+enum Scope<'a> {
+    Fleet,
+    Own(&'a str),
+}
+
+fn scope(caller: &crate::accounts::Operator) -> Result<Scope<'_>, ApiError> {
+    match (caller.role, caller.account_id.as_deref()) {
+        (crate::accounts::Role::Owner | crate::accounts::Role::Admin, _) => Ok(Scope::Fleet),
+        (crate::accounts::Role::Consumer, Some(account)) => Ok(Scope::Own(account)),
+        _ => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "support sees a consumer's devices only with a grant",
+        )),
+    }
+}
+
+/// The device `raw` names, if the caller may see it: the one place that decides "may this person see that
+/// device". A device the caller may not see is answered exactly like one that does not exist.
+async fn visible_device(
+    state: &HubState,
+    caller: &crate::accounts::Operator,
+    raw: &str,
+) -> Result<DeviceRow, ApiError> {
+    let id = device_id(raw)?;
+    let row = state.store.device(id.as_str()).await?.ok_or_else(|| ApiError::not_found("device"))?;
+    match scope(caller)? {
+        Scope::Fleet => Ok(row),
+        Scope::Own(account) if row.owner_account_id.as_deref() == Some(account) => Ok(row),
+        Scope::Own(_) => Err(ApiError::not_found("device")),
+    }
 }
 
 fn device_id(raw: &str) -> Result<DeviceId, ApiError> {
@@ -545,7 +581,7 @@ fn page_limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64, ApiErro
     responses((status = 200, body = DeviceList), (status = 401, body = super::error::ErrorBody)))]
 async fn list_devices(
     State(state): State<HubState>,
-    _auth: OperatorAuth,
+    Caller(caller): Caller,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<DeviceList>, ApiError> {
     let limit = page_limit(params.limit, 100, 1000)?;
@@ -555,7 +591,10 @@ async fn list_devices(
             "after is a device id: at most 64 bytes, no control characters",
         ));
     }
-    let rows = state.store.devices(params.after.as_deref(), limit).await?;
+    let rows = match scope(&caller)? {
+        Scope::Fleet => state.store.devices(params.after.as_deref(), limit).await?,
+        Scope::Own(account) => state.store.devices_of_account(account, params.after.as_deref(), limit).await?,
+    };
     let next_after = (rows.len() as i64 == limit).then(|| rows.last().map(|d| d.id.to_string())).flatten();
     let live = live_nodes(&state).await?;
     Ok(Json(DeviceList { devices: rows.into_iter().map(|d| device_body(&state, &live, d)).collect(), next_after }))
@@ -566,11 +605,10 @@ async fn list_devices(
     responses((status = 200, body = DeviceBody), (status = 404, body = super::error::ErrorBody)))]
 async fn get_device(
     State(state): State<HubState>,
-    _auth: OperatorAuth,
+    Caller(caller): Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<DeviceBody>, ApiError> {
-    let id = device_id(&id)?;
-    let row = state.store.device(id.as_str()).await?.ok_or_else(|| ApiError::not_found("device"))?;
+    let row = visible_device(&state, &caller, &id).await?;
     Ok(Json(device_body(&state, &live_nodes(&state).await?, row)))
 }
 
@@ -631,7 +669,7 @@ struct TelemetryPage {
     responses((status = 200, body = TelemetryPage), (status = 404, body = super::error::ErrorBody)))]
 async fn telemetry(
     State(state): State<HubState>,
-    _auth: OperatorAuth,
+    Caller(caller): Caller,
     ApiPath(id): ApiPath<String>,
     ApiQuery(p): ApiQuery<TelemetryParams>,
 ) -> Result<Json<TelemetryPage>, ApiError> {
@@ -641,9 +679,7 @@ async fn telemetry(
     if from < 0 || to <= from {
         return Err(ApiError::bad_request("invalid_range", "need 0 <= from < to"));
     }
-    if state.store.device(id.as_str()).await?.is_none() {
-        return Err(ApiError::not_found("device"));
-    }
+    visible_device(&state, &caller, id.as_str()).await?;
     let rows = state
         .store
         .uplinks(&UplinkQuery {
@@ -728,11 +764,11 @@ impl From<CommandRow> for CommandBody {
     responses((status = 202, body = CommandBody), (status = 400, body = super::error::ErrorBody), (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody)))]
 async fn send_command(
     State(state): State<HubState>,
-    _auth: OperatorAuth,
+    Caller(caller): Caller,
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<CommandRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let id = device_id(&id)?;
+    let id = visible_device(&state, &caller, &id).await?.id;
     let timeout = Duration::from_secs(req.timeout_secs.unwrap_or(60));
     let row = state.commands.send(&id, &req.name, req.args, timeout).await.map_err(|e| match e {
         CommandError::UnknownDevice => ApiError::not_found("device"),
@@ -748,10 +784,10 @@ async fn send_command(
     responses((status = 200, body = CommandBody), (status = 404, body = super::error::ErrorBody)))]
 async fn get_command(
     State(state): State<HubState>,
-    _auth: OperatorAuth,
+    Caller(caller): Caller,
     ApiPath((id, command_id)): ApiPath<(String, String)>,
 ) -> Result<Json<CommandBody>, ApiError> {
-    let id = device_id(&id)?;
+    let id = visible_device(&state, &caller, &id).await?.id;
     if !plain_text(&command_id, 1, 64) {
         return Err(ApiError::not_found("command"));
     }

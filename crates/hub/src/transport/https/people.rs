@@ -14,7 +14,7 @@ use super::api::{ApiJson, ApiPath, ApiQuery};
 use super::auth::{Caller, OperatorAuth, SESSION_COOKIE};
 use super::error::ApiError;
 use crate::HubState;
-use crate::accounts::{AccountInfo, AccountsError, ChangeRefusal, SESSION_ABSOLUTE, SignInRefusal};
+use crate::accounts::{AccountInfo, AccountsError, ChangeRefusal, Role, SESSION_ABSOLUTE, SignInRefusal};
 use crate::monitoring::SecurityEvent;
 
 /// The people routes.
@@ -28,6 +28,7 @@ pub fn router() -> Router<HubState> {
         .route("/api/v1/me/sign-out-everywhere", post(sign_out_everywhere))
         .route("/api/v1/me/password", post(change_password))
         .route("/api/v1/audit-log", get(audit_log))
+        .route("/api/v1/claims", post(claim))
 }
 
 /// The API answer for a failure of the accounts capability that is not the caller's.
@@ -340,4 +341,54 @@ async fn audit_log(
             })
             .collect(),
     ))
+}
+
+// Public only so that `fuzz/` can deserialize the real body type.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRequest {
+    /// The claim code on the device's label (20 characters; spaces, dashes and case do not matter).
+    #[schema(min_length = 1, max_length = 64)]
+    claim_code: String,
+}
+
+#[derive(Serialize, ToSchema)]
+struct ClaimedBody {
+    /// The device now the caller's.
+    device_id: String,
+}
+
+/// Claims a device with the code on its label (or its QR code): it becomes the caller's. Consumers only. A
+/// code works once; an unknown code and one already used get the same answer. Attempts are throttled (10 per
+/// account and 20 per network in 15 minutes; 429 with `Retry-After`).
+#[utoipa::path(post, path = "/api/v1/claims", request_body = ClaimRequest, security(("bearer" = []), ("session" = [])),
+    responses((status = 201, body = ClaimedBody, description = "Claimed"),
+        (status = 404, body = super::error::ErrorBody, description = "No unclaimed device has this code"),
+        (status = 429, body = super::error::ErrorBody, description = "Too many attempts; see Retry-After")))]
+async fn claim(
+    State(state): State<HubState>,
+    peer: Option<Extension<super::PeerAddr>>,
+    Caller(op): Caller,
+    ApiJson(req): ApiJson<ClaimRequest>,
+) -> Result<(StatusCode, Json<ClaimedBody>), ApiError> {
+    let (Role::Consumer, Some(account)) = (op.role, op.account_id.as_deref()) else {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "devices are claimed by consumer accounts"));
+    };
+    let source = peer.map(|p| p.0.0.ip());
+    if let Some(until) = state.accounts.count_claim_attempt(account, source).await? {
+        let now = state.accounts.now_ms();
+        return Err(throttled(u64::try_from((until - now + 999) / 1000).unwrap_or(1).max(1)));
+    }
+    let Some(device) = state.identity.claim(&req.claim_code, account).await? else {
+        state.monitor.record(SecurityEvent {
+            device: None,
+            source,
+            kind: "claim_refused",
+            detail: "unknown or already used claim code".into(),
+        });
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "no_such_claim", "no unclaimed device has this claim code"));
+    };
+    state.accounts.claim_succeeded(account, source).await?;
+    state.accounts.record(&op, "device_claimed", &device, source).await;
+    Ok((StatusCode::CREATED, Json(ClaimedBody { device_id: device })))
 }
