@@ -48,7 +48,10 @@ impl Hub {
             let hostnames = ["localhost".to_owned()];
             let authorities =
                 Authorities::load_or_create(&store, &master, &hostnames, time::OffsetDateTime::now_utc()).await?;
-            Ok::<_, Box<dyn std::error::Error>>((authorities, Commands::new(store, hearth_hub::bus::Bus::local("fuzz"), hearth_hub::clock::Clock::system())))
+            Ok::<_, Box<dyn std::error::Error>>((
+                authorities,
+                Commands::new(store, hearth_hub::bus::Bus::local("fuzz"), hearth_hub::clock::Clock::system()),
+            ))
         })?;
         Ok(Hub { runtime, authorities, commands, device: DeviceId::parse(DEVICE)? })
     }
