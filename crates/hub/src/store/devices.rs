@@ -274,6 +274,57 @@ impl Store {
             .await?))
     }
 
+    /// Grants support access to `account_id`'s devices until `expires_at` (replacing any earlier grant).
+    pub async fn grant_support(&self, account_id: &str, now: i64, expires_at: i64) -> Result<()> {
+        on_pool!(self, pool => sqlx::query(
+            "INSERT INTO support_grants (account_id, granted_at, expires_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (account_id) DO UPDATE SET granted_at = $2, expires_at = $3",
+        )
+        .bind(account_id)
+        .bind(now)
+        .bind(expires_at)
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(())
+    }
+
+    /// Ends `account_id`'s support grant (false if it had none).
+    pub async fn revoke_support_grant(&self, account_id: &str) -> Result<bool> {
+        Ok(on_pool!(self, pool => sqlx::query("DELETE FROM support_grants WHERE account_id = $1")
+            .bind(account_id)
+            .execute(pool)
+            .await?
+            .rows_affected())
+            == 1)
+    }
+
+    /// When `account_id`'s support grant ends, if it holds at `now`.
+    pub async fn support_grant(&self, account_id: &str, now: i64) -> Result<Option<i64>> {
+        let row: Option<(i64,)> = on_pool!(self, pool => sqlx::query_as(
+            "SELECT expires_at FROM support_grants WHERE account_id = $1 AND expires_at > $2",
+        )
+        .bind(account_id)
+        .bind(now)
+        .fetch_optional(pool)
+        .await?);
+        Ok(row.map(|(at,)| at))
+    }
+
+    /// The devices of every consumer whose support grant holds at `now`, in id order, after `after`.
+    pub async fn devices_granted(&self, now: i64, after: Option<&str>, limit: i64) -> Result<Vec<DeviceRow>> {
+        let sql = format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE owner_account_id IN \
+             (SELECT account_id FROM support_grants WHERE expires_at > $1) AND id > $2 ORDER BY id LIMIT $3"
+        );
+        on_pool!(self, pool => Ok(sqlx::query_as::<_, DeviceRow>(sqlx::AssertSqlSafe(sql))
+            .bind(now)
+            .bind(after.unwrap_or(""))
+            .bind(limit)
+            .fetch_all(pool)
+            .await?))
+    }
+
     /// How many devices there are, by status (for `doctor`, the migration check and tests).
     pub async fn device_counts(&self) -> Result<Vec<(DeviceStatus, i64)>> {
         let rows: Vec<(String, i64)> = on_pool!(self, pool =>

@@ -82,9 +82,13 @@ impl Store {
         progress("security_events", report.tables[5].1);
         report.tables.push(("uplinks", copy_uplinks(src, dst, &mut progress).await?));
         // Verify: every table has as many rows on both sides.
-        for table in
-            report.tables.iter().map(|(t, _)| *t).chain(["setup_tokens", "web_sessions", "login_failures", "audit_log"])
-        {
+        for table in report.tables.iter().map(|(t, _)| *t).chain([
+            "setup_tokens",
+            "web_sessions",
+            "login_failures",
+            "audit_log",
+            "support_grants",
+        ]) {
             let sql = format!("SELECT COUNT(*) FROM {table}");
             let (a,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).fetch_one(src).await?;
             let (b,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_one(dst).await?;
@@ -281,6 +285,9 @@ async fn copy_accounts(src: &SqlitePool, dst: &PgPool) -> Result<u64> {
     let failures: Vec<(String, i64, i64, Option<i64>)> =
         sqlx::query_as("SELECT key, failures, first_at, locked_until FROM login_failures").fetch_all(src).await?;
     #[allow(clippy::type_complexity)]
+    let grants: Vec<(String, i64, i64)> =
+        sqlx::query_as("SELECT account_id, granted_at, expires_at FROM support_grants").fetch_all(src).await?;
+    #[allow(clippy::type_complexity)]
     let audit: Vec<(i64, i64, Option<String>, String, Option<String>, Option<String>, String)> =
         sqlx::query_as("SELECT id, at, account_id, action, target, source, detail FROM audit_log")
             .fetch_all(src)
@@ -324,6 +331,14 @@ async fn copy_accounts(src: &SqlitePool, dst: &PgPool) -> Result<u64> {
             .bind(f.1)
             .bind(f.2)
             .bind(f.3)
+            .execute(tx.conn())
+            .await?;
+    }
+    for g in &grants {
+        sqlx::query("INSERT INTO support_grants (account_id, granted_at, expires_at) VALUES ($1, $2, $3)")
+            .bind(&g.0)
+            .bind(g.1)
+            .bind(g.2)
             .execute(tx.conn())
             .await?;
     }

@@ -340,6 +340,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "session_expiry", include_str!("../../migrations/sqlite/0005_session_expiry.sql")),
     (6, "accounts", include_str!("../../migrations/sqlite/0006_accounts.sql")),
     (7, "claims", include_str!("../../migrations/sqlite/0007_claims.sql")),
+    (8, "support_grants", include_str!("../../migrations/sqlite/0008_support_grants.sql")),
 ];
 
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -348,6 +349,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "session_expiry", include_str!("../../migrations/postgres/0003_session_expiry.sql")),
     (4, "accounts", include_str!("../../migrations/postgres/0004_accounts.sql")),
     (5, "claims", include_str!("../../migrations/postgres/0005_claims.sql")),
+    (6, "support_grants", include_str!("../../migrations/postgres/0006_support_grants.sql")),
 ];
 
 fn migrator(migrations: &'static [(i64, &'static str, &'static str)]) -> Migrator {

@@ -291,7 +291,7 @@ async fn only_the_owner_and_admins_run_the_fleet() {
     hub.manufacture("plug-1", 2).await.expect("manufacture");
     for (email, pass, fleet, listed) in [
         ("consumer@example.org", "a consumer passphrase", 403, Some(0)),
-        ("support@example.org", "a support passphrase here", 403, None),
+        ("support@example.org", "a support passphrase here", 403, Some(0)),
         ("admin@example.org", "an admin passphrase here", 200, Some(2)),
     ] {
         let who = signed_in(&hub, email, pass).await;
@@ -368,4 +368,54 @@ async fn a_consumer_claims_a_device_by_its_code_once_and_only_its_owner_sees_it(
     assert!(
         log.as_array().expect("log").iter().any(|e| e["action"] == "device_claimed" && e["target"] == device.as_str())
     );
+}
+
+#[tokio::test]
+async fn support_sees_a_consumers_devices_only_while_the_consumer_grants_it_and_never_commands_them() {
+    let clock = Clock::manual(Clock::system().now_ms());
+    let hub = TestHub::start_with_clock(|_| {}, clock.clone()).await.expect("hub");
+    account(&hub, "carol", "carol@example.org", Role::Consumer, "carol's own passphrase").await;
+    account(&hub, "dave", "dave@example.org", Role::Consumer, "dave's very own passphrase").await;
+    account(&hub, "sam", "sam@example.org", Role::Support, "sam's support passphrase").await;
+    let (_, made) = hub.post("/api/v1/devices", json!({ "model": "plug-1", "count": 2 })).await.expect("made");
+    let carol = signed_in(&hub, "carol@example.org", "carol's own passphrase").await;
+    let dave = signed_in(&hub, "dave@example.org", "dave's very own passphrase").await;
+    let code = |i: usize| json!({ "claim_code": made["devices"][i]["claim_code"] });
+    assert_eq!(post(&hub, "/api/v1/claims", code(0), Some(&carol), true).await.0, 201);
+    assert_eq!(post(&hub, "/api/v1/claims", code(1), Some(&dave), true).await.0, 201);
+    let carols = made["devices"][0]["device_id"].as_str().expect("id").to_owned();
+    let daves = made["devices"][1]["device_id"].as_str().expect("id").to_owned();
+    let sam = signed_in(&hub, "sam@example.org", "sam's support passphrase").await;
+    let seen = |list: Value| {
+        list["devices"]
+            .as_array()
+            .map(|d| d.iter().filter_map(|x| x["id"].as_str().map(str::to_owned)).collect::<Vec<_>>())
+    };
+    assert_eq!(seen(get(&hub, "/api/v1/devices", &sam).await.1), Some(vec![]), "no grant, nothing");
+    assert_eq!(get(&hub, &format!("/api/v1/devices/{carols}"), &sam).await.0, 404);
+    // Carol grants 1 hour: Sam sees her device, read only, and still nothing of Dave's.
+    let (status, _, grant) = post(&hub, "/api/v1/me/support-grant", json!({ "hours": 1 }), Some(&carol), true).await;
+    assert_eq!(status, 201, "{grant}");
+    assert_eq!(seen(get(&hub, "/api/v1/devices", &sam).await.1), Some(vec![carols.clone()]));
+    assert_eq!(get(&hub, &format!("/api/v1/devices/{carols}/telemetry"), &sam).await.0, 200);
+    assert_eq!(get(&hub, &format!("/api/v1/devices/{daves}"), &sam).await.0, 404);
+    let command = json!({ "name": "ping" });
+    assert_eq!(post(&hub, &format!("/api/v1/devices/{carols}/commands"), command, Some(&sam), true).await.0, 403);
+    assert_eq!(
+        post(&hub, "/api/v1/me/support-grant", json!({ "hours": 1 }), Some(&sam), true).await.0,
+        403,
+        "support grants nothing"
+    );
+    assert_eq!(post(&hub, "/api/v1/me/support-grant", json!({ "hours": 0 }), Some(&carol), true).await.0, 400);
+    // The grant ends by itself ...
+    clock.advance(Duration::from_secs(3601));
+    let sam = signed_in(&hub, "sam@example.org", "sam's support passphrase").await;
+    assert_eq!(get(&hub, &format!("/api/v1/devices/{carols}"), &sam).await.0, 404, "expired");
+    // ... or when the consumer ends it.
+    let carol = signed_in(&hub, "carol@example.org", "carol's own passphrase").await;
+    assert_eq!(post(&hub, "/api/v1/me/support-grant", json!({ "hours": 2 }), Some(&carol), true).await.0, 201);
+    assert_eq!(get(&hub, &format!("/api/v1/devices/{carols}"), &sam).await.0, 200);
+    assert_eq!(post(&hub, "/api/v1/me/support-grant/revoke", json!({}), Some(&carol), true).await.0, 204);
+    assert_eq!(get(&hub, &format!("/api/v1/devices/{carols}"), &sam).await.0, 404, "revoked");
+    assert_eq!(post(&hub, "/api/v1/me/support-grant/revoke", json!({}), Some(&carol), true).await.0, 404);
 }

@@ -604,6 +604,22 @@ async fn people(store: &Store) {
         vec![("dev-c1", Some("a-c"))]
     );
     assert!(store.devices_of_account("a-owner", None, 10).await.unwrap().is_empty());
+    // Support grants: while they hold, support sees the consumer's devices.
+    assert!(store.devices_granted(NOW, None, 10).await.unwrap().is_empty());
+    store.grant_support("a-c", NOW, NOW + 3_600_000).await.unwrap();
+    assert_eq!(store.support_grant("a-c", NOW).await.unwrap(), Some(NOW + 3_600_000));
+    let granted = store.devices_granted(NOW, None, 10).await.unwrap();
+    assert_eq!(granted.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), vec!["dev-c1"]);
+    assert!(store.devices_granted(NOW + 3_600_000, None, 10).await.unwrap().is_empty(), "expired");
+    store.grant_support("a-c", NOW, NOW + 7_200_000).await.unwrap();
+    assert_eq!(
+        store.support_grant("a-c", NOW + 3_600_000).await.unwrap(),
+        Some(NOW + 7_200_000),
+        "a new grant replaces"
+    );
+    assert!(store.revoke_support_grant("a-c").await.unwrap());
+    assert!(!store.revoke_support_grant("a-c").await.unwrap());
+    assert_eq!(store.support_grant("a-c", NOW).await.unwrap(), None);
     // Audit: newest first, pruned by age.
     let entry = |at: i64, action: &str| AuditRow {
         at,

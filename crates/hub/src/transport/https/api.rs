@@ -76,7 +76,7 @@ async fn hardening_headers(mut response: axum::response::Response) -> axum::resp
 #[openapi(
     info(title = "Hearth hub API", version = "1", description = "Devices, telemetry and commands of a Hearth hub. Operator endpoints take `Authorization: Bearer <token>`."),
     paths(healthz, setup, enrol, renew, manufacture, list_devices, get_device, revoke_device, reissue_bootstrap, list_tokens, create_token, revoke_token, telemetry, send_command, get_command, security_events,
-        super::people::sign_in, super::people::me, super::people::my_sessions, super::people::end_session, super::people::sign_out, super::people::sign_out_everywhere, super::people::change_password, super::people::audit_log, super::people::claim),
+        super::people::sign_in, super::people::me, super::people::my_sessions, super::people::end_session, super::people::sign_out, super::people::sign_out_everywhere, super::people::change_password, super::people::audit_log, super::people::claim, super::people::grant_support, super::people::revoke_support_grant),
     components(schemas(Health, super::error::ErrorBody, super::error::ErrorDetail, SetupRequest, SetupResponse, DeviceBody, DeviceList, TelemetryPage, TelemetryItem, CommandRequest, CommandBody, SecurityEventBody, TokenBody, NewTokenRequest, NewTokenResponse, BootstrapBody, EnrolRequest, RenewRequest, CertificateResponse, ManufactureRequest, ManufactureResponse, ManufacturedDevice, HubEndpoints, DeviceId, ModelId)),
     modifiers(&BearerScheme, &CommonResponses)
 )]
@@ -228,22 +228,20 @@ fn plain_text(s: &str, min: usize, max: usize) -> bool {
     (min..=max).contains(&s.len()) && !s.chars().any(char::is_control)
 }
 
-/// Which devices a caller may see: the fleet (owner, admin), or the devices its account claimed (consumer).
-/// Support sees nobody's devices until consumers can grant access.
+/// Which devices a caller may see: the fleet (owner, admin), the devices its account claimed (consumer), or the
+/// devices of consumers whose support grant holds now (support, read only).
 enum Scope<'a> {
     Fleet,
     Own(&'a str),
+    Granted,
 }
 
 fn scope(caller: &crate::accounts::Operator) -> Result<Scope<'_>, ApiError> {
     match (caller.role, caller.account_id.as_deref()) {
         (crate::accounts::Role::Owner | crate::accounts::Role::Admin, _) => Ok(Scope::Fleet),
         (crate::accounts::Role::Consumer, Some(account)) => Ok(Scope::Own(account)),
-        _ => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "support sees a consumer's devices only with a grant",
-        )),
+        (crate::accounts::Role::Support, _) => Ok(Scope::Granted),
+        _ => Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this token belongs to no account")),
     }
 }
 
@@ -259,6 +257,10 @@ async fn visible_device(
     match scope(caller)? {
         Scope::Fleet => Ok(row),
         Scope::Own(account) if row.owner_account_id.as_deref() == Some(account) => Ok(row),
+        Scope::Granted => match &row.owner_account_id {
+            Some(owner) if state.store.support_grant(owner, state.clock.now_ms()).await?.is_some() => Ok(row),
+            _ => Err(ApiError::not_found("device")),
+        },
         Scope::Own(_) => Err(ApiError::not_found("device")),
     }
 }
@@ -594,6 +596,7 @@ async fn list_devices(
     let rows = match scope(&caller)? {
         Scope::Fleet => state.store.devices(params.after.as_deref(), limit).await?,
         Scope::Own(account) => state.store.devices_of_account(account, params.after.as_deref(), limit).await?,
+        Scope::Granted => state.store.devices_granted(state.clock.now_ms(), params.after.as_deref(), limit).await?,
     };
     let next_after = (rows.len() as i64 == limit).then(|| rows.last().map(|d| d.id.to_string())).flatten();
     let live = live_nodes(&state).await?;
@@ -769,6 +772,13 @@ async fn send_command(
     ApiJson(req): ApiJson<CommandRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let id = visible_device(&state, &caller, &id).await?.id;
+    if caller.role == crate::accounts::Role::Support {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "support sees a consumer's devices; it does not command them",
+        ));
+    }
     let timeout = Duration::from_secs(req.timeout_secs.unwrap_or(60));
     let row = state.commands.send(&id, &req.name, req.args, timeout).await.map_err(|e| match e {
         CommandError::UnknownDevice => ApiError::not_found("device"),

@@ -29,6 +29,8 @@ pub fn router() -> Router<HubState> {
         .route("/api/v1/me/password", post(change_password))
         .route("/api/v1/audit-log", get(audit_log))
         .route("/api/v1/claims", post(claim))
+        .route("/api/v1/me/support-grant", post(grant_support))
+        .route("/api/v1/me/support-grant/revoke", post(revoke_support_grant))
 }
 
 /// The API answer for a failure of the accounts capability that is not the caller's.
@@ -391,4 +393,68 @@ async fn claim(
     state.accounts.claim_succeeded(account, source).await?;
     state.accounts.record(&op, "device_claimed", &device, source).await;
     Ok((StatusCode::CREATED, Json(ClaimedBody { device_id: device })))
+}
+
+// Public only so that `fuzz/` can deserialize the real body type.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SupportGrantRequest {
+    /// How long support may see the caller's devices, 1 to 168 hours.
+    #[schema(minimum = 1, maximum = 168)]
+    hours: u32,
+}
+
+#[derive(Serialize, ToSchema)]
+struct SupportGrantBody {
+    /// When support stops seeing the caller's devices, Unix ms.
+    expires_at_ms: i64,
+}
+
+/// Lets support accounts see the caller's devices (read only) for a while; a new grant replaces the old one.
+/// Consumers only.
+#[utoipa::path(post, path = "/api/v1/me/support-grant", request_body = SupportGrantRequest, security(("bearer" = []), ("session" = [])),
+    responses((status = 201, body = SupportGrantBody, description = "Granted")))]
+async fn grant_support(
+    State(state): State<HubState>,
+    peer: Option<Extension<super::PeerAddr>>,
+    Caller(op): Caller,
+    ApiJson(req): ApiJson<SupportGrantRequest>,
+) -> Result<(StatusCode, Json<SupportGrantBody>), ApiError> {
+    let (Role::Consumer, Some(account)) = (op.role, op.account_id.as_deref()) else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "a consumer grants support access to its devices",
+        ));
+    };
+    if !(1..=168).contains(&req.hours) {
+        return Err(ApiError::bad_request("invalid_hours", "hours must be 1 to 168"));
+    }
+    let now = state.clock.now_ms();
+    let expires_at = now + i64::from(req.hours) * 3_600_000;
+    state.store.grant_support(account, now, expires_at).await?;
+    state.accounts.record(&op, "support_granted", account, peer.map(|p| p.0.0.ip())).await;
+    Ok((StatusCode::CREATED, Json(SupportGrantBody { expires_at_ms: expires_at })))
+}
+
+/// Ends the caller's support grant at once.
+#[utoipa::path(post, path = "/api/v1/me/support-grant/revoke", security(("bearer" = []), ("session" = [])),
+    responses((status = 204, description = "Ended"), (status = 404, body = super::error::ErrorBody, description = "No grant")))]
+async fn revoke_support_grant(
+    State(state): State<HubState>,
+    peer: Option<Extension<super::PeerAddr>>,
+    Caller(op): Caller,
+) -> Result<StatusCode, ApiError> {
+    let Some(account) = op.account_id.as_deref().filter(|_| op.role == Role::Consumer) else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "a consumer grants support access to its devices",
+        ));
+    };
+    if !state.store.revoke_support_grant(account).await? {
+        return Err(ApiError::not_found("support grant"));
+    }
+    state.accounts.record(&op, "support_grant_revoked", account, peer.map(|p| p.0.0.ip())).await;
+    Ok(StatusCode::NO_CONTENT)
 }
