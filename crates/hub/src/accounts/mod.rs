@@ -369,18 +369,19 @@ impl Accounts {
     }
 
     /// Counts a claim attempt of `account_id` from `source` (10 per account and 20 per source network in
-    /// [`THROTTLE_WINDOW`]); the lock, if one holds or this attempt sets one.
+    /// [`THROTTLE_WINDOW`]); if a lock holds or this attempt sets one, the seconds until it ends.
     pub async fn count_claim_attempt(
         &self,
         account_id: &str,
         source: Option<IpAddr>,
-    ) -> Result<Option<i64>, StoreError> {
+    ) -> Result<Option<u64>, StoreError> {
         let network = source.map(crate::monitoring::source_network).unwrap_or_else(|| "-".into());
         let keys = [
             (format!("claim:{account_id}"), 2 * THROTTLE_FAILURES),
             (format!("claimsrc:{network}"), 4 * THROTTLE_FAILURES),
         ];
-        self.count_attempt(&keys, self.clock.now_ms()).await
+        let now = self.clock.now_ms();
+        Ok(self.count_attempt(&keys, now).await?.map(|until| retry_after(until, now)))
     }
 
     /// A claim succeeded: it is not held against the account or its network.
@@ -388,11 +389,6 @@ impl Accounts {
         let network = source.map(crate::monitoring::source_network).unwrap_or_else(|| "-".into());
         self.store.forgive_login_failure(&format!("claim:{account_id}")).await?;
         self.store.forgive_login_failure(&format!("claimsrc:{network}")).await
-    }
-
-    /// The current time, Unix ms (for callers that compute `Retry-After`).
-    pub fn now_ms(&self) -> i64 {
-        self.clock.now_ms()
     }
 
     /// Counts an attempt under each key (with its limit) before any password work: the lock, if one holds or

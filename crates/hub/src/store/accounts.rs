@@ -290,34 +290,31 @@ impl Store {
     /// The live session with this token MAC at `now`: not revoked, before its absolute end, used within `idle_ms`,
     /// of an account that is not disabled. Its last use moves to `now` (at most once a minute, to spare writes).
     pub async fn web_session(&self, mac: &[u8], now: i64, idle_ms: i64) -> Result<Option<(WebSessionRow, AccountRow)>> {
-        let row: Option<(String,)> = on_pool!(self, pool => sqlx::query_as(
-            "SELECT s.id FROM web_sessions s JOIN accounts a ON a.id = s.account_id \
-             WHERE s.token_mac = $1 AND s.revoked_at IS NULL AND s.expires_at > $2 AND s.last_seen_at + $3 > $2 \
-             AND a.disabled_at IS NULL",
+        // Every authenticated browser request comes here: one read of the session, one of its account, and a
+        // write only when the last use is more than a minute old.
+        let session: Option<WebSessionRow> = on_pool!(self, pool => sqlx::query_as(
+            "SELECT id, account_id, created_at, last_seen_at, expires_at, source, user_agent FROM web_sessions \
+             WHERE token_mac = $1 AND revoked_at IS NULL AND expires_at > $2 AND last_seen_at + $3 > $2",
         )
         .bind(mac)
         .bind(now)
         .bind(idle_ms)
         .fetch_optional(pool)
         .await?);
-        let Some((id,)) = row else { return Ok(None) };
-        on_pool!(self, pool => sqlx::query(
-            "UPDATE web_sessions SET last_seen_at = $2 WHERE id = $1 AND last_seen_at < $2 - 60000",
-        )
-        .bind(&id)
-        .bind(now)
-        .execute(pool)
-        .await?
-        .rows_affected());
-        let session: Option<WebSessionRow> = on_pool!(self, pool => sqlx::query_as(
-            "SELECT id, account_id, created_at, last_seen_at, expires_at, source, user_agent FROM web_sessions \
-             WHERE id = $1",
-        )
-        .bind(&id)
-        .fetch_optional(pool)
-        .await?);
-        let Some(session) = session else { return Ok(None) };
-        Ok(self.account(&session.account_id).await?.map(|a| (session, a)))
+        let Some(mut session) = session else { return Ok(None) };
+        let Some(account) = self.account(&session.account_id).await?.filter(|a| a.disabled_at.is_none()) else {
+            return Ok(None);
+        };
+        if session.last_seen_at < now - 60_000 {
+            on_pool!(self, pool => sqlx::query("UPDATE web_sessions SET last_seen_at = $2 WHERE id = $1")
+                .bind(&session.id)
+                .bind(now)
+                .execute(pool)
+                .await?
+                .rows_affected());
+            session.last_seen_at = now;
+        }
+        Ok(Some((session, account)))
     }
 
     /// The account's live sessions at `now`, newest first.

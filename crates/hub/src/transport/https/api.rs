@@ -224,7 +224,7 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> 
 
 /// Whether `s` is `min` to `max` bytes without control characters (which, NUL first, no database column takes).
 /// The schema says the same with the pattern `^[^\x00-\x1f\x7f-\x9f]*$`.
-fn plain_text(s: &str, min: usize, max: usize) -> bool {
+pub(super) fn plain_text(s: &str, min: usize, max: usize) -> bool {
     (min..=max).contains(&s.len()) && !s.chars().any(char::is_control)
 }
 
@@ -570,7 +570,7 @@ struct DeviceList {
     next_after: Option<String>,
 }
 
-fn page_limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {
+pub(super) fn page_limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {
     let limit = limit.unwrap_or(default);
     if !(1..=max).contains(&limit) {
         return Err(ApiError::bad_request("invalid_limit", format!("limit must be 1 to {max}")));

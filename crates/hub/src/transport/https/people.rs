@@ -132,6 +132,14 @@ async fn sign_in(
     }
 }
 
+/// The caller's account id, if the caller is a consumer; else 403 saying `why`.
+fn consumer<'a>(op: &'a crate::accounts::Operator, why: &str) -> Result<&'a str, ApiError> {
+    match (op.role, op.account_id.as_deref()) {
+        (Role::Consumer, Some(account)) => Ok(account),
+        _ => Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", why)),
+    }
+}
+
 /// 429 with `Retry-After`.
 fn throttled(retry_after_secs: u64) -> ApiError {
     ApiError::new(
@@ -207,7 +215,7 @@ async fn end_session(
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let Some(account) = &op.account_id else { return Err(ApiError::not_found("session")) };
-    if id.len() > 64 || id.chars().any(char::is_control) {
+    if !super::api::plain_text(&id, 1, 64) {
         return Err(ApiError::not_found("session"));
     }
     if !state.accounts.end_session(account, &id, peer.map(|p| p.0.0.ip())).await? {
@@ -326,10 +334,7 @@ async fn audit_log(
     _auth: OperatorAuth,
     ApiQuery(p): ApiQuery<AuditParams>,
 ) -> Result<Json<Vec<AuditBody>>, ApiError> {
-    let limit = p.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_limit", "limit must be 1 to 1000"));
-    }
+    let limit = super::api::page_limit(p.limit, 100, 1000)?;
     let rows = state.accounts.audit_log(limit).await?;
     Ok(Json(
         rows.into_iter()
@@ -373,13 +378,10 @@ async fn claim(
     Caller(op): Caller,
     ApiJson(req): ApiJson<ClaimRequest>,
 ) -> Result<(StatusCode, Json<ClaimedBody>), ApiError> {
-    let (Role::Consumer, Some(account)) = (op.role, op.account_id.as_deref()) else {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "devices are claimed by consumer accounts"));
-    };
+    let account = consumer(&op, "devices are claimed by consumer accounts")?;
     let source = peer.map(|p| p.0.0.ip());
-    if let Some(until) = state.accounts.count_claim_attempt(account, source).await? {
-        let now = state.accounts.now_ms();
-        return Err(throttled(u64::try_from((until - now + 999) / 1000).unwrap_or(1).max(1)));
+    if let Some(retry_after_secs) = state.accounts.count_claim_attempt(account, source).await? {
+        return Err(throttled(retry_after_secs));
     }
     let Some(device) = state.identity.claim(&req.claim_code, account).await? else {
         state.monitor.record(SecurityEvent {
@@ -420,13 +422,7 @@ async fn grant_support(
     Caller(op): Caller,
     ApiJson(req): ApiJson<SupportGrantRequest>,
 ) -> Result<(StatusCode, Json<SupportGrantBody>), ApiError> {
-    let (Role::Consumer, Some(account)) = (op.role, op.account_id.as_deref()) else {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "a consumer grants support access to its devices",
-        ));
-    };
+    let account = consumer(&op, "a consumer grants support access to its devices")?;
     if !(1..=168).contains(&req.hours) {
         return Err(ApiError::bad_request("invalid_hours", "hours must be 1 to 168"));
     }
@@ -445,13 +441,7 @@ async fn revoke_support_grant(
     peer: Option<Extension<super::PeerAddr>>,
     Caller(op): Caller,
 ) -> Result<StatusCode, ApiError> {
-    let Some(account) = op.account_id.as_deref().filter(|_| op.role == Role::Consumer) else {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "a consumer grants support access to its devices",
-        ));
-    };
+    let account = consumer(&op, "a consumer grants support access to its devices")?;
     if !state.store.revoke_support_grant(account).await? {
         return Err(ApiError::not_found("support grant"));
     }

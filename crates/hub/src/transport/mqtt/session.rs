@@ -494,6 +494,14 @@ async fn fire_will(ctx: &Ctx, device: &DeviceId, serial: &str, epoch: i64, will:
     }
 }
 
+/// The security event and reason code of a topic a device may not publish to (a PUBLISH or a will).
+fn publish_refusal(denied: &PublishDenied) -> (&'static str, Reason) {
+    match denied {
+        PublishDenied::Invalid(_) => ("invalid_topic", Reason::TopicNameInvalid),
+        PublishDenied::NotAuthorized | PublishDenied::Unknown => ("acl_publish", Reason::NotAuthorized),
+    }
+}
+
 /// The row an accepted message becomes.
 fn uplink_record(device: &DeviceId, uplink: &Uplink, received_at: i64) -> UplinkRecord {
     UplinkRecord {
@@ -769,10 +777,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let kind = match topic::authorize_publish(&self.device, &topic_name) {
             Ok(k) => k,
             Err(denied) => {
-                let (event, reason) = match &denied {
-                    PublishDenied::Invalid(_) => ("invalid_topic", Reason::TopicNameInvalid),
-                    PublishDenied::NotAuthorized | PublishDenied::Unknown => ("acl_publish", Reason::NotAuthorized),
-                };
+                let (event, reason) = publish_refusal(&denied);
                 self.security(event, format!("publish to {:?}: {denied}", truncate(&topic_name)));
                 return self.refuse_publish(qos1, reason, denied.to_string());
             }
@@ -989,15 +994,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     "a will may go to the device's events, state or telemetry topic, not its command answers".into(),
                 );
             }
-            Err(denied @ PublishDenied::Invalid(_)) => {
-                return refuse(
-                    "invalid_topic",
-                    Reason::TopicNameInvalid,
-                    format!("{:?}: {denied}", truncate(&will.topic)),
-                );
-            }
             Err(denied) => {
-                return refuse("acl_publish", Reason::NotAuthorized, format!("{:?}: {denied}", truncate(&will.topic)));
+                let (event, reason) = publish_refusal(&denied);
+                return refuse(event, reason, format!("{:?}: {denied}", truncate(&will.topic)));
             }
         };
         match Uplink::parse(kind, &will.payload) {
