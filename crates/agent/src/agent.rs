@@ -17,7 +17,7 @@
 
 use std::collections::VecDeque;
 use std::os::unix::fs::DirBuilderExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -26,6 +26,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use bytestring::ByteString;
 use hearth_proto::DeviceId;
+use hearth_proto::command::AckStatus;
 use hearth_proto::topic::{DeviceTopic, command_topic};
 use hearth_proto::uplink::{Fields, UplinkBody, Value};
 use tokio::sync::watch;
@@ -48,12 +49,18 @@ pub const SEQ_CONFLICT_REASON: &str = "seq_conflict";
 /// device (a decimal `u64`).
 pub const HIGHEST_SEQ_PROPERTY: &str = "highest_seq";
 
+/// The directory, under the state directory, where device software keeps user data and settings (Wi-Fi
+/// credentials, schedules, names): a `wipe` command (the owner released the device) empties it, with the queued
+/// uplinks and the sampling interval, and the device keeps only its identity (EN 303 645 5.11-1).
+pub const USER_DATA_DIR: &str = "user-data";
+
 /// Firmware version reported in the state uplink.
 pub const FIRMWARE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// How an [`Agent`] is set up. Start from [`AgentConfig::new`] and change what you need.
 pub struct AgentConfig {
-    /// Directory for the key, certificate, hub configuration and queue (created with mode 0700).
+    /// Directory for the key, certificate, hub configuration and queue (created with mode 0700). Device software
+    /// keeps its user data and settings under [`USER_DATA_DIR`] in it: a `wipe` command erases that.
     pub state_dir: PathBuf,
     /// The factory bootstrap file; needed only until the device is enrolled.
     pub bootstrap_path: Option<PathBuf>,
@@ -290,6 +297,22 @@ impl Agent {
         })
     }
 
+    /// Erases user data and settings: every queued uplink (it may hold the previous owner's readings), the
+    /// [`USER_DATA_DIR`], and the sampling interval back to its configured default. The identity stays.
+    async fn wipe(&mut self) -> anyhow::Result<String> {
+        let dropped = blocking(&self.queue, |q| {
+            let n = q.len()?;
+            q.remove_through(MAX_SEQ)?;
+            Ok(n)
+        })
+        .await?;
+        let user_data = self.state_dir.join(USER_DATA_DIR);
+        let files = tokio::task::spawn_blocking(move || erase_dir(&user_data)).await??;
+        self.sampler.reset_interval();
+        tracing::warn!(queued = dropped, files, "wiped user data and settings: the device was released by its owner");
+        Ok(format!("erased {dropped} queued uplinks and {files} user data files; settings back to defaults"))
+    }
+
     /// The device id.
     pub fn device_id(&self) -> &DeviceId {
         self.identity.device_id()
@@ -508,15 +531,23 @@ impl Agent {
                             tracing::debug!(%topic, "ignored a message outside the command topic");
                             continue;
                         }
-                        if let Some((ack, action)) = commands::handle(&payload, self.clock.now_ms()) {
-                            tracing::info!(id = %ack.id, status = ack.status.as_str(), "answered a command");
-                            acks.push_back(Bytes::from(ack.to_json()));
-                            self.stats.commands_handled.fetch_add(1, Ordering::Relaxed);
+                        if let Some((mut ack, action)) = commands::handle(&payload, self.clock.now_ms()) {
                             match action {
                                 Action::None => {}
                                 Action::SetInterval(interval) => self.sampler.set_interval(interval),
                                 Action::ReportState => self.sampler.push_state(&self.queue).await?,
+                                Action::Wipe => {
+                                    // Done before the acknowledgement: `ok` tells the hub the data is gone.
+                                    let (status, detail) = match self.wipe().await {
+                                        Ok(erased) => (AckStatus::Ok, erased),
+                                        Err(e) => (AckStatus::Error, format!("wipe failed: {e:#}")),
+                                    };
+                                    (ack.status, ack.detail) = (status, Some(detail));
+                                }
                             }
+                            tracing::info!(id = %ack.id, status = ack.status.as_str(), "answered a command");
+                            acks.push_back(Bytes::from(ack.to_json()));
+                            self.stats.commands_handled.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                     Event::SubAck { reason_codes, .. } => {
@@ -627,6 +658,8 @@ struct Sampler {
     stats: Arc<AgentStats>,
     clock: Arc<dyn Clock>,
     ticker: Interval,
+    /// The configured interval, which a wipe restores.
+    default_interval: Duration,
     /// Set whenever something was queued, so the session knows to look at the queue again.
     dirty: bool,
 }
@@ -639,11 +672,15 @@ impl Sampler {
         interval: Duration,
         clock: Arc<dyn Clock>,
     ) -> Sampler {
-        Sampler { source, queue, stats, clock, ticker: ticker(interval), dirty: true }
+        Sampler { source, queue, stats, clock, ticker: ticker(interval), default_interval: interval, dirty: true }
     }
 
     fn set_interval(&mut self, interval: Duration) {
         self.ticker = ticker(interval);
+    }
+
+    fn reset_interval(&mut self) {
+        self.ticker = ticker(self.default_interval);
     }
 
     /// Waits for the next sampling time. Cancel-safe.
@@ -703,6 +740,29 @@ impl Sampler {
             }
         }
     }
+}
+
+/// Deletes everything in `dir` (which stays, empty; a missing one is made), returning how many files went.
+fn erase_dir(dir: &Path) -> std::io::Result<u64> {
+    let mut files = 0;
+    match std::fs::read_dir(dir) {
+        Ok(entries) => {
+            for entry in entries {
+                let entry = entry?;
+                if entry.file_type()?.is_dir() {
+                    files += erase_dir(&entry.path())?;
+                    std::fs::remove_dir(entry.path())?;
+                } else {
+                    std::fs::remove_file(entry.path())?;
+                    files += 1;
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    Ok(files)
 }
 
 fn ticker(interval: Duration) -> Interval {

@@ -1,6 +1,8 @@
 //! What the agent does with a command from the hub, as a pure function: payload in, acknowledgement and the
 //! action for the agent loop out. Commands the agent knows: `ping`, `set_interval` (`seconds`, 1..=86400) and
-//! `report_state`; anything else is `unsupported`, and a command past its `expires_at` is `expired` unexecuted.
+//! `report_state` and `wipe` (erase user data and settings: the device was released by its owner, and the agent
+//! acknowledges only once it is done); anything else is `unsupported`, and a command past its `expires_at` is
+//! `expired` unexecuted.
 
 use std::time::Duration;
 
@@ -19,6 +21,9 @@ pub enum Action {
     SetInterval(Duration),
     /// Queue a state uplink.
     ReportState,
+    /// Erase user data and settings, then acknowledge (the acknowledgement given is a placeholder the agent loop
+    /// replaces with the outcome).
+    Wipe,
 }
 
 /// Decides the answer to a command payload received at `now_ms`. `None` when the payload is not a valid
@@ -38,6 +43,7 @@ pub fn handle(payload: &[u8], now_ms: u64) -> Option<(CommandAck, Action)> {
     let answer = match cmd.name.as_str() {
         "ping" => (ack(AckStatus::Ok, "pong".into()), Action::None),
         "report_state" => (ack(AckStatus::Ok, "state queued".into()), Action::ReportState),
+        "wipe" => (ack(AckStatus::Ok, "wiped".into()), Action::Wipe),
         "set_interval" => match cmd.args.get("seconds") {
             Some(Value::Number(s)) if s.fract() == 0.0 && INTERVAL_RANGE.contains(&(*s as u64)) && *s >= 1.0 => {
                 let secs = *s as u64;
@@ -69,6 +75,8 @@ mod tests {
             |name: &str, args: &str| format!(r#"{{"v":1,"id":"c1","name":"{name}","args":{args},"expires_at":100}}"#);
         check(&cmd("ping", "{}"), 50, Ok, Action::None);
         check(&cmd("report_state", "{}"), 50, Ok, Action::ReportState);
+        check(&cmd("wipe", "{}"), 50, Ok, Action::Wipe);
+        check(&cmd("wipe", "{}"), 101, Expired, Action::None);
         check(&cmd("set_interval", r#"{"seconds":5}"#), 50, Ok, Action::SetInterval(Duration::from_secs(5)));
         check(&cmd("set_interval", r#"{"seconds":86400}"#), 50, Ok, Action::SetInterval(Duration::from_secs(86_400)));
         check(&cmd("set_interval", r#"{"seconds":0}"#), 50, Error, Action::None);

@@ -33,6 +33,6 @@ pub mod queue;
 pub mod source;
 pub mod tls;
 
-pub use agent::{Agent, AgentConfig, AgentStats, StatsSnapshot};
+pub use agent::{Agent, AgentConfig, AgentStats, StatsSnapshot, USER_DATA_DIR};
 pub use clock::{Clock, SystemClock};
 pub use source::{SystemSource, TelemetrySource};

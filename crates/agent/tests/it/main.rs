@@ -205,3 +205,88 @@ async fn agent_forwards_queue_answers_commands_and_disconnects_cleanly() {
     assert!(s.acked >= 3, "{s:?}");
     assert_eq!(s.rejected, 0);
 }
+
+/// A `wipe` command (the owner released the device): the agent erases the queued uplinks (they may hold the
+/// previous owner's readings) and the user data directory, and only then acknowledges `ok`; its identity stays.
+#[tokio::test]
+async fn a_wipe_erases_queued_uplinks_and_user_data_before_it_is_acknowledged() {
+    use hearth_agent::USER_DATA_DIR;
+    use hearth_agent::queue::Queue;
+
+    let pki = pki();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let id = DeviceId::parse("dev-wipe").unwrap();
+    pre_enrol(&pki, dir.path(), &id, port);
+    let user = dir.path().join(USER_DATA_DIR);
+    std::fs::create_dir_all(user.join("schedules")).unwrap();
+    std::fs::write(user.join("wifi.conf"), "ssid=home\npsk=secret\n").unwrap();
+    std::fs::write(user.join("schedules/morning.json"), "{}").unwrap();
+    {
+        let queue = Queue::open(dir.path(), 100, 1).unwrap();
+        for i in 0..5u32 {
+            queue.push(queue::telemetry("temp", f64::from(i)), 1_764_000_000_000 + u64::from(i)).unwrap();
+        }
+    }
+
+    // The broker acknowledges nothing the agent publishes (so everything stays queued), and sends the wipe once
+    // the agent has subscribed.
+    let (seen_tx, mut seen) = mpsc::unbounded_channel::<Packet>();
+    let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config.clone());
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let tls = acceptor.accept(tcp).await.unwrap();
+        let mut peer = Peer { io: tls, codec: Codec::new(0, 0), buf: BytesMut::new() };
+        while let Some(packet) = peer.recv().await {
+            match &packet {
+                Packet::Connect(_) => peer.send(Packet::ConnectAck(Box::default())).await,
+                Packet::Subscribe(s) => {
+                    let status = vec![SubscribeAckReason::GrantedQos1];
+                    let ack =
+                        SubscribeAck { packet_id: s.packet_id, properties: Vec::new(), reason_string: None, status };
+                    peer.send(Packet::SubscribeAck(ack)).await;
+                    let cmd =
+                        Publish {
+                            dup: false,
+                            retain: false,
+                            qos: QoS::AtLeastOnce,
+                            topic: "devices/dev-wipe/commands".into(),
+                            packet_id: std::num::NonZeroU16::new(1),
+                            payload: br#"{"v":1,"id":"cw","name":"wipe","args":{},"expires_at":9007199254740991}"#
+                                .as_slice()
+                                .into(),
+                            properties: None,
+                        };
+                    peer.send(Packet::Publish(Box::new(cmd))).await;
+                }
+                _ => {}
+            }
+            let _ = seen_tx.send(packet);
+        }
+    });
+
+    let mut config = AgentConfig::new(dir.path());
+    config.interval = Duration::from_secs(3600);
+    config.mqtt_addr = Some(format!("127.0.0.1:{port}"));
+    let agent = Agent::new(config).await.unwrap();
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(agent.run(shutdown));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let ack = loop {
+        let packet = tokio::time::timeout_at(deadline, seen.recv()).await.unwrap().unwrap();
+        if let Packet::Publish(p) = packet
+            && p.topic == "devices/dev-wipe/commands/ack"
+        {
+            break CommandAck::parse(&p.payload).unwrap();
+        }
+    };
+    assert_eq!((ack.id.as_str(), ack.status), ("cw", AckStatus::Ok), "{:?}", ack.detail);
+    // Five queued readings and the state reported on connect; two files.
+    assert_eq!(ack.detail.as_deref(), Some("erased 6 queued uplinks and 2 user data files; settings back to defaults"));
+    let _ = stop.send(true);
+    tokio::time::timeout(Duration::from_secs(5), run).await.unwrap().unwrap().unwrap();
+    assert_eq!(std::fs::read_dir(&user).unwrap().count(), 0, "the user data directory is empty");
+    assert_eq!(Queue::open(dir.path(), 100, 1).unwrap().len().unwrap(), 0, "nothing queued is left");
+    assert!(dir.path().join(CERT_FILE).exists(), "the identity stays");
+}

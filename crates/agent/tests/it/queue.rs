@@ -169,7 +169,7 @@ impl FakeHub {
     }
 }
 
-fn telemetry(name: &str, x: f64) -> UplinkBody {
+pub(crate) fn telemetry(name: &str, x: f64) -> UplinkBody {
     let mut metrics = Fields::new();
     metrics.insert(name.into(), Value::Number(x));
     UplinkBody::Telemetry { metrics }

@@ -13,7 +13,10 @@ use crate::bus::{Bus, Notice};
 use crate::clock::Clock;
 use crate::routing::Downlink;
 use crate::secrets::random_base32;
-use crate::store::{CommandRow, CommandStatus, DeviceStatus, NewCommand, Store, StoreError};
+use crate::store::{AuditRow, CommandRow, CommandStatus, DeviceStatus, NewCommand, Release, Store, StoreError};
+
+/// The command a released device gets: erase user data and settings, and confirm.
+pub const WIPE: &str = "wipe";
 
 /// Longest command timeout.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -57,6 +60,46 @@ impl Commands {
         args: Fields,
         timeout: Duration,
     ) -> Result<CommandRow, CommandError> {
+        if name == WIPE {
+            return Err(ValidationError::Schema {
+                what: "name",
+                detail: "`wipe` is sent by releasing the device (POST /api/v1/devices/{id}/unclaim)".into(),
+            }
+            .into());
+        }
+        let new = self.prepare(device, name, args, timeout).await?;
+        self.store.insert_command(&new).await?;
+        self.announce(device, &new.id).await;
+        self.store.command(device.as_str(), &new.id).await?.ok_or(CommandError::UnknownDevice)
+    }
+
+    /// Releases a claimed device (unclaim, or the first half of a transfer): it is no longer its owner's, and
+    /// if it is enrolled it is sent a `wipe` command, recorded in the same transaction; nobody can claim it until
+    /// it confirms the wipe (the agent erases its user data and settings). The wipe command's id, if one was
+    /// sent; `Ok(None)` for a device that never enrolled or is revoked (nothing to wipe, or nobody can reach it).
+    /// [`CommandError::UnknownDevice`] if `by` may not release it or it is not claimed.
+    pub async fn release(&self, device: &DeviceId, by: Release<'_>) -> Result<Option<String>, CommandError> {
+        let row = self.store.device(device.as_str()).await?.ok_or(CommandError::UnknownDevice)?;
+        let wipe = match row.status {
+            DeviceStatus::Enrolled => Some(self.prepare(device, WIPE, Fields::new(), MAX_TIMEOUT).await?),
+            _ => None,
+        };
+        if !self.store.release_device(device.as_str(), by, wipe.as_ref()).await? {
+            return Err(CommandError::UnknownDevice);
+        }
+        let Some(wipe) = wipe else { return Ok(None) };
+        self.announce(device, &wipe.id).await;
+        Ok(Some(wipe.id))
+    }
+
+    /// Checks a command and gives it an id, for the device as it is now (it must be enrolled).
+    async fn prepare(
+        &self,
+        device: &DeviceId,
+        name: &str,
+        args: Fields,
+        timeout: Duration,
+    ) -> Result<NewCommand, CommandError> {
         validate_command_name(name)?;
         if timeout.is_zero() || timeout > MAX_TIMEOUT {
             return Err(ValidationError::OutOfRange {
@@ -81,22 +124,23 @@ impl Commands {
         }
         let now = self.clock.now_ms();
         let id = format!("c{}", random_base32(15).map_err(|e| StoreError::Random(e.to_string()))?);
-        let new = NewCommand {
-            id: id.clone(),
+        Ok(NewCommand {
+            id,
             device_id: device.to_string(),
             name: name.to_owned(),
             args_json,
             created_at: now,
             expires_at: now + timeout.as_millis() as i64,
-        };
-        self.store.insert_command(&new).await?;
-        let row = self.store.command(device.as_str(), &id).await?.ok_or(CommandError::UnknownDevice)?;
-        let notice = Notice::Downlink { device: device.clone(), downlink: Downlink::Command { id: row.id.clone() } };
+        })
+    }
+
+    /// Tells the node that holds the device's connection to send the command now.
+    async fn announce(&self, device: &DeviceId, id: &str) {
+        let notice = Notice::Downlink { device: device.clone(), downlink: Downlink::Command { id: id.to_owned() } };
         if let Err(e) = self.bus.publish(notice).await {
             // Recorded all the same: the device gets it when it next subscribes.
-            tracing::warn!(error = %e, command = %row.id, "could not announce a command to other nodes");
+            tracing::warn!(error = %e, command = %id, "could not announce a command to other nodes");
         }
-        Ok(row)
     }
 
     /// One command.
@@ -128,16 +172,25 @@ impl Commands {
     }
 
     /// Records a device's answer; false if it answers nothing open.
+    /// An `ok` answer to the device's outstanding wipe command records the wipe, so the device may be claimed
+    /// again (and is audited).
     pub async fn answer(&self, device: &DeviceId, ack: &CommandAck) -> Result<bool, StoreError> {
-        self.store
-            .answer_command(
-                device.as_str(),
-                &ack.id,
-                CommandStatus::from(ack.status),
-                ack.detail.as_deref(),
-                self.clock.now_ms(),
-            )
-            .await
+        let now = self.clock.now_ms();
+        let status = CommandStatus::from(ack.status);
+        let answered = self.store.answer_command(device.as_str(), &ack.id, status, ack.detail.as_deref(), now).await?;
+        if answered && status == CommandStatus::Ok && self.store.confirm_wipe(device.as_str(), &ack.id, now).await? {
+            tracing::info!(device = %device, command = %ack.id, "the device confirmed it erased its user data");
+            let entry = AuditRow {
+                at: now,
+                account_id: None,
+                action: "device_wiped".into(),
+                target: Some(device.to_string()),
+                source: None,
+                detail: format!("confirmed by the device (command {})", ack.id),
+            };
+            self.store.audit(&entry).await?;
+        }
+        Ok(answered)
     }
 
     /// Runs the expiry sweep every second until the task is dropped.

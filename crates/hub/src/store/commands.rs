@@ -118,25 +118,33 @@ pub struct CommandRow {
     pub detail: Option<String>,
 }
 
+/// Inserts `$c` (a `NewCommand`) as pending through the executor `$conn`.
+macro_rules! insert_command {
+    ($conn:expr, $c:expr) => {
+        sqlx::query(
+            "INSERT INTO commands (id, device_id, name, args_json, status, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, 'pending', $5, $6)",
+        )
+        .bind(&$c.id)
+        .bind(&$c.device_id)
+        .bind(&$c.name)
+        .bind(&$c.args_json)
+        .bind($c.created_at)
+        .bind($c.expires_at)
+        .execute($conn)
+        .await?
+        .rows_affected()
+    };
+}
+pub(crate) use insert_command;
+
 const COLUMNS: &str =
     "id, device_id, name, args_json, status, created_at, expires_at, sent_at, deliveries, answered_at, detail";
 
 impl Store {
     /// Records a new pending command.
     pub async fn insert_command(&self, c: &NewCommand) -> Result<()> {
-        on_pool!(self, pool => sqlx::query(
-            "INSERT INTO commands (id, device_id, name, args_json, status, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, 'pending', $5, $6)",
-        )
-        .bind(&c.id)
-        .bind(&c.device_id)
-        .bind(&c.name)
-        .bind(&c.args_json)
-        .bind(c.created_at)
-        .bind(c.expires_at)
-        .execute(pool)
-        .await?
-        .rows_affected());
+        on_pool!(self, pool => insert_command!(pool, c));
         Ok(())
     }
 

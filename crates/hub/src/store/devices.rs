@@ -91,6 +91,21 @@ pub struct DeviceRow {
     pub session_node: Option<String>,
     /// The consumer account that claimed it.
     pub owner_account_id: Option<String>,
+    /// When it was claimed (its owner sees telemetry received since then).
+    pub claimed_at: Option<i64>,
+    /// The wipe command sent when it was released, until the device confirms it (no claim before that).
+    pub wipe_command_id: Option<String>,
+    /// When the device last confirmed a wipe.
+    pub wiped_at: Option<i64>,
+}
+
+/// Who releases a claimed device.
+#[derive(Debug, Clone, Copy)]
+pub enum Release<'a> {
+    /// The consumer account that claimed it.
+    Owner(&'a str),
+    /// The owner or an admin of the hub.
+    Operator,
 }
 
 /// What a CONNECT asks of the device's stored session.
@@ -191,7 +206,8 @@ pub enum EnrolOutcome {
 }
 
 const DEVICE_COLUMNS: &str = "id, model, status, cert_serial, cert_not_after, created_at, enrolled_at, revoked_at, \
-                              last_seen_at, state_json, session_open, session_node, owner_account_id";
+                              last_seen_at, state_json, session_open, session_node, owner_account_id, \
+                              claimed_at, wipe_command_id, wiped_at";
 
 /// Decodes a status column.
 fn status(s: String) -> Result<DeviceStatus> {
@@ -245,7 +261,8 @@ impl Store {
     pub async fn claim_device(&self, claim_mac: &[u8], account_id: &str, now: i64) -> Result<Option<String>> {
         let row: Option<(String,)> = on_pool!(self, pool => sqlx::query_as(
             "UPDATE devices SET owner_account_id = $2, claimed_at = $3 \
-             WHERE claim_mac = $1 AND owner_account_id IS NULL AND status <> $4 RETURNING id",
+             WHERE claim_mac = $1 AND owner_account_id IS NULL AND wipe_command_id IS NULL AND status <> $4 \
+             RETURNING id",
         )
         .bind(claim_mac)
         .bind(account_id)
@@ -254,6 +271,59 @@ impl Store {
         .fetch_optional(pool)
         .await?);
         Ok(row.map(|(id,)| id))
+    }
+
+    /// Releases a claimed device (`by`: its owner, or an operator) in one transaction: it is unclaimed and, if
+    /// `wipe` is given, that command is recorded and the device stays unclaimable until it confirms the wipe
+    /// ([`Store::confirm_wipe`]). An operator may also release a device whose earlier wipe is unconfirmed, to send
+    /// a new one. False (nothing changed) if `by` may not release it or it is neither claimed nor awaiting a wipe.
+    pub async fn release_device(
+        &self,
+        device_id: &str,
+        by: Release<'_>,
+        wipe: Option<&super::NewCommand>,
+    ) -> Result<bool> {
+        let (condition, owner) = match by {
+            Release::Owner(account) => ("owner_account_id = $3", account),
+            Release::Operator => ("(owner_account_id IS NOT NULL OR wipe_command_id IS NOT NULL) AND $3 = $3", ""),
+        };
+        let sql = format!(
+            "UPDATE devices SET owner_account_id = NULL, claimed_at = NULL, wipe_command_id = $2 \
+             WHERE id = $1 AND {condition}"
+        );
+        on_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let released = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(device_id)
+                .bind(wipe.map(|c| c.id.as_str()))
+                .bind(owner)
+                .execute(tx.conn())
+                .await?
+                .rows_affected();
+            if released != 1 {
+                return Ok(false);
+            }
+            if let Some(c) = wipe {
+                super::commands::insert_command!(tx.conn(), c);
+            }
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
+    /// Records that the device confirmed the wipe `command_id` (it may be claimed again). False if that is not
+    /// the wipe it was sent last.
+    pub async fn confirm_wipe(&self, device_id: &str, command_id: &str, now: i64) -> Result<bool> {
+        Ok(on_pool!(self, pool => sqlx::query(
+            "UPDATE devices SET wipe_command_id = NULL, wiped_at = $3 WHERE id = $1 AND wipe_command_id = $2",
+        )
+        .bind(device_id)
+        .bind(command_id)
+        .bind(now)
+        .execute(pool)
+        .await?
+        .rows_affected())
+            == 1)
     }
 
     /// The devices `account_id` claimed, in id order, after `after`.

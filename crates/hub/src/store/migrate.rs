@@ -41,6 +41,8 @@ struct DeviceCopy {
     session_expires_at: Option<i64>,
     owner_account_id: Option<String>,
     claimed_at: Option<i64>,
+    wipe_command_id: Option<String>,
+    wiped_at: Option<i64>,
 }
 
 const PAGE: i64 = 5_000;
@@ -132,8 +134,8 @@ async fn copy_devices(
              prev_cert_serial, cert_spki, cert_chain_pem, cert_used_at, session_epoch, session_subscribed, \
              session_expiry_ms, \
              CASE WHEN session_open <> 0 AND session_expires_at IS NULL THEN $3 + session_expiry_ms \
-             ELSE session_expires_at END AS session_expires_at, owner_account_id, claimed_at \
-             FROM devices WHERE id > $1 ORDER BY id LIMIT $2",
+             ELSE session_expires_at END AS session_expires_at, owner_account_id, claimed_at, wipe_command_id, \
+             wiped_at FROM devices WHERE id > $1 ORDER BY id LIMIT $2",
         )
         .bind(&after)
         .bind(PAGE)
@@ -148,8 +150,9 @@ async fn copy_devices(
                 "INSERT INTO devices (id, model, status, bootstrap_mac, bootstrap_expires_at, bootstrap_used_at, \
                  claim_mac, cert_serial, cert_not_after, created_at, enrolled_at, revoked_at, last_seen_at, state_json, \
                  state_seq, prev_cert_serial, cert_spki, cert_chain_pem, cert_used_at, session_epoch, \
-                 session_subscribed, session_expiry_ms, session_expires_at, owner_account_id, claimed_at) VALUES ($1, $2, \
-                 $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)",
+                 session_subscribed, session_expiry_ms, session_expires_at, owner_account_id, claimed_at, wipe_command_id, \
+                 wiped_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
+                 $20, $21, $22, $23, $24, $25, $26, $27)",
             )
             .bind(&d.id)
             .bind(&d.model)
@@ -176,6 +179,8 @@ async fn copy_devices(
             .bind(d.session_expires_at)
             .bind(&d.owner_account_id)
             .bind(d.claimed_at)
+            .bind(&d.wipe_command_id)
+            .bind(d.wiped_at)
             .execute(tx.conn())
             .await?;
         }

@@ -42,7 +42,7 @@ use sqlx::{Postgres, SqlSafeStr as _, Sqlite};
 pub use accounts::{AccountRow, AuditRow, NewAccount, NewWebSession, Role, WebSessionRow};
 pub use commands::{CommandRow, CommandStatus, NewCommand};
 pub use devices::{
-    CertRecord, CertSerialsRow, CurrentCert, DeviceRow, DeviceStatus, EnrolOutcome, NewDevice, OpenedSession,
+    CertRecord, CertSerialsRow, CurrentCert, DeviceRow, DeviceStatus, EnrolOutcome, NewDevice, OpenedSession, Release,
     SessionOpen, TokenState,
 };
 pub use events::{NewSecurityEvent, SecurityEventRow};
@@ -341,6 +341,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (6, "accounts", include_str!("../../migrations/sqlite/0006_accounts.sql")),
     (7, "claims", include_str!("../../migrations/sqlite/0007_claims.sql")),
     (8, "support_grants", include_str!("../../migrations/sqlite/0008_support_grants.sql")),
+    (9, "wipe", include_str!("../../migrations/sqlite/0009_wipe.sql")),
 ];
 
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -350,6 +351,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "accounts", include_str!("../../migrations/postgres/0004_accounts.sql")),
     (5, "claims", include_str!("../../migrations/postgres/0005_claims.sql")),
     (6, "support_grants", include_str!("../../migrations/postgres/0006_support_grants.sql")),
+    (7, "wipe", include_str!("../../migrations/postgres/0007_wipe.sql")),
 ];
 
 fn migrator(migrations: &'static [(i64, &'static str, &'static str)]) -> Migrator {

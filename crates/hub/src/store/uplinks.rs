@@ -53,6 +53,8 @@ pub struct UplinkRow {
 pub struct UplinkQuery {
     /// Device id.
     pub device_id: String,
+    /// Only rows the hub received at or after this, Unix ms (0: all).
+    pub received_from: i64,
     /// Inclusive lower bound of device time.
     pub from_ts: i64,
     /// Exclusive upper bound of device time.
@@ -120,13 +122,15 @@ impl Store {
     pub async fn uplinks(&self, q: &UplinkQuery) -> Result<Vec<UplinkRow>> {
         on_pool!(self, pool => Ok(sqlx::query_as::<_, UplinkRow>(
             "SELECT seq, kind, device_ts, received_at, body_json FROM uplinks \
-             WHERE device_id = $1 AND device_ts >= $2 AND device_ts < $3 AND seq > $4 ORDER BY seq LIMIT $5",
+             WHERE device_id = $1 AND device_ts >= $2 AND device_ts < $3 AND seq > $4 AND received_at >= $6 \
+             ORDER BY seq LIMIT $5",
         )
         .bind(&q.device_id)
         .bind(q.from_ts)
         .bind(q.to_ts)
         .bind(q.after_seq)
         .bind(q.limit)
+        .bind(q.received_from)
         .fetch_all(pool)
         .await?))
     }

@@ -381,6 +381,7 @@ async fn retention_deletes_expired_rows_and_nothing_else() {
         .store
         .uplinks(&hearth_hub::store::UplinkQuery {
             device_id: dev.id.to_string(),
+            received_from: 0,
             from_ts: 0,
             to_ts: i64::MAX,
             after_seq: 0,

@@ -419,3 +419,83 @@ async fn support_sees_a_consumers_devices_only_while_the_consumer_grants_it_and_
     assert_eq!(get(&hub, &format!("/api/v1/devices/{carols}"), &sam).await.0, 404, "revoked");
     assert_eq!(post(&hub, "/api/v1/me/support-grant/revoke", json!({}), Some(&carol), true).await.0, 404);
 }
+
+/// Unclaim and transfer: the owner releases the device, loses access at once, the device gets a `wipe` command,
+/// nobody can claim it until the device confirms; then the next consumer claims it with the same label code and
+/// sees only what the device sent since.
+#[tokio::test]
+async fn a_released_device_is_wiped_and_claimable_again_only_after_it_confirms() {
+    use hearth_test_support::mqtt::{V5, telemetry};
+    use rmqtt_codec::v5;
+
+    let hub = TestHub::start().await.expect("hub");
+    account(&hub, "alice", "alice@example.org", Role::Consumer, "alice's own passphrase").await;
+    account(&hub, "bob", "bob@example.org", Role::Consumer, "bob's very own passphrase").await;
+    let (_, made) = hub.post("/api/v1/devices", json!({ "model": "plug-1", "count": 1 })).await.expect("made");
+    let made = &made["devices"][0];
+    let (id, code) = (made["device_id"].as_str().expect("id"), json!({ "claim_code": made["claim_code"] }));
+    let dir = tempfile::tempdir().expect("dir");
+    let token = made["bootstrap_token"].as_str().expect("token");
+    let dev = hearth_test_support::enrol_at(&hub.client, &hub.base(), id, token, dir.path()).await.expect("enrol");
+    let alice = signed_in(&hub, "alice@example.org", "alice's own passphrase").await;
+    let bob = signed_in(&hub, "bob@example.org", "bob's very own passphrase").await;
+    assert_eq!(post(&hub, "/api/v1/claims", code.clone(), Some(&alice), true).await.0, 201);
+
+    // Alice's reading, while she owns it.
+    let mut c = V5::connect(&hub, &dev).await.expect("connect");
+    c.publish(&format!("devices/{id}/telemetry"), telemetry(1, 21.5), 1).await.expect("publish");
+    assert!(matches!(c.recv().await, Some(v5::Packet::PublishAck(_))));
+    let (_, seen) = get(&hub, &format!("/api/v1/devices/{id}/telemetry"), &alice).await;
+    assert_eq!(seen["items"].as_array().map(Vec::len), Some(1));
+
+    // Only its owner (or an operator) releases it; the CSRF token is needed like everywhere.
+    let unclaim = format!("/api/v1/devices/{id}/unclaim");
+    assert_eq!(post(&hub, &unclaim, json!({}), Some(&bob), true).await.0, 404);
+    assert_eq!(post(&hub, &unclaim, json!({}), Some(&alice), false).await.0, 403);
+    let (status, _, released) = post(&hub, &unclaim, json!({}), Some(&alice), true).await;
+    assert_eq!(status, 202, "{released}");
+    let wipe = released["wipe_command_id"].as_str().expect("a wipe was sent").to_owned();
+    assert_eq!(get(&hub, &format!("/api/v1/devices/{id}"), &alice).await.0, 404, "Alice lost access at once");
+    assert_eq!(post(&hub, &unclaim, json!({}), Some(&alice), true).await.0, 404, "released once");
+    // Not claimable until the device confirms the wipe.
+    assert_eq!(post(&hub, "/api/v1/claims", code.clone(), Some(&bob), true).await.0, 404);
+    let (_, device) = hub.get(&format!("/api/v1/devices/{id}")).await.expect("device");
+    assert_eq!((device["claimed"].as_bool(), device["wipe_pending"].as_bool()), (Some(false), Some(true)));
+    // Nobody sends `wipe` through the commands API: the hub would not know the device was released.
+    let (status, _, refused) =
+        post(&hub, &format!("/api/v1/devices/{id}/commands"), json!({ "name": "wipe" }), Some(&alice), true).await;
+    assert_eq!(status, 404, "{refused}");
+    let (status, refused) =
+        hub.post(&format!("/api/v1/devices/{id}/commands"), json!({ "name": "wipe" })).await.expect("send");
+    assert_eq!((status, refused["error"]["code"].as_str()), (400, Some("invalid_command")), "{refused}");
+
+    // The device gets the wipe; an error answer does not count, only `ok` does.
+    c.subscribe(&[format!("devices/{id}/commands")], 2).await.expect("subscribe");
+    let command = loop {
+        match c.recv().await {
+            Some(v5::Packet::Publish(p)) => break serde_json::from_slice::<Value>(&p.payload).expect("json"),
+            Some(_) => continue,
+            None => panic!("no wipe command arrived"),
+        }
+    };
+    assert_eq!((command["name"].as_str(), command["id"].as_str()), (Some("wipe"), Some(wipe.as_str())));
+    let ack = json!({ "v": 1, "id": wipe, "status": "ok", "detail": "erased" }).to_string();
+    c.publish(&format!("devices/{id}/commands/ack"), ack, 3).await.expect("ack");
+    let confirmed = hearth_test_support::eventually(Duration::from_secs(5), || async {
+        let (_, d) = hub.get(&format!("/api/v1/devices/{id}")).await.ok()?;
+        (d["wipe_pending"] == false).then_some(d)
+    })
+    .await
+    .expect("the hub records the confirmation");
+    assert!(confirmed["wiped_at_ms"].as_i64().is_some());
+
+    // Bob claims it with the same label code and sees nothing of Alice's.
+    assert_eq!(post(&hub, "/api/v1/claims", code, Some(&bob), true).await.0, 201);
+    let (status, seen) = get(&hub, &format!("/api/v1/devices/{id}/telemetry"), &bob).await;
+    assert_eq!((status, seen["items"].as_array().map(Vec::len)), (200, Some(0)), "{seen}");
+    let (_, log) = hub.get("/api/v1/audit-log").await.expect("audit");
+    let actions: Vec<&str> = log.as_array().expect("log").iter().filter_map(|e| e["action"].as_str()).collect();
+    for action in ["device_released", "device_wiped", "device_claimed"] {
+        assert!(actions.contains(&action), "{action} in {actions:?}");
+    }
+}

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use hearth_hub::store::{
     AuditRow, BackendKind, CertRecord, CommandStatus, DeviceStatus, EnrolOutcome, NewAccount, NewApiToken, NewCommand,
-    NewDevice, NewSecurityEvent, NewWebSession, OpenedSession, PoolSettings, Role, SessionOpen, Store, StoreUrl,
-    TokenState, UplinkQuery, UplinkRecord, Written,
+    NewDevice, NewSecurityEvent, NewWebSession, OpenedSession, PoolSettings, Release, Role, SessionOpen, Store,
+    StoreUrl, TokenState, UplinkQuery, UplinkRecord, Written,
 };
 use hearth_proto::uplink::UplinkKind;
 use hearth_test_support::services::{PgDatabase, pg_database};
@@ -238,7 +238,14 @@ async fn ingest_with_duplicates_and_conflicts(store: &Store) {
     let late = store.commit_uplinks(&[up("dev-j", 0, r#"{"j":0}"#)], &[]).await.unwrap();
     assert_eq!(late, vec![Written::Stored]);
     let rows = store
-        .uplinks(&UplinkQuery { device_id: "dev-i".into(), from_ts: 0, to_ts: i64::MAX, after_seq: 0, limit: 100 })
+        .uplinks(&UplinkQuery {
+            device_id: "dev-i".into(),
+            received_from: 0,
+            from_ts: 0,
+            to_ts: i64::MAX,
+            after_seq: 0,
+            limit: 100,
+        })
         .await
         .unwrap();
     assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5, 6, 7]);
@@ -277,8 +284,14 @@ async fn uplink_paging_and_retention(store: &Store) {
     let new: Vec<UplinkRecord> = (31..=60).map(|s| up("dev-p", s, r#"{"new":1}"#)).collect();
     store.commit_uplinks(&new, &[]).await.unwrap();
     // Keyset paging over a device-time window.
-    let q =
-        |after_seq| UplinkQuery { device_id: "dev-p".into(), from_ts: NOW + 11, to_ts: NOW + 51, after_seq, limit: 15 };
+    let q = |after_seq| UplinkQuery {
+        device_id: "dev-p".into(),
+        received_from: 0,
+        from_ts: NOW + 11,
+        to_ts: NOW + 51,
+        after_seq,
+        limit: 15,
+    };
     let p1 = store.uplinks(&q(0)).await.unwrap();
     let p2 = store.uplinks(&q(p1.last().unwrap().seq)).await.unwrap();
     let p3 = store.uplinks(&q(p2.last().unwrap().seq)).await.unwrap();
@@ -620,6 +633,35 @@ async fn people(store: &Store) {
     assert!(store.revoke_support_grant("a-c").await.unwrap());
     assert!(!store.revoke_support_grant("a-c").await.unwrap());
     assert_eq!(store.support_grant("a-c", NOW).await.unwrap(), None);
+    // Release: only by its owner (or an operator), with the wipe command in the same transaction; no claim until
+    // the device confirms that very wipe.
+    let wipe = |id: &str| NewCommand {
+        id: id.into(),
+        device_id: "dev-c1".into(),
+        name: "wipe".into(),
+        args_json: "{}".into(),
+        created_at: NOW,
+        expires_at: NOW + 60_000,
+    };
+    assert!(!store.release_device("dev-c1", Release::Owner("a-owner"), Some(&wipe("w0"))).await.unwrap());
+    assert!(store.command("dev-c1", "w0").await.unwrap().is_none(), "a refused release records no command");
+    assert!(store.release_device("dev-c1", Release::Owner("a-c"), Some(&wipe("w1"))).await.unwrap());
+    assert!(!store.release_device("dev-c1", Release::Owner("a-c"), Some(&wipe("w2"))).await.unwrap(), "once");
+    let released = store.device("dev-c1").await.unwrap().unwrap();
+    assert_eq!(
+        (released.owner_account_id, released.claimed_at, released.wipe_command_id.as_deref()),
+        (None, None, Some("w1"))
+    );
+    assert_eq!(store.command("dev-c1", "w1").await.unwrap().map(|c| c.name), Some("wipe".into()));
+    assert_eq!(store.claim_device(b"claim-dev-c1", "a-c", NOW).await.unwrap(), None, "wipe unconfirmed");
+    // An operator may send a new wipe; the old one's answer then confirms nothing.
+    assert!(store.release_device("dev-c1", Release::Operator, Some(&wipe("w3"))).await.unwrap());
+    assert!(!store.confirm_wipe("dev-c1", "w1", NOW + 1).await.unwrap());
+    assert!(store.confirm_wipe("dev-c1", "w3", NOW + 2).await.unwrap());
+    assert_eq!(store.device("dev-c1").await.unwrap().unwrap().wiped_at, Some(NOW + 2));
+    assert!(!store.release_device("dev-c1", Release::Operator, None).await.unwrap(), "neither claimed nor pending");
+    assert_eq!(store.claim_device(b"claim-dev-c1", "a-c", NOW + 3).await.unwrap().as_deref(), Some("dev-c1"));
+    assert_eq!(store.device("dev-c1").await.unwrap().unwrap().claimed_at, Some(NOW + 3));
     // Audit: newest first, pruned by age.
     let entry = |at: i64, action: &str| AuditRow {
         at,

@@ -29,7 +29,7 @@ use crate::accounts::SetupRefusal;
 use crate::commands::CommandError;
 use crate::identity::{EnrolError, PresentedCert};
 use crate::monitoring::SecurityEvent;
-use crate::store::{CommandRow, DeviceRow, UplinkQuery};
+use crate::store::{CommandRow, DeviceRow, Release, UplinkQuery};
 
 /// Largest request body.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -53,6 +53,7 @@ pub fn router(state: HubState) -> Router {
         .route("/api/v1/devices/{id}/telemetry", get(telemetry))
         .route("/api/v1/devices/{id}/commands", post(send_command))
         .route("/api/v1/devices/{id}/commands/{command_id}", get(get_command))
+        .route("/api/v1/devices/{id}/unclaim", post(unclaim))
         .route("/api/v1/security-events", get(security_events))
         .merge(super::people::router())
         .fallback(|| async { ApiError::not_found("endpoint") })
@@ -75,7 +76,7 @@ async fn hardening_headers(mut response: axum::response::Response) -> axum::resp
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Hearth hub API", version = "1", description = "Devices, telemetry and commands of a Hearth hub. Operator endpoints take `Authorization: Bearer <token>`."),
-    paths(healthz, setup, enrol, renew, manufacture, list_devices, get_device, revoke_device, reissue_bootstrap, list_tokens, create_token, revoke_token, telemetry, send_command, get_command, security_events,
+    paths(healthz, setup, enrol, renew, manufacture, list_devices, get_device, revoke_device, reissue_bootstrap, list_tokens, create_token, revoke_token, telemetry, send_command, get_command, unclaim, security_events,
         super::people::sign_in, super::people::me, super::people::my_sessions, super::people::end_session, super::people::sign_out, super::people::sign_out_everywhere, super::people::change_password, super::people::audit_log, super::people::claim, super::people::grant_support, super::people::revoke_support_grant),
     components(schemas(Health, super::error::ErrorBody, super::error::ErrorDetail, SetupRequest, SetupResponse, DeviceBody, DeviceList, TelemetryPage, TelemetryItem, CommandRequest, CommandBody, SecurityEventBody, TokenBody, NewTokenRequest, NewTokenResponse, BootstrapBody, EnrolRequest, RenewRequest, CertificateResponse, ManufactureRequest, ManufactureResponse, ManufacturedDevice, HubEndpoints, DeviceId, ModelId)),
     modifiers(&BearerScheme, &CommonResponses)
@@ -521,6 +522,12 @@ struct DeviceBody {
     /// Last reported state.
     #[schema(value_type = Option<Object>)]
     state: Option<serde_json::Value>,
+    /// Claimed by a consumer.
+    claimed: bool,
+    /// Released, and its wipe not yet confirmed by the device (nobody can claim it until then).
+    wipe_pending: bool,
+    /// When the device last confirmed a wipe.
+    wiped_at_ms: Option<i64>,
 }
 
 /// Nodes alive in the last 15 s (three heartbeats).
@@ -546,6 +553,9 @@ fn device_body(state: &HubState, live: &[String], d: DeviceRow) -> DeviceBody {
         enrolled_at_ms: d.enrolled_at,
         revoked_at_ms: d.revoked_at,
         last_seen_at_ms: d.last_seen_at,
+        claimed: d.owner_account_id.is_some(),
+        wipe_pending: d.wipe_command_id.is_some(),
+        wiped_at_ms: d.wiped_at,
         cert_serial: d.cert_serial,
         cert_not_after_ms: d.cert_not_after,
     }
@@ -682,11 +692,18 @@ async fn telemetry(
     if from < 0 || to <= from {
         return Err(ApiError::bad_request("invalid_range", "need 0 <= from < to"));
     }
-    visible_device(&state, &caller, id.as_str()).await?;
+    let device = visible_device(&state, &caller, id.as_str()).await?;
+    // A consumer (and support on a consumer's behalf) sees what the device sent since it was claimed, never a
+    // previous owner's data.
+    let received_from = match scope(&caller)? {
+        Scope::Fleet => 0,
+        Scope::Own(_) | Scope::Granted => device.claimed_at.unwrap_or(i64::MAX),
+    };
     let rows = state
         .store
         .uplinks(&UplinkQuery {
             device_id: id.to_string(),
+            received_from,
             from_ts: from,
             to_ts: to,
             after_seq: p.after_seq.unwrap_or(0),
@@ -787,6 +804,45 @@ async fn send_command(
         CommandError::Store(s) => ApiError::internal(s),
     })?;
     Ok((StatusCode::ACCEPTED, Json(CommandBody::from(row))))
+}
+
+#[derive(Serialize, ToSchema)]
+struct UnclaimedBody {
+    device_id: String,
+    /// The wipe command sent to the device (follow it under `/commands/{id}`); null if the device never
+    /// enrolled or is revoked, so there is nothing to wipe or nobody to reach.
+    wipe_command_id: Option<String>,
+}
+
+/// Releases a device: its consumer (or the owner or an admin) gives it up, for instance to pass it on. The
+/// consumer loses access at once; the device is sent a `wipe` command (its agent erases user data and settings
+/// and confirms), and nobody can claim it again, with the code on its label, until the device confirms. An
+/// operator may release a device whose wipe is still unconfirmed, to send a new wipe.
+#[utoipa::path(post, path = "/api/v1/devices/{id}/unclaim", params(("id" = DeviceId, Path, description = "Device id")), security(("bearer" = []), ("session" = [])),
+    responses((status = 202, body = UnclaimedBody, description = "Released; the wipe is on its way"),
+        (status = 404, body = super::error::ErrorBody, description = "No such device visible to the caller, or not claimed")))]
+async fn unclaim(
+    State(state): State<HubState>,
+    peer: Option<Extension<super::PeerAddr>>,
+    Caller(caller): Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<(StatusCode, Json<UnclaimedBody>), ApiError> {
+    let id = visible_device(&state, &caller, &id).await?.id;
+    let by = match scope(&caller)? {
+        Scope::Fleet => Release::Operator,
+        Scope::Own(account) => Release::Owner(account),
+        Scope::Granted => {
+            return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "support does not release devices"));
+        }
+    };
+    let wipe = state.commands.release(&id, by).await.map_err(|e| match e {
+        CommandError::UnknownDevice => ApiError::not_found("claimed device"),
+        CommandError::NotEnrolled(_) => ApiError::new(StatusCode::CONFLICT, "not_enrolled", e.to_string()),
+        CommandError::Invalid(v) => ApiError::internal(v),
+        CommandError::Store(s) => ApiError::internal(s),
+    })?;
+    state.accounts.record(&caller, "device_released", id.as_str(), peer.map(|p| p.0.0.ip())).await;
+    Ok((StatusCode::ACCEPTED, Json(UnclaimedBody { device_id: id.to_string(), wipe_command_id: wipe })))
 }
 
 /// One command and its outcome.
