@@ -1,14 +1,15 @@
 //! Fuzzes every JSON request body the hub's API accepts, each through the hub's own extractor (`ApiJson`, so
 //! a refusal must be a 4xx) and, when it parses, through the hub's validation of it: enrolment and renewal CSRs
 //! go to the issuing code, command requests to `Commands::send`, command acknowledgements to `CommandAck::parse`.
-//! Manufacture, setup, API-token, sign-in, password-change and claim bodies are validated inside deserialization
+//! Manufacture, setup, API-token, sign-in, password-change, claim, support-grant, sign-up, link, reset and invitation bodies are validated inside deserialization
 //! (`ModelId`) and otherwise inline in their handlers next to store calls, so only their extraction runs here (the
 //! password rules have their own target, `password`: zxcvbn is slow enough to starve this one).
 #![no_main]
 
 use hearth_fuzz::hub;
 use hearth_hub::transport::https::api::{CommandRequest, NewTokenRequest, SetupRequest};
-use hearth_hub::transport::https::people::{ClaimRequest, PasswordChange, SignInRequest};
+use hearth_hub::transport::https::links::{CompleteRequest, InviteRequest, LinkToken, ResetRequest, SignUpRequest};
+use hearth_hub::transport::https::people::{ClaimRequest, PasswordChange, SignInRequest, SupportGrantRequest};
 use hearth_proto::command::CommandAck;
 use hearth_proto::enrol::{EnrolRequest, ManufactureRequest, RenewRequest};
 
@@ -29,6 +30,12 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let _ = hub.extract::<SignInRequest>(data);
     let _ = hub.extract::<PasswordChange>(data);
     let _ = hub.extract::<ClaimRequest>(data);
+    let _ = hub.extract::<SupportGrantRequest>(data);
+    let _ = hub.extract::<SignUpRequest>(data);
+    let _ = hub.extract::<LinkToken>(data);
+    let _ = hub.extract::<ResetRequest>(data);
+    let _ = hub.extract::<CompleteRequest>(data);
+    let _ = hub.extract::<InviteRequest>(data);
     // Devices send acknowledgements over MQTT, not HTTP, but they are the other JSON the hub parses from outside.
     if let Ok(ack) = CommandAck::parse(data) {
         assert_eq!(CommandAck::parse(&ack.to_json()), Ok(ack), "an acknowledgement must re-encode to itself");

@@ -50,6 +50,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     config.listen.https = free_or_any(args.https_port).await;
     config.listen.mqtts = free_or_any(args.mqtts_port).await;
     config.public.hostnames = vec!["127.0.0.1".into(), "localhost".into()];
+    // A demo on loopback has no mail relay: sign-up and reset links go to the log (a loud warning says so).
+    config.mail.dev_log_links_insecure = true;
     eprintln!("[1/4] starting the hub (SQLite, TLS only, loopback) in {}", data_dir.display());
     let hub = hearth_hub::start(config).await.context("the hub could not start")?;
     let https_url = format!("https://127.0.0.1:{}", hub.https_addr.port());

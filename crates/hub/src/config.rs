@@ -62,6 +62,8 @@ pub struct Config {
     pub retention: Retention,
     /// Operator accounts.
     pub accounts: Accounts,
+    /// Mail to people.
+    pub mail: Mail,
     /// The database.
     pub store: StoreSettings,
     /// The bus between hub nodes.
@@ -134,6 +136,44 @@ pub struct Retention {
 pub struct Accounts {
     /// Default lifetime of operator API tokens, days (1 to 397).
     pub operator_token_days: u32,
+    /// Consumers may create their own accounts (verified by mail; default on). Needs a mailer (`[mail]`).
+    pub consumer_sign_up: bool,
+}
+
+/// `[mail]`: how the hub mails people verification, password-reset and invitation links.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Mail {
+    /// The sender, like `Hearth <hearth@example.org>`.
+    pub from: Option<String>,
+    /// The SMTP relay's host name (its certificate must name it).
+    pub smtp_host: Option<String>,
+    /// Its port (default 465 for `implicit`, 587 for `starttls`, 25 for `none_loopback_only`).
+    pub smtp_port: Option<u16>,
+    /// TLS to the relay: `implicit` (default), `starttls` (required, never skipped), or `none_loopback_only` (a
+    /// relay on this machine's loopback interface; refused for any other host).
+    pub smtp_tls: SmtpTls,
+    /// User name for SMTP authentication (the password is read from `smtp_password_file`).
+    pub smtp_username: Option<String>,
+    /// File holding the SMTP password.
+    pub smtp_password_file: Option<PathBuf>,
+    /// A CA certificate (PEM) to trust for the relay, besides the system's.
+    pub smtp_ca_file: Option<PathBuf>,
+    /// INSECURE, development only: write mails, with their one-time links, to the log instead of sending them.
+    pub dev_log_links_insecure: bool,
+}
+
+/// TLS to the SMTP relay.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SmtpTls {
+    /// TLS from the first byte (port 465).
+    #[default]
+    Implicit,
+    /// STARTTLS, required (port 587).
+    Starttls,
+    /// No TLS: only to a relay on the loopback interface.
+    NoneLoopbackOnly,
 }
 
 impl Default for Https {
@@ -157,7 +197,7 @@ impl Default for Retention {
 
 impl Default for Accounts {
     fn default() -> Self {
-        Accounts { operator_token_days: 90 }
+        Accounts { operator_token_days: 90, consumer_sign_up: true }
     }
 }
 
@@ -253,6 +293,7 @@ impl Default for Config {
             telemetry: Telemetry::default(),
             retention: Retention::default(),
             accounts: Accounts::default(),
+            mail: Mail::default(),
             store: StoreSettings::default(),
             bus: BusSettings::default(),
         }
@@ -410,6 +451,42 @@ impl Config {
         range("retention.max_security_events", self.retention.max_security_events, 1_000, 1_000_000_000)?;
         range("retention.audit_days", self.retention.audit_days, 30, 3650)?;
         range("accounts.operator_token_days", self.accounts.operator_token_days, 1, 397)?;
+        self.validate_mail()?;
+        Ok(())
+    }
+
+    fn validate_mail(&self) -> Result<(), ConfigError> {
+        let mail = &self.mail;
+        match &mail.smtp_host {
+            None if self.accounts.consumer_sign_up && !mail.dev_log_links_insecure => {
+                return Err(ConfigError::Invalid {
+                    setting: "mail.smtp_host",
+                    reason: "consumer sign-up and password reset mail links to people: set [mail] smtp_host and \
+                             from (see docs/OPERATOR.md), or accounts.consumer_sign_up = false; for development \
+                             only, mail.dev_log_links_insecure = true writes the links to the log"
+                        .into(),
+                });
+            }
+            Some(host) if mail.smtp_tls == SmtpTls::NoneLoopbackOnly => {
+                let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+                if !loopback {
+                    return Err(ConfigError::Invalid {
+                        setting: "mail.smtp_tls",
+                        reason: format!(
+                            "none_loopback_only sends mail in plaintext: only to a relay on 127.0.0.1 \
+                                         or ::1, not {host:?}; use implicit or starttls"
+                        ),
+                    });
+                }
+            }
+            _ => {}
+        }
+        if mail.smtp_host.is_some() && mail.dev_log_links_insecure {
+            return Err(ConfigError::Invalid {
+                setting: "mail.dev_log_links_insecure",
+                reason: "set either smtp_host or dev_log_links_insecure, not both".into(),
+            });
+        }
         Ok(())
     }
 
@@ -463,9 +540,16 @@ fn valid_dns_name(h: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mail::Mailer;
 
     fn check(toml: &str, expected_setting: Option<&str>) {
-        match (Config::from_toml(toml, "test.toml"), expected_setting) {
+        // A mailer unless the case is about mail or accounts.
+        let toml = if toml.contains("[mail]") || toml.contains("[accounts]") {
+            toml.to_owned()
+        } else {
+            format!("{toml}\n[mail]\ndev_log_links_insecure = true\n")
+        };
+        match (Config::from_toml(&toml, "test.toml"), expected_setting) {
             (Ok(_), None) => {}
             (Err(e), Some(setting)) => {
                 assert!(e.to_string().contains(setting), "{e} should name {setting}")
@@ -511,6 +595,29 @@ mod tests {
         assert_eq!(config.retention.telemetry_days, 365);
         assert_eq!(config.devices.expired_renewal_grace_days, 90);
         assert!(text.lines().filter(|l| !l.starts_with('#') && l.contains(" = ")).count() >= 25);
+    }
+
+    #[test]
+    fn mail_is_required_for_sign_up_and_never_plaintext_off_the_machine() {
+        check("", None);
+        check("[accounts]\nconsumer_sign_up = true", Some("mail.smtp_host"));
+        check("[accounts]\nconsumer_sign_up = false", None);
+        check("[mail]\nsmtp_host = \"smtp.example.org\"\nfrom = \"h@example.org\"", None);
+        check("[mail]\nsmtp_host = \"smtp.example.org\"\nsmtp_tls = \"none_loopback_only\"", Some("mail.smtp_tls"));
+        check("[mail]\nsmtp_host = \"127.0.0.1\"\nsmtp_tls = \"none_loopback_only\"", None);
+        check("[mail]\nsmtp_host = \"localhost\"\nsmtp_tls = \"none_loopback_only\"", None);
+        check("[mail]\nsmtp_host = \"h.example.org\"\ndev_log_links_insecure = true", Some("dev_log_links"));
+        check("[mail]\nsmtp_tls = \"sometimes\"", Some("smtp_tls"));
+        // Built: the sender must parse, a password needs its file.
+        let mail = |text: &str| Mailer::from_settings(&Config::from_toml(text, "t.toml").expect("valid").mail);
+        let err = mail("[mail]\nsmtp_host = \"smtp.example.org\"").expect_err("no sender");
+        assert!(err.to_string().contains("mail.from"), "{err}");
+        let err = mail("[mail]\nsmtp_host = \"smtp.example.org\"\nfrom = \"not a mailbox\"").expect_err("bad sender");
+        assert!(err.to_string().contains("mail.from"), "{err}");
+        let err = mail("[mail]\nsmtp_host = \"s.example.org\"\nfrom = \"h@example.org\"\nsmtp_username = \"u\"")
+            .expect_err("no password file");
+        assert!(err.to_string().contains("smtp_password_file"), "{err}");
+        assert!(mail("[mail]\nsmtp_host = \"s.example.org\"\nfrom = \"Hearth <h@example.org>\"").is_ok());
     }
 
     #[test]

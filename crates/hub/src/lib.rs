@@ -16,6 +16,7 @@ pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod identity;
+pub mod mail;
 pub mod monitoring;
 pub mod routing;
 pub mod secrets;
@@ -180,12 +181,6 @@ pub async fn start_with_clock(config: Config, clock: clock::Clock) -> Result<Run
     )
     .await
     .map_err(failed("loading revocations and certificate serials"))?;
-    let accounts = accounts::Accounts::new(
-        store.clone(),
-        master.clone(),
-        clock.clone(),
-        time::Duration::days(i64::from(config.accounts.operator_token_days)),
-    );
     let routing = routing::Routing::default();
     let commands = commands::Commands::new(store.clone(), bus.clone(), clock.clone());
     let monitor = monitoring::Monitor::start(store.clone(), clock.clone());
@@ -228,6 +223,18 @@ pub async fn start_with_clock(config: Config, clock: clock::Clock) -> Result<Run
         mqtt_port: config.public.mqtt_port.unwrap_or(mqtt_addr.port()),
     });
 
+    let mailer = mail::Mailer::from_settings(&config.mail)?;
+    let accounts = accounts::Accounts::new(
+        store.clone(),
+        master.clone(),
+        clock.clone(),
+        accounts::AccountSettings {
+            token_validity: time::Duration::days(i64::from(config.accounts.operator_token_days)),
+            consumer_sign_up: config.accounts.consumer_sign_up,
+            mailer,
+            link_base: public.https_url.clone(),
+        },
+    );
     let pending_wills = Arc::new(transport::mqtt::session::PendingWills::default());
     let state = HubState {
         store: store.clone(),
@@ -337,7 +344,7 @@ pub async fn local_accounts(config: &Config) -> Result<accounts::Accounts, Start
         store,
         Arc::new(master),
         clock::Clock::system(),
-        time::Duration::days(i64::from(config.accounts.operator_token_days)),
+        accounts::AccountSettings::offline(time::Duration::days(i64::from(config.accounts.operator_token_days))),
     ))
 }
 

@@ -34,6 +34,8 @@ pub fn test_config(dir: &Path) -> Config {
     config.listen.https = "127.0.0.1:0".parse().expect("literal address");
     config.listen.mqtts = "127.0.0.1:0".parse().expect("literal address");
     config.public.hostnames = vec!["127.0.0.1".into(), "localhost".into()];
+    // Links go to the in-memory outbox (`hub.state.accounts.mailer().dev_outbox()`), where tests read them.
+    config.mail.dev_log_links_insecure = true;
     config
 }
 

@@ -6,6 +6,7 @@
 //! owner chooses, and nothing can sign in before that. Only MACs of tokens and Argon2id hashes of passwords are
 //! stored; API tokens expire (90 days by default) and can be listed and revoked.
 
+pub mod links;
 pub mod password;
 
 use std::net::IpAddr;
@@ -48,8 +49,33 @@ pub struct Accounts {
     store: Store,
     master: Arc<MasterKey>,
     clock: Clock,
-    token_validity: Duration,
+    settings: Arc<AccountSettings>,
     hashing: Arc<Semaphore>,
+}
+
+/// How the accounts capability behaves.
+#[derive(Debug, Clone)]
+pub struct AccountSettings {
+    /// API tokens get this lifetime unless asked for less.
+    pub token_validity: Duration,
+    /// Consumers may sign up themselves.
+    pub consumer_sign_up: bool,
+    /// Sends verification, reset and invitation links.
+    pub mailer: crate::mail::Mailer,
+    /// The hub's public HTTPS URL, which mailed links start with.
+    pub link_base: String,
+}
+
+impl AccountSettings {
+    /// Settings for a tool that only mints tokens (`hearth setup-token`): no mail, no sign-up.
+    pub fn offline(token_validity: Duration) -> Self {
+        AccountSettings {
+            token_validity,
+            consumer_sign_up: false,
+            mailer: crate::mail::Mailer::off(),
+            link_base: String::new(),
+        }
+    }
 }
 
 /// The authenticated caller of an API request: an account (or, for an API token minted before accounts existed,
@@ -141,6 +167,8 @@ pub enum SignInRefusal {
         /// Seconds until the lock ends.
         retry_after_secs: u64,
     },
+    /// The right password, but the email is not verified yet (follow the link in the sign-up mail).
+    Unverified,
 }
 
 /// A sign-in that succeeded: the session token goes into a cookie, the CSRF token into the page or the client.
@@ -192,13 +220,24 @@ pub fn normalize_email(raw: &str) -> Result<String, SetupRefusal> {
 }
 
 impl Accounts {
-    /// Builds the capability; API tokens get `token_validity` unless asked for less.
-    pub fn new(store: Store, master: Arc<MasterKey>, clock: Clock, token_validity: Duration) -> Self {
+    /// Builds the capability.
+    pub fn new(store: Store, master: Arc<MasterKey>, clock: Clock, settings: AccountSettings) -> Self {
         // The decoy hash is made now, off the async threads, not by the first sign-in with an unknown email.
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn_blocking(|| password::decoy().len());
         }
-        Accounts { store, master, clock, token_validity, hashing: Arc::new(Semaphore::new(HASHING_AT_ONCE)) }
+        Accounts {
+            store,
+            master,
+            clock,
+            settings: Arc::new(settings),
+            hashing: Arc::new(Semaphore::new(HASHING_AT_ONCE)),
+        }
+    }
+
+    /// The mailer (tests and the demo read the development outbox).
+    pub fn mailer(&self) -> &crate::mail::Mailer {
+        &self.settings.mailer
     }
 
     /// If the hub has no owner yet, replaces any earlier setup token with a new one and returns it (to be printed
@@ -252,10 +291,17 @@ impl Accounts {
             return self.recover_owner(&setup_mac, &email, &hash, label, source).await;
         }
         let id = random_base32(16).map_err(|e| StoreError::Random(e.to_string()))?;
-        let account =
-            NewAccount { id: &id, email: &email, role: Role::Owner, password_hash: &hash, created_at: unix_ms(now) };
+        let at = unix_ms(now);
+        let account = NewAccount {
+            id: &id,
+            email: &email,
+            role: Role::Owner,
+            password_hash: &hash,
+            created_at: at,
+            verified_at: Some(at),
+        };
         let (token, token_id) = new_secret("hop_")?;
-        let expires_at = unix_ms(now + self.token_validity);
+        let expires_at = unix_ms(now + self.settings.token_validity);
         let api_token = NewApiToken {
             id: &token_id,
             mac: &self.master.token_mac(API, token.expose()),
@@ -337,7 +383,9 @@ impl Accounts {
             return Ok(Err(SignInRefusal::Throttled { retry_after_secs: retry_after(until, now) }));
         }
         let account = if plain { self.store.account_by_email(&email).await? } else { None };
-        let account = account.filter(|a| a.disabled_at.is_none());
+        // Disabled accounts and invited ones without a password yet are checked against the decoy like unknown
+        // emails: the same work, the same answer.
+        let account = account.filter(|a| a.disabled_at.is_none() && a.password_hash != crate::store::NO_PASSWORD_YET);
         let stored = account.as_ref().map_or(password::decoy(), |a| a.password_hash.as_str()).to_owned();
         let matches = self.verify(password, stored).await? && account.is_some();
         let Some(account) = account.filter(|_| matches) else {
@@ -346,6 +394,10 @@ impl Accounts {
             }
             return Ok(Err(SignInRefusal::Invalid));
         };
+        if account.verified_at.is_none() {
+            // Only someone who knows the password learns that the account waits for its email to be verified.
+            return Ok(Err(SignInRefusal::Unverified));
+        }
         // A success is no failure: the account's count here is cleared, the source's given back.
         self.store.clear_login_failures(&keys[0].0).await?;
         self.store.forgive_login_failure(&keys[1].0).await?;
@@ -523,7 +575,7 @@ impl Accounts {
         label: &str,
         validity: Option<Duration>,
     ) -> Result<NewToken, StoreError> {
-        let validity = validity.unwrap_or(self.token_validity).min(MAX_TOKEN_VALIDITY);
+        let validity = validity.unwrap_or(self.settings.token_validity).min(MAX_TOKEN_VALIDITY);
         let (token, id) = new_secret("hop_")?;
         let now = self.clock.now();
         let expires_at = by.expires_at_ms.map_or(unix_ms(now + validity), |cap| cap.min(unix_ms(now + validity)));

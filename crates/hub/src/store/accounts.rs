@@ -49,10 +49,41 @@ pub struct NewAccount<'a> {
     pub email: &'a str,
     /// Role.
     pub role: Role,
-    /// PHC string.
+    /// PHC string, or [`NO_PASSWORD_YET`] for an invited account until the invitee sets one through the link.
     pub password_hash: &'a str,
     /// Now, Unix ms.
     pub created_at: i64,
+    /// When its email was verified (None: a consumer's sign-up, until the link in the mail is followed).
+    pub verified_at: Option<i64>,
+}
+
+/// The password hash of an invited account until the invitee sets a password: no password verifies against it.
+pub const NO_PASSWORD_YET: &str = "!invited";
+
+/// What a mail link is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkPurpose {
+    /// Verify a consumer's email after sign-up.
+    Verify,
+    /// Set a new password (forgotten password).
+    Reset,
+    /// Set the first password of an invited account.
+    Invite,
+}
+
+impl LinkPurpose {
+    /// As stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkPurpose::Verify => "verify",
+            LinkPurpose::Reset => "reset",
+            LinkPurpose::Invite => "invite",
+        }
+    }
+
+    fn parse(s: &str) -> Option<LinkPurpose> {
+        [LinkPurpose::Verify, LinkPurpose::Reset, LinkPurpose::Invite].into_iter().find(|p| p.as_str() == s)
+    }
 }
 
 /// A stored account.
@@ -73,6 +104,8 @@ pub struct AccountRow {
     pub password_changed_at: i64,
     /// Disabled, Unix ms.
     pub disabled_at: Option<i64>,
+    /// Email verified, Unix ms (None: a consumer who has not followed the link in the sign-up mail).
+    pub verified_at: Option<i64>,
 }
 
 /// A sign-in session to store.
@@ -133,7 +166,7 @@ pub struct AuditRow {
 /// The account columns, in `AccountRow`'s order.
 macro_rules! account_columns {
     () => {
-        "id, email, role, password_hash, created_at, password_changed_at, disabled_at"
+        "id, email, role, password_hash, created_at, password_changed_at, disabled_at, verified_at"
     };
 }
 
@@ -141,14 +174,15 @@ macro_rules! account_columns {
 macro_rules! insert_account {
     ($conn:expr, $a:expr) => {
         sqlx::query(
-            "INSERT INTO accounts (id, email, role, password_hash, created_at, password_changed_at) \
-             VALUES ($1, $2, $3, $4, $5, $5)",
+            "INSERT INTO accounts (id, email, role, password_hash, created_at, password_changed_at, verified_at) \
+             VALUES ($1, $2, $3, $4, $5, $5, $6)",
         )
         .bind($a.id)
         .bind($a.email)
         .bind($a.role.as_str())
         .bind($a.password_hash)
         .bind($a.created_at)
+        .bind($a.verified_at)
         .execute($conn)
         .await?
     };
@@ -484,5 +518,170 @@ impl Store {
             .execute(pool)
             .await?
             .rows_affected()))
+    }
+
+    /// Stores a mail link (the MAC of its token) for `account_id`, live until `expires_at`.
+    pub async fn insert_mail_link(
+        &self,
+        mac: &[u8],
+        purpose: LinkPurpose,
+        account_id: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<()> {
+        on_pool!(self, pool => sqlx::query(
+            "INSERT INTO mail_links (token_mac, purpose, account_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(mac)
+        .bind(purpose.as_str())
+        .bind(account_id)
+        .bind(now)
+        .bind(expires_at)
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(())
+    }
+
+    /// The account and purpose of a live link (unused, unexpired at `now`), without using it.
+    pub async fn mail_link(&self, mac: &[u8], now: i64) -> Result<Option<(String, LinkPurpose)>> {
+        let row: Option<(String, String)> = on_pool!(self, pool => sqlx::query_as(
+            "SELECT account_id, purpose FROM mail_links WHERE token_mac = $1 AND used_at IS NULL AND expires_at > $2",
+        )
+        .bind(mac)
+        .bind(now)
+        .fetch_optional(pool)
+        .await?);
+        Ok(row.and_then(|(account, purpose)| LinkPurpose::parse(&purpose).map(|p| (account, p))))
+    }
+
+    /// Uses a live link of `purpose` and applies it, in one transaction: a verify link marks the email
+    /// verified; a reset or invite link sets `password_hash` (required for them), marks the email verified,
+    /// uses up every other reset and invite link of the account and ends every session of it. The account id,
+    /// or `None` (nothing changed) if the link is not live, is of another purpose, or its account is disabled.
+    pub async fn use_mail_link(
+        &self,
+        mac: &[u8],
+        purpose: LinkPurpose,
+        password_hash: Option<&str>,
+        now: i64,
+    ) -> Result<Option<String>> {
+        if (purpose == LinkPurpose::Verify) != password_hash.is_none() {
+            return Err(super::StoreError::Corrupt("a verify link sets no password; the others must".into()));
+        }
+        on_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let used: Option<(String,)> = sqlx::query_as(
+                "UPDATE mail_links SET used_at = $2 WHERE token_mac = $1 AND purpose = $3 AND used_at IS NULL \
+                 AND expires_at > $2 AND account_id IN (SELECT id FROM accounts WHERE disabled_at IS NULL) \
+                 RETURNING account_id",
+            )
+            .bind(mac)
+            .bind(now)
+            .bind(purpose.as_str())
+            .fetch_optional(tx.conn())
+            .await?;
+            let Some((account,)) = used else { return Ok(None) };
+            sqlx::query("UPDATE accounts SET verified_at = $2 WHERE id = $1 AND verified_at IS NULL")
+                .bind(&account)
+                .bind(now)
+                .execute(tx.conn())
+                .await?;
+            if let Some(hash) = password_hash {
+                sqlx::query("UPDATE accounts SET password_hash = $2, password_changed_at = $3 WHERE id = $1")
+                    .bind(&account)
+                    .bind(hash)
+                    .bind(now)
+                    .execute(tx.conn())
+                    .await?;
+                sqlx::query(
+                    "UPDATE mail_links SET used_at = $2 WHERE account_id = $1 AND used_at IS NULL \
+                     AND purpose IN ('reset', 'invite')",
+                )
+                .bind(&account)
+                .bind(now)
+                .execute(tx.conn())
+                .await?;
+                sqlx::query("UPDATE web_sessions SET revoked_at = $2 WHERE account_id = $1 AND revoked_at IS NULL")
+                    .bind(&account)
+                    .bind(now)
+                    .execute(tx.conn())
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(Some(account))
+        })
+    }
+
+    /// Accounts in email order, after `after`.
+    pub async fn accounts(&self, after: Option<&str>, limit: i64) -> Result<Vec<AccountRow>> {
+        on_pool!(self, pool => Ok(sqlx::query_as::<_, AccountRow>(concat!(
+            "SELECT ", account_columns!(), " FROM accounts WHERE email > $1 ORDER BY email LIMIT $2"
+        ))
+        .bind(after.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(pool)
+        .await?))
+    }
+
+    /// Disables an account (never the owner) in one transaction: it can no longer sign in, its sessions end
+    /// and its API tokens are revoked. False if there is no such enabled, non-owner account.
+    pub async fn disable_account(&self, id: &str, now: i64) -> Result<bool> {
+        on_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let n = sqlx::query(
+                "UPDATE accounts SET disabled_at = $2 WHERE id = $1 AND disabled_at IS NULL AND role <> 'owner'",
+            )
+            .bind(id)
+            .bind(now)
+            .execute(tx.conn())
+            .await?
+            .rows_affected();
+            if n != 1 {
+                return Ok(false);
+            }
+            sqlx::query("UPDATE web_sessions SET revoked_at = $2 WHERE account_id = $1 AND revoked_at IS NULL")
+                .bind(id)
+                .bind(now)
+                .execute(tx.conn())
+                .await?;
+            sqlx::query("UPDATE api_tokens SET revoked_at = $2 WHERE account_id = $1 AND revoked_at IS NULL")
+                .bind(id)
+                .bind(now)
+                .execute(tx.conn())
+                .await?;
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
+    /// Deletes mail links that expired before `before`, and consumer sign-ups never verified that were made
+    /// before `unverified_before` (with their links). Returns (links, accounts) deleted.
+    pub async fn prune_mail_links(&self, before: i64, unverified_before: i64) -> Result<(u64, u64)> {
+        on_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let stale = "SELECT id FROM accounts WHERE verified_at IS NULL AND role = 'consumer' AND created_at < $1";
+            let links = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM mail_links WHERE expires_at < $2 OR account_id IN ({stale})"
+            )))
+            .bind(unverified_before)
+            .bind(before)
+            .execute(tx.conn())
+            .await?
+            .rows_affected();
+            let accounts = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM accounts WHERE id IN ({stale}) \
+                 AND id NOT IN (SELECT account_id FROM web_sessions) \
+                 AND id NOT IN (SELECT account_id FROM api_tokens WHERE account_id IS NOT NULL) \
+                 AND id NOT IN (SELECT owner_account_id FROM devices WHERE owner_account_id IS NOT NULL) \
+                 AND id NOT IN (SELECT account_id FROM support_grants)"
+            )))
+            .bind(unverified_before)
+            .execute(tx.conn())
+            .await?
+            .rows_affected();
+            tx.commit().await?;
+            Ok((links, accounts))
+        })
     }
 }

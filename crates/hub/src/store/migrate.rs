@@ -90,6 +90,7 @@ impl Store {
             "login_failures",
             "audit_log",
             "support_grants",
+            "mail_links",
         ]) {
             let sql = format!("SELECT COUNT(*) FROM {table}");
             let (a,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).fetch_one(src).await?;
@@ -274,8 +275,8 @@ async fn copy_tokens(src: &SqlitePool, dst: &PgPool) -> Result<u64> {
 /// Accounts, their sessions and login counters, and the audit log (small tables: one transaction).
 async fn copy_accounts(src: &SqlitePool, dst: &PgPool) -> Result<u64> {
     #[allow(clippy::type_complexity)]
-    let accounts: Vec<(String, String, String, String, i64, i64, Option<i64>)> = sqlx::query_as(
-        "SELECT id, email, role, password_hash, created_at, password_changed_at, disabled_at FROM accounts",
+    let accounts: Vec<(String, String, String, String, i64, i64, Option<i64>, Option<i64>)> = sqlx::query_as(
+        "SELECT id, email, role, password_hash, created_at, password_changed_at, disabled_at, verified_at FROM accounts",
     )
     .fetch_all(src)
     .await?;
@@ -293,6 +294,11 @@ async fn copy_accounts(src: &SqlitePool, dst: &PgPool) -> Result<u64> {
     let grants: Vec<(String, i64, i64)> =
         sqlx::query_as("SELECT account_id, granted_at, expires_at FROM support_grants").fetch_all(src).await?;
     #[allow(clippy::type_complexity)]
+    let links: Vec<(Vec<u8>, String, String, i64, i64, Option<i64>)> =
+        sqlx::query_as("SELECT token_mac, purpose, account_id, created_at, expires_at, used_at FROM mail_links")
+            .fetch_all(src)
+            .await?;
+    #[allow(clippy::type_complexity)]
     let audit: Vec<(i64, i64, Option<String>, String, Option<String>, Option<String>, String)> =
         sqlx::query_as("SELECT id, at, account_id, action, target, source, detail FROM audit_log")
             .fetch_all(src)
@@ -300,8 +306,8 @@ async fn copy_accounts(src: &SqlitePool, dst: &PgPool) -> Result<u64> {
     let mut tx = dst.begin_write().await?;
     for a in &accounts {
         sqlx::query(
-            "INSERT INTO accounts (id, email, role, password_hash, created_at, password_changed_at, disabled_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO accounts (id, email, role, password_hash, created_at, password_changed_at, disabled_at, \
+             verified_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(&a.0)
         .bind(&a.1)
@@ -310,6 +316,7 @@ async fn copy_accounts(src: &SqlitePool, dst: &PgPool) -> Result<u64> {
         .bind(a.4)
         .bind(a.5)
         .bind(a.6)
+        .bind(a.7)
         .execute(tx.conn())
         .await?;
     }
@@ -346,6 +353,20 @@ async fn copy_accounts(src: &SqlitePool, dst: &PgPool) -> Result<u64> {
             .bind(g.2)
             .execute(tx.conn())
             .await?;
+    }
+    for l in &links {
+        sqlx::query(
+            "INSERT INTO mail_links (token_mac, purpose, account_id, created_at, expires_at, used_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&l.0)
+        .bind(&l.1)
+        .bind(&l.2)
+        .bind(l.3)
+        .bind(l.4)
+        .bind(l.5)
+        .execute(tx.conn())
+        .await?;
     }
     for e in &audit {
         sqlx::query(

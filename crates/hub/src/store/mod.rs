@@ -39,7 +39,9 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Postgres, SqlSafeStr as _, Sqlite};
 
-pub use accounts::{AccountRow, AuditRow, NewAccount, NewWebSession, Role, WebSessionRow};
+pub use accounts::{
+    AccountRow, AuditRow, LinkPurpose, NO_PASSWORD_YET, NewAccount, NewWebSession, Role, WebSessionRow,
+};
 pub use commands::{CommandRow, CommandStatus, NewCommand};
 pub use devices::{
     CertRecord, CertSerialsRow, CurrentCert, DeviceRow, DeviceStatus, EnrolOutcome, NewDevice, OpenedSession, Release,
@@ -342,6 +344,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (7, "claims", include_str!("../../migrations/sqlite/0007_claims.sql")),
     (8, "support_grants", include_str!("../../migrations/sqlite/0008_support_grants.sql")),
     (9, "wipe", include_str!("../../migrations/sqlite/0009_wipe.sql")),
+    (10, "mail_links", include_str!("../../migrations/sqlite/0010_mail_links.sql")),
 ];
 
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -352,6 +355,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "claims", include_str!("../../migrations/postgres/0005_claims.sql")),
     (6, "support_grants", include_str!("../../migrations/postgres/0006_support_grants.sql")),
     (7, "wipe", include_str!("../../migrations/postgres/0007_wipe.sql")),
+    (8, "mail_links", include_str!("../../migrations/postgres/0008_mail_links.sql")),
 ];
 
 fn migrator(migrations: &'static [(i64, &'static str, &'static str)]) -> Migrator {

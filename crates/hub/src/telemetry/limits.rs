@@ -105,6 +105,10 @@ pub struct Pruned {
     pub audit: u64,
     /// Ended sign-in sessions and stale login-failure counters.
     pub sessions: u64,
+    /// Mail links past their end.
+    pub mail_links: u64,
+    /// Consumer sign-ups never confirmed within a week.
+    pub unverified_accounts: u64,
 }
 
 impl Retention {
@@ -160,6 +164,9 @@ impl Retention {
         pruned.audit = self.store.prune_audit_log(now - i64::from(self.settings.audit_days) * DAY_MS).await?;
         // Sessions ended (revoked, or past their end) a day ago, and failure counters a day old and not locked.
         pruned.sessions = self.store.prune_web_sessions(now - DAY_MS).await?;
+        // Mail links a day past their end, and consumer sign-ups never confirmed within a week.
+        (pruned.mail_links, pruned.unverified_accounts) =
+            self.store.prune_mail_links(now - DAY_MS, now - 7 * DAY_MS).await?;
         Ok(pruned)
     }
 }

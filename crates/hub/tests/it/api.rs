@@ -260,7 +260,7 @@ fn the_contract_check_refuses_answers_that_break_the_document() {
     let json = Some("application/json");
     let device = br#"{"id":"abc","model":"m","status":"enrolled","connected":false,"created_at_ms":1,
         "enrolled_at_ms":null,"revoked_at_ms":null,"last_seen_at_ms":null,"cert_serial":null,
-        "cert_not_after_ms":null,"state":null}"#;
+        "cert_not_after_ms":null,"state":null,"claimed":false,"wipe_pending":false,"wiped_at_ms":null}"#;
     assert_eq!(check("GET", "/api/v1/devices/abc", 200, json, device), Ok(()));
     assert!(check("GET", "/api/v1/devices/abc", 418, json, device).is_err(), "undeclared status");
     assert!(check("GET", "/api/v1/devices/abc", 200, json, br#"{"id":"abc"}"#).is_err(), "missing fields");

@@ -8,6 +8,7 @@ mod enrol;
 mod hardening;
 mod hostile;
 mod interop;
+mod mail;
 mod people;
 mod session;
 mod store_contract;

@@ -60,7 +60,8 @@ async fn signed_in(hub: &TestHub, email: &str, password: &str) -> Browser {
 /// An account made directly in the store (sign-up comes with the web app).
 async fn account(hub: &TestHub, id: &str, email: &str, role: Role, pass: &str) {
     let hash = password::hash(pass).expect("hash");
-    let new = NewAccount { id, email, role, password_hash: &hash, created_at: hub.hub.state.clock.now_ms() };
+    let now = hub.hub.state.clock.now_ms();
+    let new = NewAccount { id, email, role, password_hash: &hash, created_at: now, verified_at: Some(now) };
     assert!(hub.hub.state.store.insert_account(&new).await.expect("insert"));
 }
 
@@ -498,4 +499,213 @@ async fn a_released_device_is_wiped_and_claimable_again_only_after_it_confirms()
     for action in ["device_released", "device_wiped", "device_claimed"] {
         assert!(actions.contains(&action), "{action} in {actions:?}");
     }
+}
+
+/// The mails to `to` once there are `n` of them (mails go out from a task of their own).
+async fn mails_to(hub: &TestHub, to: &str, n: usize) -> Vec<hearth_hub::mail::Mail> {
+    let found = hearth_test_support::eventually(Duration::from_secs(5), || async {
+        let mails: Vec<_> = hub.hub.state.accounts.mailer().dev_outbox().into_iter().filter(|m| m.to == to).collect();
+        (mails.len() >= n).then_some(mails)
+    })
+    .await;
+    found.unwrap_or_else(|| panic!("{n} mails to {to}"))
+}
+
+/// The token of the link in a mail.
+fn link_token(mail: &hearth_hub::mail::Mail) -> String {
+    let at = mail.body.find("?token=").unwrap_or_else(|| panic!("a link in {:?}", mail.body));
+    mail.body[at + 7..].split_whitespace().next().expect("token").to_owned()
+}
+
+const ALICE: &str = "alice@example.org";
+const ALICE_PASSWORD: &str = "a kettle of teal herons";
+
+#[tokio::test]
+async fn a_consumer_signs_up_and_confirms_by_mail_and_the_answer_never_says_whether_an_email_has_an_account() {
+    let hub = TestHub::start().await.expect("hub");
+    let sign_up = |email: &'static str, password: &'static str| {
+        post(&hub, "/api/v1/sign-up", json!({ "email": email, "password": password }), None, false)
+    };
+    // Refused with the reason, nothing made, nothing mailed.
+    for (password, why) in [("short", "12"), ("password1234", "most-used"), ("alice@example.org!", "email")] {
+        let (status, _, body) = sign_up(ALICE, password).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (400, Some("weak_password")), "{password}: {body}");
+        assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains(why)), "{password}: {body}");
+    }
+    assert_eq!(sign_up("not-an-email", ALICE_PASSWORD).await.0, 400);
+    assert!(hub.hub.state.store.account_by_email(ALICE).await.expect("store").is_none());
+
+    let (status, _, first) = sign_up(ALICE, ALICE_PASSWORD).await;
+    assert_eq!(status, 202, "{first}");
+    let verify = &mails_to(&hub, ALICE, 1).await[0];
+    assert!(verify.body.contains(&format!("{}/verify?token=", hub.base())), "{}", verify.body);
+    // Not before the email is confirmed; a wrong password still gets the usual answer.
+    let (status, _, body) = sign_in(&hub, ALICE, ALICE_PASSWORD).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("email_unverified")), "{body}");
+    assert_eq!(sign_in(&hub, ALICE, "a wrong but long passphrase").await.0, 401);
+    // Signing up again with a known email: the same answer; a note by mail; the account is untouched.
+    let (status, _, again) = sign_up(ALICE, "another kettle of teal herons").await;
+    assert_eq!((status, &again), (202, &first));
+    let mails = mails_to(&hub, ALICE, 2).await;
+    assert!(mails[1].subject.contains("tried"), "{:?}", mails[1]);
+    assert!(!mails[1].body.contains("token="), "the note carries no link");
+
+    let token = link_token(verify);
+    let (status, _, body) = post(&hub, "/api/v1/sign-up/verify", json!({ "token": "hml_forged" }), None, false).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_link")));
+    assert_eq!(post(&hub, "/api/v1/sign-up/verify", json!({ "token": token }), None, false).await.0, 204);
+    assert_eq!(post(&hub, "/api/v1/sign-up/verify", json!({ "token": token }), None, false).await.0, 400, "once");
+    let alice = signed_in(&hub, ALICE, ALICE_PASSWORD).await;
+    let (_, me) = get(&hub, "/api/v1/me", &alice).await;
+    assert_eq!((me["role"].as_str(), me["account"]["email"].as_str()), (Some("consumer"), Some(ALICE)));
+    assert_eq!(
+        sign_in(&hub, ALICE, "another kettle of teal herons").await.0,
+        401,
+        "the second sign-up changed nothing"
+    );
+
+    // Sign-ups are capped per network, refused ones too: 9 in 15 minutes, and 6 were made above.
+    let mut statuses = Vec::new();
+    for i in 0..5 {
+        let email: &'static str = Box::leak(format!("n{i}@example.org").into_boxed_str());
+        statuses.push(sign_up(email, ALICE_PASSWORD).await.0);
+    }
+    assert_eq!(statuses, [202, 202, 202, 429, 429]);
+}
+
+#[tokio::test]
+async fn a_reset_link_works_once_for_thirty_minutes_and_signs_out_everywhere() {
+    let clock = Clock::manual(Clock::system().now_ms());
+    let hub = TestHub::start_with_clock(|_| {}, clock.clone()).await.expect("hub");
+    account(&hub, "alice", ALICE, Role::Consumer, ALICE_PASSWORD).await;
+    let alice = signed_in(&hub, ALICE, ALICE_PASSWORD).await;
+    let reset = |email: &'static str| post(&hub, "/api/v1/password-reset", json!({ "email": email }), None, false);
+    let (status, _, unknown) = reset("nobody@example.org").await;
+    let (status2, _, known) = reset(ALICE).await;
+    assert_eq!((status, status2, &unknown), (202, 202, &known), "the same answer");
+    let link = link_token(&mails_to(&hub, ALICE, 1).await[0]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        hub.hub.state.accounts.mailer().dev_outbox().iter().all(|m| m.to != "nobody@example.org"),
+        "no mail for an unknown email"
+    );
+    let complete = |token: String, password: &'static str| {
+        post(&hub, "/api/v1/password-reset/complete", json!({ "token": token, "new_password": password }), None, false)
+    };
+    // A weak password is refused without using the link.
+    let (status, _, body) = complete(link.clone(), "hearth hearth hearth").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("weak_password")), "{body}");
+    let (status, _, body) = complete(link.clone(), "seven green lanterns at dusk").await;
+    assert_eq!((status, body["account"]["email"].as_str()), (200, Some(ALICE)), "{body}");
+    assert_eq!(complete(link, "eight green lanterns at dusk").await.0, 400, "once");
+    assert_eq!(get(&hub, "/api/v1/me", &alice).await.0, 401, "every session ended");
+    assert_eq!(sign_in(&hub, ALICE, ALICE_PASSWORD).await.0, 401);
+    signed_in(&hub, ALICE, "seven green lanterns at dusk").await;
+
+    // 30 minutes, then dead.
+    assert_eq!(reset(ALICE).await.0, 202);
+    let late = link_token(&mails_to(&hub, ALICE, 2).await[1]);
+    clock.advance(Duration::from_secs(31 * 60));
+    let (status, _, body) = complete(late, "nine green lanterns at dusk").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_link")));
+    // At most three mails to one address in 15 minutes, whoever asks.
+    for _ in 0..4 {
+        assert_eq!(reset(ALICE).await.0, 202);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sent = hub.hub.state.accounts.mailer().dev_outbox().iter().filter(|m| m.to == ALICE).count();
+    assert_eq!(sent, 2 + 3);
+    let (_, log) = hub.get("/api/v1/audit-log").await.expect("audit");
+    let actions: Vec<&str> = log.as_array().expect("log").iter().filter_map(|e| e["action"].as_str()).collect();
+    assert!(actions.contains(&"password_reset") && actions.contains(&"password_reset_requested"), "{actions:?}");
+}
+
+#[tokio::test]
+async fn operators_invite_admins_and_support_who_choose_their_own_password_and_can_be_disabled() {
+    let hub = TestHub::start().await.expect("hub");
+    let owner = signed_in(&hub, OWNER_EMAIL, OWNER_PASSWORD).await;
+    async fn invite(hub: &TestHub, who: &Browser, email: &str, role: &str) -> (u16, HeaderMap, Value) {
+        post(hub, "/api/v1/accounts", json!({ "email": email, "role": role }), Some(who), true).await
+    }
+    async fn disable(hub: &TestHub, who: &Browser, id: &str) -> (u16, HeaderMap, Value) {
+        post(hub, &format!("/api/v1/accounts/{id}/disable"), json!({}), Some(who), true).await
+    }
+    let (status, _, admin) = invite(&hub, &owner, "ada@example.org", "admin").await;
+    assert_eq!((status, admin["invite_link"].as_str()), (201, None), "mailed, not returned: {admin}");
+    assert_eq!(invite(&hub, &owner, "ada@example.org", "support").await.0, 409, "email taken");
+    assert_eq!(invite(&hub, &owner, "eve@example.org", "owner").await.0, 400);
+    assert_eq!(invite(&hub, &owner, "eve@example.org", "consumer").await.0, 400);
+    // Nothing signs in to an invited account before its password is set, whatever is tried.
+    for guess in ["", "!invited", "a long enough guess here"] {
+        assert_eq!(sign_in(&hub, "ada@example.org", guess).await.0, 401, "{guess:?}");
+    }
+    let link = link_token(&mails_to(&hub, "ada@example.org", 1).await[0]);
+    let (status, _, body) = post(
+        &hub,
+        "/api/v1/password-reset/complete",
+        json!({ "token": link, "new_password": "ada's analytical engine" }),
+        None,
+        false,
+    )
+    .await;
+    assert_eq!((status, body["account"]["role"].as_str()), (200, Some("admin")), "{body}");
+    let ada = signed_in(&hub, "ada@example.org", "ada's analytical engine").await;
+    // Admins invite support, not admins.
+    assert_eq!(invite(&hub, &ada, "bea@example.org", "admin").await.0, 403);
+    let (status, _, support) = invite(&hub, &ada, "sam@example.org", "support").await;
+    assert_eq!(status, 201);
+    let sam_id = support["account"]["id"].as_str().expect("id").to_owned();
+    let (_, list) = get(&hub, "/api/v1/accounts", &ada).await;
+    let emails: Vec<&str> =
+        list["accounts"].as_array().expect("list").iter().filter_map(|a| a["email"].as_str()).collect();
+    assert_eq!(emails, ["ada@example.org", OWNER_EMAIL, "sam@example.org"]);
+    // Disabling: admins disable support, never the owner, an admin or themselves; the owner disables admins.
+    let ada_id = body["account"]["id"].as_str().expect("id").to_owned();
+    let owner_id = get(&hub, "/api/v1/me", &owner).await.1["account"]["id"].as_str().expect("id").to_owned();
+    assert_eq!(disable(&hub, &ada, &owner_id).await.0, 403);
+    assert_eq!(disable(&hub, &ada, &ada_id).await.0, 403);
+    assert_eq!(disable(&hub, &owner, &owner_id).await.0, 403);
+    assert_eq!(disable(&hub, &ada, &sam_id).await.0, 204);
+    assert_eq!(disable(&hub, &ada, &sam_id).await.0, 404, "once");
+    let (_, _, token) = post(&hub, "/api/v1/tokens", json!({ "label": "ada's script" }), Some(&ada), true).await;
+    let ada_token = token["token"].as_str().expect("token").to_owned();
+    assert_eq!(disable(&hub, &owner, &ada_id).await.0, 204);
+    assert_eq!(get(&hub, "/api/v1/me", &ada).await.0, 401, "sessions end");
+    let with_token = hub.client.get(format!("{}/api/v1/me", hub.base())).bearer_auth(&ada_token);
+    assert_eq!(hub.send(with_token).await.expect("send").0, 401, "API tokens are revoked");
+    assert_eq!(sign_in(&hub, "ada@example.org", "ada's analytical engine").await.0, 401);
+    // Consumers see none of this.
+    account(&hub, "c", ALICE, Role::Consumer, ALICE_PASSWORD).await;
+    let alice = signed_in(&hub, ALICE, ALICE_PASSWORD).await;
+    assert_eq!(get(&hub, "/api/v1/accounts", &alice).await.0, 403);
+    assert_eq!(invite(&hub, &alice, "x@example.org", "support").await.0, 403);
+}
+
+#[tokio::test]
+async fn without_a_mailer_the_hub_refuses_to_start_with_sign_up_on_and_an_invite_link_comes_back() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = hearth_test_support::test_config(dir.path());
+    config.mail.dev_log_links_insecure = false;
+    let refused = config.validate().expect_err("no mailer, sign-up on");
+    assert!(refused.to_string().contains("mail.smtp_host"), "{refused}");
+    config.mail.smtp_host = Some("mail.example.org".into());
+    config.mail.smtp_tls = hearth_hub::config::SmtpTls::NoneLoopbackOnly;
+    let refused = config.validate().expect_err("plaintext to a remote relay");
+    assert!(refused.to_string().contains("none_loopback_only"), "{refused}");
+
+    let hub = TestHub::start_with(|c| {
+        c.mail.dev_log_links_insecure = false;
+        c.accounts.consumer_sign_up = false;
+    })
+    .await
+    .expect("a hub without sign-up needs no mailer");
+    let (status, body) =
+        hub.post("/api/v1/sign-up", json!({ "email": ALICE, "password": ALICE_PASSWORD })).await.expect("send");
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("sign_up_closed")));
+    let (status, body) = hub.post("/api/v1/password-reset", json!({ "email": OWNER_EMAIL })).await.expect("send");
+    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("mail_not_configured")));
+    let (status, invited) =
+        hub.post("/api/v1/accounts", json!({ "email": "ada@example.org", "role": "admin" })).await.expect("invite");
+    let link = invited["invite_link"].as_str().expect("the link comes back to hand over");
+    assert!(link.starts_with(&format!("{}/reset?token=hml_", hub.base())), "{status} {link}");
 }

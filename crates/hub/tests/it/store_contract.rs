@@ -8,9 +8,9 @@
 use std::time::Duration;
 
 use hearth_hub::store::{
-    AuditRow, BackendKind, CertRecord, CommandStatus, DeviceStatus, EnrolOutcome, NewAccount, NewApiToken, NewCommand,
-    NewDevice, NewSecurityEvent, NewWebSession, OpenedSession, PoolSettings, Release, Role, SessionOpen, Store,
-    StoreUrl, TokenState, UplinkQuery, UplinkRecord, Written,
+    AuditRow, BackendKind, CertRecord, CommandStatus, DeviceStatus, EnrolOutcome, LinkPurpose, NewAccount, NewApiToken,
+    NewCommand, NewDevice, NewSecurityEvent, NewWebSession, OpenedSession, PoolSettings, Release, Role, SessionOpen,
+    Store, StoreUrl, TokenState, UplinkQuery, UplinkRecord, Written,
 };
 use hearth_proto::uplink::UplinkKind;
 use hearth_test_support::services::{PgDatabase, pg_database};
@@ -355,8 +355,14 @@ async fn tokens_and_setup(store: &Store) {
     assert_eq!(store.api_tokens_ever().await.unwrap(), 0);
     store.replace_setup_token(b"setup-1", NOW + 100).await.unwrap();
     store.replace_setup_token(b"setup-2", NOW + 100).await.unwrap();
-    let account =
-        NewAccount { id: "a1", email: "o@example.org", role: Role::Owner, password_hash: "$h", created_at: NOW };
+    let account = NewAccount {
+        id: "a1",
+        email: "o@example.org",
+        role: Role::Owner,
+        password_hash: "$h",
+        created_at: NOW,
+        verified_at: Some(NOW),
+    };
     let owner = NewApiToken {
         id: "t1",
         mac: b"mac-1",
@@ -514,6 +520,7 @@ async fn people(store: &Store) {
         role: Role::Owner,
         password_hash: "$h1",
         created_at: NOW,
+        verified_at: Some(NOW),
     };
     let token = NewApiToken {
         id: "tk",
@@ -542,8 +549,14 @@ async fn people(store: &Store) {
     store.replace_setup_token(b"setup-2", NOW + 100).await.unwrap();
     assert!(!store.create_owner(b"setup-2", &second, &token2).await.unwrap(), "never a second owner");
     // Accounts: unique email, found by email and id.
-    let consumer =
-        NewAccount { id: "a-c", email: "c@example.org", role: Role::Consumer, password_hash: "$h2", created_at: NOW };
+    let consumer = NewAccount {
+        id: "a-c",
+        email: "c@example.org",
+        role: Role::Consumer,
+        password_hash: "$h2",
+        created_at: NOW,
+        verified_at: Some(NOW),
+    };
     assert!(store.insert_account(&consumer).await.unwrap());
     assert!(!store.insert_account(&NewAccount { id: "a-c2", ..consumer }).await.unwrap(), "an email is taken once");
     let row = store.account_by_email("c@example.org").await.unwrap().expect("by email");
@@ -662,6 +675,55 @@ async fn people(store: &Store) {
     assert!(!store.release_device("dev-c1", Release::Operator, None).await.unwrap(), "neither claimed nor pending");
     assert_eq!(store.claim_device(b"claim-dev-c1", "a-c", NOW + 3).await.unwrap().as_deref(), Some("dev-c1"));
     assert_eq!(store.device("dev-c1").await.unwrap().unwrap().claimed_at, Some(NOW + 3));
+    // Mail links: peeked without being used; used once, for their purpose only, while live.
+    let fresh = NewAccount {
+        id: "a-new",
+        email: "new@example.org",
+        role: Role::Consumer,
+        password_hash: "$hn",
+        created_at: NOW,
+        verified_at: None,
+    };
+    assert!(store.insert_account(&fresh).await.unwrap());
+    store.insert_mail_link(b"l-verify", LinkPurpose::Verify, "a-new", NOW, NOW + MIN).await.unwrap();
+    assert_eq!(store.mail_link(b"l-verify", NOW).await.unwrap(), Some(("a-new".into(), LinkPurpose::Verify)));
+    assert_eq!(store.mail_link(b"l-verify", NOW + MIN).await.unwrap(), None, "expired");
+    assert_eq!(store.use_mail_link(b"l-verify", LinkPurpose::Reset, Some("$x"), NOW).await.unwrap(), None);
+    assert_eq!(
+        store.use_mail_link(b"l-verify", LinkPurpose::Verify, None, NOW).await.unwrap().as_deref(),
+        Some("a-new")
+    );
+    assert_eq!(store.use_mail_link(b"l-verify", LinkPurpose::Verify, None, NOW).await.unwrap(), None, "once");
+    assert_eq!(store.account("a-new").await.unwrap().unwrap().verified_at, Some(NOW));
+    // A reset sets the password, ends every session and uses up the account's other reset links.
+    store.insert_mail_link(b"l-r1", LinkPurpose::Reset, "a-c", NOW, NOW + 30 * MIN).await.unwrap();
+    store.insert_mail_link(b"l-r2", LinkPurpose::Reset, "a-c", NOW, NOW + 30 * MIN).await.unwrap();
+    store.insert_web_session(&session("s9", b"mac-s9", NOW)).await.unwrap();
+    assert_eq!(
+        store.use_mail_link(b"l-r1", LinkPurpose::Reset, Some("$reset"), NOW + 1).await.unwrap().as_deref(),
+        Some("a-c")
+    );
+    assert_eq!(store.account("a-c").await.unwrap().unwrap().password_hash, "$reset");
+    assert!(store.web_session(b"mac-s9", NOW + 2, 60 * MIN).await.unwrap().is_none(), "sessions end");
+    assert_eq!(store.mail_link(b"l-r2", NOW + 2).await.unwrap(), None, "the other reset link is used up");
+    // Accounts in email order; disabling revokes and is refused for the owner; a disabled account's link is dead.
+    let emails: Vec<String> = store.accounts(None, 10).await.unwrap().into_iter().map(|a| a.email).collect();
+    let mut sorted = emails.clone();
+    sorted.sort();
+    assert_eq!(emails, sorted);
+    assert_eq!(store.accounts(Some("c@example.org"), 10).await.unwrap()[0].email, "new@example.org");
+    assert!(!store.disable_account("a-owner", NOW).await.unwrap(), "never the owner");
+    store.insert_mail_link(b"l-r3", LinkPurpose::Reset, "a-new", NOW, NOW + 30 * MIN).await.unwrap();
+    assert!(store.disable_account("a-new", NOW + 3).await.unwrap());
+    assert!(!store.disable_account("a-new", NOW + 3).await.unwrap(), "once");
+    assert_eq!(store.use_mail_link(b"l-r3", LinkPurpose::Reset, Some("$x"), NOW + 4).await.unwrap(), None);
+    // Pruning: dead links, and consumer sign-ups never confirmed (with nothing else of theirs).
+    let stale = NewAccount { id: "a-stale", email: "stale@example.org", verified_at: None, ..fresh };
+    assert!(store.insert_account(&stale).await.unwrap());
+    store.insert_mail_link(b"l-stale", LinkPurpose::Verify, "a-stale", NOW, NOW + MIN).await.unwrap();
+    assert_eq!(store.prune_mail_links(NOW + 31 * MIN, NOW + 1).await.unwrap(), (5, 1));
+    assert!(store.account("a-stale").await.unwrap().is_none());
+    assert!(store.account("a-new").await.unwrap().is_some(), "a confirmed account stays");
     // Audit: newest first, pruned by age.
     let entry = |at: i64, action: &str| AuditRow {
         at,
@@ -676,10 +738,10 @@ async fn people(store: &Store) {
     let log = store.audit_log(10).await.unwrap();
     assert_eq!(log, vec![entry(NOW + 1, "sign_out"), entry(NOW, "sign_in")]);
     assert_eq!(store.prune_audit_log(NOW + 1).await.unwrap(), 1);
-    // Ended sessions (s1..s5, all revoked by now) and a day-old unlocked failure counter go; live rows stay.
+    // Ended sessions (s1..s5 and s9, all revoked by now) and a day-old unlocked failure counter go; live rows stay.
     store.insert_web_session(&session("s6", b"mac-s6", NOW + 70 * MIN)).await.unwrap();
     store.record_login_failure("src:198.51.100.0", NOW, window, 5, lock).await.unwrap();
-    assert_eq!(store.prune_web_sessions(NOW + 70 * MIN).await.unwrap(), 5 + 1, "five ended sessions, one counter");
+    assert_eq!(store.prune_web_sessions(NOW + 70 * MIN).await.unwrap(), 6 + 1, "six ended sessions, one counter");
     assert!(store.web_session(b"mac-s6", NOW + 71 * MIN, idle).await.unwrap().is_some(), "a live session stays");
     assert_eq!(store.audit_log(10).await.unwrap().len(), 1);
 }

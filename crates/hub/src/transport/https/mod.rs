@@ -4,6 +4,7 @@
 pub mod api;
 pub mod auth;
 pub mod error;
+pub mod links;
 pub mod people;
 
 use std::net::SocketAddr;

@@ -83,6 +83,7 @@ struct SignedInBody {
 #[utoipa::path(post, path = "/api/v1/sessions", request_body = SignInRequest,
     responses((status = 201, body = SignedInBody, description = "Signed in; the session cookie is set"),
         (status = 401, body = super::error::ErrorBody, description = "Unknown email or wrong password (the same answer)"),
+        (status = 403, body = super::error::ErrorBody, description = "The right password, but the email is not confirmed yet (`email_unverified`)"),
         (status = 429, body = super::error::ErrorBody, description = "Too many failures; see Retry-After"),
         (status = 503, body = super::error::ErrorBody, description = "Too many password checks at once; retry")))]
 async fn sign_in(
@@ -120,6 +121,11 @@ async fn sign_in(
             });
             Err(ApiError::unauthorized("invalid_credentials", "unknown email or wrong password"))
         }
+        Err(SignInRefusal::Unverified) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "email_unverified",
+            "confirm your email first: follow the link in the mail we sent when you signed up",
+        )),
         Err(SignInRefusal::Throttled { retry_after_secs }) => {
             state.monitor.record(SecurityEvent {
                 device: None,
@@ -141,7 +147,7 @@ fn consumer<'a>(op: &'a crate::accounts::Operator, why: &str) -> Result<&'a str,
 }
 
 /// 429 with `Retry-After`.
-fn throttled(retry_after_secs: u64) -> ApiError {
+pub fn throttled(retry_after_secs: u64) -> ApiError {
     ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
         "throttled",
