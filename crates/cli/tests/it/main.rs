@@ -2,6 +2,7 @@
 //! `hearth-agent`, `hearth demo`; the fault suite (`faults`: crashes, disk full, a locked database, network
 //! chaos, floods, hostile clients); outages; what listens on which port.
 
+mod browser;
 mod cluster;
 mod e2e;
 mod faults;

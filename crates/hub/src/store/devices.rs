@@ -256,6 +256,27 @@ impl Store {
             .await?))
     }
 
+    /// Devices whose id starts with `prefix`, in id order, after `after` (the fleet list's search).
+    pub async fn devices_with_prefix(&self, prefix: &str, after: Option<&str>, limit: i64) -> Result<Vec<DeviceRow>> {
+        let pattern: String = prefix
+            .chars()
+            .flat_map(|c| match c {
+                '\\' | '%' | '_' => vec!['\\', c],
+                c => vec![c],
+            })
+            .chain(['%'])
+            .collect();
+        let sql = format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE id LIKE $1 ESCAPE '\\' AND id > $2 ORDER BY id LIMIT $3"
+        );
+        on_pool!(self, pool => Ok(sqlx::query_as::<_, DeviceRow>(sqlx::AssertSqlSafe(sql))
+            .bind(&pattern)
+            .bind(after.unwrap_or(""))
+            .bind(limit)
+            .fetch_all(pool)
+            .await?))
+    }
+
     /// Gives the unclaimed, unrevoked device whose claim code has this MAC to `account_id`; its id, or `None`
     /// (no such device, or it is claimed already: the same answer).
     pub async fn claim_device(&self, claim_mac: &[u8], account_id: &str, now: i64) -> Result<Option<String>> {

@@ -135,6 +135,19 @@ impl Store {
         .await?))
     }
 
+    /// The newest `limit` uplinks of a device received at or after `received_from`, newest first.
+    pub async fn latest_uplinks(&self, device_id: &str, received_from: i64, limit: i64) -> Result<Vec<UplinkRow>> {
+        on_pool!(self, pool => Ok(sqlx::query_as::<_, UplinkRow>(
+            "SELECT seq, kind, device_ts, received_at, body_json FROM uplinks \
+             WHERE device_id = $1 AND received_at >= $2 ORDER BY seq DESC LIMIT $3",
+        )
+        .bind(device_id)
+        .bind(received_from)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?))
+    }
+
     /// Deletes uplinks received before `before`, returning how many went. SQLite deletes at most `limit` rows
     /// per call (the caller repeats); PostgreSQL drops every day partition that ends at or before `before`
     /// (so a row lives until its whole day is past retention) and creates the coming week's partitions.

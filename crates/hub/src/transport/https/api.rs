@@ -57,6 +57,7 @@ pub fn router(state: HubState) -> Router {
         .route("/api/v1/security-events", get(security_events))
         .merge(super::people::router())
         .merge(super::links::router())
+        .merge(super::web::router())
         .fallback(|| async { ApiError::not_found("endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response(hardening_headers))
@@ -233,13 +234,13 @@ pub(super) fn plain_text(s: &str, min: usize, max: usize) -> bool {
 
 /// Which devices a caller may see: the fleet (owner, admin), the devices its account claimed (consumer), or the
 /// devices of consumers whose support grant holds now (support, read only).
-enum Scope<'a> {
+pub(super) enum Scope<'a> {
     Fleet,
     Own(&'a str),
     Granted,
 }
 
-fn scope(caller: &crate::accounts::Operator) -> Result<Scope<'_>, ApiError> {
+pub(super) fn scope(caller: &crate::accounts::Operator) -> Result<Scope<'_>, ApiError> {
     match (caller.role, caller.account_id.as_deref()) {
         (crate::accounts::Role::Owner | crate::accounts::Role::Admin, _) => Ok(Scope::Fleet),
         (crate::accounts::Role::Consumer, Some(account)) => Ok(Scope::Own(account)),
@@ -250,7 +251,7 @@ fn scope(caller: &crate::accounts::Operator) -> Result<Scope<'_>, ApiError> {
 
 /// The device `raw` names, if the caller may see it: the one place that decides "may this person see that
 /// device". A device the caller may not see is answered exactly like one that does not exist.
-async fn visible_device(
+pub(super) async fn visible_device(
     state: &HubState,
     caller: &crate::accounts::Operator,
     raw: &str,
@@ -537,10 +538,14 @@ async fn live_nodes(state: &HubState) -> Result<Vec<String>, ApiError> {
     Ok(state.store.live_nodes(state.clock.now_ms() - 15_000).await?)
 }
 
-fn device_body(state: &HubState, live: &[String], d: DeviceRow) -> DeviceBody {
-    // Connected to this node, or (as the store records it) to another node that is alive.
+/// Connected to this node, or (as the store records it) to another node that is alive.
+pub(super) fn is_connected(state: &HubState, live: &[String], d: &DeviceRow) -> bool {
     let elsewhere = d.session_open && d.session_node.as_ref().is_some_and(|n| live.contains(n));
-    let connected = elsewhere || state.routing.is_connected(&d.id);
+    elsewhere || state.routing.is_connected(&d.id)
+}
+
+fn device_body(state: &HubState, live: &[String], d: DeviceRow) -> DeviceBody {
+    let connected = is_connected(state, live, &d);
     DeviceBody {
         connected,
         state: d

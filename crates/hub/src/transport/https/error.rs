@@ -52,6 +52,10 @@ impl ApiError {
     pub fn not_found(what: &str) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", format!("no such {what}"))
     }
+    /// Its message, for people.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
     /// 500; the cause is logged, not sent.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error answering an API request");

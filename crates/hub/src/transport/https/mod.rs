@@ -6,6 +6,7 @@ pub mod auth;
 pub mod error;
 pub mod links;
 pub mod people;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
