@@ -461,9 +461,9 @@ impl Config {
             None if self.accounts.consumer_sign_up && !mail.dev_log_links_insecure => {
                 return Err(ConfigError::Invalid {
                     setting: "mail.smtp_host",
-                    reason: "consumer sign-up and password reset mail links to people: set [mail] smtp_host and \
-                             from (see docs/OPERATOR.md), or accounts.consumer_sign_up = false; for development \
-                             only, mail.dev_log_links_insecure = true writes the links to the log"
+                    reason: "consumer sign-up (on by default) mails people a link to confirm their address: set \
+                             [mail] smtp_host and from (see docs/OPERATOR.md), or accounts.consumer_sign_up = false; \
+                             for development only, mail.dev_log_links_insecure = true writes the links to the log"
                         .into(),
                 });
             }
@@ -480,6 +480,12 @@ impl Config {
                 }
             }
             _ => {}
+        }
+        if mail.smtp_password_file.is_some() && mail.smtp_username.is_none() {
+            return Err(ConfigError::Invalid {
+                setting: "mail.smtp_password_file",
+                reason: "a password file needs mail.smtp_username".into(),
+            });
         }
         if mail.smtp_host.is_some() && mail.dev_log_links_insecure {
             return Err(ConfigError::Invalid {

@@ -114,6 +114,17 @@ impl Mailer {
             let path = settings.smtp_password_file.as_ref().ok_or_else(|| {
                 invalid("mail.smtp_password_file", "smtp_username needs the password in a file".into())
             })?;
+            {
+                use std::os::unix::fs::PermissionsExt as _;
+                let meta = std::fs::metadata(path)
+                    .map_err(|e| invalid("mail.smtp_password_file", format!("cannot read {}: {e}", path.display())))?;
+                if meta.permissions().mode() & 0o077 != 0 {
+                    return Err(invalid(
+                        "mail.smtp_password_file",
+                        format!("{} is readable by group or others: chmod 600 it", path.display()),
+                    ));
+                }
+            }
             let password = std::fs::read_to_string(path)
                 .map_err(|e| invalid("mail.smtp_password_file", format!("cannot read {}: {e}", path.display())))?;
             builder = builder.credentials(Credentials::new(user.clone(), password.trim_end().to_owned()));

@@ -23,9 +23,9 @@ pub const VERIFY_VALIDITY: Duration = Duration::hours(24);
 pub const RESET_VALIDITY: Duration = Duration::minutes(30);
 /// How long an invitation link works.
 pub const INVITE_VALIDITY: Duration = Duration::hours(72);
-/// Sign-ups and reset requests per source network in [`super::THROTTLE_WINDOW`].
-const REQUESTS_PER_NETWORK: i64 = 10;
-/// Mails to one address in [`super::THROTTLE_WINDOW`].
+/// Sign-ups (and, counted apart, reset requests) allowed per source network in [`super::THROTTLE_WINDOW`].
+const REQUESTS_PER_NETWORK: i64 = 9;
+/// Mails allowed to one address in [`super::THROTTLE_WINDOW`].
 const MAILS_PER_ADDRESS: i64 = 3;
 
 /// Why a sign-up, reset request, link or invitation was refused.
@@ -154,8 +154,8 @@ impl Accounts {
         }
     }
 
-    /// Someone forgot a password: if `email` has an enabled account, it is mailed a reset link (at most
-    /// three mails per address in 15 minutes). The same answer either way.
+    /// Someone forgot a password: if `email` has an enabled account other than the owner's, it is mailed a reset
+    /// link (at most three mails per address in 15 minutes). The same answer either way.
     pub async fn request_reset(
         &self,
         email: &str,
@@ -170,7 +170,10 @@ impl Accounts {
         let Ok(email) = normalize_email(email) else {
             return Ok(Err(LinkRefusal::InvalidEmail("not an email address")));
         };
-        let Some(account) = self.store.account_by_email(&email).await?.filter(|a| a.disabled_at.is_none()) else {
+        // The owner recovers with `hearth setup-token` (which needs the data directory), never by mail: whoever
+        // reads the owner's mailbox must not get the hub.
+        let account = self.store.account_by_email(&email).await?;
+        let Some(account) = account.filter(|a| a.disabled_at.is_none() && a.role != Role::Owner) else {
             return Ok(Ok(()));
         };
         if !self.may_mail(&email).await? {
@@ -319,7 +322,8 @@ impl Accounts {
     async fn count_request(&self, what: &str, source: Option<IpAddr>) -> Result<Option<u64>, StoreError> {
         let network = source.map(crate::monitoring::source_network).unwrap_or_else(|| "-".into());
         let now = self.clock.now_ms();
-        let keys = [(format!("{what}src:{network}"), REQUESTS_PER_NETWORK)];
+        // `count_attempt` refuses the attempt that reaches its limit: the limit is one more than those allowed.
+        let keys = [(format!("{what}src:{network}"), REQUESTS_PER_NETWORK + 1)];
         Ok(self.count_attempt(&keys, now).await?.map(|until| super::retry_after(until, now)))
     }
 

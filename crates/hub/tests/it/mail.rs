@@ -105,6 +105,24 @@ fn settings(port: u16, ca_file: Option<std::path::PathBuf>, password_file: std::
     }
 }
 
+/// Writes a file only its owner may read, as the hub requires of a password file.
+fn write_secret(path: &std::path::Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, text).expect("write");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+}
+
+#[test]
+fn a_password_file_others_can_read_is_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("dir");
+    let password_file = dir.path().join("smtp-password");
+    write_secret(&password_file, "relay secret");
+    std::fs::set_permissions(&password_file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let err = Mailer::from_settings(&settings(465, None, password_file)).expect_err("world-readable");
+    assert!(err.to_string().contains("chmod 600"), "{err}");
+}
+
 fn mail() -> Mail {
     Mail {
         to: "alice@example.org".into(),
@@ -119,7 +137,7 @@ async fn the_smtp_mailer_sends_over_verified_tls_with_authentication() {
     let (port, ca_pem, heard) = relay().await;
     let (ca_file, password_file) = (dir.path().join("relay-ca.pem"), dir.path().join("smtp-password"));
     std::fs::write(&ca_file, ca_pem).expect("ca");
-    std::fs::write(&password_file, "relay secret\n").expect("password");
+    write_secret(&password_file, "relay secret\n");
     let mailer = Mailer::from_settings(&settings(port, Some(ca_file), password_file)).expect("mailer");
     assert!(mailer.is_configured());
     mailer.send(mail()).await.expect("sent");
@@ -140,7 +158,7 @@ async fn a_relay_the_hub_cannot_verify_gets_no_mail_and_no_password() {
     let dir = tempfile::tempdir().expect("dir");
     let (port, _ca_pem, heard) = relay().await;
     let password_file = dir.path().join("smtp-password");
-    std::fs::write(&password_file, "relay secret").expect("password");
+    write_secret(&password_file, "relay secret");
     let mailer = Mailer::from_settings(&settings(port, None, password_file)).expect("mailer");
     let err = mailer.send(mail()).await.expect_err("an unknown CA");
     assert!(err.to_string().contains(&format!("localhost:{port}")), "{err}");

@@ -11,7 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::api::{ApiJson, ApiPath, ApiQuery, page_limit, plain_text};
 use super::auth::OperatorAuth;
 use super::error::ApiError;
-use super::people::{AccountBody, accounts_error, throttled};
+use super::people::{AccountBody, accounts_error};
 use crate::HubState;
 use crate::accounts::Role;
 use crate::accounts::links::LinkRefusal;
@@ -35,7 +35,9 @@ pub fn refusal(r: LinkRefusal) -> ApiError {
         LinkRefusal::NoMailer => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "mail_not_configured", message),
         LinkRefusal::InvalidEmail(_) => ApiError::bad_request("invalid_email", message),
         LinkRefusal::Password(_) => ApiError::bad_request("weak_password", message),
-        LinkRefusal::Throttled { retry_after_secs } => throttled(retry_after_secs),
+        LinkRefusal::Throttled { retry_after_secs } => {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "throttled", message).with_retry_after(retry_after_secs)
+        }
         LinkRefusal::InvalidLink => ApiError::bad_request("invalid_link", message),
         LinkRefusal::EmailTaken => ApiError::new(StatusCode::CONFLICT, "email_taken", message),
         LinkRefusal::Forbidden(_) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", message),
@@ -78,8 +80,11 @@ async fn sign_up(
     peer: Option<Extension<super::PeerAddr>>,
     ApiJson(req): ApiJson<SignUpRequest>,
 ) -> Result<(StatusCode, Json<AcceptedBody>), ApiError> {
-    if req.email.len() > 254 || req.password.len() > 512 {
-        return Err(ApiError::bad_request("too_long", "email or password too long"));
+    if req.email.len() > 254 {
+        return Err(ApiError::bad_request("invalid_email", "an email address is at most 254 characters"));
+    }
+    if req.password.len() > 512 {
+        return Err(ApiError::bad_request("weak_password", "a password is at most 128 characters"));
     }
     state.accounts.sign_up(&req.email, &req.password, source(peer)).await.map_err(accounts_error)?.map_err(refusal)?;
     Ok((StatusCode::ACCEPTED, Json(CHECK)))
@@ -211,7 +216,7 @@ struct AccountList {
     next_after: Option<String>,
 }
 
-/// Accounts in email order (owner and admins).
+/// Every account, in email order. For the owner and admins.
 #[utoipa::path(get, path = "/api/v1/accounts", params(AccountParams), security(("bearer" = []), ("session" = [])),
     responses((status = 200, body = AccountList)))]
 async fn list_accounts(
