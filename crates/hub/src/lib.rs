@@ -233,6 +233,7 @@ pub async fn start_with_clock(config: Config, clock: clock::Clock) -> Result<Run
             consumer_sign_up: config.accounts.consumer_sign_up,
             mailer,
             link_base: public.https_url.clone(),
+            webauthn: accounts::passkeys::relying_party(&public.mqtt_host, &public.https_url),
         },
     );
     let pending_wills = Arc::new(transport::mqtt::session::PendingWills::default());

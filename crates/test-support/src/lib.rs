@@ -74,8 +74,18 @@ impl TestHub {
 
     /// Starts a hub on `clock` with no owner yet: `token` is empty; returns the setup token it printed.
     pub async fn start_bare(clock: hearth_hub::clock::Clock) -> Result<(TestHub, String)> {
+        Self::start_bare_with(clock, |_| {}).await
+    }
+
+    /// As [`TestHub::start_bare`], after `adjust` changed the configuration.
+    pub async fn start_bare_with(
+        clock: hearth_hub::clock::Clock,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Result<(TestHub, String)> {
         let dir = tempfile::tempdir()?;
-        let hub = hearth_hub::start_with_clock(test_config(dir.path()), clock).await?;
+        let mut config = test_config(dir.path());
+        adjust(&mut config);
+        let hub = hearth_hub::start_with_clock(config, clock).await?;
         let client = client_for(&hub.server_ca_path, None)?;
         let setup = hub.setup_token.as_ref().context("a new hub prints a setup token")?.expose().to_owned();
         Ok((TestHub { hub, dir, token: String::new(), client }, setup))

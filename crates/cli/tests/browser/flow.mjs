@@ -63,6 +63,17 @@ async function check(page, name) {
   checked.push(name);
 }
 
+/** A virtual authenticator for `page`: CTAP2, built in, with discoverable credentials and user verification. */
+async function authenticator(page) {
+  const cdp = await page.context().newCDPSession(page);
+  await cdp.send('WebAuthn.enable');
+  const { authenticatorId } = await cdp.send('WebAuthn.addVirtualAuthenticator', {
+    options: { protocol: 'ctap2', transport: 'internal', hasResidentKey: true, hasUserVerification: true,
+      isUserVerified: true, automaticPresenceSimulation: true },
+  });
+  return { cdp, id: authenticatorId };
+}
+
 async function shot(page, name) {
   if (!cfg.screenshots) return;
   mkdirSync(cfg.screenshots, { recursive: true });
@@ -198,15 +209,57 @@ try {
   await go(page, '/devices');
   await signOut(page);
 
-  // The owner sees the device's confirmation.
-  await signIn(page, cfg.owner.email, cfg.owner.password);
-  await go(page, `/devices/${device.device_id}`);
-  await expectText(page, 'dl.facts', 'confirmed by the device');
-  await check(page, 'device wiped (operator)');
-  await page.setViewportSize(PHONE);
-  await go(page, '/devices');
-  await check(page, 'fleet (phone)');
-  await shot(page, 'fleet-phone');
+    // Passkeys, through Chromium's virtual authenticator (CTAP2, built in, discoverable credentials, user
+  // verification): a consumer signs up with a passkey and no password, confirms by mail, signs in with it.
+  const pk = await newPage();
+  const consumerKey = await authenticator(pk);
+  await go(pk, '/sign-up');
+  await pk.fill('#email', cfg.passkeyUser);
+  await Promise.all([pk.waitForURL('**/check-email'), pk.click('button[data-passkey=sign-up]')]);
+  await check(pk, 'check your email (passkey)');
+  const mail2 = await ask('mail', { to: cfg.passkeyUser });
+  await pk.goto(mail2.link);
+  await Promise.all([pk.waitForURL('**/sign-in?notice=verified'), pk.click('main button[type=submit]')]);
+  await check(pk, 'sign in (passkey button)');
+  await Promise.all([pk.waitForURL('**/devices'), pk.click('button[data-passkey=sign-in]')]);
+  await check(pk, 'signed in with a passkey');
+  const held = await consumerKey.cdp.send('WebAuthn.getCredentials', { authenticatorId: consumerKey.id });
+  if (held.credentials.length !== 1 || !held.credentials[0].isResidentCredential) {
+    throw new Error(`the authenticator should hold one discoverable passkey: ${JSON.stringify(held)}`);
+  }
+  // The owner adds a passkey; from then on a password sign-in is confirmed with it.
+  const op = await newPage();
+  await authenticator(op);
+  await signIn(op, cfg.owner.email, cfg.owner.password);
+  await go(op, '/account');
+  await op.fill('#passkey-name', 'laptop');
+  await Promise.all([op.waitForURL('**/account?notice=passkey-added'), op.click('button[data-passkey=add]')]);
+  await expectText(op, 'ul.passkeys', 'laptop');
+  await check(op, 'account with a passkey');
+  await signOut(op);
+  await go(op, '/sign-in');
+  await op.fill('#email', cfg.owner.email);
+  await op.fill('#password', cfg.owner.password);
+  await op.click('main form button[type=submit]');
+  await expectText(op, 'h1', 'Confirm it is you');
+  await check(op, 'second factor');
+    // The right password alone is no session.
+  await go(op, '/devices');
+  if (!op.url().endsWith('/sign-in')) throw new Error(`signed in before the second factor: ${op.url()}`);
+  await op.fill('#email', cfg.owner.email);
+  await op.fill('#password', cfg.owner.password);
+  await op.click('main form button[type=submit]');
+  await Promise.all([op.waitForURL('**/devices'), op.click('button[data-passkey=second-factor]')]);
+  await check(op, 'fleet after the second factor');
+
+  // The owner (signed in with password and passkey) sees the device's confirmation.
+  await go(op, `/devices/${device.device_id}`);
+  await expectText(op, 'dl.facts', 'confirmed by the device');
+  await check(op, 'device wiped (operator)');
+  await op.setViewportSize(PHONE);
+  await go(op, '/devices');
+  await check(op, 'fleet (phone)');
+  await shot(op, 'fleet-phone');
   process.stdout.write(JSON.stringify({ done: checked, wiped_at: wiped.wiped_at }) + '\n');
   await browser.close();
   process.exit(0);

@@ -64,18 +64,21 @@ async fn the_web_app_works_end_to_end_in_chromium() {
     {
         return;
     }
-    let (hub, setup_token) = TestHub::start_bare(Clock::system()).await.expect("hub");
+    // Reached as `localhost` (WebAuthn has no relying party for an IP address), so passkeys are on.
+    let (hub, setup_token) =
+        TestHub::start_bare_with(Clock::system(), |c| c.public.host = Some("localhost".into())).await.expect("hub");
     let dir = tempfile::tempdir().expect("dir");
     let screenshots = std::env::var("HEARTH_SCREENSHOTS")
         .ok()
         .map(|d| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(d));
     let config = json!({
-        "base": hub.base(),
+                "base": format!("https://localhost:{}", hub.hub.https_addr.port()),
         "spki": spki_hashes(&hub).await,
         "chromium": chromium,
         "setupToken": setup_token,
         "owner": { "email": OWNER.0, "password": OWNER.1 },
-        "consumer": { "email": CONSUMER.0, "password": CONSUMER.1 },
+                "consumer": { "email": CONSUMER.0, "password": CONSUMER.1 },
+        "passkeyUser": "dana@example.org",
         "screenshots": screenshots,
     });
     let mut script = tokio::process::Command::new("node")
@@ -182,18 +185,26 @@ async fn the_web_app_works_end_to_end_in_chromium() {
         "account",
         "device (phone)",
         "not found",
+        "signed in with a passkey",
+        "second factor",
+        "fleet after the second factor",
     ] {
         assert!(pages.contains(&page), "{page} was not checked: {pages:?}");
     }
     // The agent really erased what it held: the hub recorded the confirmation of the wipe it sent.
-    let (_, log) = {
-        let (cookie, _) = api_session(&hub, OWNER).await;
-        let request = hub.client.get(format!("{}/api/v1/audit-log", hub.base())).header("cookie", cookie);
-        let (status, _, body) = hub.send(request).await.expect("audit");
-        (status, serde_json::from_slice::<Value>(&body).expect("json"))
-    };
-    let actions: Vec<&str> = log.as_array().expect("log").iter().filter_map(|e| e["action"].as_str()).collect();
-    for action in ["owner_setup", "sign_up", "email_verified", "device_claimed", "device_released", "device_wiped"] {
+    // (Read from the store: the owner now signs in with a passkey too.)
+    let log = hub.hub.state.accounts.audit_log(500).await.expect("audit log");
+    let actions: Vec<&str> = log.iter().map(|e| e.action.as_str()).collect();
+    for action in [
+        "owner_setup",
+        "sign_up",
+        "email_verified",
+        "device_claimed",
+        "device_released",
+        "device_wiped",
+        "passkey_added",
+        "second_factor_asked",
+    ] {
         assert!(actions.contains(&action), "{action} in {actions:?}");
     }
 }

@@ -110,23 +110,36 @@ impl Accounts {
             verified_at: None,
         };
         if !self.store.insert_account(&account).await? {
-            if self.may_mail(&email).await? {
-                self.settings.mailer.send_later(Mail {
-                    to: email.clone(),
-                    subject: "Someone tried to create an account with your address".into(),
-                    body: format!(
-                        "Someone (perhaps you) tried to create a Hearth account with this address, which has one \
-                         already. Nothing changed.\n\nIf it was you, sign in at {base}/, or reset your password at \
-                         {base}/forgot. If not, you can ignore this mail.\n",
-                        base = self.settings.link_base
-                    ),
-                });
-            }
+            self.mail_taken(&email).await?;
             return Ok(Ok(()));
         }
-        let link = self.new_link(LinkPurpose::Verify, &id, VERIFY_VALIDITY).await?;
+        self.mail_verification(&id, &email).await?;
+        self.audit(Some(&id), "sign_up", Some(&id), source, String::new()).await;
+        Ok(Ok(()))
+    }
+
+    /// Mails `email`, which has an account, that someone tried to sign up with it (capped per address).
+    pub(super) async fn mail_taken(&self, email: &str) -> Result<(), StoreError> {
+        if self.may_mail(email).await? {
+            self.settings.mailer.send_later(Mail {
+                to: email.to_owned(),
+                subject: "Someone tried to create an account with your address".into(),
+                body: format!(
+                    "Someone (perhaps you) tried to create a Hearth account with this address, which has one \
+                     already. Nothing changed.\n\nIf it was you, sign in at {base}/, or reset your password at \
+                     {base}/forgot. If not, you can ignore this mail.\n",
+                    base = self.settings.link_base
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Mails a new account the link that confirms its email.
+    pub(super) async fn mail_verification(&self, account_id: &str, email: &str) -> Result<(), StoreError> {
+        let link = self.new_link(LinkPurpose::Verify, account_id, VERIFY_VALIDITY).await?;
         self.settings.mailer.send_later(Mail {
-            to: email,
+            to: email.to_owned(),
             subject: "Confirm your email to finish signing up".into(),
             body: format!(
                 "Welcome to Hearth. Confirm this address to finish creating your account:\n\n{link}\n\nThe link \
@@ -134,8 +147,7 @@ impl Accounts {
                  removed.\n"
             ),
         });
-        self.audit(Some(&id), "sign_up", Some(&id), source, String::new()).await;
-        Ok(Ok(()))
+        Ok(())
     }
 
     /// Follows a verification link: the account's email is verified and it may sign in.
@@ -319,7 +331,7 @@ impl Accounts {
     }
 
     /// Counts a sign-up or reset request from `source`'s network; the seconds to wait if over the cap.
-    async fn count_request(&self, what: &str, source: Option<IpAddr>) -> Result<Option<u64>, StoreError> {
+    pub(super) async fn count_request(&self, what: &str, source: Option<IpAddr>) -> Result<Option<u64>, StoreError> {
         let network = source.map(crate::monitoring::source_network).unwrap_or_else(|| "-".into());
         let now = self.clock.now_ms();
         // `count_attempt` refuses the attempt that reaches its limit: the limit is one more than those allowed.

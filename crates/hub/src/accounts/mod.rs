@@ -7,6 +7,7 @@
 //! stored; API tokens expire (90 days by default) and can be listed and revoked.
 
 pub mod links;
+pub mod passkeys;
 pub mod password;
 
 use std::net::IpAddr;
@@ -64,6 +65,8 @@ pub struct AccountSettings {
     pub mailer: crate::mail::Mailer,
     /// The hub's public HTTPS URL, which mailed links start with.
     pub link_base: String,
+    /// The WebAuthn relying party (None: the hub is reached by an IP address, and passkeys are off).
+    pub webauthn: Option<Arc<webauthn_rs::Webauthn>>,
 }
 
 impl AccountSettings {
@@ -74,6 +77,7 @@ impl AccountSettings {
             consumer_sign_up: false,
             mailer: crate::mail::Mailer::off(),
             link_base: String::new(),
+            webauthn: None,
         }
     }
 }
@@ -169,6 +173,15 @@ pub enum SignInRefusal {
     },
     /// The right password, but the email is not verified yet (follow the link in the sign-up mail).
     Unverified,
+}
+
+/// What the right password leads to.
+#[derive(Debug)]
+pub enum SignInOutcome {
+    /// Signed in.
+    Session(SignedIn),
+    /// An operator with a passkey: confirm with it ([`Accounts::second_factor_finish`]) to get the session.
+    SecondFactor(passkeys::Started),
 }
 
 /// A sign-in that succeeded: the session token goes into a cookie, the CSRF token into the page or the client.
@@ -370,7 +383,7 @@ impl Accounts {
         password: &str,
         source: Option<IpAddr>,
         user_agent: Option<&str>,
-    ) -> Result<Result<SignedIn, SignInRefusal>, AccountsError> {
+    ) -> Result<Result<SignInOutcome, SignInRefusal>, AccountsError> {
         let raw = email.trim().to_lowercase();
         // Control characters never match an account (and no database column takes NUL); keys keep the rest.
         let plain = !raw.chars().any(char::is_control) && raw.len() <= 254;
@@ -383,9 +396,9 @@ impl Accounts {
             return Ok(Err(SignInRefusal::Throttled { retry_after_secs: retry_after(until, now) }));
         }
         let account = if plain { self.store.account_by_email(&email).await? } else { None };
-        // Disabled accounts and invited ones without a password yet are checked against the decoy like unknown
-        // emails: the same work, the same answer.
-        let account = account.filter(|a| a.disabled_at.is_none() && a.password_hash != crate::store::NO_PASSWORD_YET);
+        // Disabled accounts, and those without a password (invited, passkey only) are checked against the decoy
+        // like unknown emails: the same work, the same answer.
+        let account = account.filter(|a| a.disabled_at.is_none() && !a.password_hash.starts_with('!'));
         let stored = account.as_ref().map_or(password::decoy(), |a| a.password_hash.as_str()).to_owned();
         let matches = self.verify(password, stored).await? && account.is_some();
         let Some(account) = account.filter(|_| matches) else {
@@ -401,6 +414,23 @@ impl Accounts {
         // A success is no failure: the account's count here is cleared, the source's given back.
         self.store.clear_login_failures(&keys[0].0).await?;
         self.store.forgive_login_failure(&keys[1].0).await?;
+        // An operator with a passkey confirms with it: no session until then.
+        if let Some(started) = self.second_factor_start(&account).await? {
+            self.audit(Some(&account.id), "second_factor_asked", None, source, String::new()).await;
+            return Ok(Ok(SignInOutcome::SecondFactor(started)));
+        }
+        Ok(Ok(SignInOutcome::Session(self.open_session(&account, source, user_agent, "password").await?)))
+    }
+
+    /// Opens a sign-in session for `account` (signed in by `how`), audited.
+    async fn open_session(
+        &self,
+        account: &AccountRow,
+        source: Option<IpAddr>,
+        user_agent: Option<&str>,
+        how: &str,
+    ) -> Result<SignedIn, StoreError> {
+        let now = self.clock.now_ms();
         let (token, id) = new_secret("hss_")?;
         let expires_at = now + SESSION_ABSOLUTE.whole_milliseconds() as i64;
         let agent: Option<String> = user_agent.map(|a| a.chars().filter(|c| !c.is_control()).take(200).collect());
@@ -415,9 +445,9 @@ impl Accounts {
                 user_agent: agent.as_deref(),
             })
             .await?;
-        self.audit(Some(&account.id), "sign_in", Some(&id), source, String::new()).await;
+        self.audit(Some(&account.id), "sign_in", Some(&id), source, format!("with {how}")).await;
         let csrf_token = self.csrf_token(token.expose());
-        Ok(Ok(SignedIn { account: (&account).into(), session_token: token, csrf_token, expires_at_ms: expires_at }))
+        Ok(SignedIn { account: account.into(), session_token: token, csrf_token, expires_at_ms: expires_at })
     }
 
     /// Counts a claim attempt of `account_id` from `source` (10 per account and 20 per source network in

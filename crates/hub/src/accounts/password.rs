@@ -113,7 +113,8 @@ impl HashError {
 pub fn hash(password: &str) -> Result<String, HashError> {
     let mut salt = [0u8; 16];
     aws_lc_rs::rand::fill(&mut salt).map_err(|_| HashError("no randomness".into()))?;
-    let hashed = argon2().hash_password_with_salt(password.as_bytes(), &salt).map_err(|e| HashError(e.to_string()))?;
+    let salt = argon2::password_hash::SaltString::encode_b64(&salt).map_err(|e| HashError(e.to_string()))?;
+    let hashed = argon2().hash_password(password.as_bytes(), &salt).map_err(|e| HashError(e.to_string()))?;
     Ok(hashed.to_string())
 }
 

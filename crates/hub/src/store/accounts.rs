@@ -669,6 +669,15 @@ impl Store {
             .execute(tx.conn())
             .await?
             .rows_affected();
+            // A sign-up with a passkey never confirmed: its passkey goes with it.
+            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM passkeys WHERE account_id IN ({stale})")))
+                .bind(unverified_before)
+                .execute(tx.conn())
+                .await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM webauthn_ceremonies WHERE account_id IN ({stale})")))
+                .bind(unverified_before)
+                .execute(tx.conn())
+                .await?;
             let accounts = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "DELETE FROM accounts WHERE id IN ({stale}) \
                  AND id NOT IN (SELECT account_id FROM web_sessions) \

@@ -91,6 +91,7 @@ impl Store {
             "audit_log",
             "support_grants",
             "mail_links",
+            "passkeys",
         ]) {
             let sql = format!("SELECT COUNT(*) FROM {table}");
             let (a,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).fetch_one(src).await?;
@@ -299,6 +300,11 @@ async fn copy_accounts(src: &SqlitePool, dst: &PgPool) -> Result<u64> {
             .fetch_all(src)
             .await?;
     #[allow(clippy::type_complexity)]
+    let passkeys: Vec<(String, String, String, String, i64, Option<i64>)> =
+        sqlx::query_as("SELECT credential_id, account_id, name, passkey_json, created_at, last_used_at FROM passkeys")
+            .fetch_all(src)
+            .await?;
+    #[allow(clippy::type_complexity)]
     let audit: Vec<(i64, i64, Option<String>, String, Option<String>, Option<String>, String)> =
         sqlx::query_as("SELECT id, at, account_id, action, target, source, detail FROM audit_log")
             .fetch_all(src)
@@ -365,6 +371,20 @@ async fn copy_accounts(src: &SqlitePool, dst: &PgPool) -> Result<u64> {
         .bind(l.3)
         .bind(l.4)
         .bind(l.5)
+        .execute(tx.conn())
+        .await?;
+    }
+    for p in &passkeys {
+        sqlx::query(
+            "INSERT INTO passkeys (credential_id, account_id, name, passkey_json, created_at, last_used_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&p.0)
+        .bind(&p.1)
+        .bind(&p.2)
+        .bind(&p.3)
+        .bind(p.4)
+        .bind(p.5)
         .execute(tx.conn())
         .await?;
     }

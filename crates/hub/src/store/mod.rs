@@ -27,6 +27,7 @@ mod devices;
 mod events;
 mod migrate;
 mod partitions;
+mod passkeys;
 mod tokens;
 mod uplinks;
 
@@ -49,6 +50,7 @@ pub use devices::{
 };
 pub use events::{NewSecurityEvent, SecurityEventRow};
 pub use migrate::CopyReport;
+pub use passkeys::{CeremonyKind, PasskeyRow};
 pub use tokens::NewApiToken;
 pub use uplinks::{UplinkQuery, UplinkRecord, UplinkRow, Written};
 
@@ -345,6 +347,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (8, "support_grants", include_str!("../../migrations/sqlite/0008_support_grants.sql")),
     (9, "wipe", include_str!("../../migrations/sqlite/0009_wipe.sql")),
     (10, "mail_links", include_str!("../../migrations/sqlite/0010_mail_links.sql")),
+    (11, "passkeys", include_str!("../../migrations/sqlite/0011_passkeys.sql")),
 ];
 
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -356,6 +359,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (6, "support_grants", include_str!("../../migrations/postgres/0006_support_grants.sql")),
     (7, "wipe", include_str!("../../migrations/postgres/0007_wipe.sql")),
     (8, "mail_links", include_str!("../../migrations/postgres/0008_mail_links.sql")),
+    (9, "passkeys", include_str!("../../migrations/postgres/0009_passkeys.sql")),
 ];
 
 fn migrator(migrations: &'static [(i64, &'static str, &'static str)]) -> Migrator {

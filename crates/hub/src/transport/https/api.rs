@@ -57,6 +57,7 @@ pub fn router(state: HubState) -> Router {
         .route("/api/v1/security-events", get(security_events))
         .merge(super::people::router())
         .merge(super::links::router())
+        .merge(super::passkeys::router())
         .merge(super::web::router())
         .fallback(|| async { ApiError::not_found("endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -80,7 +81,8 @@ async fn hardening_headers(mut response: axum::response::Response) -> axum::resp
     info(title = "Hearth hub API", version = "1", description = "Devices, telemetry and commands of a Hearth hub. Operator endpoints take `Authorization: Bearer <token>`."),
     paths(healthz, setup, enrol, renew, manufacture, list_devices, get_device, revoke_device, reissue_bootstrap, list_tokens, create_token, revoke_token, telemetry, send_command, get_command, unclaim, security_events,
         super::people::sign_in, super::people::me, super::people::my_sessions, super::people::end_session, super::people::sign_out, super::people::sign_out_everywhere, super::people::change_password, super::people::audit_log, super::people::claim, super::people::grant_support, super::people::revoke_support_grant,
-        super::links::sign_up, super::links::verify, super::links::request_reset, super::links::complete, super::links::list_accounts, super::links::invite, super::links::disable),
+        super::links::sign_up, super::links::verify, super::links::request_reset, super::links::complete, super::links::list_accounts, super::links::invite, super::links::disable,
+        super::passkeys::list, super::passkeys::register_start, super::passkeys::register_finish, super::passkeys::remove, super::passkeys::sign_in_start, super::passkeys::sign_in_finish, super::passkeys::second_factor, super::passkeys::sign_up_start, super::passkeys::sign_up_finish),
     components(schemas(Health, super::error::ErrorBody, super::error::ErrorDetail, SetupRequest, SetupResponse, DeviceBody, DeviceList, TelemetryPage, TelemetryItem, CommandRequest, CommandBody, SecurityEventBody, TokenBody, NewTokenRequest, NewTokenResponse, BootstrapBody, EnrolRequest, RenewRequest, CertificateResponse, ManufactureRequest, ManufactureResponse, ManufacturedDevice, HubEndpoints, DeviceId, ModelId)),
     modifiers(&BearerScheme, &CommonResponses)
 )]

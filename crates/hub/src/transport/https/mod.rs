@@ -5,6 +5,7 @@ pub mod api;
 pub mod auth;
 pub mod error;
 pub mod links;
+pub mod passkeys;
 pub mod people;
 pub mod web;
 

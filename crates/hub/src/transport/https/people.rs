@@ -14,7 +14,9 @@ use super::api::{ApiJson, ApiPath, ApiQuery};
 use super::auth::{Caller, OperatorAuth, SESSION_COOKIE};
 use super::error::ApiError;
 use crate::HubState;
-use crate::accounts::{AccountInfo, AccountsError, ChangeRefusal, Role, SESSION_ABSOLUTE, SignInRefusal};
+use crate::accounts::{
+    AccountInfo, AccountsError, ChangeRefusal, Role, SESSION_ABSOLUTE, SignInOutcome, SignInRefusal,
+};
 use crate::monitoring::SecurityEvent;
 
 /// The people routes.
@@ -68,7 +70,7 @@ pub struct SignInRequest {
 }
 
 #[derive(Serialize, ToSchema)]
-struct SignedInBody {
+pub(super) struct SignedInBody {
     account: AccountBody,
     /// Send it as `X-CSRF-Token` with every unsafe request (POST …) that uses the session cookie.
     csrf_token: String,
@@ -82,6 +84,7 @@ struct SignedInBody {
 /// password is refused too).
 #[utoipa::path(post, path = "/api/v1/sessions", request_body = SignInRequest,
     responses((status = 201, body = SignedInBody, description = "Signed in; the session cookie is set"),
+        (status = 202, body = SecondFactorBody, description = "The right password of an operator with a passkey: confirm with it"),
         (status = 401, body = super::error::ErrorBody, description = "Unknown email or wrong password (the same answer)"),
         (status = 403, body = super::error::ErrorBody, description = "The right password, but the email is not confirmed yet (`email_unverified`)"),
         (status = 429, body = super::error::ErrorBody, description = "Too many failures; see Retry-After"),
@@ -98,19 +101,17 @@ async fn sign_in(
         return Err(ApiError::unauthorized("invalid_credentials", "unknown email or wrong password"));
     }
     match state.accounts.sign_in(&req.email, &req.password, source, agent).await.map_err(accounts_error)? {
-        Ok(signed) => {
-            let cookie = format!(
-                "{SESSION_COOKIE}={}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={}",
-                signed.session_token.expose(),
-                SESSION_ABSOLUTE.whole_seconds()
-            );
-            let body = SignedInBody {
-                account: signed.account.into(),
-                csrf_token: signed.csrf_token,
-                expires_at_ms: signed.expires_at_ms,
-            };
-            Ok((StatusCode::CREATED, [(header::SET_COOKIE, cookie)], Json(body)).into_response())
-        }
+        Ok(SignInOutcome::Session(signed)) => Ok(signed_in(signed)),
+        Ok(SignInOutcome::SecondFactor(started)) => Ok((
+            StatusCode::ACCEPTED,
+            Json(SecondFactorBody {
+                second_factor: super::passkeys::CeremonyBody {
+                    ceremony_id: started.ceremony_id,
+                    options: started.options,
+                },
+            }),
+        )
+            .into_response()),
         Err(SignInRefusal::Invalid) => {
             // Aggregated per source like every refusal; the email is not recorded (people type passwords there).
             state.monitor.record(SecurityEvent {
@@ -136,6 +137,28 @@ async fn sign_in(
             Err(throttled(retry_after_secs))
         }
     }
+}
+
+/// The answer to a sign-in: the session cookie (`__Host-`, HttpOnly, Secure, SameSite=Strict) and the body.
+pub fn signed_in(signed: crate::accounts::SignedIn) -> axum::response::Response {
+    let cookie = format!(
+        "{SESSION_COOKIE}={}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={}",
+        signed.session_token.expose(),
+        SESSION_ABSOLUTE.whole_seconds()
+    );
+    let body = SignedInBody {
+        account: signed.account.into(),
+        csrf_token: signed.csrf_token,
+        expires_at_ms: signed.expires_at_ms,
+    };
+    (StatusCode::CREATED, [(header::SET_COOKIE, cookie)], Json(body)).into_response()
+}
+
+#[derive(Serialize, ToSchema)]
+struct SecondFactorBody {
+    /// The account has a passkey: pass these options to `navigator.credentials.get()` and send the answer to
+    /// `POST /api/v1/sessions/second-factor` to get the session.
+    second_factor: super::passkeys::CeremonyBody,
 }
 
 /// The caller's account id, if the caller is a consumer; else 403 saying `why`.

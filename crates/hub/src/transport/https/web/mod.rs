@@ -23,15 +23,16 @@ use super::api::{Scope, scope, visible_device};
 use super::auth::{SESSION_COOKIE, session_cookie};
 use crate::HubState;
 use crate::accounts::links::LinkRefusal;
-use crate::accounts::{AccountInfo, Operator, Role, SESSION_ABSOLUTE, SignInRefusal};
+use crate::accounts::{AccountInfo, Operator, Role, SESSION_ABSOLUTE, SignInOutcome, SignInRefusal};
 use crate::store::{DeviceRow, LinkPurpose, Release};
 
 /// The Content-Security-Policy of every page: nothing inline, nothing from elsewhere, no framing.
-pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
-                       frame-ancestors 'none'; base-uri 'none'";
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+                       connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 const CSS: &str = include_str!("../../../../static/app.css");
 const ICON: &str = include_str!("../../../../static/icon.svg");
+const PASSKEYS_JS: &str = include_str!("../../../../static/passkeys.js");
 
 /// The page routes.
 pub fn router() -> Router<HubState> {
@@ -40,6 +41,9 @@ pub fn router() -> Router<HubState> {
         .route("/static/app.css", get(css))
         .route("/static/icon.svg", get(icon))
         .route("/favicon.ico", get(icon))
+        .route("/static/passkeys.js", get(passkeys_js))
+        .route("/check-email", get(check_email))
+        .route("/account/passkeys/{id}/remove", post(remove_passkey))
         .route("/sign-in", get(sign_in_page).post(sign_in))
         .route("/sign-up", get(sign_up_page).post(sign_up))
         .route("/verify", get(verify_page).post(verify))
@@ -83,6 +87,10 @@ async fn css() -> Response {
 
 async fn icon() -> Response {
     asset("image/svg+xml", ICON)
+}
+
+async fn passkeys_js() -> Response {
+    asset("text/javascript; charset=utf-8", PASSKEYS_JS)
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -297,6 +305,15 @@ struct SignInPage {
     email: String,
     error: Option<String>,
     notice: Option<String>,
+    passkeys: bool,
+}
+
+#[derive(Template)]
+#[template(path = "second_factor.html")]
+struct SecondFactorPage {
+    chrome: Chrome,
+    ceremony_id: String,
+    options: String,
 }
 
 #[derive(Deserialize, Default)]
@@ -316,6 +333,8 @@ fn notice_text(key: Option<&str>) -> Option<String> {
             "password-changed" => "Your password is changed and every session ended. Sign in again.",
             "released" => "The device is released. It is being wiped and can then be claimed again.",
             "claimed" => "The device is yours.",
+            "passkey-added" => "The passkey is added.",
+            "passkey-removed" => "The passkey is removed.",
             _ => return None,
         }
         .to_owned(),
@@ -329,12 +348,13 @@ async fn home(State(state): State<HubState>, headers: HeaderMap) -> Result<Respo
     })
 }
 
-async fn sign_in_page(Query(q): Query<NoticeQuery>) -> Response {
+async fn sign_in_page(State(state): State<HubState>, Query(q): Query<NoticeQuery>) -> Response {
     html(&SignInPage {
         chrome: Chrome::anonymous(),
         email: String::new(),
         error: None,
         notice: notice_text(q.notice.as_deref()),
+        passkeys: state.accounts.passkeys_available(),
     })
 }
 
@@ -352,8 +372,15 @@ async fn sign_in(
     headers: HeaderMap,
     Form(form): Form<SignInForm>,
 ) -> Result<Response, PageError> {
+    let passkeys = state.accounts.passkeys_available();
     let page = |status: StatusCode, error: String| {
-        let p = SignInPage { chrome: Chrome::anonymous(), email: form.email.clone(), error: Some(error), notice: None };
+        let p = SignInPage {
+            chrome: Chrome::anonymous(),
+            email: form.email.clone(),
+            error: Some(error),
+            notice: None,
+            passkeys,
+        };
         Ok((status, html(&p)).into_response())
     };
     if form.email.len() > 254 || form.password.len() > 512 {
@@ -366,7 +393,12 @@ async fn sign_in(
         .await
         .map_err(super::people::accounts_error)?;
     match outcome {
-        Ok(signed) => {
+        Ok(SignInOutcome::SecondFactor(started)) => Ok(html(&SecondFactorPage {
+            chrome: Chrome::anonymous(),
+            ceremony_id: started.ceremony_id,
+            options: started.options.to_string(),
+        })),
+        Ok(SignInOutcome::Session(signed)) => {
             let cookie = session_cookie_header(signed.session_token.expose(), SESSION_ABSOLUTE.whole_seconds());
             Ok((StatusCode::SEE_OTHER, [(header::SET_COOKIE, cookie), (header::LOCATION, "/devices".into())])
                 .into_response())
@@ -418,15 +450,28 @@ struct SignUpPage {
     email_error: Option<String>,
     password_error: Option<String>,
     error: Option<String>,
+    passkeys: bool,
 }
 
-async fn sign_up_page() -> Response {
+async fn sign_up_page(State(state): State<HubState>) -> Response {
     html(&SignUpPage {
         chrome: Chrome::anonymous(),
         email: String::new(),
         email_error: None,
         password_error: None,
         error: None,
+        passkeys: state.accounts.passkeys_available(),
+    })
+}
+
+async fn check_email() -> Response {
+    html(&MessagePage {
+        chrome: Chrome::anonymous(),
+        title: "Check your email".into(),
+        message: "We sent a mail to the address you gave. Follow the link in it to finish signing up (it works for \
+                  24 hours)."
+            .into(),
+        link: None,
     })
 }
 
@@ -442,6 +487,7 @@ async fn sign_up(
         email_error: None,
         password_error: None,
         error: None,
+        passkeys: state.accounts.passkeys_available(),
     };
     if form.email.len() > 254 || form.password.len() > 512 {
         page.error = Some("The email or password is too long.".into());
@@ -1058,6 +1104,14 @@ async fn claim(
 
 // ---- Account ----------------------------------------------------------------------------------------------
 
+/// A passkey in the account page's list.
+pub struct PasskeyLine {
+    id: String,
+    name: String,
+    added: String,
+    used: Option<String>,
+}
+
 /// A session in the account page's list.
 pub struct SessionLine {
     id: String,
@@ -1074,6 +1128,10 @@ struct AccountPage {
     chrome: Chrome,
     email: String,
     role: String,
+    operator: bool,
+    passkeys_available: bool,
+    passkeys: Vec<PasskeyLine>,
+    notice: Option<String>,
     sessions: Vec<SessionLine>,
     consumer: bool,
     grant_until: Option<String>,
@@ -1100,10 +1158,26 @@ async fn account_page(state: &HubState, v: &Viewer) -> Result<AccountPage, PageE
     let consumer = v.account.role == Role::Consumer;
     let grant_until =
         if consumer { state.store.support_grant(account, state.clock.now_ms()).await?.map(when) } else { None };
+    let passkeys = state
+        .accounts
+        .passkeys(account)
+        .await?
+        .into_iter()
+        .map(|p| PasskeyLine {
+            id: p.id,
+            name: p.name,
+            added: when(p.created_at_ms),
+            used: p.last_used_at_ms.map(when),
+        })
+        .collect();
     Ok(AccountPage {
         chrome: v.chrome(),
         email: v.account.email.clone(),
         role: v.account.role.as_str().to_owned(),
+        operator: v.account.role != Role::Consumer,
+        passkeys_available: state.accounts.passkeys_available(),
+        passkeys,
+        notice: None,
         sessions,
         consumer,
         grant_until,
@@ -1112,8 +1186,33 @@ async fn account_page(state: &HubState, v: &Viewer) -> Result<AccountPage, PageE
     })
 }
 
-async fn account(State(state): State<HubState>, SignedIn(v): SignedIn) -> Result<Response, PageError> {
-    Ok(html(&account_page(&state, &v).await?))
+async fn account(
+    State(state): State<HubState>,
+    SignedIn(v): SignedIn,
+    Query(q): Query<NoticeQuery>,
+) -> Result<Response, PageError> {
+    let mut page = account_page(&state, &v).await?;
+    page.notice = notice_text(q.notice.as_deref());
+    Ok(html(&page))
+}
+
+async fn remove_passkey(
+    State(state): State<HubState>,
+    _same: SameSite,
+    SignedIn(v): SignedIn,
+    peer: Option<Extension<super::PeerAddr>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Result<Response, PageError> {
+    csrf_ok(&state, &headers, &form.csrf)?;
+    if id.len() > 1400 {
+        return Err(PageError::not_found());
+    }
+    match state.accounts.remove_passkey(&v.op, &id, source(&peer)).await.map_err(super::people::accounts_error)? {
+        Ok(()) => Ok(Redirect::to("/account?notice=passkey-removed").into_response()),
+        Err(r) => Err(PageError::Page(super::passkeys::refusal(r.clone()).status(), r.to_string())),
+    }
 }
 
 #[derive(Deserialize, Default)]
