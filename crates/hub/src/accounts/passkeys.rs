@@ -354,16 +354,12 @@ impl Accounts {
         if !matches!(account.role, Role::Owner | Role::Admin | Role::Support) {
             return Ok(None);
         }
-        let passkeys: Vec<Passkey> = self
-            .store
-            .passkeys_of(&account.id)
-            .await?
-            .iter()
-            .filter_map(|p| serde_json::from_str(&p.passkey_json).ok())
-            .collect();
-        if passkeys.is_empty() {
+        let rows = self.store.passkeys_of(&account.id).await?;
+        if rows.is_empty() {
             return Ok(None);
         }
+        // Fail closed: a passkey that cannot be read is an error, never a sign-in without the second factor.
+        let passkeys = rows.iter().map(|p| parse::<Passkey>(&p.passkey_json)).collect::<Result<Vec<_>, _>>()?;
         let (options, state) = webauthn
             .start_passkey_authentication(&passkeys)
             .map_err(|e| AccountsError::Store(StoreError::Corrupt(format!("passkey challenge: {e}"))))?;

@@ -109,6 +109,8 @@ pub struct Pruned {
     pub mail_links: u64,
     /// Consumer sign-ups never confirmed within a week.
     pub unverified_accounts: u64,
+    /// Passkey ceremonies past their end.
+    pub ceremonies: u64,
 }
 
 impl Retention {
@@ -167,6 +169,8 @@ impl Retention {
         // Mail links a day past their end, and consumer sign-ups never confirmed within a week.
         (pruned.mail_links, pruned.unverified_accounts) =
             self.store.prune_mail_links(now - DAY_MS, now - 7 * DAY_MS).await?;
+        // Passkey ceremonies never finished.
+        pruned.ceremonies = self.store.prune_ceremonies(now).await?;
         Ok(pruned)
     }
 }

@@ -10,5 +10,6 @@ mod hostile;
 mod interop;
 mod mail;
 mod people;
+mod roles;
 mod session;
 mod store_contract;

@@ -712,3 +712,76 @@ async fn without_a_mailer_the_hub_refuses_to_start_with_sign_up_on_and_an_invite
     let link = invited["invite_link"].as_str().expect("the link comes back to hand over");
     assert!(link.starts_with(&format!("{}/reset?token=hml_", hub.base())), "{status} {link}");
 }
+
+/// Passkeys over the API, the refusals (the ceremonies themselves run in Chromium's virtual authenticator in the
+/// CLI's browser test): off for a hub reached by an IP address; a ceremony works once, for its kind and account
+/// only, whatever the browser sends; anonymous starts are capped per network; an operator whose passkey cannot
+/// be read is refused, never let in on the password alone.
+#[tokio::test]
+async fn passkey_ceremonies_work_once_for_their_own_account_and_fail_closed() {
+    let by_ip = TestHub::start().await.expect("hub");
+    let (status, body) = by_ip.post("/api/v1/sessions/passkey/start", json!({})).await.expect("start");
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("passkeys_unavailable")));
+
+    let hub = TestHub::start_with(|c| c.public.host = Some("localhost".into())).await.expect("hub");
+    let anonymous = |path: &'static str, body: Value| post(&hub, path, body, None, false);
+    let (status, _, started) = anonymous("/api/v1/sessions/passkey/start", json!({})).await;
+    assert_eq!(status, 200, "{started}");
+    assert_eq!(started["options"]["publicKey"]["rpId"], "localhost");
+    assert_eq!(started["options"]["publicKey"]["userVerification"], "required");
+    let ceremony = started["ceremony_id"].as_str().expect("id").to_owned();
+    let garbage = json!({ "ceremony_id": ceremony, "credential": { "id": "x", "rawId": "eA", "type": "public-key",
+        "response": { "clientDataJSON": "e30", "authenticatorData": "AAAA", "signature": "AAAA" } } });
+    let (status, _, body) = anonymous("/api/v1/sessions/passkey/finish", garbage.clone()).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unknown_passkey")), "{body}");
+    let (status, _, body) = anonymous("/api/v1/sessions/passkey/finish", garbage).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_ceremony")), "taken once: {body}");
+    let (status, _, body) =
+        anonymous("/api/v1/sessions/passkey/finish", json!({ "ceremony_id": "nope", "credential": 7 })).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_ceremony")));
+
+    // A registration ceremony belongs to the account that started it, and to registration only.
+    account(&hub, "alice", ALICE, Role::Consumer, ALICE_PASSWORD).await;
+    account(&hub, "bob", "bob@example.org", Role::Consumer, "bob's very own passphrase").await;
+    let alice = signed_in(&hub, ALICE, ALICE_PASSWORD).await;
+    let bob = signed_in(&hub, "bob@example.org", "bob's very own passphrase").await;
+    let (status, _, reg) = post(&hub, "/api/v1/me/passkeys/register/start", json!({}), Some(&alice), true).await;
+    assert_eq!(status, 200, "{reg}");
+    assert_eq!(reg["options"]["publicKey"]["user"]["name"], ALICE);
+    let reg_id = reg["ceremony_id"].as_str().expect("id").to_owned();
+    let as_sign_in = json!({ "ceremony_id": reg_id, "credential": {} });
+    let (status, _, _) = anonymous("/api/v1/sessions/passkey/finish", as_sign_in).await;
+    assert_eq!(status, 400, "a registration ceremony is no sign-in");
+    let (status, _, reg) = post(&hub, "/api/v1/me/passkeys/register/start", json!({}), Some(&alice), true).await;
+    let finish = json!({ "ceremony_id": reg["ceremony_id"], "name": "x", "credential": { "id": "x" } });
+    let (status2, _, body) = post(&hub, "/api/v1/me/passkeys/register/finish", finish.clone(), Some(&bob), true).await;
+    assert_eq!((status, status2, body["error"]["code"].as_str()), (200, 400, Some("invalid_ceremony")), "{body}");
+    let (status, _, body) = post(&hub, "/api/v1/me/passkeys/register/finish", finish, Some(&alice), true).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_ceremony")), "Bob's try used it up");
+    assert_eq!(get(&hub, "/api/v1/me/passkeys", &alice).await.1, json!([]));
+
+    // An operator with a passkey the hub cannot read: refused, not signed in on the password alone.
+    let owner_id =
+        get(&hub, "/api/v1/me", &signed_in(&hub, OWNER_EMAIL, OWNER_PASSWORD).await).await.1["account"]["id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+    let broken = hearth_hub::store::PasskeyRow {
+        credential_id: "broken".into(),
+        account_id: owner_id,
+        name: "broken".into(),
+        passkey_json: "{\"not\":\"a passkey\"}".into(),
+        created_at: 0,
+        last_used_at: None,
+    };
+    assert!(hub.hub.state.store.insert_passkey(&broken).await.expect("insert"));
+    let (status, headers, _) = sign_in(&hub, OWNER_EMAIL, OWNER_PASSWORD).await;
+    assert_eq!((status, headers.get("set-cookie")), (500, None));
+
+    // Anonymous starts store state: 20 per network in 15 minutes (one made above).
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        statuses.push(anonymous("/api/v1/sessions/passkey/start", json!({})).await.0);
+    }
+    assert_eq!(statuses, [vec![200; 19], vec![429]].concat());
+}

@@ -8,9 +8,9 @@
 use std::time::Duration;
 
 use hearth_hub::store::{
-    AuditRow, BackendKind, CertRecord, CommandStatus, DeviceStatus, EnrolOutcome, LinkPurpose, NewAccount, NewApiToken,
-    NewCommand, NewDevice, NewSecurityEvent, NewWebSession, OpenedSession, PoolSettings, Release, Role, SessionOpen,
-    Store, StoreUrl, TokenState, UplinkQuery, UplinkRecord, Written,
+    AuditRow, BackendKind, CeremonyKind, CertRecord, CommandStatus, DeviceStatus, EnrolOutcome, LinkPurpose,
+    NewAccount, NewApiToken, NewCommand, NewDevice, NewSecurityEvent, NewWebSession, OpenedSession, PasskeyRow,
+    PoolSettings, Release, Role, SessionOpen, Store, StoreUrl, TokenState, UplinkQuery, UplinkRecord, Written,
 };
 use hearth_proto::uplink::UplinkKind;
 use hearth_test_support::services::{PgDatabase, pg_database};
@@ -724,6 +724,50 @@ async fn people(store: &Store) {
     assert_eq!(store.prune_mail_links(NOW + 31 * MIN, NOW + 1).await.unwrap(), (5, 1));
     assert!(store.account("a-stale").await.unwrap().is_none());
     assert!(store.account("a-new").await.unwrap().is_some(), "a confirmed account stays");
+    // Passkeys: a credential id once across accounts; a passkey account in one transaction; ceremonies taken
+    // once, by kind, while live.
+    let key = |id: &str, account: &str| PasskeyRow {
+        credential_id: id.into(),
+        account_id: account.into(),
+        name: "laptop".into(),
+        passkey_json: "{}".into(),
+        created_at: NOW,
+        last_used_at: None,
+    };
+    assert!(store.insert_passkey(&key("cred-1", "a-c")).await.unwrap());
+    assert!(!store.insert_passkey(&key("cred-1", "a-owner")).await.unwrap(), "a credential belongs to one account");
+    store.passkey_used("cred-1", "{\"n\":1}", NOW + 5).await.unwrap();
+    let used = store.passkey("cred-1").await.unwrap().unwrap();
+    assert_eq!((used.passkey_json.as_str(), used.last_used_at), ("{\"n\":1}", Some(NOW + 5)));
+    let pk_account = NewAccount {
+        id: "a-pk",
+        email: "pk@example.org",
+        role: Role::Consumer,
+        password_hash: "!passkey",
+        created_at: NOW,
+        verified_at: None,
+    };
+    assert!(!store.create_passkey_account(&pk_account, &key("cred-1", "a-pk")).await.unwrap(), "credential taken");
+    assert!(store.account("a-pk").await.unwrap().is_none(), "nothing made");
+    let taken_email = NewAccount { email: "c@example.org", ..pk_account };
+    assert!(!store.create_passkey_account(&taken_email, &key("cred-2", "a-pk")).await.unwrap(), "email taken");
+    assert!(store.create_passkey_account(&pk_account, &key("cred-2", "a-pk")).await.unwrap());
+    assert_eq!(store.passkeys_of("a-pk").await.unwrap().len(), 1);
+    assert!(!store.delete_passkey("a-c", "cred-2").await.unwrap(), "not another account's");
+    assert!(store.delete_passkey("a-c", "cred-1").await.unwrap());
+    store.insert_ceremony("cer-1", CeremonyKind::SignIn, None, "{}", NOW, NOW + MIN).await.unwrap();
+    store.insert_ceremony("cer-2", CeremonyKind::Register, Some("a-c"), "{\"s\":2}", NOW, NOW + MIN).await.unwrap();
+    assert_eq!(store.take_ceremony("cer-1", CeremonyKind::SecondFactor, NOW).await.unwrap(), None, "by kind");
+    assert_eq!(store.take_ceremony("cer-1", CeremonyKind::SignIn, NOW + MIN).await.unwrap(), None, "expired");
+    assert_eq!(
+        store.take_ceremony("cer-2", CeremonyKind::Register, NOW).await.unwrap(),
+        Some((Some("a-c".into()), "{\"s\":2}".into()))
+    );
+    assert_eq!(store.take_ceremony("cer-2", CeremonyKind::Register, NOW).await.unwrap(), None, "once");
+    assert_eq!(store.prune_ceremonies(NOW + MIN).await.unwrap(), 1);
+    // A passkey sign-up never confirmed goes with its passkey.
+    assert_eq!(store.prune_mail_links(NOW, NOW + 1).await.unwrap().1, 1);
+    assert!(store.account("a-pk").await.unwrap().is_none() && store.passkey("cred-2").await.unwrap().is_none());
     // Audit: newest first, pruned by age.
     let entry = |at: i64, action: &str| AuditRow {
         at,

@@ -87,7 +87,8 @@ pub(super) struct SignedInBody {
         (status = 202, body = SecondFactorBody, description = "The right password of an operator with a passkey: confirm with it"),
         (status = 401, body = super::error::ErrorBody, description = "Unknown email or wrong password (the same answer)"),
         (status = 403, body = super::error::ErrorBody, description = "The right password, but the email is not confirmed yet (`email_unverified`)"),
-        (status = 429, body = super::error::ErrorBody, description = "Too many failures; see Retry-After"),
+                (status = 429, body = super::error::ErrorBody, description = "Too many failures; see Retry-After"),
+        (status = 500, body = super::error::ErrorBody, description = "An operator's passkey cannot be read: refused, never signed in on the password alone"),
         (status = 503, body = super::error::ErrorBody, description = "Too many password checks at once; retry")))]
 async fn sign_in(
     State(state): State<HubState>,
