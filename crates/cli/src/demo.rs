@@ -69,7 +69,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     eprintln!("[3/4] manufacturing {} devices (+2 spares for your own MQTT clients)", args.devices);
     let made = client.manufacture("demo-thermostat", args.devices + 2).await?;
     let factory_dir = data_dir.join("factory");
-    crate::write_factory_output(&made, &factory_dir)?;
+    crate::write_factory_output(&made, &factory_dir, None)?;
     let mut bootstraps: Vec<PathBuf> =
         made.devices.iter().map(|d| factory_dir.join(format!("{}.json", d.device_id))).collect();
     // Two spare devices, one per Mosquitto client printed below: a second connection of one device would take

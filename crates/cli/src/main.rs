@@ -6,6 +6,7 @@
 mod bench;
 mod client;
 mod demo;
+mod label;
 
 use std::path::PathBuf;
 
@@ -131,9 +132,13 @@ struct FactoryArgs {
     /// How many devices (1 to 10000 per run).
     #[arg(long)]
     count: usize,
-    /// Output directory for the bootstrap files and manifest.csv.
+    /// Output directory for the bootstrap files, manifest.csv and labels/.
     #[arg(long)]
     out: PathBuf,
+    /// Where a label's QR code sends consumers to claim the device (default: the hub's public HTTPS address, as
+    /// the bootstrap files name it). Set it when consumers reach the web app by another address.
+    #[arg(long)]
+    claim_url: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -384,19 +389,31 @@ async fn wait_for_signal() {
 async fn factory(args: FactoryArgs) -> Result<()> {
     let client = HubClient::new(&args.hub)?;
     let made = client.manufacture(&args.model, args.count).await?;
-    let written = write_factory_output(&made, &args.out)?;
+    let written = write_factory_output(&made, &args.out, args.claim_url.as_deref())?;
     println!("{} devices of model {} written to {}", made.devices.len(), args.model, args.out.display());
     println!("  bootstrap files: {written} (one per device, mode 0600; load each onto its device, keep no copy)");
     println!("  manifest:        {}", args.out.join("manifest.csv").display());
+    println!(
+        "  labels:          {} (SVG, 50 x 30 mm, with the claim QR code; print one per device)",
+        args.out.join("labels").display()
+    );
     Ok(())
 }
 
-/// Writes `{device_id}.json` bootstrap files (0600) and `manifest.csv` (device_id, model, claim_code, file).
-pub fn write_factory_output(made: &hearth_proto::enrol::ManufactureResponse, out: &std::path::Path) -> Result<usize> {
+/// Writes `{device_id}.json` bootstrap files (0600), `manifest.csv` (device_id, model, claim_code, file) and
+/// `labels/{device_id}.svg` (the printable claim label; its QR code opens `{claim_url}/claim?code=…`, by default
+/// the hub's public address).
+pub fn write_factory_output(
+    made: &hearth_proto::enrol::ManufactureResponse,
+    out: &std::path::Path,
+    claim_url: Option<&str>,
+) -> Result<usize> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     std::fs::create_dir_all(out).with_context(|| format!("while creating {}", out.display()))?;
     let mut manifest = String::from("device_id,model,claim_code,bootstrap_file\n");
+    let labels = out.join("labels");
+    std::fs::create_dir_all(&labels).with_context(|| format!("while creating {}", labels.display()))?;
     for (file, device) in made.bootstrap_files().iter().zip(&made.devices) {
         let name = format!("{}.json", file.device_id);
         let path = out.join(&name);
@@ -407,6 +424,11 @@ pub fn write_factory_output(made: &hearth_proto::enrol::ManufactureResponse, out
             .open(&path)
             .with_context(|| format!("while creating {}", path.display()))?;
         f.write_all(&serde_json::to_vec_pretty(file)?)?;
+        let base = claim_url.unwrap_or(&file.hub_url);
+        let label = label::svg(device.device_id.as_str(), device.model.as_str(), &device.claim_code, base)
+            .map_err(|e| anyhow::anyhow!("the claim QR code of {}: {e:?}", device.device_id))?;
+        let label_path = labels.join(format!("{}.svg", device.device_id));
+        std::fs::write(&label_path, label).with_context(|| format!("while writing {}", label_path.display()))?;
         manifest.push_str(&format!("{},{},{},{}\n", device.device_id, device.model, device.claim_code, name));
     }
     let manifest_path = out.join("manifest.csv");

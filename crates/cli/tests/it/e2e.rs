@@ -28,6 +28,21 @@ async fn factory_enrol_connect_publish_store_query_with_real_processes() {
     let rows: Vec<&str> = manifest.lines().skip(1).collect();
     assert_eq!(rows.len(), 2, "{manifest}");
     let device = rows[0].split(',').next().expect("id").to_owned();
+    let claim_code = rows[0].split(',').nth(2).expect("claim code").to_owned();
+    // A printable label per device: the claim QR code opens the hub's claim page with the code filled in.
+    let label = std::fs::read_to_string(out_dir.join("labels").join(format!("{device}.svg"))).expect("label");
+    assert!(label.contains(&format!("ID {device}")), "{label}");
+    assert!(label.contains(&format!(">{}-{}<", &claim_code[..5], &claim_code[5..10])), "the code in groups: {label}");
+    assert!(label.contains("<path d=\"M"), "the QR code: {label}");
+    // Printed and scanned: Chromium draws the label, zbarimg (a real QR reader) reads it back.
+    let label_path = out_dir.join("labels").join(format!("{device}.svg"));
+    if let Some(scanned) = scan_label(&label_path, &dir.path().join("label.png")) {
+        assert_eq!(scanned, format!("QR-Code:{}/claim?code={claim_code}", hub.url()));
+    }
+    if std::env::var_os("HEARTH_SCREENSHOTS").is_some() {
+        std::fs::copy(out_dir.join("labels").join(format!("{device}.svg")), "../../docs/screenshots/label.svg")
+            .expect("copy the sample label");
+    }
     let bootstrap = out_dir.join(format!("{device}.json"));
     use std::os::unix::fs::PermissionsExt as _;
     assert_eq!(std::fs::metadata(&bootstrap).expect("file").permissions().mode() & 0o777, 0o600);
@@ -354,4 +369,39 @@ async fn device_list_lines_up_and_logs_to_a_file_are_plain_text() {
     let _ = serve.wait();
     assert!(seen.contains("hub started"), "{seen}");
     assert!(!seen.contains('\u{1b}'), "ANSI codes in a redirected log: {seen:?}");
+}
+
+/// What a QR reader makes of the label at `svg` once Chromium has drawn it large (None, with the skip reported,
+/// when Chromium or zbarimg is missing).
+fn scan_label(svg: &std::path::Path, png: &std::path::Path) -> Option<String> {
+    const TEST: &str = "e2e::factory_enrol_connect_publish_store_query_with_real_processes (label scan)";
+    let chromium = std::path::Path::new("/usr/bin/chromium");
+    if !hearth_test_support::require_file(chromium, TEST, "apt-get install chromium (.ci/run does)")
+        || !hearth_test_support::require_tool("zbarimg", TEST)
+    {
+        return None;
+    }
+    let profile = tempfile::tempdir().expect("profile");
+    let mut draw = Command::new(chromium);
+    draw.args(["--headless", "--disable-gpu", "--window-size=800,480", "--force-device-scale-factor=3"])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(format!("file://{}", svg.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if nix_root() {
+        draw.arg("--no-sandbox");
+    }
+    assert!(draw.status().expect("chromium runs").success(), "chromium drew the label");
+    let out = Command::new("zbarimg").args(["-q", "--raw"]).arg(png).output().expect("zbarimg runs");
+    assert!(out.status.success(), "zbarimg found no QR code: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    Some(format!("QR-Code:{text}"))
+}
+
+/// Whether the tests run as root (Chromium then needs --no-sandbox).
+fn nix_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
 }

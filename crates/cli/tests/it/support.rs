@@ -45,8 +45,11 @@ impl HubProcess {
         env: &[(&str, &str)],
     ) -> HubProcess {
         let config = data_dir.with_extension("toml");
-        std::fs::write(&config, format!("[public]\nhostnames = [\"127.0.0.1\", \"localhost\"]\n{extra}"))
-            .expect("config");
+        // A hub for devices and operators: no consumer sign-up, so no mail relay is needed.
+        let config_text = format!(
+            "[public]\nhostnames = [\"127.0.0.1\", \"localhost\"]\n{extra}\n[accounts]\nconsumer_sign_up = false\n"
+        );
+        std::fs::write(&config, config_text).expect("config");
         let mut child = Command::new(workspace_bin("hearth"))
             .arg("serve")
             .arg("--config")
