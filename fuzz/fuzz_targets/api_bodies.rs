@@ -8,7 +8,8 @@
 
 use hearth_fuzz::hub;
 use hearth_hub::transport::https::api::{CommandRequest, NewTokenRequest, SetupRequest};
-use hearth_hub::transport::https::links::{CompleteRequest, InviteRequest, LinkToken, ResetRequest, SignUpRequest};
+use hearth_hub::transport::https::links::{CompleteRequest, InviteRequest, ResetRequest, SignUpRequest, VerifyRequest};
+use hearth_hub::transport::https::passkeys::{CeremonyAnswer, PasskeySignIn, PasskeySignUp, RegisterFinish};
 use hearth_hub::transport::https::people::{ClaimRequest, PasswordChange, SignInRequest, SupportGrantRequest};
 use hearth_proto::command::CommandAck;
 use hearth_proto::enrol::{EnrolRequest, ManufactureRequest, RenewRequest};
@@ -32,7 +33,11 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let _ = hub.extract::<ClaimRequest>(data);
     let _ = hub.extract::<SupportGrantRequest>(data);
     let _ = hub.extract::<SignUpRequest>(data);
-    let _ = hub.extract::<LinkToken>(data);
+    let _ = hub.extract::<VerifyRequest>(data);
+    let _ = hub.extract::<RegisterFinish>(data);
+    let _ = hub.extract::<CeremonyAnswer>(data);
+    let _ = hub.extract::<PasskeySignIn>(data);
+    let _ = hub.extract::<PasskeySignUp>(data);
     let _ = hub.extract::<ResetRequest>(data);
     let _ = hub.extract::<CompleteRequest>(data);
     let _ = hub.extract::<InviteRequest>(data);

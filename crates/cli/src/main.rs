@@ -424,11 +424,19 @@ pub fn write_factory_output(
             .open(&path)
             .with_context(|| format!("while creating {}", path.display()))?;
         f.write_all(&serde_json::to_vec_pretty(file)?)?;
-        let base = claim_url.unwrap_or(&file.hub_url);
+        // The base address; a `…/claim` given by mistake is not doubled.
+        let base = claim_url.unwrap_or(&file.hub_url).trim_end_matches('/').trim_end_matches("/claim");
         let label = label::svg(device.device_id.as_str(), device.model.as_str(), &device.claim_code, base)
             .map_err(|e| anyhow::anyhow!("the claim QR code of {}: {e:?}", device.device_id))?;
         let label_path = labels.join(format!("{}.svg", device.device_id));
-        std::fs::write(&label_path, label).with_context(|| format!("while writing {}", label_path.display()))?;
+        // 0600 like the bootstrap files: the claim code is a secret until the label is on the box.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&label_path)
+            .and_then(|mut f| f.write_all(label.as_bytes()))
+            .with_context(|| format!("while writing {}", label_path.display()))?;
         manifest.push_str(&format!("{},{},{},{}\n", device.device_id, device.model, device.claim_code, name));
     }
     let manifest_path = out.join("manifest.csv");

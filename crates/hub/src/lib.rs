@@ -280,7 +280,7 @@ pub async fn start_with_clock(config: Config, clock: clock::Clock) -> Result<Run
         tokio::spawn(transport::https::serve(
             https_listener,
             https_tls,
-            transport::https::api::router(state.clone()),
+            transport::https::app(state.clone()),
             config.https_limits(),
             monitor,
             config.listen.proxy_protocol_from.clone().into(),

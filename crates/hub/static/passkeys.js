@@ -60,18 +60,32 @@ async function get(options) {
   return toJSON(await navigator.credentials.get({ publicKey: requestOptions(options) }));
 }
 
+// Where to go after signing in: a path on this hub only (the server checked it too).
+const next = (button) => {
+  const path = button.dataset.next || '/devices';
+  return path.startsWith('/') && !path.startsWith('//') && !path.includes('\\') ? path : '/devices';
+};
+
 const actions = {
   // Sign in with a passkey (no email).
-  async 'sign-in'() {
+    async 'sign-in'(button) {
     const started = await post('/api/v1/sessions/passkey/start');
     await post('/api/v1/sessions/passkey/finish', { ceremony_id: started.ceremony_id, credential: await get(started.options) });
-    location.assign('/devices');
+    location.assign(next(button));
+  },
+  // Confirm a passkey sign-up's email: the link's token and the passkey together.
+  async verify(button) {
+    const started = await post('/api/v1/sessions/passkey/start');
+    await post('/api/v1/sessions/passkey/finish', {
+      ceremony_id: started.ceremony_id, credential: await get(started.options), verify_token: button.dataset.token,
+    });
+    location.assign('/devices?notice=verified');
   },
   // Confirm an operator's password sign-in.
   async 'second-factor'(button) {
     const options = JSON.parse(button.dataset.options);
-    await post('/api/v1/sessions/second-factor', { ceremony_id: button.dataset.ceremony, credential: await get(options) });
-    location.assign('/devices');
+        await post('/api/v1/sessions/second-factor', { ceremony_id: button.dataset.ceremony, credential: await get(options) });
+    location.assign(next(button));
   },
   // Sign up with a passkey: the email from the form.
   async 'sign-up'() {

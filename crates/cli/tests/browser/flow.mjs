@@ -108,6 +108,7 @@ try {
     if ((await go(page, path)) !== 200) throw new Error(`${path} did not answer 200`);
     await check(page, name);
   }
+    await go(page, '/sign-in');
   await shot(page, 'sign-in-desktop');
 
   // Owner setup with the one-time token: a wrong token is refused next to its field, then the right one works.
@@ -150,13 +151,21 @@ try {
   await page.click('button[type=submit]');
   await expectText(page, 'h1', 'Check your email');
   await check(page, 'check your email');
-  const mail = await ask('mail', { to: cfg.consumer.email });
+    const mail = await ask('mail', { to: cfg.consumer.email });
   await page.goto(mail.link);
   await check(page, 'confirm email');
-  await Promise.all([page.waitForURL('**/sign-in?notice=verified'), page.click('button[type=submit]')]);
-  await signIn(page, cfg.consumer.email, cfg.consumer.password);
+  // The link confirms with the password chosen at sign-up, and signs in.
+  await page.fill('#password', cfg.consumer.password);
+  await Promise.all([page.waitForURL('**/devices?notice=verified'), page.click('main form button[type=submit]')]);
   await check(page, 'my devices (empty)');
 
+    // Scanning the label while signed out: sign in, and the claim page comes back with the code.
+  await signOut(page);
+  await go(page, `/claim?code=${encodeURIComponent(device.claim_code)}`);
+  if (!page.url().includes('/sign-in?next=')) throw new Error(`not sent to sign in: ${page.url()}`);
+  await page.fill('#email', cfg.consumer.email);
+  await page.fill('#password', cfg.consumer.password);
+  await Promise.all([page.waitForURL('**/claim?code=*'), page.click('main form button[type=submit]')]);
   // Claims the device by its code, as its label's QR code opens the page.
   await go(page, `/claim?code=${encodeURIComponent(device.claim_code)}`);
   await check(page, 'claim');
@@ -217,9 +226,18 @@ try {
   await pk.fill('#email', cfg.passkeyUser);
   await Promise.all([pk.waitForURL('**/check-email'), pk.click('button[data-passkey=sign-up]')]);
   await check(pk, 'check your email (passkey)');
-  const mail2 = await ask('mail', { to: cfg.passkeyUser });
+    const mail2 = await ask('mail', { to: cfg.passkeyUser });
   await pk.goto(mail2.link);
-  await Promise.all([pk.waitForURL('**/sign-in?notice=verified'), pk.click('main button[type=submit]')]);
+  await check(pk, 'confirm email (passkey button)');
+  // Before confirming, the passkey signs in to nothing.
+  await go(pk, '/sign-in');
+  await pk.click('button[data-passkey=sign-in]');
+    await pk.locator('#passkey-status').filter({ hasText: 'does not sign in' }).waitFor({ timeout: 10000 });
+  // The link and the passkey together confirm the email and sign in.
+  await pk.goto(mail2.link);
+  await Promise.all([pk.waitForURL('**/devices?notice=verified'), pk.click('button[data-passkey=verify]')]);
+  await check(pk, 'confirmed with a passkey');
+  await signOut(pk);
   await check(pk, 'sign in (passkey button)');
   await Promise.all([pk.waitForURL('**/devices'), pk.click('button[data-passkey=sign-in]')]);
   await check(pk, 'signed in with a passkey');
@@ -245,7 +263,7 @@ try {
   await check(op, 'second factor');
     // The right password alone is no session.
   await go(op, '/devices');
-  if (!op.url().endsWith('/sign-in')) throw new Error(`signed in before the second factor: ${op.url()}`);
+  if (!op.url().includes('/sign-in')) throw new Error(`signed in before the second factor: ${op.url()}`);
   await op.fill('#email', cfg.owner.email);
   await op.fill('#password', cfg.owner.password);
   await op.click('main form button[type=submit]');

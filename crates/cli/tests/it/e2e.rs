@@ -342,8 +342,12 @@ async fn device_list_lines_up_and_logs_to_a_file_are_plain_text() {
     assert!(lines[1..].iter().all(|l| l.ends_with("never")), "never seen devices say so: {out}");
     drop(hub);
     // The hub's log, redirected to a pipe (as to a file or the journal): plain text, no escape codes.
+    let config = dir.path().join("plain.toml");
+    std::fs::write(&config, "[accounts]\nconsumer_sign_up = false\n").expect("config");
     let mut serve = Command::new(workspace_bin("hearth"))
-        .args(["serve", "--https", "127.0.0.1:0", "--mqtts", "127.0.0.1:0", "--data-dir"])
+        .args(["serve", "--https", "127.0.0.1:0", "--mqtts", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
         .arg(dir.path().join("plain"))
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())

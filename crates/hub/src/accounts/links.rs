@@ -52,6 +52,9 @@ pub enum LinkRefusal {
     /// The link is unknown, used, expired or of another kind.
     #[error("this link is not valid any more; ask for a new one")]
     InvalidLink,
+    /// Not the password chosen at sign-up.
+    #[error("that is not the password you chose when you signed up")]
+    WrongPassword,
     /// An account has this email already (invitations only: operators may know).
     #[error("an account has this email already")]
     EmailTaken,
@@ -70,6 +73,11 @@ pub struct Invited {
 }
 
 impl Accounts {
+    /// Whether consumers may sign up here (sign-up is on and mail can be sent).
+    pub fn sign_up_open(&self) -> bool {
+        self.settings.consumer_sign_up && self.settings.mailer.is_configured()
+    }
+
     /// A consumer signs up with email and password. The answer is the same whether or not the email has an
     /// account: a new one gets a verification link by mail (no sign-in before it is followed), a known one a
     /// note that someone tried. Refused, with nothing changed, for an invalid email, a password that breaks a
@@ -120,7 +128,10 @@ impl Accounts {
 
     /// Mails `email`, which has an account, that someone tried to sign up with it (capped per address).
     pub(super) async fn mail_taken(&self, email: &str) -> Result<(), StoreError> {
-        if self.may_mail(email).await? {
+        // One such note per address in 15 minutes, counted apart from reset mails: sign-ups with someone's
+        // address can neither flood it nor use up the owner's own reset mails.
+        let keys = [(format!("taken:{email}"), 2)];
+        if self.count_attempt(&keys, self.clock.now_ms()).await?.is_none() {
             self.settings.mailer.send_later(Mail {
                 to: email.to_owned(),
                 subject: "Someone tried to create an account with your address".into(),
@@ -142,28 +153,78 @@ impl Accounts {
             to: email.to_owned(),
             subject: "Confirm your email to finish signing up".into(),
             body: format!(
-                "Welcome to Hearth. Confirm this address to finish creating your account:\n\n{link}\n\nThe link \
-                 works once, for 24 hours. If you did not sign up, ignore this mail and the account will be \
-                 removed.\n"
+                "Welcome to Hearth. To finish creating your account, open this link and sign in with the password \
+                 (or passkey) you chose:\n\n{link}\n\nThe link works once, for 24 hours. If you did not sign up, \
+                 ignore this mail and the account will be removed.\n"
             ),
         });
         Ok(())
     }
 
     /// Follows a verification link: the account's email is verified and it may sign in.
+    ///
+    /// The link alone does not confirm: whoever follows it signs in with the password chosen at sign-up (a
+    /// passkey sign-up confirms through a passkey sign-in carrying the link's token,
+    /// [`Accounts::passkey_sign_in_finish`]). Both the mailbox and the credential are needed, so a stranger who
+    /// signed up with someone else's email can never have the owner of that mailbox confirm it for them. Wrong
+    /// passwords are throttled as at sign-in. A confirmed email opens a session.
     pub async fn verify_email(
         &self,
         token: &str,
+        password: &str,
         source: Option<IpAddr>,
-    ) -> Result<Result<(), LinkRefusal>, StoreError> {
+        user_agent: Option<&str>,
+    ) -> Result<Result<super::SignedIn, LinkRefusal>, AccountsError> {
         let mac = self.master.token_mac(LINK, token);
-        match self.store.use_mail_link(&mac, LinkPurpose::Verify, None, self.clock.now_ms()).await? {
-            Some(account) => {
-                self.audit(Some(&account), "email_verified", Some(&account), source, String::new()).await;
-                Ok(Ok(()))
-            }
-            None => Ok(Err(LinkRefusal::InvalidLink)),
+        let now = self.clock.now_ms();
+        let Some((account_id, LinkPurpose::Verify)) = self.store.mail_link(&mac, now).await? else {
+            return Ok(Err(LinkRefusal::InvalidLink));
+        };
+        let Some(account) = self.store.account(&account_id).await?.filter(|a| a.disabled_at.is_none()) else {
+            return Ok(Err(LinkRefusal::InvalidLink));
+        };
+        let network = source.map(crate::monitoring::source_network).unwrap_or_else(|| "-".into());
+        let keys = [(format!("acct:{}|{network}", account.email), super::THROTTLE_FAILURES)];
+        if let Some(until) = self.count_attempt(&keys, now).await? {
+            return Ok(Err(LinkRefusal::Throttled { retry_after_secs: super::retry_after(until, now) }));
         }
+        let stored = if account.password_hash.starts_with('!') {
+            super::password::decoy().to_owned()
+        } else {
+            account.password_hash.clone()
+        };
+        if !(self.verify(password, stored).await? && !account.password_hash.starts_with('!')) {
+            self.audit(Some(&account.id), "email_verification_refused", None, source, String::new()).await;
+            return Ok(Err(LinkRefusal::WrongPassword));
+        }
+        self.store.clear_login_failures(&keys[0].0).await?;
+        if self.store.use_mail_link(&mac, LinkPurpose::Verify, None, now).await?.as_deref() != Some(account.id.as_str())
+        {
+            return Ok(Err(LinkRefusal::InvalidLink));
+        }
+        self.audit(Some(&account.id), "email_verified", Some(&account.id), source, String::new()).await;
+        Ok(Ok(self.open_session(&account, source, user_agent, "password and the confirmation link").await?))
+    }
+
+    /// Confirms a passkey sign-up's email with its link's token, for `account_id` only (the passkey sign-in that
+    /// carries it proved the credential). True if confirmed.
+    pub(super) async fn verify_with_passkey(
+        &self,
+        token: &str,
+        account_id: &str,
+        source: Option<IpAddr>,
+    ) -> Result<bool, StoreError> {
+        let mac = self.master.token_mac(LINK, token);
+        let now = self.clock.now_ms();
+        match self.store.mail_link(&mac, now).await? {
+            Some((owner, LinkPurpose::Verify)) if owner == account_id => {}
+            _ => return Ok(false),
+        }
+        if self.store.use_mail_link(&mac, LinkPurpose::Verify, None, now).await?.as_deref() != Some(account_id) {
+            return Ok(false);
+        }
+        self.audit(Some(account_id), "email_verified", Some(account_id), source, "with a passkey".into()).await;
+        Ok(true)
     }
 
     /// Someone forgot a password: if `email` has an enabled account other than the owner's, it is mailed a reset
@@ -182,14 +243,25 @@ impl Accounts {
         let Ok(email) = normalize_email(email) else {
             return Ok(Err(LinkRefusal::InvalidEmail("not an email address")));
         };
+        // The rest happens after the answer, so its time says nothing about whether the email has an account.
+        let accounts = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = accounts.mail_reset_link(email, source).await {
+                tracing::error!(error = %e, "could not prepare a password-reset mail");
+            }
+        });
+        Ok(Ok(()))
+    }
+
+    async fn mail_reset_link(&self, email: String, source: Option<IpAddr>) -> Result<(), StoreError> {
         // The owner recovers with `hearth setup-token` (which needs the data directory), never by mail: whoever
         // reads the owner's mailbox must not get the hub.
         let account = self.store.account_by_email(&email).await?;
         let Some(account) = account.filter(|a| a.disabled_at.is_none() && a.role != Role::Owner) else {
-            return Ok(Ok(()));
+            return Ok(());
         };
         if !self.may_mail(&email).await? {
-            return Ok(Ok(()));
+            return Ok(());
         }
         let link = self.new_link(LinkPurpose::Reset, &account.id, RESET_VALIDITY).await?;
         self.settings.mailer.send_later(Mail {
@@ -197,12 +269,13 @@ impl Accounts {
             subject: "Reset your password".into(),
             body: format!(
                 "Someone (perhaps you) asked to reset the password of your Hearth account. Choose a new one \
-                 here:\n\n{link}\n\nThe link works once, for 30 minutes, and signs you out everywhere. If you did not \
-                 ask, ignore this mail: your password stays as it is.\n"
+                                  here:\n\n{link}\n\nThe link works once, for 30 minutes. It signs you out everywhere and removes \
+                 your passkeys and API tokens (add them again after). If you did not ask, ignore this mail: your \
+                 password stays as it is.\n"
             ),
         });
         self.audit(Some(&account.id), "password_reset_requested", Some(&account.id), source, String::new()).await;
-        Ok(Ok(()))
+        Ok(())
     }
 
     /// Sets a new password with a reset or invitation link: the link is used up (with every other reset link

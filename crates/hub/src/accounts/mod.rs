@@ -96,6 +96,8 @@ pub struct Operator {
     pub role: Role,
     /// Through a sign-in session (a browser: unsafe methods need the CSRF token).
     pub session: bool,
+    /// When the session signed in, Unix ms (None: an API token). Adding a passkey needs a recent sign-in.
+    pub signed_in_at_ms: Option<i64>,
 }
 
 /// Why a bearer token was not accepted.
@@ -171,8 +173,9 @@ pub enum SignInRefusal {
         /// Seconds until the lock ends.
         retry_after_secs: u64,
     },
-    /// The right password, but the email is not verified yet (follow the link in the sign-up mail).
-    Unverified,
+    /// An operator's passkeys cannot be checked (the hub is reached by an IP address now): refused, never
+    /// signed in without the second factor.
+    SecondFactorUnavailable,
 }
 
 /// What the right password leads to.
@@ -359,14 +362,17 @@ impl Accounts {
             account_id: Some(owner.id.clone()),
             role: Role::Owner,
             session: false,
+            signed_in_at_ms: None,
         };
+        // Passkeys too: one an intruder added would be the owner's second factor from now on.
+        let passkeys = self.store.delete_passkeys_of(&owner.id).await?;
         let token = self.create_token(&by, label, None).await?;
         self.audit(
             Some(&owner.id),
             "owner_recovered",
             Some(&owner.id),
             source,
-            format!("{revoked} API tokens revoked"),
+            format!("{revoked} API tokens and {passkeys} passkeys removed"),
         )
         .await;
         Ok(Ok(((&owner).into(), token)))
@@ -408,16 +414,26 @@ impl Accounts {
             return Ok(Err(SignInRefusal::Invalid));
         };
         if account.verified_at.is_none() {
-            // Only someone who knows the password learns that the account waits for its email to be verified.
-            return Ok(Err(SignInRefusal::Unverified));
+            // A sign-up not yet confirmed answers like a wrong password: the answer must not tell a stranger who
+            // signed up with someone else's email that the email was free. (The confirmation link itself signs
+            // in: `verify_email`.)
+            self.audit(Some(&account.id), "sign_in_unconfirmed", None, source, String::new()).await;
+            return Ok(Err(SignInRefusal::Invalid));
         }
         // A success is no failure: the account's count here is cleared, the source's given back.
         self.store.clear_login_failures(&keys[0].0).await?;
         self.store.forgive_login_failure(&keys[1].0).await?;
         // An operator with a passkey confirms with it: no session until then.
-        if let Some(started) = self.second_factor_start(&account).await? {
-            self.audit(Some(&account.id), "second_factor_asked", None, source, String::new()).await;
-            return Ok(Ok(SignInOutcome::SecondFactor(started)));
+        match self.second_factor_start(&account).await? {
+            passkeys::SecondFactor::None => {}
+            passkeys::SecondFactor::Ask(started) => {
+                self.audit(Some(&account.id), "second_factor_asked", None, source, String::new()).await;
+                return Ok(Ok(SignInOutcome::SecondFactor(started)));
+            }
+            passkeys::SecondFactor::Unavailable => {
+                self.audit(Some(&account.id), "second_factor_unavailable", None, source, String::new()).await;
+                return Ok(Err(SignInRefusal::SecondFactorUnavailable));
+            }
         }
         Ok(Ok(SignInOutcome::Session(self.open_session(&account, source, user_agent, "password").await?)))
     }
@@ -504,6 +520,7 @@ impl Accounts {
             account_id: Some(account.id.clone()),
             role: account.role,
             session: true,
+            signed_in_at_ms: Some(session.created_at),
         };
         Ok(Some((caller, (&account).into())))
     }
@@ -594,7 +611,14 @@ impl Accounts {
                 _ => return Ok(Err(TokenRefusal::Invalid)),
             },
         };
-        Ok(Ok(Operator { token_id, expires_at_ms: expires_at, account_id, role, session: false }))
+        Ok(Ok(Operator {
+            token_id,
+            expires_at_ms: expires_at,
+            account_id,
+            role,
+            session: false,
+            signed_in_at_ms: None,
+        }))
     }
 
     /// Creates an API token for `by`'s account, valid for `validity` (at most [`MAX_TOKEN_VALIDITY`]; default the

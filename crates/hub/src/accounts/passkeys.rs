@@ -23,6 +23,8 @@ use crate::store::{AccountRow, CeremonyKind, NewAccount, PasskeyRow, StoreError}
 pub const CEREMONY_VALIDITY_MS: i64 = 5 * 60 * 1000;
 /// The password hash of an account whose only credential is a passkey: no password verifies against it.
 pub const PASSKEY_ONLY: &str = "!passkey";
+/// Adding a passkey needs a sign-in this recent.
+pub const FRESH_SIGN_IN_MS: i64 = 10 * 60 * 1000;
 /// Passkeys per account.
 pub const MAX_PASSKEYS: usize = 10;
 const HANDLE: &str = "webauthn-user";
@@ -61,9 +63,12 @@ pub enum PasskeyRefusal {
     /// Unknown passkey, or its account cannot sign in (the same answer).
     #[error("this passkey does not sign in to any account here")]
     UnknownPasskey,
-    /// The account's email is not confirmed yet.
-    #[error("confirm your email first: follow the link in the mail we sent when you signed up")]
-    Unverified,
+    /// Adding a passkey needs a sign-in within the last 10 minutes, through a session.
+    #[error("sign in again (within the last 10 minutes) to add a passkey")]
+    SignInAgain,
+    /// The account's only way to sign in.
+    #[error("this is the account's only way to sign in; set a password first (forgot password)")]
+    LastCredential,
     /// The account has as many passkeys as it may.
     #[error("an account has at most 10 passkeys; remove one first")]
     TooMany,
@@ -82,6 +87,17 @@ pub struct Started {
     pub ceremony_id: String,
     /// `CreationChallengeResponse` or `RequestChallengeResponse`, as JSON (`{"publicKey": …}`).
     pub options: serde_json::Value,
+}
+
+/// What an operator's right password leads to.
+#[derive(Debug)]
+pub enum SecondFactor {
+    /// No passkey: the session.
+    None,
+    /// Confirm with one of these passkeys.
+    Ask(Started),
+    /// The account has passkeys, but the hub cannot check them now: refused.
+    Unavailable,
 }
 
 /// A passkey as its owner sees it.
@@ -180,6 +196,11 @@ impl Accounts {
             Err(r) => return Ok(Err(r)),
         };
         let Some(account) = self.account_of(by).await? else { return Ok(Err(PasskeyRefusal::InvalidCeremony)) };
+        // A stolen session or token must not add a way in that outlives a password reset.
+        let fresh = by.signed_in_at_ms.is_some_and(|at| self.clock.now_ms() - at <= FRESH_SIGN_IN_MS);
+        if !by.session || !fresh {
+            return Ok(Err(PasskeyRefusal::SignInAgain));
+        }
         let existing = self.store.passkeys_of(&account.id).await?;
         if existing.len() >= MAX_PASSKEYS {
             return Ok(Err(PasskeyRefusal::TooMany));
@@ -248,6 +269,17 @@ impl Accounts {
             return Ok(Err(PasskeyRefusal::Rejected("this passkey is registered already".into())));
         }
         self.record(by, "passkey_added", &row.credential_id, source).await;
+        if let Some(account) = self.store.account(&account_id).await? {
+            self.settings.mailer.send_later(crate::mail::Mail {
+                to: account.email,
+                subject: "A passkey was added to your account".into(),
+                body: format!(
+                    "A passkey named \"{}\" was added to your Hearth account. If that was not you, reset your \
+                     password at {}/forgot now: a reset removes every passkey.\n",
+                    row.name, self.settings.link_base
+                ),
+            });
+        }
         Ok(Ok(row.into()))
     }
 
@@ -266,11 +298,12 @@ impl Accounts {
         let Some(account) = by.account_id.as_deref() else { return Ok(Err(PasskeyRefusal::NoSuchPasskey)) };
         let account_row = self.store.account(account).await?;
         let passkeys = self.store.passkeys_of(account).await?;
+        if !passkeys.iter().any(|p| p.credential_id == id) {
+            return Ok(Err(PasskeyRefusal::NoSuchPasskey));
+        }
         // The last credential of a passkey-only account stays: removing it would leave no way in.
         if account_row.is_some_and(|a| a.password_hash == PASSKEY_ONLY) && passkeys.len() == 1 {
-            return Ok(Err(PasskeyRefusal::Rejected(
-                "this is the account's only way to sign in; set a password first (forgot password)".into(),
-            )));
+            return Ok(Err(PasskeyRefusal::LastCredential));
         }
         if !self.store.delete_passkey(account, id).await? {
             return Ok(Err(PasskeyRefusal::NoSuchPasskey));
@@ -299,11 +332,13 @@ impl Accounts {
         Ok(Ok(self.start_ceremony(CeremonyKind::SignIn, None, json(&state)?, options).await?))
     }
 
-    /// Finishes a passkey sign-in: a session for the passkey's account.
+    /// Finishes a passkey sign-in: a session for the passkey's account. `verify_token`, the token of the link in
+    /// a passkey sign-up's mail, confirms that account's email on the way (the mailbox and the passkey together).
     pub async fn passkey_sign_in_finish(
         &self,
         ceremony_id: &str,
         credential: serde_json::Value,
+        verify_token: Option<&str>,
         source: Option<IpAddr>,
         user_agent: Option<&str>,
     ) -> Result<Result<SignedIn, PasskeyRefusal>, AccountsError> {
@@ -343,28 +378,39 @@ impl Accounts {
         passkey.update_credential(&result);
         self.store.passkey_used(&row.credential_id, &json(&passkey)?, now).await?;
         if account.verified_at.is_none() {
-            return Ok(Err(PasskeyRefusal::Unverified));
+            let confirmed = match verify_token {
+                Some(token) => self.verify_with_passkey(token, &account.id, source).await?,
+                None => false,
+            };
+            if !confirmed {
+                // As for an unknown passkey: nothing tells a stranger that this email was free.
+                self.audit(Some(&account.id), "sign_in_unconfirmed", None, source, "passkey".into()).await;
+                return Ok(Err(PasskeyRefusal::UnknownPasskey));
+            }
         }
         Ok(Ok(self.open_session(&account, source, user_agent, "passkey").await?))
     }
 
     /// After the right password of an operator with passkeys: the second-factor ceremony, over its passkeys.
-    pub(super) async fn second_factor_start(&self, account: &AccountRow) -> Result<Option<Started>, AccountsError> {
-        let Some(webauthn) = self.settings.webauthn.as_deref() else { return Ok(None) };
+    pub(super) async fn second_factor_start(&self, account: &AccountRow) -> Result<SecondFactor, AccountsError> {
         if !matches!(account.role, Role::Owner | Role::Admin | Role::Support) {
-            return Ok(None);
+            return Ok(SecondFactor::None);
         }
         let rows = self.store.passkeys_of(&account.id).await?;
         if rows.is_empty() {
-            return Ok(None);
+            return Ok(SecondFactor::None);
         }
+        // Fail closed: passkeys the hub cannot check now (reached by an IP address) are no reason to skip them.
+        let Some(webauthn) = self.settings.webauthn.as_deref() else { return Ok(SecondFactor::Unavailable) };
         // Fail closed: a passkey that cannot be read is an error, never a sign-in without the second factor.
         let passkeys = rows.iter().map(|p| parse::<Passkey>(&p.passkey_json)).collect::<Result<Vec<_>, _>>()?;
         let (options, state) = webauthn
             .start_passkey_authentication(&passkeys)
             .map_err(|e| AccountsError::Store(StoreError::Corrupt(format!("passkey challenge: {e}"))))?;
         let options = serde_json::to_value(&options).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        Ok(Some(self.start_ceremony(CeremonyKind::SecondFactor, Some(&account.id), json(&state)?, options).await?))
+        Ok(SecondFactor::Ask(
+            self.start_ceremony(CeremonyKind::SecondFactor, Some(&account.id), json(&state)?, options).await?,
+        ))
     }
 
     /// Finishes an operator's sign-in with the passkey: the session.

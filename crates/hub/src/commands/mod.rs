@@ -177,8 +177,11 @@ impl Commands {
     pub async fn answer(&self, device: &DeviceId, ack: &CommandAck) -> Result<bool, StoreError> {
         let now = self.clock.now_ms();
         let status = CommandStatus::from(ack.status);
+        // The wipe first: if the hub stops between the two writes, the answer comes again with the redelivered
+        // command and is recorded then; the other order could leave a confirmed wipe unrecorded for ever.
+        let wiped = status == CommandStatus::Ok && self.store.confirm_wipe(device.as_str(), &ack.id, now).await?;
         let answered = self.store.answer_command(device.as_str(), &ack.id, status, ack.detail.as_deref(), now).await?;
-        if answered && status == CommandStatus::Ok && self.store.confirm_wipe(device.as_str(), &ack.id, now).await? {
+        if wiped {
             tracing::info!(device = %device, command = %ack.id, "the device confirmed it erased its user data");
             let entry = AuditRow {
                 at: now,

@@ -557,7 +557,8 @@ impl Store {
 
     /// Uses a live link of `purpose` and applies it, in one transaction: a verify link marks the email
     /// verified; a reset or invite link sets `password_hash` (required for them), marks the email verified,
-    /// uses up every other reset and invite link of the account and ends every session of it. The account id,
+    /// uses up every other reset and invite link of the account, ends every session of it, revokes its API tokens
+    /// and deletes its passkeys. The account id,
     /// or `None` (nothing changed) if the link is not live, is of another purpose, or its account is disabled.
     pub async fn use_mail_link(
         &self,
@@ -602,9 +603,19 @@ impl Store {
                 .bind(now)
                 .execute(tx.conn())
                 .await?;
-                sqlx::query("UPDATE web_sessions SET revoked_at = $2 WHERE account_id = $1 AND revoked_at IS NULL")
+                                sqlx::query("UPDATE web_sessions SET revoked_at = $2 WHERE account_id = $1 AND revoked_at IS NULL")
                     .bind(&account)
                     .bind(now)
+                    .execute(tx.conn())
+                    .await?;
+                // A reset is a recovery: whatever else could sign in goes too (an intruder's passkey or token).
+                sqlx::query("UPDATE api_tokens SET revoked_at = $2 WHERE account_id = $1 AND revoked_at IS NULL")
+                    .bind(&account)
+                    .bind(now)
+                    .execute(tx.conn())
+                    .await?;
+                sqlx::query("DELETE FROM passkeys WHERE account_id = $1")
+                    .bind(&account)
                     .execute(tx.conn())
                     .await?;
             }

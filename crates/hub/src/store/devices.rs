@@ -294,7 +294,8 @@ impl Store {
         Ok(row.map(|(id,)| id))
     }
 
-    /// Releases a claimed device (`by`: its owner, or an operator) in one transaction: it is unclaimed and, if
+    /// Releases a claimed device (`by`: its owner, or an operator) in one transaction: it is unclaimed, its last
+    /// reported state (the previous owner's) is forgotten, and, if
     /// `wipe` is given, that command is recorded and the device stays unclaimable until it confirms the wipe
     /// ([`Store::confirm_wipe`]). An operator may also release a device whose earlier wipe is unconfirmed, to send
     /// a new one. False (nothing changed) if `by` may not release it or it is neither claimed nor awaiting a wipe.
@@ -309,7 +310,7 @@ impl Store {
             Release::Operator => ("(owner_account_id IS NOT NULL OR wipe_command_id IS NOT NULL) AND $3 = $3", ""),
         };
         let sql = format!(
-            "UPDATE devices SET owner_account_id = NULL, claimed_at = NULL, wipe_command_id = $2 \
+            "UPDATE devices SET owner_account_id = NULL, claimed_at = NULL, wipe_command_id = $2, state_json = NULL \
              WHERE id = $1 AND {condition}"
         );
         on_pool!(self, pool => {

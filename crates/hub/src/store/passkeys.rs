@@ -148,6 +148,15 @@ impl Store {
             == 1)
     }
 
+    /// Deletes every passkey of the account; how many went.
+    pub async fn delete_passkeys_of(&self, account_id: &str) -> Result<u64> {
+        Ok(on_pool!(self, pool => sqlx::query("DELETE FROM passkeys WHERE account_id = $1")
+            .bind(account_id)
+            .execute(pool)
+            .await?
+            .rows_affected()))
+    }
+
     /// Records a ceremony's state until `expires_at`.
     pub async fn insert_ceremony(
         &self,

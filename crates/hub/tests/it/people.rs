@@ -539,10 +539,13 @@ async fn a_consumer_signs_up_and_confirms_by_mail_and_the_answer_never_says_whet
     assert_eq!(status, 202, "{first}");
     let verify = &mails_to(&hub, ALICE, 1).await[0];
     assert!(verify.body.contains(&format!("{}/verify?token=", hub.base())), "{}", verify.body);
-    // Not before the email is confirmed; a wrong password still gets the usual answer.
-    let (status, _, body) = sign_in(&hub, ALICE, ALICE_PASSWORD).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("email_unverified")), "{body}");
-    assert_eq!(sign_in(&hub, ALICE, "a wrong but long passphrase").await.0, 401);
+    // Not before the email is confirmed, and with the very answer a wrong password or unknown email gets: nobody
+    // learns by signing up and then in that the email was free.
+    let (status, _, unconfirmed) = sign_in(&hub, ALICE, ALICE_PASSWORD).await;
+    let (_, _, wrong) = sign_in(&hub, ALICE, "a wrong but long passphrase").await;
+    let (_, _, unknown) = sign_in(&hub, "nobody@example.org", ALICE_PASSWORD).await;
+    assert_eq!((status, &unconfirmed), (401, &wrong));
+    assert_eq!(unconfirmed, unknown);
     // Signing up again with a known email: the same answer; a note by mail; the account is untouched.
     let (status, _, again) = sign_up(ALICE, "another kettle of teal herons").await;
     assert_eq!((status, &again), (202, &first));
@@ -550,11 +553,19 @@ async fn a_consumer_signs_up_and_confirms_by_mail_and_the_answer_never_says_whet
     assert!(mails[1].subject.contains("tried"), "{:?}", mails[1]);
     assert!(!mails[1].body.contains("token="), "the note carries no link");
 
+    // The link confirms only with the password chosen at sign-up: the mailbox alone is not enough.
     let token = link_token(verify);
-    let (status, _, body) = post(&hub, "/api/v1/sign-up/verify", json!({ "token": "hml_forged" }), None, false).await;
+    let confirm = |token: String, password: &'static str| {
+        post(&hub, "/api/v1/sign-up/verify", json!({ "token": token, "password": password }), None, false)
+    };
+    let (status, _, body) = confirm("hml_forged".into(), ALICE_PASSWORD).await;
     assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_link")));
-    assert_eq!(post(&hub, "/api/v1/sign-up/verify", json!({ "token": token }), None, false).await.0, 204);
-    assert_eq!(post(&hub, "/api/v1/sign-up/verify", json!({ "token": token }), None, false).await.0, 400, "once");
+    let (status, _, body) = confirm(token.clone(), "another kettle of teal herons").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (401, Some("invalid_credentials")), "{body}");
+    let (status, headers, body) = confirm(token.clone(), ALICE_PASSWORD).await;
+    assert_eq!((status, body["account"]["email"].as_str()), (201, Some(ALICE)), "confirmed and signed in: {body}");
+    assert!(headers.get("set-cookie").is_some());
+    assert_eq!(confirm(token, ALICE_PASSWORD).await.0, 400, "once");
     let alice = signed_in(&hub, ALICE, ALICE_PASSWORD).await;
     let (_, me) = get(&hub, "/api/v1/me", &alice).await;
     assert_eq!((me["role"].as_str(), me["account"]["email"].as_str()), (Some("consumer"), Some(ALICE)));
@@ -784,4 +795,48 @@ async fn passkey_ceremonies_work_once_for_their_own_account_and_fail_closed() {
         statuses.push(anonymous("/api/v1/sessions/passkey/start", json!({})).await.0);
     }
     assert_eq!(statuses, [vec![200; 19], vec![429]].concat());
+}
+
+/// Pre-hijacking: a stranger signs up with Alice's address before she does. Alice following the mailed link
+/// cannot confirm the stranger's account (it takes the stranger's password); a reset by Alice takes the account
+/// over and removes whatever the stranger attached (a passkey, here put in the store as the stranger's browser
+/// would have).
+#[tokio::test]
+async fn a_stranger_who_signs_up_with_someone_elses_email_never_gets_in() {
+    let hub = TestHub::start().await.expect("hub");
+    let stranger_password = "the stranger's own passphrase";
+    let (status, _, _) =
+        post(&hub, "/api/v1/sign-up", json!({ "email": ALICE, "password": stranger_password }), None, false).await;
+    assert_eq!(status, 202);
+    let token = link_token(&mails_to(&hub, ALICE, 1).await[0]);
+    let account = hub.hub.state.store.account_by_email(ALICE).await.expect("store").expect("pending account");
+    let stranger_key = hearth_hub::store::PasskeyRow {
+        credential_id: "strangers-key".into(),
+        account_id: account.id.clone(),
+        name: "stranger".into(),
+        passkey_json: "{}".into(),
+        created_at: 0,
+        last_used_at: None,
+    };
+    assert!(hub.hub.state.store.insert_passkey(&stranger_key).await.expect("insert"));
+    // Alice clicks the link, but only knows her own password: nothing is confirmed, the stranger still cannot sign in.
+    let (status, _, _) =
+        post(&hub, "/api/v1/sign-up/verify", json!({ "token": token, "password": ALICE_PASSWORD }), None, false).await;
+    assert_eq!(status, 401);
+    assert_eq!(sign_in(&hub, ALICE, stranger_password).await.0, 401, "unconfirmed");
+    // Alice resets: the account is hers, with her password; the stranger's passkey and password are gone.
+    assert_eq!(post(&hub, "/api/v1/password-reset", json!({ "email": ALICE }), None, false).await.0, 202);
+    let reset = link_token(&mails_to(&hub, ALICE, 2).await[1]);
+    let (status, _, _) = post(
+        &hub,
+        "/api/v1/password-reset/complete",
+        json!({ "token": reset, "new_password": ALICE_PASSWORD }),
+        None,
+        false,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(hub.hub.state.store.passkey("strangers-key").await.expect("store").is_none(), "a reset removes passkeys");
+    assert_eq!(sign_in(&hub, ALICE, stranger_password).await.0, 401);
+    signed_in(&hub, ALICE, ALICE_PASSWORD).await;
 }

@@ -77,7 +77,7 @@ fn rows() -> Vec<Row> {
         r("POST", "/api/v1/renew", Json(json!({"csr_pem": "c"})), [401; 6]),
         r("POST", "/api/v1/sessions", Json(json!({"email": "nobody@example.org", "password": "wrong one"})), [401; 6]),
         r("POST", "/api/v1/sign-up", Json(json!({"email": "x@example.org", "password": "short"})), [400; 6]),
-        r("POST", "/api/v1/sign-up/verify", Json(json!({"token": "hml_forged"})), [400; 6]),
+        r("POST", "/api/v1/sign-up/verify", Json(json!({"token": "hml_forged", "password": "x"})), [400; 6]),
         r("POST", "/api/v1/password-reset", Json(json!({"email": "nobody@example.org"})), [202; 6]),
         r(
             "POST",
@@ -159,7 +159,7 @@ fn rows() -> Vec<Row> {
         r("GET", "/favicon.ico", none(), [200; 6]),
         r("POST", "/sign-in", Form(&[("email", "nobody@example.org"), ("password", "wrong")]), [401; 6]),
         r("POST", "/sign-up", Form(&[("email", "x@example.org"), ("password", "short")]), [400; 6]),
-        r("POST", "/verify", Form(&[("token", "hml_forged")]), [400; 6]),
+        r("POST", "/verify", Form(&[("token", "hml_forged"), ("password", "x")]), [400; 6]),
         r("POST", "/forgot", Form(&[("email", "nobody@example.org")]), [200; 6]),
         r("POST", "/reset", Form(&[("token", "hml_forged"), ("new_password", "a long enough one")]), [400; 6]),
         r("POST", "/setup", Form(&[("setup_token", "hst_x"), ("email", "x@example.org"), ("password", "p")]), [401; 6]),
@@ -374,4 +374,51 @@ async fn every_route_and_page_answers_each_role_as_the_table_says() {
         }
     }
     assert!(missing.is_empty(), "routes without a row in the table: {missing:?}");
+}
+
+/// The pages' headers and the cross-site refusals, through the router alone (`oneshot`, no socket): every page
+/// carries the CSP, no-referrer and frame denial; a form posted from another site is refused before it runs, so
+/// nobody can sign a visitor in (or out) from elsewhere.
+#[tokio::test]
+async fn pages_carry_the_csp_and_refuse_cross_site_form_posts() {
+    use axum::body::Body as AxumBody;
+    use axum::http::Request;
+    use tower::ServiceExt as _;
+
+    let hub = TestHub::start().await.expect("hub");
+    let app = || hearth_hub::transport::https::app(hub.hub.state.clone());
+    for path in ["/sign-in", "/sign-up", "/forgot", "/setup", "/check-email", "/verify?token=x", "/devices", "/account"]
+    {
+        let response =
+            app().oneshot(Request::get(path).body(AxumBody::empty()).expect("request")).await.expect("answer");
+        let headers = response.headers();
+        assert_eq!(headers["content-security-policy"], hearth_hub::transport::https::web::CSP, "{path}");
+        assert_eq!(
+            (&headers["referrer-policy"], &headers["x-frame-options"]),
+            (&"no-referrer".parse().expect("v"), &"DENY".parse().expect("v")),
+            "{path}"
+        );
+        assert_eq!(headers["cache-control"], "no-store", "{path}");
+    }
+    let form = "email=owner%40example.org&password=whatever";
+    for (header, value) in
+        [("sec-fetch-site", "cross-site"), ("sec-fetch-site", "same-site"), ("origin", "https://evil.example")]
+    {
+        let request = Request::post("/sign-in")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header(header, value)
+            .body(AxumBody::from(form))
+            .expect("request");
+        let response = app().oneshot(request).await.expect("answer");
+        assert_eq!(response.status(), 403, "{header}: {value}");
+        assert!(response.headers().get("set-cookie").is_none());
+    }
+    // The same post from this site is judged on its merits (here: a wrong password).
+    let request = Request::post("/sign-in")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("sec-fetch-site", "same-origin")
+        .body(AxumBody::from(form))
+        .expect("request");
+    assert_eq!(app().oneshot(request).await.expect("answer").status(), 401);
+    assert!(hub.has_events("csrf_refused", 1).await, "cross-site posts are security events");
 }

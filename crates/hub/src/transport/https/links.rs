@@ -39,6 +39,7 @@ pub fn refusal(r: LinkRefusal) -> ApiError {
             ApiError::new(StatusCode::TOO_MANY_REQUESTS, "throttled", message).with_retry_after(retry_after_secs)
         }
         LinkRefusal::InvalidLink => ApiError::bad_request("invalid_link", message),
+        LinkRefusal::WrongPassword => ApiError::unauthorized("invalid_credentials", message),
         LinkRefusal::EmailTaken => ApiError::new(StatusCode::CONFLICT, "email_taken", message),
         LinkRefusal::Forbidden(_) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", message),
     }
@@ -93,26 +94,42 @@ async fn sign_up(
 // Public only so that `fuzz/` can deserialize the real body type.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct LinkToken {
-    /// The `token` of the link in the mail.
+pub struct VerifyRequest {
+    /// The `token` of the link in the sign-up mail.
     #[schema(min_length = 1, max_length = 128)]
     token: String,
+    /// The password chosen at sign-up: the mailbox and the password together confirm the email. (A passkey
+    /// sign-up confirms through `POST /api/v1/sessions/passkey/finish` with `verify_token`.)
+    #[schema(min_length = 1, max_length = 512)]
+    password: String,
 }
 
-/// Confirms a consumer's email with the token of the link in the sign-up mail; the account may then sign in.
-#[utoipa::path(post, path = "/api/v1/sign-up/verify", request_body = LinkToken,
-    responses((status = 204, description = "Verified"),
-        (status = 400, body = super::error::ErrorBody, description = "The link is unknown, used or expired (`invalid_link`)")))]
+/// Confirms a consumer's email: the token of the link in the sign-up mail and the password chosen at sign-up.
+/// Signs in: the answer sets the session cookie, as `POST /api/v1/sessions` does. Wrong passwords are throttled as
+/// at sign-in.
+#[utoipa::path(post, path = "/api/v1/sign-up/verify", request_body = VerifyRequest,
+    responses((status = 201, body = super::people::SignedInBody, description = "Confirmed and signed in"),
+        (status = 400, body = super::error::ErrorBody, description = "The link is unknown, used or expired (`invalid_link`)"),
+        (status = 401, body = super::error::ErrorBody, description = "Not the password chosen at sign-up"),
+        (status = 429, body = super::error::ErrorBody, description = "Too many wrong passwords; see Retry-After"),
+        (status = 503, body = super::error::ErrorBody, description = "Too many password checks at once; retry")))]
 async fn verify(
     State(state): State<HubState>,
     peer: Option<Extension<super::PeerAddr>>,
-    ApiJson(req): ApiJson<LinkToken>,
-) -> Result<StatusCode, ApiError> {
-    if !plain_text(&req.token, 1, 128) {
+    headers: axum::http::HeaderMap,
+    ApiJson(req): ApiJson<VerifyRequest>,
+) -> Result<axum::response::Response, ApiError> {
+    if !plain_text(&req.token, 1, 128) || req.password.len() > 512 {
         return Err(refusal(LinkRefusal::InvalidLink));
     }
-    state.accounts.verify_email(&req.token, source(peer)).await?.map_err(refusal)?;
-    Ok(StatusCode::NO_CONTENT)
+    let agent = headers.get(axum::http::header::USER_AGENT).and_then(|v| v.to_str().ok());
+    let signed = state
+        .accounts
+        .verify_email(&req.token, &req.password, source(peer), agent)
+        .await
+        .map_err(accounts_error)?
+        .map_err(refusal)?;
+    Ok(super::people::signed_in(signed))
 }
 
 // Public only so that `fuzz/` can deserialize the real body type.

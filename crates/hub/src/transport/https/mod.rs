@@ -23,6 +23,12 @@ use super::admission::{Slot, SourceKey, Stage, StageLimits};
 use crate::identity::{CertFacts, Identity, cert_facts};
 use crate::monitoring::{Monitor, SecurityEvent};
 
+/// The whole HTTPS application, pages and API, as one router over the hub's state: what [`serve`] runs on each
+/// connection, and what tests drive with `oneshot` where no socket is needed.
+pub fn app(state: crate::HubState) -> Router {
+    api::router(state)
+}
+
 /// The device certificate that authenticated the connection, if any (it may be expired within the renewal
 /// grace period: only renewal accepts such a connection).
 #[derive(Debug, Clone)]

@@ -40,7 +40,8 @@ pub fn refusal(r: PasskeyRefusal) -> ApiError {
         PasskeyRefusal::InvalidCeremony => ApiError::bad_request("invalid_ceremony", message),
         PasskeyRefusal::Rejected(_) => ApiError::bad_request("passkey_rejected", message),
         PasskeyRefusal::UnknownPasskey => ApiError::unauthorized("unknown_passkey", message),
-        PasskeyRefusal::Unverified => ApiError::new(StatusCode::FORBIDDEN, "email_unverified", message),
+        PasskeyRefusal::SignInAgain => ApiError::new(StatusCode::FORBIDDEN, "sign_in_again", message),
+        PasskeyRefusal::LastCredential => ApiError::new(StatusCode::CONFLICT, "last_credential", message),
         PasskeyRefusal::TooMany => ApiError::new(StatusCode::CONFLICT, "too_many_passkeys", message),
         PasskeyRefusal::NoSuchPasskey => ApiError::not_found("passkey"),
         PasskeyRefusal::SignUp(l) => super::links::refusal(l),
@@ -93,7 +94,8 @@ async fn list(State(state): State<HubState>, Caller(op): Caller) -> Result<Json<
 /// Starts adding a passkey to the caller's account. For an operator, a passkey then confirms every password
 /// sign-in (second factor).
 #[utoipa::path(post, path = "/api/v1/me/passkeys/register/start", security(("bearer" = []), ("session" = [])),
-    responses((status = 200, body = CeremonyBody),
+        responses((status = 200, body = CeremonyBody),
+        (status = 403, body = super::error::ErrorBody, description = "Not signed in through a session within the last 10 minutes (`sign_in_again`)"),
         (status = 404, body = super::error::ErrorBody, description = "Passkeys are off: the hub is reached by an IP address"),
         (status = 409, body = super::error::ErrorBody, description = "The account has 10 passkeys")))]
 async fn register_start(State(state): State<HubState>, Caller(op): Caller) -> Result<Json<CeremonyBody>, ApiError> {
@@ -143,8 +145,8 @@ async fn register_finish(
 /// Removes one of the caller's passkeys (not the only credential of a passkey-only account).
 #[utoipa::path(post, path = "/api/v1/me/passkeys/{id}/remove", params(("id" = String, Path, min_length = 1, max_length = 1400, pattern = "^[A-Za-z0-9_-]+$", description = "Passkey id")), security(("bearer" = []), ("session" = [])),
     responses((status = 204, description = "Removed"),
-        (status = 400, body = super::error::ErrorBody, description = "It is the account's only way to sign in"),
-        (status = 404, body = super::error::ErrorBody, description = "No such passkey")))]
+                (status = 404, body = super::error::ErrorBody, description = "No such passkey"),
+        (status = 409, body = super::error::ErrorBody, description = "It is the account's only way to sign in (`last_credential`)")))]
 async fn remove(
     State(state): State<HubState>,
     peer: Option<Extension<super::PeerAddr>>,
@@ -184,26 +186,43 @@ pub struct CeremonyAnswer {
     credential: serde_json::Value,
 }
 
+// Public only so that `fuzz/` can deserialize the real body type.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasskeySignIn {
+    #[schema(min_length = 1, max_length = 64)]
+    ceremony_id: String,
+    /// The browser's answer: `PublicKeyCredential.toJSON()`.
+    #[schema(value_type = Object)]
+    credential: serde_json::Value,
+    /// For a passkey sign-up not yet confirmed: the `token` of the link in its mail (the mailbox and the passkey
+    /// together confirm the email).
+    #[schema(max_length = 128)]
+    verify_token: Option<String>,
+}
+
 /// Finishes a passkey sign-in: the session cookie, as `POST /api/v1/sessions` sets it.
-#[utoipa::path(post, path = "/api/v1/sessions/passkey/finish", request_body = CeremonyAnswer,
+#[utoipa::path(post, path = "/api/v1/sessions/passkey/finish", request_body = PasskeySignIn,
     responses((status = 201, body = super::people::SignedInBody, description = "Signed in; the session cookie is set"),
         (status = 400, body = super::error::ErrorBody, description = "`invalid_ceremony` or `passkey_rejected`"),
-        (status = 401, body = super::error::ErrorBody, description = "The passkey signs in to no account here"),
-        (status = 403, body = super::error::ErrorBody, description = "The email is not confirmed yet"),
+                (status = 401, body = super::error::ErrorBody, description = "The passkey signs in to no account here (or to a sign-up not confirmed: send the link's `verify_token`)"),
         (status = 404, body = super::error::ErrorBody, description = "Passkeys are off")))]
 async fn sign_in_finish(
     State(state): State<HubState>,
     peer: Option<Extension<super::PeerAddr>>,
     headers: HeaderMap,
-    ApiJson(req): ApiJson<CeremonyAnswer>,
+    ApiJson(req): ApiJson<PasskeySignIn>,
 ) -> Result<Response, ApiError> {
+    if req.verify_token.as_deref().is_some_and(|t| !plain_text(t, 1, 128)) {
+        return Err(super::links::refusal(crate::accounts::links::LinkRefusal::InvalidLink));
+    }
     if !plain_text(&req.ceremony_id, 1, 64) {
         return Err(refusal(PasskeyRefusal::InvalidCeremony));
     }
     let agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok());
     let signed = state
         .accounts
-        .passkey_sign_in_finish(&req.ceremony_id, req.credential, source(&peer), agent)
+        .passkey_sign_in_finish(&req.ceremony_id, req.credential, req.verify_token.as_deref(), source(&peer), agent)
         .await
         .map_err(accounts_error)?
         .map_err(refusal)?;

@@ -85,11 +85,10 @@ pub(super) struct SignedInBody {
 #[utoipa::path(post, path = "/api/v1/sessions", request_body = SignInRequest,
     responses((status = 201, body = SignedInBody, description = "Signed in; the session cookie is set"),
         (status = 202, body = SecondFactorBody, description = "The right password of an operator with a passkey: confirm with it"),
-        (status = 401, body = super::error::ErrorBody, description = "Unknown email or wrong password (the same answer)"),
-        (status = 403, body = super::error::ErrorBody, description = "The right password, but the email is not confirmed yet (`email_unverified`)"),
-                (status = 429, body = super::error::ErrorBody, description = "Too many failures; see Retry-After"),
+        (status = 401, body = super::error::ErrorBody, description = "Unknown email, wrong password, or a sign-up not confirmed yet (the same answer)"),
+        (status = 429, body = super::error::ErrorBody, description = "Too many failures; see Retry-After"),
         (status = 500, body = super::error::ErrorBody, description = "An operator's passkey cannot be read: refused, never signed in on the password alone"),
-        (status = 503, body = super::error::ErrorBody, description = "Too many password checks at once; retry")))]
+        (status = 503, body = super::error::ErrorBody, description = "Too many password checks at once; or an operator's passkey cannot be checked now (`second_factor_unavailable`)")))]
 async fn sign_in(
     State(state): State<HubState>,
     peer: Option<Extension<super::PeerAddr>>,
@@ -121,12 +120,12 @@ async fn sign_in(
                 kind: "sign_in_refused",
                 detail: "unknown email or wrong password".into(),
             });
-            Err(ApiError::unauthorized("invalid_credentials", "unknown email or wrong password"))
+            Err(ApiError::unauthorized("invalid_credentials", INVALID_CREDENTIALS))
         }
-        Err(SignInRefusal::Unverified) => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "email_unverified",
-            "confirm your email first: follow the link in the mail we sent when you signed up",
+        Err(SignInRefusal::SecondFactorUnavailable) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "second_factor_unavailable",
+            "this account confirms sign-ins with a passkey, which needs the hub reached by its DNS name",
         )),
         Err(SignInRefusal::Throttled { retry_after_secs }) => {
             state.monitor.record(SecurityEvent {
@@ -161,6 +160,10 @@ struct SecondFactorBody {
     /// `POST /api/v1/sessions/second-factor` to get the session.
     second_factor: super::passkeys::CeremonyBody,
 }
+
+/// The one answer to a refused sign-in: unknown email, wrong password and an unconfirmed sign-up alike.
+pub const INVALID_CREDENTIALS: &str =
+    "unknown email or wrong password (just signed up? open the link in our mail first; it signs you in)";
 
 /// The caller's account id, if the caller is a consumer; else 403 saying `why`.
 fn consumer<'a>(op: &'a crate::accounts::Operator, why: &str) -> Result<&'a str, ApiError> {

@@ -141,8 +141,8 @@ impl Viewer {
 
 /// A page failed or was refused; rendered as a page with a message.
 pub enum PageError {
-    /// Not signed in: go to the sign-in page.
-    SignIn,
+    /// Not signed in: go to the sign-in page, and from there back to this page (a path on this hub).
+    SignIn(Option<String>),
     /// A page with this status and message.
     Page(StatusCode, String),
 }
@@ -177,7 +177,10 @@ where
 impl IntoResponse for PageError {
     fn into_response(self) -> Response {
         match self {
-            PageError::SignIn => Redirect::to("/sign-in").into_response(),
+            PageError::SignIn(None) => Redirect::to("/sign-in").into_response(),
+            PageError::SignIn(Some(next)) => {
+                Redirect::to(&format!("/sign-in?next={}", percent_encode(&next))).into_response()
+            }
             PageError::Page(status, message) => {
                 let page = MessagePage {
                     chrome: Chrome::anonymous(),
@@ -215,7 +218,11 @@ pub struct SignedIn(Viewer);
 impl FromRequestParts<HubState> for SignedIn {
     type Rejection = PageError;
     async fn from_request_parts(parts: &mut Parts, state: &HubState) -> Result<Self, Self::Rejection> {
-        viewer(state, &parts.headers).await?.map(SignedIn).ok_or(PageError::SignIn)
+        let next = (parts.method == axum::http::Method::GET)
+            .then(|| parts.uri.path_and_query().map(|p| p.as_str().to_owned()))
+            .flatten()
+            .filter(|p| safe_next(p).is_some());
+        viewer(state, &parts.headers).await?.map(SignedIn).ok_or(PageError::SignIn(next))
     }
 }
 
@@ -247,6 +254,23 @@ impl FromRequestParts<HubState> for SameSite {
             Err(PageError::forbidden("This form must be sent from this site."))
         }
     }
+}
+
+/// `next` if it is a path on this hub (not `//host` or `/\host`, which browsers read as another site), short and
+/// plain; where a sign-in goes afterwards.
+fn safe_next(next: &str) -> Option<&str> {
+    let plain = next.len() <= 512 && !next.chars().any(|c| c.is_control() || c == '\\');
+    (plain && next.starts_with('/') && !next.starts_with("//")).then_some(next)
+}
+
+/// Percent-encodes everything but unreserved characters and `/`, for a path carried in a query string.
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn same_host(origin: &str, headers: &HeaderMap) -> bool {
@@ -283,6 +307,12 @@ fn when(ms: i64) -> String {
     )
 }
 
+/// The answer to a successful sign-in from a page: the session cookie and on to `next`.
+fn signed_in_redirect(signed: crate::accounts::SignedIn, next: &str) -> Response {
+    let cookie = session_cookie_header(signed.session_token.expose(), SESSION_ABSOLUTE.whole_seconds());
+    (StatusCode::SEE_OTHER, [(header::SET_COOKIE, cookie), (header::LOCATION, next.to_owned())]).into_response()
+}
+
 fn session_cookie_header(value: &str, max_age: i64) -> String {
     format!("{SESSION_COOKIE}={value}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={max_age}")
 }
@@ -306,6 +336,9 @@ struct SignInPage {
     error: Option<String>,
     notice: Option<String>,
     passkeys: bool,
+    sign_up: bool,
+    /// Where to go after signing in.
+    next: String,
 }
 
 #[derive(Template)]
@@ -314,12 +347,14 @@ struct SecondFactorPage {
     chrome: Chrome,
     ceremony_id: String,
     options: String,
+    next: String,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct NoticeQuery {
     notice: Option<String>,
+    next: Option<String>,
 }
 
 /// What `?notice=` may say, so no one can put their own words on our page through a link.
@@ -328,7 +363,7 @@ fn notice_text(key: Option<&str>) -> Option<String> {
         match key? {
             "signed-out" => "You are signed out.",
             "password-set" => "Your password is set. Sign in with it.",
-            "verified" => "Your email is confirmed. Sign in.",
+            "verified" => "Your email is confirmed. Welcome.",
             "setup-done" => "The owner account is ready. Sign in with it.",
             "password-changed" => "Your password is changed and every session ended. Sign in again.",
             "released" => "The device is released. It is being wiped and can then be claimed again.",
@@ -355,6 +390,8 @@ async fn sign_in_page(State(state): State<HubState>, Query(q): Query<NoticeQuery
         error: None,
         notice: notice_text(q.notice.as_deref()),
         passkeys: state.accounts.passkeys_available(),
+        sign_up: state.accounts.sign_up_open(),
+        next: q.next.as_deref().and_then(safe_next).unwrap_or("/devices").to_owned(),
     })
 }
 
@@ -363,6 +400,7 @@ async fn sign_in_page(State(state): State<HubState>, Query(q): Query<NoticeQuery
 struct SignInForm {
     email: String,
     password: String,
+    next: String,
 }
 
 async fn sign_in(
@@ -373,6 +411,8 @@ async fn sign_in(
     Form(form): Form<SignInForm>,
 ) -> Result<Response, PageError> {
     let passkeys = state.accounts.passkeys_available();
+    let sign_up = state.accounts.sign_up_open();
+    let next = safe_next(&form.next).unwrap_or("/devices").to_owned();
     let page = |status: StatusCode, error: String| {
         let p = SignInPage {
             chrome: Chrome::anonymous(),
@@ -380,6 +420,8 @@ async fn sign_in(
             error: Some(error),
             notice: None,
             passkeys,
+            sign_up,
+            next: next.clone(),
         };
         Ok((status, html(&p)).into_response())
     };
@@ -397,12 +439,9 @@ async fn sign_in(
             chrome: Chrome::anonymous(),
             ceremony_id: started.ceremony_id,
             options: started.options.to_string(),
+            next: next.clone(),
         })),
-        Ok(SignInOutcome::Session(signed)) => {
-            let cookie = session_cookie_header(signed.session_token.expose(), SESSION_ABSOLUTE.whole_seconds());
-            Ok((StatusCode::SEE_OTHER, [(header::SET_COOKIE, cookie), (header::LOCATION, "/devices".into())])
-                .into_response())
-        }
+        Ok(SignInOutcome::Session(signed)) => Ok(signed_in_redirect(signed, &next)),
         Err(SignInRefusal::Invalid) => {
             state.monitor.record(crate::monitoring::SecurityEvent {
                 device: None,
@@ -410,16 +449,30 @@ async fn sign_in(
                 kind: "sign_in_refused",
                 detail: "unknown email or wrong password".into(),
             });
-            page(StatusCode::UNAUTHORIZED, "Unknown email or wrong password.".into())
+            page(
+                StatusCode::UNAUTHORIZED,
+                "Unknown email or wrong password. Just signed up? Open the link in our mail first: it signs you in."
+                    .into(),
+            )
         }
-        Err(SignInRefusal::Unverified) => page(
-            StatusCode::FORBIDDEN,
-            "Confirm your email first: follow the link in the mail we sent when you signed up.".into(),
+        Err(SignInRefusal::SecondFactorUnavailable) => page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "This account confirms sign-ins with a passkey, which needs the hub reached by its name. Ask the \
+             hub's operator."
+                .into(),
         ),
-        Err(SignInRefusal::Throttled { retry_after_secs }) => page(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!("Too many failed attempts. Try again in {} minutes.", retry_after_secs.div_ceil(60)),
-        ),
+        Err(SignInRefusal::Throttled { retry_after_secs }) => {
+            state.monitor.record(crate::monitoring::SecurityEvent {
+                device: None,
+                source: source(&peer),
+                kind: "sign_in_throttled",
+                detail: "sign-in refused while locked".into(),
+            });
+            page(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("Too many failed attempts. Try again in {} minutes.", retry_after_secs.div_ceil(60)),
+            )
+        }
     }
 }
 
@@ -531,6 +584,8 @@ async fn sign_up(
 struct VerifyPage {
     chrome: Chrome,
     token: String,
+    passkeys: bool,
+    error: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -539,24 +594,53 @@ struct TokenQuery {
     token: String,
 }
 
-/// A GET only shows a button: mail scanners fetch links, and must not confirm anything.
-async fn verify_page(Query(q): Query<TokenQuery>) -> Response {
-    html(&VerifyPage { chrome: Chrome::anonymous(), token: q.token })
+/// A GET only shows the form: mail scanners fetch links, and must not confirm anything. The link confirms
+/// together with the password (or passkey) chosen at sign-up.
+async fn verify_page(State(state): State<HubState>, Query(q): Query<TokenQuery>) -> Response {
+    html(&VerifyPage {
+        chrome: Chrome::anonymous(),
+        token: q.token,
+        passkeys: state.accounts.passkeys_available(),
+        error: None,
+    })
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct VerifyForm {
+    token: String,
+    password: String,
 }
 
 async fn verify(
     State(state): State<HubState>,
     _same: SameSite,
     peer: Option<Extension<super::PeerAddr>>,
-    Form(form): Form<TokenQuery>,
+    headers: HeaderMap,
+    Form(form): Form<VerifyForm>,
 ) -> Result<Response, PageError> {
-    if form.token.len() > 128 {
+    if form.token.len() > 128 || form.password.len() > 512 {
         return Err(PageError::Page(StatusCode::BAD_REQUEST, LinkRefusal::InvalidLink.to_string()));
     }
-    match state.accounts.verify_email(&form.token, source(&peer)).await? {
-        Ok(()) => Ok(Redirect::to("/sign-in?notice=verified").into_response()),
-        Err(r) => Err(PageError::Page(StatusCode::BAD_REQUEST, r.to_string())),
-    }
+    let agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok());
+    let outcome = state
+        .accounts
+        .verify_email(&form.token, &form.password, source(&peer), agent)
+        .await
+        .map_err(super::people::accounts_error)?;
+    let (status, error) = match outcome {
+        Ok(signed) => return Ok(signed_in_redirect(signed, "/devices?notice=verified")),
+        Err(r @ LinkRefusal::WrongPassword) => (StatusCode::UNAUTHORIZED, r.to_string()),
+        Err(r @ LinkRefusal::Throttled { .. }) => (StatusCode::TOO_MANY_REQUESTS, r.to_string()),
+        Err(r) => return Err(PageError::Page(StatusCode::BAD_REQUEST, r.to_string())),
+    };
+    let page = VerifyPage {
+        chrome: Chrome::anonymous(),
+        token: form.token,
+        passkeys: state.accounts.passkeys_available(),
+        error: Some(error),
+    };
+    Ok((status, html(&page)).into_response())
 }
 
 #[derive(Template)]
@@ -785,7 +869,14 @@ async fn devices(
     SignedIn(v): SignedIn,
     Query(q): Query<DevicesQuery>,
 ) -> Result<Response, PageError> {
-    let q_text: String = q.q.trim().chars().filter(|c| !c.is_control()).take(64).collect::<String>().to_lowercase();
+    // Device ids are letters, digits and `-._`: nothing else can match, and the text goes back into a link.
+    let q_text: String =
+        q.q.trim()
+            .to_lowercase()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+            .take(64)
+            .collect();
     let after: Option<String> = q.after.filter(|a| a.len() <= 64 && !a.chars().any(char::is_control));
     let after = after.as_deref();
     let (rows, heading) = match scope(&v.op)? {
@@ -1125,6 +1216,8 @@ pub struct SessionLine {
 #[derive(Template)]
 #[template(path = "account.html")]
 struct AccountPage {
+    /// Signs in with a passkey only: no password to change.
+    passkey_only: bool,
     chrome: Chrome,
     email: String,
     role: String,
@@ -1170,7 +1263,9 @@ async fn account_page(state: &HubState, v: &Viewer) -> Result<AccountPage, PageE
             used: p.last_used_at_ms.map(when),
         })
         .collect();
+    let passkey_only = state.store.account(account).await?.is_some_and(|a| crate::accounts::passkeys::passkey_only(&a));
     Ok(AccountPage {
+        passkey_only,
         chrome: v.chrome(),
         email: v.account.email.clone(),
         role: v.account.role.as_str().to_owned(),
