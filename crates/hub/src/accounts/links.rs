@@ -193,7 +193,8 @@ impl Accounts {
         } else {
             account.password_hash.clone()
         };
-        if !(self.verify(password, stored).await? && !account.password_hash.starts_with('!')) {
+        let no_password = account.password_hash.starts_with('!');
+        if !self.verify(password, stored).await? || no_password {
             self.audit(Some(&account.id), "email_verification_refused", None, source, String::new()).await;
             return Ok(Err(LinkRefusal::WrongPassword));
         }
