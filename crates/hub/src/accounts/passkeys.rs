@@ -269,14 +269,21 @@ impl Accounts {
             return Ok(Err(PasskeyRefusal::Rejected("this passkey is registered already".into())));
         }
         self.record(by, "passkey_added", &row.credential_id, source).await;
-        if let Some(account) = self.store.account(&account_id).await? {
+                if let Some(account) = self.store.account(&account_id).await? {
+            // The owner is never reset by mail: its way back is recovery on the hub's machine.
+            let what_now = if account.role == Role::Owner {
+                "recover the owner account now with `hearth setup-token` on the hub's machine: recovery removes \
+                 every passkey"
+                    .to_owned()
+            } else {
+                format!("reset your password at {}/forgot now: a reset removes every passkey", self.settings.link_base)
+            };
             self.settings.mailer.send_later(crate::mail::Mail {
                 to: account.email,
                 subject: "A passkey was added to your account".into(),
                 body: format!(
-                    "A passkey named \"{}\" was added to your Hearth account. If that was not you, reset your \
-                     password at {}/forgot now: a reset removes every passkey.\n",
-                    row.name, self.settings.link_base
+                    "A passkey named \"{}\" was added to your Hearth account. If that was not you, {what_now}.\n",
+                    row.name
                 ),
             });
         }
