@@ -183,7 +183,7 @@ impl Lab {
         std::fs::write(
             &config,
             format!(
-                                "[public]\nhostnames = [\"127.0.0.1\", \"localhost\"]\n\
+                "[public]\nhostnames = [\"127.0.0.1\", \"localhost\"]\n\
                  [accounts]\nconsumer_sign_up = false\n\
                  [mqtt]\npublish_rate_per_sec = 100000\npublish_burst = 100000\nmax_connections = 10000000\n\
                  max_pending_per_source = 100000\n{store_toml}"

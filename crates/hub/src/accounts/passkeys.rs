@@ -269,7 +269,7 @@ impl Accounts {
             return Ok(Err(PasskeyRefusal::Rejected("this passkey is registered already".into())));
         }
         self.record(by, "passkey_added", &row.credential_id, source).await;
-                if let Some(account) = self.store.account(&account_id).await? {
+        if let Some(account) = self.store.account(&account_id).await? {
             // The owner is never reset by mail: its way back is recovery on the hub's machine.
             let what_now = if account.role == Role::Owner {
                 "recover the owner account now with `hearth setup-token` on the hub's machine: recovery removes \
