@@ -103,7 +103,12 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     println!("Hearth demo is running.");
     println!("  API:             {https_url}  (OpenAPI: {https_url}/api/v1/openapi.json)");
     println!("  MQTTS:           127.0.0.1:{mqtt_port}  (mutual TLS only; no plaintext port exists)");
-    println!("  owner account:   {DEMO_OWNER}  password {owner_password}  (sign in: POST /api/v1/sessions)");
+    println!(
+        "  web app:         {https_url}/  (the browser warns: the hub's own CA signed it; see the server CA below)"
+    );
+    println!(
+        "  owner account:   {DEMO_OWNER}  password {owner_password}  (sign in on the web app, or POST /api/v1/sessions)"
+    );
     println!("  API token:       {token}");
     println!("  server CA:       {ca}");
     println!();
