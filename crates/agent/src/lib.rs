@@ -32,6 +32,7 @@ pub mod pace;
 pub mod queue;
 pub mod source;
 pub mod tls;
+pub mod tuf;
 
 pub use agent::{Agent, AgentConfig, AgentStats, StatsSnapshot, USER_DATA_DIR};
 pub use clock::{Clock, SystemClock};

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod queue;
+mod tuf;
 
 use std::sync::Arc;
 use std::time::Duration;
