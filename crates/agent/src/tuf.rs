@@ -41,6 +41,14 @@ pub enum TufError {
     /// TUF refused the repository or a target (the trusted metadata is unchanged).
     #[error(transparent)]
     Tuf(#[from] Box<tough::error::Error>),
+    /// The target's length is not the signed one (the file is removed).
+    #[error("the target is {got} bytes, but its signed length is {signed}")]
+    LengthMismatch {
+        /// The signed length.
+        signed: u64,
+        /// What arrived.
+        got: u64,
+    },
     /// A URL does not parse.
     #[error("bad URL {0}: {1}")]
     Url(String, url::ParseError),
@@ -166,6 +174,15 @@ pub async fn download(
     std::fs::create_dir_all(target_dir).map_err(|e| TufError::Io(target_dir.display().to_string(), e))?;
     let name = TargetName::new(name).map_err(Box::new)?;
     repository.save_target(&name, target_dir, Prefix::None).await.map_err(Box::new)?;
+    // tough reads at most the signed length and checks the hashes; TUF also wants the length exact (a file one
+    // byte short with a matching hash means the signed length is wrong: refuse, as python-tuf does).
+    let signed_length = repository.targets().signed.targets.get(&name).map(|t| t.length);
+    let path = target_dir.join(name.raw());
+    let got = std::fs::metadata(&path).map_err(|e| TufError::Io(path.display().to_string(), e))?.len();
+    if signed_length != Some(got) {
+        let _ = std::fs::remove_file(&path);
+        return Err(TufError::LengthMismatch { signed: signed_length.unwrap_or(0), got });
+    }
     Ok(())
 }
 

@@ -224,3 +224,72 @@ fn copy_dir(from: &Path, to: &Path) {
         std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
     }
 }
+
+/// Attacks built with python-tuf (`tests/tuf/scenarios.py`), each refused with the trusted metadata unchanged and
+/// no target written; and root rotation 1 → 2 → 3 followed, including the rotation that revokes a compromised
+/// targets key (targets still signed by that key are then refused).
+#[tokio::test(flavor = "multi_thread")]
+async fn tuf_attacks_are_refused_and_root_rotation_is_followed() {
+    let Some(python) = python_tuf() else { return };
+    let work = tempfile::tempdir().expect("dir");
+    let scenarios = work.path().join("scenarios");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tuf/scenarios.py");
+    assert!(Command::new(&python).arg(script).arg(&scenarios).status().expect("python").success());
+    let base = serve(scenarios.clone(), None).await;
+    // (scenario, accepted, the refusal's words, the role whose metadata must not become trusted)
+    for (name, accepted, reason, refused_role) in [
+        ("good", true, "", None),
+        ("rotation", true, "", None),
+        ("wrong_key", false, "threshold", Some("timestamp.json")),
+        ("below_threshold", false, "threshold of 2", Some("targets.json")),
+        ("length_mismatch", false, "signed length", None),
+        ("hash_mismatch", false, "hash mismatch", None),
+        ("mix_and_match", false, "version mismatch", Some("snapshot.json")),
+        ("revoked_targets", false, "threshold", Some("targets.json")),
+    ] {
+        let d = work.path().join(format!("trusted-{name}"));
+        let out = work.path().join(format!("out-{name}"));
+        let root = scenarios.join(name).join("metadata/1.root.json");
+        assert!(hearth_tuf(&["--metadata-dir", d.to_str().expect("utf8"), "init", root.to_str().expect("utf8")]).0);
+        let before = trusted(&d);
+        let args: Vec<String> = [
+            "--metadata-url",
+            &format!("{base}/{name}/metadata"),
+            "--metadata-dir",
+            d.to_str().expect("utf8"),
+            "--target-name",
+            "firmware.bin",
+            "--target-base-url",
+            &format!("{base}/{name}/targets"),
+            "--target-dir",
+            out.to_str().expect("utf8"),
+            "download",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let (ok, err) =
+            tokio::task::spawn_blocking(move || hearth_tuf(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+                .await
+                .expect("join");
+        assert_eq!(ok, accepted, "{name}: {err}");
+        if accepted {
+            assert!(out.join("firmware.bin").exists(), "{name}");
+        } else {
+            assert!(err.to_lowercase().contains(reason), "{name}: {err}");
+            assert!(!out.join("firmware.bin").exists(), "{name}: no target written");
+            // The refused role never becomes trusted (the roles before it, which verified, may: TUF keeps each
+            // role as it verifies); a refused target is not written.
+            if let Some(role) = refused_role {
+                let now = trusted(&d);
+                assert!(now.iter().all(|(file, _)| file != role), "{name}: {role} became trusted");
+                assert_eq!(before.len(), 1, "only the initial root before");
+            }
+        }
+        if name == "rotation" {
+            let root: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(d.join("root.json")).expect("root")).expect("json");
+            assert_eq!(root["signed"]["version"], 3, "root 1 -> 2 -> 3 followed");
+        }
+    }
+}
