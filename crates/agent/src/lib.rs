@@ -25,6 +25,7 @@ pub mod backoff;
 pub mod clock;
 pub mod commands;
 pub mod enrol;
+pub mod floor;
 mod fsutil;
 pub mod keystore;
 pub mod mqtt;

@@ -49,6 +49,12 @@ pub enum TufError {
         /// What arrived.
         got: u64,
     },
+    /// The signed metadata has no such target.
+    #[error("no release named {0}")]
+    NoRelease(String),
+    /// The target's release metadata is missing or invalid.
+    #[error("release metadata: {0}")]
+    BadRelease(String),
     /// A URL does not parse.
     #[error("bad URL {0}: {1}")]
     Url(String, url::ParseError),
@@ -184,6 +190,15 @@ pub async fn download(
         return Err(TufError::LengthMismatch { signed: signed_length.unwrap_or(0), got });
     }
     Ok(())
+}
+
+/// The release metadata of target `name` (its signed `custom.hearth` object), checked.
+pub fn release_info(repository: &Repository, name: &str) -> Result<hearth_proto::release::ReleaseInfo, TufError> {
+    let name = TargetName::new(name).map_err(Box::new)?;
+    let target =
+        repository.targets().signed.targets.get(&name).ok_or_else(|| TufError::NoRelease(name.raw().into()))?;
+    let custom = serde_json::Value::Object(target.custom.clone().into_iter().collect());
+    hearth_proto::release::ReleaseInfo::from_custom(&custom).map_err(|e| TufError::BadRelease(e.to_string()))
 }
 
 /// A base URL with a trailing slash, so names join under it.

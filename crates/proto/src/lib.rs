@@ -14,6 +14,7 @@ pub mod enrol;
 pub mod error;
 pub mod id;
 pub mod limits;
+pub mod release;
 pub mod time;
 pub mod topic;
 pub mod uplink;

@@ -293,3 +293,39 @@ async fn tuf_attacks_are_refused_and_root_rotation_is_followed() {
         }
     }
 }
+
+/// A validly signed release is still refused below the device's security floor (a rollback to a vulnerable
+/// image) or for other hardware: the release metadata is read from the signed targets metadata.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signed_release_below_the_floor_or_for_other_hardware_is_refused() {
+    use hearth_proto::release::{DeviceFacts, InstallRefusal, may_install};
+    let Some(python) = python_tuf() else { return };
+    let work = tempfile::tempdir().expect("dir");
+    let repo = work.path().join("repo");
+    make_repo(&python, &repo, &["--security-version=3", "--hardware=rev-b"]);
+    let base = serve(repo.clone(), None).await;
+    let d = work.path().join("trusted");
+    hearth_agent::tuf::init(&d, &repo.join("metadata/root.json")).expect("init");
+    let fetcher = hearth_agent::tuf::Fetcher::new(reqwest::Client::new());
+    let repository =
+        hearth_agent::tuf::refresh(&fetcher, &d, &format!("{base}/metadata"), None).await.expect("signed and valid");
+    let release = hearth_agent::tuf::release_info(&repository, "firmware.bin").expect("release metadata");
+    assert_eq!((release.security_version, release.hardware.as_slice()), (3, ["rev-b".to_owned()].as_slice()));
+    let floor = hearth_agent::floor::SecurityFloor::in_dir(work.path());
+    floor.raise(5).expect("floor");
+    let device = |hardware: &str| DeviceFacts {
+        model: hearth_proto::ModelId::parse("plug-2").expect("model"),
+        hardware: hardware.into(),
+        security_floor: floor.get().expect("floor"),
+        installed_version: Some("1.0.0".into()),
+    };
+    assert_eq!(may_install(&release, &device("rev-b")), Err(InstallRefusal::BelowFloor { release: 3, floor: 5 }));
+    let floor_low = hearth_agent::floor::SecurityFloor::in_dir(&work.path().join("fresh"));
+    std::fs::create_dir_all(work.path().join("fresh")).expect("dir");
+    let mut fresh = device("rev-c");
+    fresh.security_floor = floor_low.get().expect("0");
+    assert_eq!(may_install(&release, &fresh), Err(InstallRefusal::WrongHardware("rev-c".into())));
+    fresh.hardware = "rev-b".into();
+    assert_eq!(may_install(&release, &fresh), Ok(()), "the same release on the right hardware above the floor");
+    assert!(hearth_agent::tuf::release_info(&repository, "no-such-image").is_err());
+}

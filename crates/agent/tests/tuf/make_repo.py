@@ -4,7 +4,8 @@ the agent's TUF client. Usage: make_repo.py OUT_DIR [--expired] [--bump]
 OUT_DIR/metadata/: 1.root.json, root.json, timestamp.json, snapshot.json, targets.json (no consistent snapshots)
 OUT_DIR/targets/firmware.bin: the one target
 OUT_DIR/keys.json: the private keys, so --bump can publish a new version of every role later.
-With --expired the timestamp has already expired. With --bump, OUT_DIR must exist: every role's version goes up
+With --expired the timestamp has already expired; --security-version=N and --hardware=H set the release
+metadata (hearth_proto::release) signed with the target. With --bump, OUT_DIR must exist: every role's version goes up
 and the target changes.
 """
 import json
@@ -19,6 +20,9 @@ from tuf.api.serialization.json import JSONSerializer
 
 out = Path(sys.argv[1])
 expired = "--expired" in sys.argv
+flag = lambda name, default: next((a.split("=", 1)[1] for a in sys.argv if a.startswith(f"--{name}=")), default)
+security_version = int(flag("security-version", "1"))
+hardware = flag("hardware", "rev-b")
 bump = "--bump" in sys.argv
 meta_dir = out / "metadata"
 target_dir = out / "targets"
@@ -55,7 +59,14 @@ for role in ROLES:
     root.add_key(signers[role].public_key, role)
 targets = Targets(expires=in_days(30))
 targets.version = version
-targets.targets["firmware.bin"] = TargetFile.from_data("firmware.bin", payload, ["sha256"])
+image = TargetFile.from_data("firmware.bin", payload, ["sha256"])
+# The release metadata Hearth reads (hearth_proto::release), signed with the targets metadata.
+image.unrecognized_fields["custom"] = {"hearth": {
+    "model": "plug-2", "version": f"1.{version}.0", "hardware": [hardware], "security_version": security_version,
+    "kind": "security", "disruption": {"restarts": True, "seconds": 40},
+    "fixes": "Closes a way to crash the plug over the local network.", "notes": "", "sbom": None,
+}}
+targets.targets["firmware.bin"] = image
 snapshot = Snapshot(expires=in_days(7))
 snapshot.version = version
 snapshot.meta["targets.json"] = MetaFile(version=version)
