@@ -178,7 +178,7 @@ pub fn may_install(release: &ReleaseInfo, device: &DeviceFacts) -> Result<(), In
             device: device.model.to_string(),
         });
     }
-    if !release.hardware.iter().any(|h| *h == device.hardware) {
+    if !release.hardware.contains(&device.hardware) {
         return Err(InstallRefusal::WrongHardware(device.hardware.clone()));
     }
     if release.security_version < device.security_floor {
