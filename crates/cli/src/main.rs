@@ -7,6 +7,7 @@ mod bench;
 mod client;
 mod demo;
 mod label;
+mod sbom;
 
 use std::path::PathBuf;
 
@@ -68,6 +69,28 @@ enum Command {
     Store {
         #[command(subcommand)]
         action: StoreAction,
+    },
+    /// Release tooling for the maker (runs offline, on the build machine).
+    Release {
+        #[command(subcommand)]
+        action: ReleaseAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReleaseAction {
+    /// Write the CycloneDX 1.5 SBOM of a package's binary: exactly the crates built into it (normal dependencies,
+    /// from `cargo metadata`), each with its package URL and, for registry crates, the SHA-256 from Cargo.lock.
+    Sbom {
+        /// The package's Cargo.toml.
+        #[arg(long, default_value = "crates/agent/Cargo.toml")]
+        manifest_path: PathBuf,
+        /// The package (the image's binary).
+        #[arg(long, default_value = "hearth-agent")]
+        package: String,
+        /// Where to write the SBOM.
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -232,6 +255,13 @@ async fn run(cli: Cli) -> Result<()> {
             let token = client.setup(&setup_token, &email, &password).await?;
             println!("Owner account {email} is ready. API token (shown once; keep it safe):\n\n  {token}\n");
             println!("Use it with:  export HEARTH_TOKEN={token}");
+            Ok(())
+        }
+        Command::Release { action: ReleaseAction::Sbom { manifest_path, package, out } } => {
+            let crates = sbom::closure(&manifest_path, &package)?;
+            let json = sbom::cyclonedx(&crates)?;
+            std::fs::write(&out, json).with_context(|| format!("while writing {}", out.display()))?;
+            println!("SBOM of {package} ({} crates, CycloneDX 1.5) written to {}", crates.len(), out.display());
             Ok(())
         }
         Command::SetupToken { config, data_dir } => {
