@@ -675,3 +675,32 @@ async fn a_trusted_balancer_names_the_client_and_nobody_else_can() {
     .await;
     assert!(seen.is_some(), "the refusal is recorded against the real peer");
 }
+
+/// A connection reaching its maximum lifetime (here 1 s) while a request is in flight: the request still gets its
+/// answer, with `Connection: close`, instead of a cut connection (which a client cannot tell from a lost reply).
+#[tokio::test]
+async fn a_request_in_flight_at_the_connections_lifetime_still_gets_its_answer() {
+    use hearth_hub::transport::https::{HttpsLimits, serve, tls_config};
+    let hub = TestHub::start().await.expect("hub");
+    let state = &hub.hub.state;
+    let tls = tls_config(&state.identity, false, Duration::from_secs(0)).expect("tls");
+    let app = axum::Router::new().route(
+        "/slow",
+        axum::routing::get(|| async {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            "done"
+        }),
+    );
+    let limits = HttpsLimits { max_lifetime: Duration::from_secs(1), ..HttpsLimits::default() };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let monitor = hearth_hub::monitoring::Monitor::start(state.store.clone(), state.clock.clone());
+    let server = tokio::spawn(serve(listener, tls, app, limits, monitor, std::sync::Arc::from(Vec::new())));
+    let client = hearth_test_support::client_for(&hub.hub.server_ca_path, None).expect("client");
+    let started = std::time::Instant::now();
+    let response = client.get(format!("https://127.0.0.1:{port}/slow")).send().await.expect("an answer, not a cut");
+    assert!(started.elapsed() > Duration::from_secs(1), "the request outlived the connection's lifetime");
+    assert_eq!(response.headers().get("connection").and_then(|v| v.to_str().ok()), Some("close"));
+    assert_eq!(response.text().await.expect("body"), "done");
+    server.abort();
+}

@@ -83,6 +83,9 @@ impl Default for HttpsLimits {
     }
 }
 
+/// How long a request in flight at a connection's maximum lifetime may still take before the connection is dropped.
+pub const LIFETIME_GRACE: Duration = Duration::from_secs(30);
+
 /// Most concurrent HTTPS connections one device certificate may hold.
 pub const MAX_CONNECTIONS_PER_DEVICE: usize = 2;
 
@@ -220,9 +223,23 @@ async fn connection(
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc));
-    match tokio::time::timeout(limits.max_lifetime, conn).await {
-        Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "HTTPS connection ended with an error"),
-        Err(_) => tracing::debug!(peer = %peer, "HTTPS connection closed at its maximum lifetime"),
-        Ok(Ok(())) => {}
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        ended = conn.as_mut() => ended,
+        _ = tokio::time::sleep(limits.max_lifetime) => {
+            // At its maximum lifetime the connection closes gracefully: a request in flight gets its answer (with
+            // `Connection: close`), never a cut connection; only then, or after a short grace, is it dropped.
+            conn.as_mut().graceful_shutdown();
+            match tokio::time::timeout(LIFETIME_GRACE, conn.as_mut()).await {
+                Ok(ended) => ended,
+                Err(_) => {
+                    tracing::debug!(peer = %peer, "HTTPS connection dropped after its lifetime and grace");
+                    Ok(())
+                }
+            }
+        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(peer = %peer, error = %e, "HTTPS connection ended with an error");
     }
 }
