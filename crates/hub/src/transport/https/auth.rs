@@ -27,6 +27,12 @@ fn peer_ip(parts: &Parts) -> Option<std::net::IpAddr> {
     parts.extensions.get::<super::PeerAddr>().map(|p| p.0.ip())
 }
 
+/// The `Set-Cookie` value of a session cookie: `__Host-` (Secure, path `/`, no Domain), HttpOnly, SameSite=Strict;
+/// an empty value with `max_age` 0 clears it.
+pub fn session_cookie_header(value: &str, max_age: i64) -> String {
+    format!("{SESSION_COOKIE}={value}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={max_age}")
+}
+
 /// The session cookie's value, if the request carries one.
 pub fn session_cookie(headers: &axum::http::HeaderMap) -> Option<&str> {
     headers

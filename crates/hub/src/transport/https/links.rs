@@ -45,10 +45,6 @@ pub fn refusal(r: LinkRefusal) -> ApiError {
     }
 }
 
-fn source(peer: Option<Extension<super::PeerAddr>>) -> Option<std::net::IpAddr> {
-    peer.map(|p| p.0.0.ip())
-}
-
 // Public only so that `fuzz/` can deserialize the real body type.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -87,7 +83,12 @@ async fn sign_up(
     if req.password.len() > 512 {
         return Err(ApiError::bad_request("weak_password", "a password is at most 128 characters"));
     }
-    state.accounts.sign_up(&req.email, &req.password, source(peer)).await.map_err(accounts_error)?.map_err(refusal)?;
+    state
+        .accounts
+        .sign_up(&req.email, &req.password, super::source_ip(&peer))
+        .await
+        .map_err(accounts_error)?
+        .map_err(refusal)?;
     Ok((StatusCode::ACCEPTED, Json(CHECK)))
 }
 
@@ -125,7 +126,7 @@ async fn verify(
     let agent = headers.get(axum::http::header::USER_AGENT).and_then(|v| v.to_str().ok());
     let signed = state
         .accounts
-        .verify_email(&req.token, &req.password, source(peer), agent)
+        .verify_email(&req.token, &req.password, super::source_ip(&peer), agent)
         .await
         .map_err(accounts_error)?
         .map_err(refusal)?;
@@ -154,7 +155,12 @@ async fn request_reset(
     if req.email.len() > 254 {
         return Err(ApiError::bad_request("invalid_email", "an email address is at most 254 characters"));
     }
-    state.accounts.request_reset(&req.email, source(peer)).await.map_err(accounts_error)?.map_err(refusal)?;
+    state
+        .accounts
+        .request_reset(&req.email, super::source_ip(&peer))
+        .await
+        .map_err(accounts_error)?
+        .map_err(refusal)?;
     Ok((StatusCode::ACCEPTED, Json(CHECK)))
 }
 
@@ -195,7 +201,7 @@ async fn complete(
     }
     let account = state
         .accounts
-        .complete_link(&req.token, &req.new_password, source(peer))
+        .complete_link(&req.token, &req.new_password, super::source_ip(&peer))
         .await
         .map_err(accounts_error)?
         .map_err(refusal)?;
@@ -299,8 +305,12 @@ async fn invite(
     if req.email.len() > 254 {
         return Err(ApiError::bad_request("invalid_email", "an email address is at most 254 characters"));
     }
-    let invited =
-        state.accounts.invite(&op, &req.email, role, source(peer)).await.map_err(accounts_error)?.map_err(refusal)?;
+    let invited = state
+        .accounts
+        .invite(&op, &req.email, role, super::source_ip(&peer))
+        .await
+        .map_err(accounts_error)?
+        .map_err(refusal)?;
     Ok((StatusCode::CREATED, Json(InvitedBody { account: invited.account.into(), invite_link: invited.link })))
 }
 
@@ -317,7 +327,7 @@ async fn disable(
     if !plain_text(&id, 1, 64) {
         return Err(ApiError::not_found("account"));
     }
-    match state.accounts.disable(&op, &id, source(peer)).await.map_err(accounts_error)? {
+    match state.accounts.disable(&op, &id, super::source_ip(&peer)).await.map_err(accounts_error)? {
         Ok(()) => Ok(StatusCode::NO_CONTENT),
         Err(LinkRefusal::InvalidLink) => Err(ApiError::not_found("account")),
         Err(other) => Err(refusal(other)),

@@ -38,6 +38,12 @@ pub struct PeerDevice(pub Option<CertFacts>);
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
 
+/// The client's address, as handlers take it (`Option<Extension<PeerAddr>>`: absent when a test drives the router
+/// without a socket).
+pub fn source_ip(peer: &Option<axum::Extension<PeerAddr>>) -> Option<std::net::IpAddr> {
+    peer.as_ref().map(|p| p.0.0.ip())
+}
+
 /// Builds the TLS configuration of the HTTPS listener: a device certificate is optional, and one expired for
 /// at most `expired_grace` is let through for renewal.
 pub fn tls_config(

@@ -48,10 +48,6 @@ pub fn refusal(r: PasskeyRefusal) -> ApiError {
     }
 }
 
-fn source(peer: &Option<Extension<super::PeerAddr>>) -> Option<std::net::IpAddr> {
-    peer.as_ref().map(|p| p.0.0.ip())
-}
-
 /// A ceremony started.
 #[derive(Serialize, ToSchema)]
 pub struct CeremonyBody {
@@ -135,7 +131,7 @@ async fn register_finish(
     let name = req.name.unwrap_or_default();
     let added = state
         .accounts
-        .passkey_registration_finish(&op, &req.ceremony_id, &name, req.credential, source(&peer))
+        .passkey_registration_finish(&op, &req.ceremony_id, &name, req.credential, super::source_ip(&peer))
         .await
         .map_err(accounts_error)?
         .map_err(refusal)?;
@@ -156,7 +152,7 @@ async fn remove(
     if !plain_text(&id, 1, 1400) {
         return Err(ApiError::not_found("passkey"));
     }
-    state.accounts.remove_passkey(&op, &id, source(&peer)).await.map_err(accounts_error)?.map_err(refusal)?;
+    state.accounts.remove_passkey(&op, &id, super::source_ip(&peer)).await.map_err(accounts_error)?.map_err(refusal)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -170,8 +166,12 @@ async fn sign_in_start(
     State(state): State<HubState>,
     peer: Option<Extension<super::PeerAddr>>,
 ) -> Result<Json<CeremonyBody>, ApiError> {
-    let started =
-        state.accounts.passkey_sign_in_start(source(&peer)).await.map_err(accounts_error)?.map_err(refusal)?;
+    let started = state
+        .accounts
+        .passkey_sign_in_start(super::source_ip(&peer))
+        .await
+        .map_err(accounts_error)?
+        .map_err(refusal)?;
     Ok(Json(started.into()))
 }
 
@@ -222,7 +222,13 @@ async fn sign_in_finish(
     let agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok());
     let signed = state
         .accounts
-        .passkey_sign_in_finish(&req.ceremony_id, req.credential, req.verify_token.as_deref(), source(&peer), agent)
+        .passkey_sign_in_finish(
+            &req.ceremony_id,
+            req.credential,
+            req.verify_token.as_deref(),
+            super::source_ip(&peer),
+            agent,
+        )
         .await
         .map_err(accounts_error)?
         .map_err(refusal)?;
@@ -247,7 +253,7 @@ async fn second_factor(
     let agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok());
     let signed = state
         .accounts
-        .second_factor_finish(&req.ceremony_id, req.credential, source(&peer), agent)
+        .second_factor_finish(&req.ceremony_id, req.credential, super::source_ip(&peer), agent)
         .await
         .map_err(accounts_error)?
         .map_err(refusal)?;
@@ -280,7 +286,7 @@ async fn sign_up_start(
     }
     let started = state
         .accounts
-        .passkey_sign_up_start(&req.email, source(&peer))
+        .passkey_sign_up_start(&req.email, super::source_ip(&peer))
         .await
         .map_err(accounts_error)?
         .map_err(refusal)?;
@@ -309,7 +315,7 @@ async fn sign_up_finish(
     }
     state
         .accounts
-        .passkey_sign_up_finish(&req.ceremony_id, req.credential, source(&peer))
+        .passkey_sign_up_finish(&req.ceremony_id, req.credential, super::source_ip(&peer))
         .await
         .map_err(accounts_error)?
         .map_err(refusal)?;

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::api::{ApiJson, ApiPath, ApiQuery};
-use super::auth::{Caller, OperatorAuth, SESSION_COOKIE};
+use super::auth::{Caller, OperatorAuth};
 use super::error::ApiError;
 use crate::HubState;
 use crate::accounts::{
@@ -95,7 +95,7 @@ async fn sign_in(
     headers: HeaderMap,
     ApiJson(req): ApiJson<SignInRequest>,
 ) -> Result<axum::response::Response, ApiError> {
-    let source = peer.map(|p| p.0.0.ip());
+    let source = super::source_ip(&peer);
     let agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok());
     if req.email.len() > 254 || req.password.len() > 512 {
         return Err(ApiError::unauthorized("invalid_credentials", "unknown email or wrong password"));
@@ -141,11 +141,7 @@ async fn sign_in(
 
 /// The answer to a sign-in: the session cookie (`__Host-`, HttpOnly, Secure, SameSite=Strict) and the body.
 pub fn signed_in(signed: crate::accounts::SignedIn) -> axum::response::Response {
-    let cookie = format!(
-        "{SESSION_COOKIE}={}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={}",
-        signed.session_token.expose(),
-        SESSION_ABSOLUTE.whole_seconds()
-    );
+    let cookie = super::auth::session_cookie_header(signed.session_token.expose(), SESSION_ABSOLUTE.whole_seconds());
     let body = SignedInBody {
         account: signed.account.into(),
         csrf_token: signed.csrf_token,
@@ -251,7 +247,7 @@ async fn end_session(
     if !super::api::plain_text(&id, 1, 64) {
         return Err(ApiError::not_found("session"));
     }
-    if !state.accounts.end_session(account, &id, peer.map(|p| p.0.0.ip())).await? {
+    if !state.accounts.end_session(account, &id, super::source_ip(&peer)).await? {
         return Err(ApiError::not_found("session"));
     }
     Ok(StatusCode::NO_CONTENT)
@@ -266,9 +262,9 @@ async fn sign_out(
     Caller(op): Caller,
 ) -> Result<impl IntoResponse, ApiError> {
     if let (true, Some(account)) = (op.session, &op.account_id) {
-        state.accounts.end_session(account, &op.token_id, peer.map(|p| p.0.0.ip())).await?;
+        state.accounts.end_session(account, &op.token_id, super::source_ip(&peer)).await?;
     }
-    let clear = format!("{SESSION_COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0");
+    let clear = super::auth::session_cookie_header("", 0);
     Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, clear)]))
 }
 
@@ -288,7 +284,7 @@ async fn sign_out_everywhere(
     Caller(op): Caller,
 ) -> Result<Json<EndedBody>, ApiError> {
     let ended = match &op.account_id {
-        Some(account) => state.accounts.end_all_sessions(account, peer.map(|p| p.0.0.ip())).await?,
+        Some(account) => state.accounts.end_all_sessions(account, super::source_ip(&peer)).await?,
         None => 0,
     };
     Ok(Json(EndedBody { ended }))
@@ -323,7 +319,7 @@ async fn change_password(
     };
     let outcome = state
         .accounts
-        .change_password(account, &req.current_password, &req.new_password, peer.map(|p| p.0.0.ip()))
+        .change_password(account, &req.current_password, &req.new_password, super::source_ip(&peer))
         .await
         .map_err(accounts_error)?;
     match outcome {
@@ -412,7 +408,7 @@ async fn claim(
     ApiJson(req): ApiJson<ClaimRequest>,
 ) -> Result<(StatusCode, Json<ClaimedBody>), ApiError> {
     let account = consumer(&op, "devices are claimed by consumer accounts")?;
-    let source = peer.map(|p| p.0.0.ip());
+    let source = super::source_ip(&peer);
     if let Some(retry_after_secs) = state.accounts.count_claim_attempt(account, source).await? {
         return Err(throttled(retry_after_secs));
     }
@@ -462,7 +458,7 @@ async fn grant_support(
     let now = state.clock.now_ms();
     let expires_at = now + i64::from(req.hours) * 3_600_000;
     state.store.grant_support(account, now, expires_at).await?;
-    state.accounts.record(&op, "support_granted", account, peer.map(|p| p.0.0.ip())).await;
+    state.accounts.record(&op, "support_granted", account, super::source_ip(&peer)).await;
     Ok((StatusCode::CREATED, Json(SupportGrantBody { expires_at_ms: expires_at })))
 }
 
@@ -478,6 +474,6 @@ async fn revoke_support_grant(
     if !state.store.revoke_support_grant(account).await? {
         return Err(ApiError::not_found("support grant"));
     }
-    state.accounts.record(&op, "support_grant_revoked", account, peer.map(|p| p.0.0.ip())).await;
+    state.accounts.record(&op, "support_grant_revoked", account, super::source_ip(&peer)).await;
     Ok(StatusCode::NO_CONTENT)
 }

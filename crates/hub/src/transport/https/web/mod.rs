@@ -20,7 +20,7 @@ use axum::{Extension, Router};
 use serde::Deserialize;
 
 use super::api::{Scope, scope, visible_device};
-use super::auth::{SESSION_COOKIE, session_cookie};
+use super::auth::{session_cookie, session_cookie_header};
 use crate::HubState;
 use crate::accounts::links::LinkRefusal;
 use crate::accounts::{AccountInfo, Operator, Role, SESSION_ABSOLUTE, SignInOutcome, SignInRefusal};
@@ -288,10 +288,6 @@ fn csrf_ok(state: &HubState, headers: &HeaderMap, presented: &str) -> Result<(),
     }
 }
 
-fn source(peer: &Option<Extension<super::PeerAddr>>) -> Option<std::net::IpAddr> {
-    peer.as_ref().map(|p| p.0.0.ip())
-}
-
 fn when(ms: i64) -> String {
     let Ok(t) = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) else {
         return "?".into();
@@ -311,10 +307,6 @@ fn when(ms: i64) -> String {
 fn signed_in_redirect(signed: crate::accounts::SignedIn, next: &str) -> Response {
     let cookie = session_cookie_header(signed.session_token.expose(), SESSION_ABSOLUTE.whole_seconds());
     (StatusCode::SEE_OTHER, [(header::SET_COOKIE, cookie), (header::LOCATION, next.to_owned())]).into_response()
-}
-
-fn session_cookie_header(value: &str, max_age: i64) -> String {
-    format!("{SESSION_COOKIE}={value}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={max_age}")
 }
 
 // ---- Signing in, up and out -------------------------------------------------------------------------------
@@ -431,7 +423,7 @@ async fn sign_in(
     let agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok());
     let outcome = state
         .accounts
-        .sign_in(&form.email, &form.password, source(&peer), agent)
+        .sign_in(&form.email, &form.password, super::source_ip(&peer), agent)
         .await
         .map_err(super::people::accounts_error)?;
     match outcome {
@@ -445,7 +437,7 @@ async fn sign_in(
         Err(SignInRefusal::Invalid) => {
             state.monitor.record(crate::monitoring::SecurityEvent {
                 device: None,
-                source: source(&peer),
+                source: super::source_ip(&peer),
                 kind: "sign_in_refused",
                 detail: "unknown email or wrong password".into(),
             });
@@ -464,7 +456,7 @@ async fn sign_in(
         Err(SignInRefusal::Throttled { retry_after_secs }) => {
             state.monitor.record(crate::monitoring::SecurityEvent {
                 device: None,
-                source: source(&peer),
+                source: super::source_ip(&peer),
                 kind: "sign_in_throttled",
                 detail: "sign-in refused while locked".into(),
             });
@@ -486,7 +478,7 @@ async fn sign_out(
 ) -> Result<Response, PageError> {
     csrf_ok(&state, &headers, &form.csrf)?;
     if let Some(account) = &v.op.account_id {
-        state.accounts.end_session(account, &v.op.token_id, source(&peer)).await?;
+        state.accounts.end_session(account, &v.op.token_id, super::source_ip(&peer)).await?;
     }
     Ok((
         StatusCode::SEE_OTHER,
@@ -548,7 +540,7 @@ async fn sign_up(
     }
     let outcome = state
         .accounts
-        .sign_up(&form.email, &form.password, source(&peer))
+        .sign_up(&form.email, &form.password, super::source_ip(&peer))
         .await
         .map_err(super::people::accounts_error)?;
     let status = match outcome {
@@ -625,7 +617,7 @@ async fn verify(
     let agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok());
     let outcome = state
         .accounts
-        .verify_email(&form.token, &form.password, source(&peer), agent)
+        .verify_email(&form.token, &form.password, super::source_ip(&peer), agent)
         .await
         .map_err(super::people::accounts_error)?;
     let (status, error) = match outcome {
@@ -670,7 +662,11 @@ async fn forgot(
     let outcome = if form.email.len() > 254 {
         Err(LinkRefusal::InvalidEmail("an email address is at most 254 characters"))
     } else {
-        state.accounts.request_reset(&form.email, source(&peer)).await.map_err(super::people::accounts_error)?
+        state
+            .accounts
+            .request_reset(&form.email, super::source_ip(&peer))
+            .await
+            .map_err(super::people::accounts_error)?
     };
     match outcome {
         Ok(()) => Ok(html(&MessagePage {
@@ -730,7 +726,7 @@ async fn reset(
     }
     let outcome = state
         .accounts
-        .complete_link(&form.token, &form.new_password, source(&peer))
+        .complete_link(&form.token, &form.new_password, super::source_ip(&peer))
         .await
         .map_err(super::people::accounts_error)?;
     match outcome {
@@ -796,7 +792,7 @@ async fn setup(
     }
     let outcome = state
         .accounts
-        .setup_owner(&form.setup_token, &form.email, &form.password, "web setup", source(&peer))
+        .setup_owner(&form.setup_token, &form.email, &form.password, "web setup", super::source_ip(&peer))
         .await
         .map_err(super::people::accounts_error)?;
     match outcome {
@@ -1094,7 +1090,7 @@ async fn unclaim(
         Err(crate::commands::CommandError::UnknownDevice) => return Err(PageError::not_found()),
         Err(e) => return Err(PageError::Page(StatusCode::CONFLICT, e.to_string())),
     }
-    state.accounts.record(&v.op, "device_released", row.id.as_str(), source(&peer)).await;
+    state.accounts.record(&v.op, "device_released", row.id.as_str(), super::source_ip(&peer)).await;
     Ok(Redirect::to("/devices?notice=released").into_response())
 }
 
@@ -1115,7 +1111,7 @@ async fn revoke(
     if !state.identity.revoke(&row.id).await? {
         return Err(PageError::not_found());
     }
-    state.accounts.record(&v.op, "device_revoked", row.id.as_str(), source(&peer)).await;
+    state.accounts.record(&v.op, "device_revoked", row.id.as_str(), super::source_ip(&peer)).await;
     Ok(Redirect::to(&format!("/devices/{}", row.id)).into_response())
 }
 
@@ -1166,7 +1162,7 @@ async fn claim(
         let p = ClaimPage { chrome: v.chrome(), code: form.code.chars().take(64).collect(), error: Some(error) };
         Ok((status, html(&p)).into_response())
     };
-    let source = source(&peer);
+    let source = super::source_ip(&peer);
     if let Some(secs) = state.accounts.count_claim_attempt(account, source).await? {
         return page(
             StatusCode::TOO_MANY_REQUESTS,
@@ -1304,7 +1300,12 @@ async fn remove_passkey(
     if id.len() > 1400 {
         return Err(PageError::not_found());
     }
-    match state.accounts.remove_passkey(&v.op, &id, source(&peer)).await.map_err(super::people::accounts_error)? {
+    match state
+        .accounts
+        .remove_passkey(&v.op, &id, super::source_ip(&peer))
+        .await
+        .map_err(super::people::accounts_error)?
+    {
         Ok(()) => Ok(Redirect::to("/account?notice=passkey-removed").into_response()),
         Err(r) => Err(PageError::Page(super::passkeys::refusal(r.clone()).status(), r.to_string())),
     }
@@ -1336,7 +1337,7 @@ async fn change_password(
     }
     let outcome = state
         .accounts
-        .change_password(&account, &form.current_password, &form.new_password, source(&peer))
+        .change_password(&account, &form.current_password, &form.new_password, super::source_ip(&peer))
         .await
         .map_err(super::people::accounts_error)?;
     let status = match outcome {
@@ -1377,7 +1378,7 @@ async fn end_session(
 ) -> Result<Response, PageError> {
     csrf_ok(&state, &headers, &form.csrf)?;
     let account = v.op.account_id.clone().unwrap_or_default();
-    if id.len() > 64 || !state.accounts.end_session(&account, &id, source(&peer)).await? {
+    if id.len() > 64 || !state.accounts.end_session(&account, &id, super::source_ip(&peer)).await? {
         return Err(PageError::not_found());
     }
     Ok(Redirect::to("/account").into_response())
@@ -1393,7 +1394,7 @@ async fn sign_out_everywhere(
 ) -> Result<Response, PageError> {
     csrf_ok(&state, &headers, &form.csrf)?;
     let account = v.op.account_id.clone().unwrap_or_default();
-    state.accounts.end_all_sessions(&account, source(&peer)).await?;
+    state.accounts.end_all_sessions(&account, super::source_ip(&peer)).await?;
     Ok((
         StatusCode::SEE_OTHER,
         [(header::SET_COOKIE, session_cookie_header("", 0)), (header::LOCATION, "/sign-in?notice=signed-out".into())],
@@ -1425,7 +1426,7 @@ async fn grant_support(
     };
     let now = state.clock.now_ms();
     state.store.grant_support(account, now, now + hours * 3_600_000).await?;
-    state.accounts.record(&v.op, "support_granted", account, source(&peer)).await;
+    state.accounts.record(&v.op, "support_granted", account, super::source_ip(&peer)).await;
     Ok(Redirect::to("/account").into_response())
 }
 
@@ -1442,7 +1443,7 @@ async fn end_support(
         return Err(PageError::forbidden("A consumer grants support access to its devices."));
     };
     if state.store.revoke_support_grant(account).await? {
-        state.accounts.record(&v.op, "support_grant_revoked", account, source(&peer)).await;
+        state.accounts.record(&v.op, "support_grant_revoked", account, super::source_ip(&peer)).await;
     }
     Ok(Redirect::to("/account").into_response())
 }
@@ -1610,7 +1611,11 @@ async fn invite(
     let outcome = if form.email.len() > 254 {
         Err(LinkRefusal::InvalidEmail("an email address is at most 254 characters"))
     } else {
-        state.accounts.invite(&v.op, &form.email, role, source(&peer)).await.map_err(super::people::accounts_error)?
+        state
+            .accounts
+            .invite(&v.op, &form.email, role, super::source_ip(&peer))
+            .await
+            .map_err(super::people::accounts_error)?
     };
     let mut page = accounts_page(&state, &v).await?;
     let status = match outcome {
@@ -1650,7 +1655,7 @@ async fn disable(
     if id.len() > 64 {
         return Err(PageError::not_found());
     }
-    match state.accounts.disable(&v.op, &id, source(&peer)).await.map_err(super::people::accounts_error)? {
+    match state.accounts.disable(&v.op, &id, super::source_ip(&peer)).await.map_err(super::people::accounts_error)? {
         Ok(()) => Ok(Redirect::to("/accounts").into_response()),
         Err(LinkRefusal::InvalidLink) => Err(PageError::not_found()),
         Err(r) => Err(PageError::forbidden(&r.to_string())),
