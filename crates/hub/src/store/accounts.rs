@@ -188,6 +188,19 @@ macro_rules! insert_account {
     };
 }
 
+/// Revokes every live row of `$account` in `$table` (`web_sessions` or `api_tokens`) at `$now`, through the
+/// executor `$conn`; how many.
+macro_rules! revoke_all_of {
+    ($conn:expr, $table:literal, $account:expr, $now:expr) => {
+        sqlx::query(concat!("UPDATE ", $table, " SET revoked_at = $2 WHERE account_id = $1 AND revoked_at IS NULL"))
+            .bind($account)
+            .bind($now)
+            .execute($conn)
+            .await?
+            .rows_affected()
+    };
+}
+
 impl Store {
     /// Whether an owner account exists.
     pub async fn owner_exists(&self) -> Result<bool> {
@@ -292,11 +305,7 @@ impl Store {
                 .execute(tx.conn())
                 .await?
                 .rows_affected();
-            sqlx::query("UPDATE web_sessions SET revoked_at = $2 WHERE account_id = $1 AND revoked_at IS NULL")
-                .bind(account_id)
-                .bind(now)
-                .execute(tx.conn())
-                .await?;
+            revoke_all_of!(tx.conn(), "web_sessions", account_id, now);
             tx.commit().await?;
             Ok(n == 1)
         })
@@ -381,14 +390,7 @@ impl Store {
 
     /// Ends every session of the account ("sign out everywhere"); returns how many ended.
     pub async fn revoke_web_sessions_of(&self, account_id: &str, now: i64) -> Result<u64> {
-        Ok(on_pool!(self, pool => sqlx::query(
-            "UPDATE web_sessions SET revoked_at = $2 WHERE account_id = $1 AND revoked_at IS NULL",
-        )
-        .bind(account_id)
-        .bind(now)
-        .execute(pool)
-        .await?
-        .rows_affected()))
+        Ok(on_pool!(self, pool => revoke_all_of!(pool, "web_sessions", account_id, now)))
     }
 
     /// Counts a failed sign-in under `key` at `now` (a new window once `window_ms` passed since the first); at
@@ -603,17 +605,9 @@ impl Store {
                 .bind(now)
                 .execute(tx.conn())
                 .await?;
-                                sqlx::query("UPDATE web_sessions SET revoked_at = $2 WHERE account_id = $1 AND revoked_at IS NULL")
-                    .bind(&account)
-                    .bind(now)
-                    .execute(tx.conn())
-                    .await?;
+                revoke_all_of!(tx.conn(), "web_sessions", &account, now);
                 // A reset is a recovery: whatever else could sign in goes too (an intruder's passkey or token).
-                sqlx::query("UPDATE api_tokens SET revoked_at = $2 WHERE account_id = $1 AND revoked_at IS NULL")
-                    .bind(&account)
-                    .bind(now)
-                    .execute(tx.conn())
-                    .await?;
+                revoke_all_of!(tx.conn(), "api_tokens", &account, now);
                 sqlx::query("DELETE FROM passkeys WHERE account_id = $1")
                     .bind(&account)
                     .execute(tx.conn())
@@ -651,16 +645,8 @@ impl Store {
             if n != 1 {
                 return Ok(false);
             }
-            sqlx::query("UPDATE web_sessions SET revoked_at = $2 WHERE account_id = $1 AND revoked_at IS NULL")
-                .bind(id)
-                .bind(now)
-                .execute(tx.conn())
-                .await?;
-            sqlx::query("UPDATE api_tokens SET revoked_at = $2 WHERE account_id = $1 AND revoked_at IS NULL")
-                .bind(id)
-                .bind(now)
-                .execute(tx.conn())
-                .await?;
+            revoke_all_of!(tx.conn(), "web_sessions", id, now);
+            revoke_all_of!(tx.conn(), "api_tokens", id, now);
             tx.commit().await?;
             Ok(true)
         })
