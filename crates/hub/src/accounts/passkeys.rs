@@ -48,6 +48,17 @@ pub fn relying_party(public_host: &str, https_url: &str) -> Option<Arc<Webauthn>
     }
 }
 
+/// The relying party, or (from a function answering `Result<Result<_, PasskeyRefusal>, _>`) the refusal that
+/// passkeys are off.
+macro_rules! relying_party {
+    ($accounts:expr) => {
+        match $accounts.webauthn() {
+            Ok(w) => w,
+            Err(refusal) => return Ok(Err(refusal)),
+        }
+    };
+}
+
 /// Why a passkey step was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PasskeyRefusal {
@@ -191,10 +202,7 @@ impl Accounts {
         &self,
         by: &Operator,
     ) -> Result<Result<Started, PasskeyRefusal>, AccountsError> {
-        let webauthn = match self.webauthn() {
-            Ok(w) => w,
-            Err(r) => return Ok(Err(r)),
-        };
+        let webauthn = relying_party!(self);
         let Some(account) = self.account_of(by).await? else { return Ok(Err(PasskeyRefusal::InvalidCeremony)) };
         // A stolen session or token must not add a way in that outlives a password reset.
         let fresh = by.signed_in_at_ms.is_some_and(|at| self.clock.now_ms() - at <= FRESH_SIGN_IN_MS);
@@ -232,10 +240,7 @@ impl Accounts {
         credential: serde_json::Value,
         source: Option<IpAddr>,
     ) -> Result<Result<PasskeyInfo, PasskeyRefusal>, AccountsError> {
-        let webauthn = match self.webauthn() {
-            Ok(w) => w,
-            Err(r) => return Ok(Err(r)),
-        };
+        let webauthn = relying_party!(self);
         let now = self.clock.now_ms();
         let Some((Some(account_id), state)) =
             self.store.take_ceremony(ceremony_id, CeremonyKind::Register, now).await?
@@ -324,10 +329,7 @@ impl Accounts {
         &self,
         source: Option<IpAddr>,
     ) -> Result<Result<Started, PasskeyRefusal>, AccountsError> {
-        let webauthn = match self.webauthn() {
-            Ok(w) => w,
-            Err(r) => return Ok(Err(r)),
-        };
+        let webauthn = relying_party!(self);
         if let Some(retry_after_secs) = self.count_passkey_start(source).await? {
             return Ok(Err(PasskeyRefusal::SignUp(super::links::LinkRefusal::Throttled { retry_after_secs })));
         }
@@ -349,10 +351,7 @@ impl Accounts {
         source: Option<IpAddr>,
         user_agent: Option<&str>,
     ) -> Result<Result<SignedIn, PasskeyRefusal>, AccountsError> {
-        let webauthn = match self.webauthn() {
-            Ok(w) => w,
-            Err(r) => return Ok(Err(r)),
-        };
+        let webauthn = relying_party!(self);
         let now = self.clock.now_ms();
         let Some((_, state)) = self.store.take_ceremony(ceremony_id, CeremonyKind::SignIn, now).await? else {
             return Ok(Err(PasskeyRefusal::InvalidCeremony));
@@ -428,10 +427,7 @@ impl Accounts {
         source: Option<IpAddr>,
         user_agent: Option<&str>,
     ) -> Result<Result<SignedIn, PasskeyRefusal>, AccountsError> {
-        let webauthn = match self.webauthn() {
-            Ok(w) => w,
-            Err(r) => return Ok(Err(r)),
-        };
+        let webauthn = relying_party!(self);
         let now = self.clock.now_ms();
         let Some((Some(account_id), state)) =
             self.store.take_ceremony(ceremony_id, CeremonyKind::SecondFactor, now).await?
@@ -469,10 +465,7 @@ impl Accounts {
         email: &str,
         source: Option<IpAddr>,
     ) -> Result<Result<Started, PasskeyRefusal>, AccountsError> {
-        let webauthn = match self.webauthn() {
-            Ok(w) => w,
-            Err(r) => return Ok(Err(r)),
-        };
+        let webauthn = relying_party!(self);
         use super::links::LinkRefusal;
         if !self.settings.consumer_sign_up {
             return Ok(Err(PasskeyRefusal::SignUp(LinkRefusal::SignUpClosed)));
@@ -509,10 +502,7 @@ impl Accounts {
         credential: serde_json::Value,
         source: Option<IpAddr>,
     ) -> Result<Result<(), PasskeyRefusal>, AccountsError> {
-        let webauthn = match self.webauthn() {
-            Ok(w) => w,
-            Err(r) => return Ok(Err(r)),
-        };
+        let webauthn = relying_party!(self);
         let now = self.clock.now_ms();
         let Some((_, state)) = self.store.take_ceremony(ceremony_id, CeremonyKind::SignUp, now).await? else {
             return Ok(Err(PasskeyRefusal::InvalidCeremony));
