@@ -17,6 +17,7 @@ pub mod limits;
 pub mod release;
 pub mod time;
 pub mod topic;
+pub mod update;
 pub mod uplink;
 
 pub use error::ValidationError;

@@ -130,6 +130,23 @@ impl ReleaseInfo {
     }
 }
 
+/// Whether `name` is a target name Hearth accepts: 1 to 128 of `A-Z a-z 0-9 . _ - +`, not starting with a dot
+/// (one path segment: no directories, nothing a file system or a URL could read differently).
+pub fn check_target_name(name: &str) -> Result<(), ValidationError> {
+    if name.is_empty() || name.len() > 128 {
+        return Err(ValidationError::TooLong { what: "target name", len: name.len(), max: 128 });
+    }
+    if name.starts_with('.') {
+        return Err(ValidationError::BadCharacter { what: "target name", found: '.', allowed: "no dot first" });
+    }
+    match name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+'))) {
+        Some(found) => {
+            Err(ValidationError::BadCharacter { what: "target name", found, allowed: "A-Z a-z 0-9 . _ - +" })
+        }
+        None => Ok(()),
+    }
+}
+
 /// What a device knows of itself when it decides on a release.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceFacts {

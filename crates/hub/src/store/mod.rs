@@ -29,6 +29,7 @@ mod migrate;
 mod partitions;
 mod passkeys;
 mod tokens;
+mod updates;
 mod uplinks;
 
 use std::borrow::Cow;
@@ -52,6 +53,9 @@ pub use events::{NewSecurityEvent, SecurityEventRow};
 pub use migrate::CopyReport;
 pub use passkeys::{CeremonyKind, PasskeyRow};
 pub use tokens::NewApiToken;
+pub use updates::{
+    FINAL_DEVICE_STATES, GoalRow, ModelSupportRow, ReleaseRow, RolloutDeviceRow, RolloutRow, TufMetadataRow, WaveCount,
+};
 pub use uplinks::{UplinkQuery, UplinkRecord, UplinkRow, Written};
 
 /// A storage failure. The message is for the log, not for API callers.
@@ -69,6 +73,9 @@ pub enum StoreError {
     /// A stored value is not one the hub writes (the database was changed by hand, or by a newer hub).
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// Reading what is to be stored (a target file being uploaded).
+    #[error("reading: {0}")]
+    Io(std::io::Error),
 }
 
 /// Result of store calls.
