@@ -68,6 +68,36 @@ pub struct Config {
     pub store: StoreSettings,
     /// The bus between hub nodes.
     pub bus: BusSettings,
+    /// Signed updates.
+    pub updates: Updates,
+}
+
+/// `[updates]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Updates {
+    /// Largest target file (image or SBOM) an operator may upload, MiB.
+    pub max_file_mb: u64,
+    /// How often a device checks in at the latest, hours (it also checks after every start and when told).
+    pub check_hours: u32,
+    /// How often a consumer may postpone one update.
+    pub max_postpones: u32,
+    /// Longest single postponement, days.
+    pub max_postpone_days: u32,
+    /// A security release is installed at the latest this many days after it was published, postponed or not.
+    pub security_deadline_days: u32,
+}
+
+impl Default for Updates {
+    fn default() -> Self {
+        Updates {
+            max_file_mb: 1024,
+            check_hours: 6,
+            max_postpones: 3,
+            max_postpone_days: 7,
+            security_deadline_days: 14,
+        }
+    }
 }
 
 /// `[store]`.
@@ -296,6 +326,7 @@ impl Default for Config {
             mail: Mail::default(),
             store: StoreSettings::default(),
             bus: BusSettings::default(),
+            updates: Updates::default(),
         }
     }
 }
@@ -386,6 +417,11 @@ impl Config {
         }
         let store = self.store_url()?;
         range("store.max_connections", self.store.max_connections, 2, 1000)?;
+        range("updates.max_file_mb", self.updates.max_file_mb, 1, 16 * 1024)?;
+        range("updates.check_hours", self.updates.check_hours, 1, 24 * 7)?;
+        range("updates.max_postpones", self.updates.max_postpones, 0, 10)?;
+        range("updates.max_postpone_days", self.updates.max_postpone_days, 1, 30)?;
+        range("updates.security_deadline_days", self.updates.security_deadline_days, 1, 90)?;
         if let Some(url) = &self.bus.url
             && !(url.starts_with("nats://") || url.starts_with("tls://"))
         {

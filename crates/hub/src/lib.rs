@@ -23,6 +23,7 @@ pub mod secrets;
 pub mod store;
 pub mod telemetry;
 pub mod transport;
+pub mod updates;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -70,6 +71,8 @@ pub struct HubState {
     pub retention: telemetry::Retention,
     /// The bus between nodes.
     pub bus: bus::Bus,
+    /// Signed updates and rollouts.
+    pub updates: updates::Updates,
     /// Wills waiting out their delay on this node.
     pub pending_wills: Arc<transport::mqtt::session::PendingWills>,
 }
@@ -236,8 +239,26 @@ pub async fn start_with_clock(config: Config, clock: clock::Clock) -> Result<Run
             webauthn: accounts::passkeys::relying_party(&public.mqtt_host, &public.https_url),
         },
     );
+    let updates = updates::Updates::load_or_create(
+        store.clone(),
+        &master,
+        clock.clone(),
+        monitor.clone(),
+        commands.clone(),
+        &data_dir,
+        updates::UpdateSettings {
+            max_file_bytes: config.updates.max_file_mb.saturating_mul(1 << 20),
+            check_seconds: u64::from(config.updates.check_hours) * 3600,
+            max_postpones: config.updates.max_postpones,
+            max_postpone_ms: i64::from(config.updates.max_postpone_days) * 86_400_000,
+            security_deadline_ms: i64::from(config.updates.security_deadline_days) * 86_400_000,
+        },
+    )
+    .await
+    .map_err(failed("loading the update repository's keys"))?;
     let pending_wills = Arc::new(transport::mqtt::session::PendingWills::default());
     let state = HubState {
+        updates: updates.clone(),
         store: store.clone(),
         identity: identity.clone(),
         accounts: accounts.clone(),
@@ -288,6 +309,8 @@ pub async fn start_with_clock(config: Config, clock: clock::Clock) -> Result<Run
         commands.spawn_expiry(),
         retention.spawn(),
         identity.spawn_server_cert_refresh(Duration::from_secs(6 * 3600)),
+        updates.spawn_refresh(),
+        updates.spawn_engine(Duration::from_secs(2)),
     ];
     let setup_token = accounts.setup_token_if_needed().await.map_err(failed("creating the setup token"))?;
     tracing::info!(node = %bus.node(), store = %store.location(), bus = %bus.location(), mqtts = %mqtt_addr,

@@ -248,11 +248,8 @@ impl Repo {
         if let Some(existing) = targets.targets.keys().find(|n| n.raw() == release.name) {
             return Err(ReleaseError::Release(format!("a target named {} is released already", existing.raw())));
         }
-        let same_version = targets
-            .targets
-            .values()
-            .filter_map(|t| release_of(t))
-            .any(|r| r.model == info.model && r.version == info.version);
+        let same_version =
+            targets.targets.values().filter_map(release_of).any(|r| r.model == info.model && r.version == info.version);
         if same_version {
             return Err(ReleaseError::Release(format!("{} {} is released already", info.model, info.version)));
         }

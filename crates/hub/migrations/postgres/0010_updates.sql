@@ -63,6 +63,8 @@ CREATE TABLE rollouts (
     wave                   BIGINT NOT NULL,
     success_percent        BIGINT NOT NULL,
     pause_failure_percent  BIGINT NOT NULL,
+    -- Failures an operator accepted by resuming after the failure gate paused it (the gate counts the rest).
+    accepted_failures      BIGINT NOT NULL,
     starts_at              BIGINT NOT NULL,
     -- A daily window, minutes after midnight UTC, in which waves open (both NULL: any time).
     window_start           BIGINT,

@@ -63,6 +63,8 @@ CREATE TABLE rollouts (
     wave                   INTEGER NOT NULL,
     success_percent        INTEGER NOT NULL,
     pause_failure_percent  INTEGER NOT NULL,
+    -- Failures an operator accepted by resuming after the failure gate paused it (the gate counts the rest).
+    accepted_failures      INTEGER NOT NULL,
     starts_at              INTEGER NOT NULL,
     -- A daily window, minutes after midnight UTC, in which waves open (both NULL: any time).
     window_start           INTEGER,

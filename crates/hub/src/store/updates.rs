@@ -76,6 +76,8 @@ pub struct RolloutRow {
     pub success_percent: i64,
     /// Share of failed devices among those told that pauses the rollout, percent.
     pub pause_failure_percent: i64,
+    /// Failures accepted by resuming after the failure gate paused it.
+    pub accepted_failures: i64,
     /// No wave opens before, Unix ms.
     pub starts_at: i64,
     /// Daily window start, minutes after midnight UTC.
@@ -137,7 +139,7 @@ pub struct GoalRow {
 pub const FINAL_DEVICE_STATES: [&str; 3] = ["succeeded", "rolled_back", "failed"];
 
 const ROLLOUT_COLUMNS: &str = "id, release, model, state, waves, wave, success_percent, pause_failure_percent, \
-     starts_at, window_start, window_end, reason, created_by, created_at, updated_at";
+     accepted_failures, starts_at, window_start, window_end, reason, created_by, created_at, updated_at";
 const RELEASE_COLUMNS: &str =
     "target_name, model, version, security_version, kind, info_json, sha256, length, targets_version, published_at";
 
@@ -186,10 +188,10 @@ impl Store {
                 }
             }
             for r in releases {
-                sqlx::query(&format!(
+                sqlx::query(sqlx::AssertSqlSafe(format!(
                     "INSERT INTO releases ({RELEASE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
                      ON CONFLICT DO NOTHING"
-                ))
+                )))
                 .bind(&r.target_name)
                 .bind(&r.model)
                 .bind(&r.version)
@@ -279,10 +281,10 @@ impl Store {
 
     /// Releases, newest first (of one model, or all).
     pub async fn releases(&self, model: Option<&str>) -> Result<Vec<ReleaseRow>> {
-        on_pool!(self, pool => Ok(sqlx::query_as(&format!(
+        on_pool!(self, pool => Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {RELEASE_COLUMNS} FROM releases WHERE ($1 IS NULL OR model = $1) \
              ORDER BY published_at DESC, target_name"
-        ))
+        )))
         .bind(model)
         .fetch_all(pool)
         .await?))
@@ -290,9 +292,9 @@ impl Store {
 
     /// One release by its target name.
     pub async fn release(&self, target_name: &str) -> Result<Option<ReleaseRow>> {
-        on_pool!(self, pool => Ok(sqlx::query_as(&format!(
+        on_pool!(self, pool => Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {RELEASE_COLUMNS} FROM releases WHERE target_name = $1"
-        ))
+        )))
         .bind(target_name)
         .fetch_optional(pool)
         .await?))
@@ -300,9 +302,9 @@ impl Store {
 
     /// The release of `model` whose image has this SHA-256, if the hub ever released one.
     pub async fn release_by_image(&self, model: &str, sha256: &str) -> Result<Option<ReleaseRow>> {
-        on_pool!(self, pool => Ok(sqlx::query_as(&format!(
+        on_pool!(self, pool => Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {RELEASE_COLUMNS} FROM releases WHERE model = $1 AND sha256 = $2 LIMIT 1"
-        ))
+        )))
         .bind(model)
         .bind(sha256)
         .fetch_optional(pool)
@@ -320,7 +322,8 @@ impl Store {
         .bind(&row.policy)
         .bind(row.updated_at)
         .execute(pool)
-        .await?);
+        .await?
+        .rows_affected());
         Ok(())
     }
 
@@ -349,10 +352,10 @@ impl Store {
             if active > 0 {
                 return Ok(false);
             }
-            sqlx::query(&format!(
+            sqlx::query(sqlx::AssertSqlSafe(format!(
                 "INSERT INTO rollouts ({ROLLOUT_COLUMNS}) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
-            ))
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+            )))
             .bind(&r.id)
             .bind(&r.release)
             .bind(&r.model)
@@ -361,6 +364,7 @@ impl Store {
             .bind(r.wave)
             .bind(r.success_percent)
             .bind(r.pause_failure_percent)
+            .bind(r.accepted_failures)
             .bind(r.starts_at)
             .bind(r.window_start)
             .bind(r.window_end)
@@ -389,9 +393,9 @@ impl Store {
 
     /// Rollouts, newest first; only those in `states` when given.
     pub async fn rollouts(&self, states: Option<&[&str]>) -> Result<Vec<RolloutRow>> {
-        let all: Vec<RolloutRow> = on_pool!(self, pool => sqlx::query_as(&format!(
+        let all: Vec<RolloutRow> = on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {ROLLOUT_COLUMNS} FROM rollouts ORDER BY created_at DESC, id"
-        ))
+        )))
         .fetch_all(pool)
         .await?);
         Ok(match states {
@@ -402,7 +406,7 @@ impl Store {
 
     /// One rollout.
     pub async fn rollout(&self, id: &str) -> Result<Option<RolloutRow>> {
-        on_pool!(self, pool => Ok(sqlx::query_as(&format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = $1"))
+        on_pool!(self, pool => Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = $1")))
             .bind(id)
             .fetch_optional(pool)
             .await?))
@@ -443,6 +447,21 @@ impl Store {
         .bind(now)
         .bind(id)
         .bind(&rollout.state)
+        .execute(pool)
+        .await?
+        .rows_affected() == 1))
+    }
+
+    /// Resumes a paused rollout, accepting the failures so far (the failure gate counts only later ones); false
+    /// if it was not paused.
+    pub async fn resume_rollout(&self, id: &str, now: i64) -> Result<bool> {
+        on_pool!(self, pool => Ok(sqlx::query(
+            "UPDATE rollouts SET state = 'running', reason = '', updated_at = $1, accepted_failures = \
+             (SELECT COUNT(*) FROM rollout_devices WHERE rollout_id = $2 AND state IN ('rolled_back', 'failed')) \
+             WHERE id = $2 AND state = 'paused'",
+        )
+        .bind(now)
+        .bind(id)
         .execute(pool)
         .await?
         .rows_affected() == 1))
@@ -576,7 +595,8 @@ impl Store {
         .bind(now)
         .bind(device.as_str())
         .execute(pool)
-        .await?);
+        .await?
+        .rows_affected());
         Ok(())
     }
 

@@ -58,6 +58,7 @@ pub fn router(state: HubState) -> Router {
         .merge(super::people::router())
         .merge(super::links::router())
         .merge(super::passkeys::router())
+        .merge(super::updates::router())
         .merge(super::web::router())
         .fallback(|| async { ApiError::not_found("endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -82,8 +83,11 @@ async fn hardening_headers(mut response: axum::response::Response) -> axum::resp
     paths(healthz, setup, enrol, renew, manufacture, list_devices, get_device, revoke_device, reissue_bootstrap, list_tokens, create_token, revoke_token, telemetry, send_command, get_command, unclaim, security_events,
         super::people::sign_in, super::people::me, super::people::my_sessions, super::people::end_session, super::people::sign_out, super::people::sign_out_everywhere, super::people::change_password, super::people::audit_log, super::people::claim, super::people::grant_support, super::people::revoke_support_grant,
         super::links::sign_up, super::links::verify, super::links::request_reset, super::links::complete, super::links::list_accounts, super::links::invite, super::links::disable,
-        super::passkeys::list, super::passkeys::register_start, super::passkeys::register_finish, super::passkeys::remove, super::passkeys::sign_in_start, super::passkeys::sign_in_finish, super::passkeys::second_factor, super::passkeys::sign_up_start, super::passkeys::sign_up_finish),
-    components(schemas(Health, super::error::ErrorBody, super::error::ErrorDetail, SetupRequest, SetupResponse, DeviceBody, DeviceList, TelemetryPage, TelemetryItem, CommandRequest, CommandBody, SecurityEventBody, TokenBody, NewTokenRequest, NewTokenResponse, BootstrapBody, EnrolRequest, RenewRequest, CertificateResponse, ManufactureRequest, ManufactureResponse, ManufacturedDevice, HubEndpoints, DeviceId, ModelId)),
+        super::passkeys::list, super::passkeys::register_start, super::passkeys::register_finish, super::passkeys::remove, super::passkeys::sign_in_start, super::passkeys::sign_in_finish, super::passkeys::second_factor, super::passkeys::sign_up_start, super::passkeys::sign_up_finish,
+        super::updates::check_in, super::updates::repository, super::updates::hub_keys, super::updates::publish, super::updates::file, super::updates::upload, super::updates::releases, super::updates::sbom, super::updates::support_periods, super::updates::set_support, super::updates::list_rollouts, super::updates::create_rollout, super::updates::get_rollout, super::updates::pause_rollout, super::updates::resume_rollout, super::updates::abort_rollout, super::updates::postpone),
+    components(schemas(Health, super::error::ErrorBody, super::error::ErrorDetail, SetupRequest, SetupResponse, DeviceBody, DeviceList, TelemetryPage, TelemetryItem, CommandRequest, CommandBody, SecurityEventBody, TokenBody, NewTokenRequest, NewTokenResponse, BootstrapBody, EnrolRequest, RenewRequest, CertificateResponse, ManufactureRequest, ManufactureResponse, ManufacturedDevice, HubEndpoints, DeviceId, ModelId,
+        hearth_proto::update::CheckIn, hearth_proto::update::CheckInAnswer, hearth_proto::update::Goal, hearth_proto::update::StepReport, hearth_proto::update::InstalledImage, hearth_proto::update::UpdateStep,
+        super::updates::RepositoryBody, super::updates::HubKeysBody, super::updates::PublishRequest, super::updates::FileBody, super::updates::ReleaseBody, super::updates::ReleaseList, super::updates::SupportBody, super::updates::SupportList, super::updates::SetSupport, super::updates::RolloutList, super::updates::PostponeRequest, super::updates::PostponedBody, crate::updates::rollouts::RolloutPlan, crate::updates::rollouts::RolloutView)),
     modifiers(&BearerScheme, &CommonResponses)
 )]
 struct ApiDoc;

@@ -7,6 +7,7 @@ pub mod error;
 pub mod links;
 pub mod passkeys;
 pub mod people;
+pub mod updates;
 pub mod web;
 
 use std::net::SocketAddr;
