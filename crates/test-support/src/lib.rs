@@ -8,6 +8,7 @@ pub mod contract;
 pub use reqwest;
 pub mod mqtt;
 pub mod services;
+pub mod updates;
 
 use std::path::{Path, PathBuf};
 
@@ -26,6 +27,17 @@ pub struct TestHub {
     pub token: String,
     /// A client that trusts the hub's server CA.
     pub client: reqwest::Client,
+}
+
+/// With `RUST_LOG` set, the in-process hubs of the tests log to stderr (`RUST_LOG=warn cargo test … --nocapture`
+/// shows why a request got a 500).
+pub fn log_if_asked() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
 }
 
 /// A test configuration: loopback, free ports, data in `dir`.
@@ -55,6 +67,7 @@ impl TestHub {
         adjust: impl FnOnce(&mut Config),
         clock: hearth_hub::clock::Clock,
     ) -> Result<TestHub> {
+        log_if_asked();
         let dir = tempfile::tempdir()?;
         let mut config = test_config(dir.path());
         adjust(&mut config);

@@ -83,6 +83,10 @@ impl Store {
         report.tables.push(("security_events", copy_events(src, dst).await?));
         progress("security_events", report.tables[5].1);
         report.tables.push(("uplinks", copy_uplinks(src, dst, &mut progress).await?));
+        for (table, copied) in copy_updates(src, dst).await? {
+            progress(table, copied);
+            report.tables.push((table, copied));
+        }
         // Verify: every table has as many rows on both sides.
         for table in report.tables.iter().map(|(t, _)| *t).chain([
             "setup_tokens",
@@ -235,6 +239,185 @@ async fn copy_commands(src: &SqlitePool, dst: &PgPool) -> Result<u64> {
     }
     tx.commit().await?;
     Ok(rows.len() as u64)
+}
+
+/// Copies one table whose columns are all TEXT, BIGINT or BLOB, `PAGE` rows at a time in key order.
+macro_rules! copy_table {
+    ($src:expr, $dst:expr, $table:literal, $key:literal, $cols:literal, $ty:ty, |$q:ident, $r:ident| $bind:expr) => {{
+        let mut copied = 0u64;
+        let mut offset = 0i64;
+        loop {
+            let rows: Vec<$ty> =
+                sqlx::query_as(concat!("SELECT ", $cols, " FROM ", $table, " ORDER BY ", $key, " LIMIT $1 OFFSET $2"))
+                    .bind(if $table == "update_file_chunks" { 16 } else { PAGE })
+                    .bind(offset)
+                    .fetch_all($src)
+                    .await?;
+            if rows.is_empty() {
+                break;
+            }
+            offset += rows.len() as i64;
+            let mut tx = $dst.begin_write().await?;
+            for $r in &rows {
+                let $q = sqlx::query(sqlx::AssertSqlSafe(insert_sql($table, $cols)));
+                $bind.execute(tx.conn()).await?;
+            }
+            tx.commit().await?;
+            copied += rows.len() as u64;
+        }
+        copied
+    }};
+}
+
+fn insert_sql(table: &str, cols: &str) -> String {
+    let n = cols.split(',').count();
+    let params: Vec<String> = (1..=n).map(|i| format!("${i}")).collect();
+    format!("INSERT INTO {table} ({cols}) VALUES ({})", params.join(", "))
+}
+
+/// Signed updates: the repository's metadata, target files, releases, support periods, rollouts, and what each
+/// device last said it runs.
+async fn copy_updates(src: &SqlitePool, dst: &PgPool) -> Result<Vec<(&'static str, u64)>> {
+    let mut out = Vec::new();
+    let n = copy_table!(
+        src,
+        dst,
+        "tuf_metadata",
+        "role, version",
+        "role, version, body, expires_at, created_at",
+        (String, i64, Vec<u8>, i64, i64),
+        |q, r| q.bind(&r.0).bind(r.1).bind(&r.2).bind(r.3).bind(r.4)
+    );
+    out.push(("tuf_metadata", n));
+    let n = copy_table!(
+        src,
+        dst,
+        "update_files",
+        "sha256",
+        "sha256, length, chunks, uploaded_at",
+        (String, i64, i64, i64),
+        |q, r| q.bind(&r.0).bind(r.1).bind(r.2).bind(r.3)
+    );
+    out.push(("update_files", n));
+    let n = copy_table!(
+        src,
+        dst,
+        "update_file_chunks",
+        "sha256, idx",
+        "sha256, idx, data",
+        (String, i64, Vec<u8>),
+        |q, r| q.bind(&r.0).bind(r.1).bind(&r.2)
+    );
+    out.push(("update_file_chunks", n));
+    let n = copy_table!(
+        src,
+        dst,
+        "releases",
+        "target_name",
+        "target_name, model, version, security_version, kind, info_json, sha256, length, targets_version, published_at",
+        (String, String, String, i64, String, String, String, i64, i64, i64),
+        |q, r| q
+            .bind(&r.0)
+            .bind(&r.1)
+            .bind(&r.2)
+            .bind(r.3)
+            .bind(&r.4)
+            .bind(&r.5)
+            .bind(&r.6)
+            .bind(r.7)
+            .bind(r.8)
+            .bind(r.9)
+    );
+    out.push(("releases", n));
+    let n = copy_table!(
+        src,
+        dst,
+        "model_support",
+        "model",
+        "model, support_until, policy, updated_at",
+        (String, i64, String, i64),
+        |q, r| q.bind(&r.0).bind(r.1).bind(&r.2).bind(r.3)
+    );
+    out.push(("model_support", n));
+    #[allow(clippy::type_complexity)]
+    let n = copy_table!(
+        src,
+        dst,
+        "rollouts",
+        "id",
+        "id, release, model, state, waves, wave, success_percent, pause_failure_percent, accepted_failures, starts_at, window_start, window_end, reason, created_by, created_at, updated_at",
+        (
+            String,
+            String,
+            String,
+            String,
+            i64,
+            i64,
+            i64,
+            i64,
+            i64,
+            i64,
+            Option<i64>,
+            Option<i64>,
+            String,
+            String,
+            i64,
+            i64
+        ),
+        |q, r| q
+            .bind(&r.0)
+            .bind(&r.1)
+            .bind(&r.2)
+            .bind(&r.3)
+            .bind(r.4)
+            .bind(r.5)
+            .bind(r.6)
+            .bind(r.7)
+            .bind(r.8)
+            .bind(r.9)
+            .bind(r.10)
+            .bind(r.11)
+            .bind(&r.12)
+            .bind(&r.13)
+            .bind(r.14)
+            .bind(r.15)
+    );
+    out.push(("rollouts", n));
+    let n = copy_table!(
+        src,
+        dst,
+        "rollout_devices",
+        "rollout_id, device_id",
+        "rollout_id, device_id, wave, state, detail, postponed_until, postpones, updated_at",
+        (String, String, i64, String, String, Option<i64>, i64, i64),
+        |q, r| q.bind(&r.0).bind(&r.1).bind(r.2).bind(&r.3).bind(&r.4).bind(r.5).bind(r.6).bind(r.7)
+    );
+    out.push(("rollout_devices", n));
+    #[allow(clippy::type_complexity)]
+    let firmware: Vec<(String, Option<String>, Option<String>, Option<String>, Option<i64>, Option<i64>)> =
+        sqlx::query_as(
+            "SELECT id, image_sha256, image_version, hardware, security_floor, checked_in_at FROM devices \
+         WHERE checked_in_at IS NOT NULL",
+        )
+        .fetch_all(src)
+        .await?;
+    let mut tx = dst.begin_write().await?;
+    for f in &firmware {
+        sqlx::query(
+            "UPDATE devices SET image_sha256 = $2, image_version = $3, hardware = $4, security_floor = $5, \
+             checked_in_at = $6 WHERE id = $1",
+        )
+        .bind(&f.0)
+        .bind(&f.1)
+        .bind(&f.2)
+        .bind(&f.3)
+        .bind(f.4)
+        .bind(f.5)
+        .execute(tx.conn())
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(out)
 }
 
 async fn copy_tokens(src: &SqlitePool, dst: &PgPool) -> Result<u64> {

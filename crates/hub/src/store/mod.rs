@@ -355,6 +355,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (9, "wipe", include_str!("../../migrations/sqlite/0009_wipe.sql")),
     (10, "mail_links", include_str!("../../migrations/sqlite/0010_mail_links.sql")),
     (11, "passkeys", include_str!("../../migrations/sqlite/0011_passkeys.sql")),
+    (12, "updates", include_str!("../../migrations/sqlite/0012_updates.sql")),
 ];
 
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -367,6 +368,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (7, "wipe", include_str!("../../migrations/postgres/0007_wipe.sql")),
     (8, "mail_links", include_str!("../../migrations/postgres/0008_mail_links.sql")),
     (9, "passkeys", include_str!("../../migrations/postgres/0009_passkeys.sql")),
+    (10, "updates", include_str!("../../migrations/postgres/0010_updates.sql")),
 ];
 
 fn migrator(migrations: &'static [(i64, &'static str, &'static str)]) -> Migrator {

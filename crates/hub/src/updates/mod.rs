@@ -319,7 +319,7 @@ impl Updates {
                 return self.status().await;
             }
         };
-        let (snapshot, timestamp) = self.sign_online(&targets_row, now).await?;
+        let (snapshot, timestamp) = self.sign_online(&root.signed, &targets_row, now).await?;
         rows.push(snapshot);
         rows.push(timestamp);
         if !store.tuf_publish(&rows, &releases, now).await? {
@@ -388,14 +388,17 @@ impl Updates {
 
     /// Signs a new snapshot (over `targets`) and timestamp (over that snapshot), each one version above the
     /// stored ones.
-    async fn sign_online(&self, targets: &TufMetadataRow, now: i64) -> Result<(TufMetadataRow, TufMetadataRow)> {
+    async fn sign_online(
+        &self,
+        root: &Root,
+        targets: &TufMetadataRow,
+        now: i64,
+    ) -> Result<(TufMetadataRow, TufMetadataRow)> {
         let store = &self.inner.store;
-        let root: Signed<Root> =
-            parse(&store.tuf_latest("root").await?.ok_or_else(|| internal("no root"))?.body, "stored root")?;
         let next = |row: Option<TufMetadataRow>| row.map_or(1, |r| r.version + 1);
         let snapshot_version = next(store.tuf_latest("snapshot").await?);
         let timestamp_version = next(store.tuf_latest("timestamp").await?);
-        let holder = KeyHolder::Root(root.signed.clone());
+        let holder = KeyHolder::Root(root.clone());
         let mut snapshot =
             Snapshot::new(hearth_release_spec(), nonzero(snapshot_version)?, timestamp_of(now + SNAPSHOT_LIFETIME_MS)?);
         snapshot.meta.insert("targets.json".into(), metafile(&targets.body, targets.version)?);
@@ -439,7 +442,9 @@ impl Updates {
         if !due {
             return Ok(false);
         }
-        let (snapshot, timestamp) = self.sign_online(&targets, now).await?;
+        let root: Signed<Root> =
+            parse(&store.tuf_latest("root").await?.ok_or_else(|| internal("no root"))?.body, "stored root")?;
+        let (snapshot, timestamp) = self.sign_online(&root.signed, &targets, now).await?;
         let signed = store.tuf_publish(&[snapshot, timestamp], &[], now).await?;
         if signed {
             tracing::info!("update repository: timestamp renewed");

@@ -13,3 +13,4 @@ mod people;
 mod roles;
 mod session;
 mod store_contract;
+mod updates;

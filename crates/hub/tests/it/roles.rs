@@ -34,7 +34,8 @@ const EVERYONE: [Who; 6] = [Who::Owner, Who::Alice, Who::Bob, Who::SupportNo, Wh
 const SIGN_IN: u16 = 1;
 
 /// One row: method, path (`{dev}` is Alice's device, `{cmd}` a command of it; `{sess}`, `{key}`, `{tok}` and
-/// `{acct}` name a session, passkey, token and account that do not exist), body (JSON for the API, a form
+/// `{acct}` name a session, passkey, token and account that do not exist; `{rel}`, `{sha}`, `{roll}` a release,
+/// file and rollout that do not exist, `{model}` a model), body (JSON for the API, a form
 /// for pages), and the status each caller gets, in [`EVERYONE`]'s order.
 struct Row {
     method: &'static str,
@@ -124,6 +125,33 @@ fn rows() -> Vec<Row> {
         r("GET", "/api/v1/devices/{dev}/telemetry", none(), [200, 200, 404, 404, 200, 401]),
         r("GET", "/api/v1/devices/{dev}/commands/{cmd}", none(), [200, 200, 404, 404, 200, 401]),
         r("POST", "/api/v1/devices/{dev}/commands", Json(json!({"name": "ping"})), [202, 202, 404, 404, 403, 401]),
+        // Signed updates: devices only (mutual TLS) for the repository and check-ins; releases and support
+        // periods for every account; the repository, uploads and rollouts for operators; postponing for the
+        // device's consumer and operators.
+        r("POST", "/api/v1/device/update", Json(json!({"hardware": "rev-a", "security_floor": 0})), [401; 6]),
+        r("GET", "/tuf/timestamp.json", none(), [401; 6]),
+        r("GET", "/tuf/targets/0000.x.img", none(), [401; 6]),
+        r("GET", "/api/v1/releases", none(), [200, 200, 200, 200, 200, 401]),
+        r("GET", "/api/v1/releases/{rel}/sbom", none(), [404, 404, 404, 404, 404, 401]),
+        r("GET", "/api/v1/models/support", none(), [200, 200, 200, 200, 200, 401]),
+        r("GET", "/api/v1/updates", none(), [200, 403, 403, 403, 403, 401]),
+        r("GET", "/api/v1/updates/keys", none(), [200, 403, 403, 403, 403, 401]),
+        r("POST", "/api/v1/updates/publish", Json(json!({})), [422, 403, 403, 403, 403, 401]),
+        r("GET", "/api/v1/updates/files/{sha}", none(), [404, 403, 403, 403, 403, 401]),
+        r("POST", "/api/v1/updates/files/{sha}", Json(json!({})), [415, 403, 403, 403, 403, 401]),
+        r(
+            "POST",
+            "/api/v1/models/{model}/support",
+            Json(json!({"support_until": 1, "policy": "x"})),
+            [400, 403, 403, 403, 403, 401],
+        ),
+        r("GET", "/api/v1/rollouts", none(), [200, 403, 403, 403, 403, 401]),
+        r("POST", "/api/v1/rollouts", Json(json!({"release": "nope.img"})), [404, 403, 403, 403, 403, 401]),
+        r("GET", "/api/v1/rollouts/{roll}", none(), [404, 403, 403, 403, 403, 401]),
+        r("POST", "/api/v1/rollouts/{roll}/pause", Json(json!({})), [404, 403, 403, 403, 403, 401]),
+        r("POST", "/api/v1/rollouts/{roll}/resume", Json(json!({})), [404, 403, 403, 403, 403, 401]),
+        r("POST", "/api/v1/rollouts/{roll}/abort", Json(json!({})), [404, 403, 403, 403, 403, 401]),
+        r("POST", "/api/v1/devices/{dev}/update/postpone", Json(json!({"days": 1})), [409, 409, 404, 404, 403, 401]),
         // Operators only.
         r("POST", "/api/v1/devices", Json(json!({"model": "plug-1", "count": 0})), [400, 403, 403, 403, 403, 401]),
         r("POST", "/api/v1/devices/{dev}/bootstrap", Json(json!({})), [201, 403, 403, 403, 403, 401]),
@@ -305,7 +333,11 @@ async fn every_route_and_page_answers_each_role_as_the_table_says() {
                 .replace("{sess}", "nosession")
                 .replace("{key}", "nokey")
                 .replace("{tok}", "notoken")
-                .replace("{acct}", "noaccount");
+                .replace("{acct}", "noaccount")
+                .replace("{rel}", "nope.img")
+                .replace("{sha}", "0000000000000000000000000000000000000000000000000000000000000000")
+                .replace("{model}", "plug-1")
+                .replace("{roll}", "rnope");
             let url = format!("{}{path}", hub.base());
             let mut request = if row.method == "GET" { client.get(&url) } else { client.post(&url) };
             if let Some((cookie, csrf)) = caller {
