@@ -80,6 +80,7 @@ contract!(
     sessions,
     people,
     keys,
+    updates,
     concurrent_writers_store_each_message_once,
 );
 
@@ -788,6 +789,122 @@ async fn people(store: &Store) {
     assert_eq!(store.prune_web_sessions(NOW + 70 * MIN).await.unwrap(), 6 + 1, "six ended sessions, one counter");
     assert!(store.web_session(b"mac-s6", NOW + 71 * MIN, idle).await.unwrap().is_some(), "a live session stays");
     assert_eq!(store.audit_log(10).await.unwrap().len(), 1);
+}
+
+/// Signed updates: metadata versions publish all or nothing, files round-trip in chunks, releases, support,
+/// rollouts with one active per model, waves opened once, goals, steps that stay final, postponing within a limit.
+async fn updates(store: &Store) {
+    use hearth_hub::store::{ModelSupportRow, ReleaseRow, RolloutRow, TufMetadataRow};
+    use hearth_proto::DeviceId;
+    let meta = |role: &str, version: i64| TufMetadataRow {
+        role: role.into(),
+        version,
+        body: format!("{role}-{version}").into_bytes(),
+        expires_at: NOW + DAY,
+    };
+    let release = ReleaseRow {
+        target_name: "plug-1-2.0.img".into(),
+        model: "plug-1".into(),
+        version: "2.0".into(),
+        security_version: 3,
+        kind: "security".into(),
+        info_json: "{}".into(),
+        sha256: "ab".repeat(32),
+        length: 5,
+        targets_version: 1,
+        published_at: NOW,
+    };
+    assert!(store.tuf_publish(&[meta("root", 1), meta("targets", 1)], std::slice::from_ref(&release), NOW).await.unwrap());
+    // A version that exists makes the whole publication fail: nothing of it is kept.
+    assert!(!store.tuf_publish(&[meta("snapshot", 1), meta("targets", 1)], &[], NOW).await.unwrap());
+    assert!(store.tuf_latest("snapshot").await.unwrap().is_none(), "all or nothing");
+    assert!(store.tuf_publish(&[meta("targets", 2)], &[], NOW).await.unwrap());
+    assert_eq!(store.tuf_latest("targets").await.unwrap().unwrap().body, b"targets-2");
+    assert_eq!(store.tuf_version("targets", 1).await.unwrap().unwrap().body, b"targets-1");
+    assert_eq!(store.release("plug-1-2.0.img").await.unwrap().unwrap(), release);
+    assert_eq!(store.release_by_image("plug-1", &"ab".repeat(32)).await.unwrap().unwrap().version, "2.0");
+    assert!(store.release_by_image("cam-1", &"ab".repeat(32)).await.unwrap().is_none(), "per model");
+    assert_eq!(store.releases(Some("plug-1")).await.unwrap().len(), 1);
+    assert_eq!(store.releases(Some("cam-1")).await.unwrap().len(), 0);
+
+    // A file in chunks of 4 bytes comes back as it went in; a second insert changes nothing.
+    let content = b"0123456789".to_vec();
+    let sha = "cd".repeat(32);
+    assert!(store.insert_update_file(&sha, 10, &mut content.as_slice(), 4, NOW).await.unwrap());
+    assert!(!store.insert_update_file(&sha, 10, &mut b"xxxxxxxxxx".as_slice(), 4, NOW).await.unwrap());
+    assert_eq!(store.update_file(&sha).await.unwrap(), Some((10, 3)));
+    let mut back = Vec::new();
+    for idx in 0..3 {
+        back.extend(store.update_file_chunk(&sha, idx).await.unwrap().unwrap());
+    }
+    assert_eq!(back, content);
+
+    let support = ModelSupportRow { model: "plug-1".into(), support_until: NOW + 900 * DAY, policy: "3 years".into(), updated_at: NOW };
+    store.set_model_support(&support).await.unwrap();
+    store.set_model_support(&ModelSupportRow { support_until: NOW + 1000 * DAY, ..support.clone() }).await.unwrap();
+    assert_eq!(store.model_support(Some("plug-1")).await.unwrap()[0].support_until, NOW + 1000 * DAY);
+
+    for id in ["dev-a", "dev-b", "dev-c"] {
+        enrolled(store, id).await;
+    }
+    assert_eq!(store.rollout_candidates("plug-1").await.unwrap().len(), 3);
+    let ids: Vec<DeviceId> = ["dev-a", "dev-b", "dev-c"].iter().map(|d| DeviceId::parse(d).unwrap()).collect();
+    let rollout = RolloutRow {
+        id: "r1".into(),
+        release: release.target_name.clone(),
+        model: "plug-1".into(),
+        state: "running".into(),
+        waves: 2,
+        wave: -1,
+        success_percent: 100,
+        pause_failure_percent: 50,
+        accepted_failures: 0,
+        starts_at: NOW,
+        window_start: Some(60),
+        window_end: None,
+        reason: String::new(),
+        created_by: "acct".into(),
+        created_at: NOW,
+        updated_at: NOW,
+    };
+    let waves = [(ids[0].clone(), 0), (ids[1].clone(), 1), (ids[2].clone(), 1)];
+    assert!(store.create_rollout(&rollout, &waves).await.unwrap());
+    assert!(!store.create_rollout(&RolloutRow { id: "r2".into(), ..rollout.clone() }, &waves).await.unwrap(), "one active rollout per model");
+    assert!(store.rollout("r2").await.unwrap().is_none());
+    assert_eq!(store.rollout("r1").await.unwrap().unwrap(), rollout);
+    assert!(store.device_goal(&ids[0], NOW).await.unwrap().is_none(), "no wave open yet");
+    assert_eq!(store.open_wave("r1", -1, NOW).await.unwrap(), vec![ids[0].clone()]);
+    assert!(store.open_wave("r1", -1, NOW).await.unwrap().is_empty(), "a wave opens once (another node came first)");
+    assert_eq!(store.device_goal(&ids[0], NOW).await.unwrap().unwrap().release, release.target_name);
+    assert!(store.device_goal(&ids[1], NOW).await.unwrap().is_none(), "wave 1 is not open");
+    assert!(store.record_update_step("r1", &ids[0], "downloading", "1 of 5", NOW).await.unwrap());
+    assert!(!store.record_update_step("r1", &ids[0], "downloading", "1 of 5", NOW).await.unwrap(), "the same step twice");
+    assert!(store.record_update_step("r1", &ids[0], "rolled_back", "health", NOW).await.unwrap());
+    assert!(!store.record_update_step("r1", &ids[0], "succeeded", "late", NOW).await.unwrap(), "final stays final");
+    assert!(store.device_goal(&ids[0], NOW).await.unwrap().is_none(), "finished");
+    let counts = store.rollout_counts("r1").await.unwrap();
+    assert!(counts.iter().any(|c| c.wave == 0 && c.state == "rolled_back" && c.count == 1), "{counts:?}");
+    assert!(counts.iter().any(|c| c.wave == 1 && c.state == "waiting" && c.count == 2), "{counts:?}");
+    assert!(store.set_rollout_state("r1", &["running"], "paused", "health gate", NOW).await.unwrap());
+    assert!(!store.set_rollout_state("r1", &["running"], "paused", "again", NOW).await.unwrap());
+    assert!(store.open_wave("r1", 0, NOW).await.unwrap().is_empty(), "a paused rollout opens nothing");
+    assert!(store.resume_rollout("r1", NOW).await.unwrap());
+    assert_eq!(store.rollout("r1").await.unwrap().unwrap().accepted_failures, 1, "resuming accepts the failure");
+    assert_eq!(store.open_wave("r1", 0, NOW).await.unwrap().len(), 2);
+    // Postponing: while waiting for the device to start, up to the limit.
+    assert!(store.postpone_update("r1", &ids[1], NOW + DAY, 1, NOW).await.unwrap());
+    assert!(!store.postpone_update("r1", &ids[1], NOW + 2 * DAY, 1, NOW).await.unwrap(), "limit");
+    assert!(store.device_goal(&ids[1], NOW).await.unwrap().is_none(), "postponed");
+    assert!(store.device_goal(&ids[1], NOW + DAY).await.unwrap().is_some(), "until then");
+    assert!(store.record_update_step("r1", &ids[2], "installing", "", NOW).await.unwrap());
+    assert!(!store.postpone_update("r1", &ids[2], NOW + DAY, 3, NOW).await.unwrap(), "installing already");
+    assert_eq!(store.rollout_devices("r1").await.unwrap().len(), 3);
+    assert!(store.set_rollout_state("r1", &["running", "paused"], "aborted", "by hand", NOW).await.unwrap());
+    assert!(store.device_goal(&ids[1], NOW + DAY).await.unwrap().is_none(), "aborted");
+    assert!(store.create_rollout(&RolloutRow { id: "r2".into(), ..rollout.clone() }, &waves).await.unwrap(), "after the abort");
+    assert_eq!(store.rollouts(Some(&["running"])).await.unwrap().len(), 1);
+
+    store.record_check_in(&ids[0], Some(&"ab".repeat(32)), Some("2.0"), "rev-a", 3, NOW).await.unwrap();
 }
 
 async fn keys(store: &Store) {
