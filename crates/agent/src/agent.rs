@@ -90,6 +90,8 @@ pub struct AgentConfig {
     pub stats: Option<Arc<AgentStats>>,
     /// The wall clock (default [`SystemClock`]); sampling times still come from tokio's timer.
     pub clock: Arc<dyn Clock>,
+    /// Over-the-air updates (default: none; the device then answers `update_check` as unsupported).
+    pub updates: Option<crate::update::UpdateConfig>,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -122,6 +124,7 @@ impl AgentConfig {
             key_store: None,
             stats: None,
             clock: Arc::new(SystemClock),
+            updates: None,
         }
     }
 }
@@ -214,6 +217,18 @@ pub struct Agent {
     mqtt_addr: Option<String>,
     topics: Topics,
     clock: Arc<dyn Clock>,
+    updater: Option<crate::update::Updater>,
+    updates_enabled: bool,
+    nudge: Arc<tokio::sync::Notify>,
+}
+
+/// Why [`Agent::run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Shutdown was asked for.
+    Shutdown,
+    /// An update switched slots (or rolled back): start the agent again, as after a reboot.
+    Reboot,
 }
 
 impl std::fmt::Debug for Agent {
@@ -280,6 +295,14 @@ impl Agent {
             commands: command_topic(&id),
         };
         let sampler = Sampler::new(config.source, queue.clone(), stats.clone(), config.interval, clock.clone());
+        let nudge = Arc::new(tokio::sync::Notify::new());
+        let updater = match config.updates {
+            Some(updates) => Some(
+                crate::update::Updater::boot(&state_dir, identity.key_store().clone(), updates, stats.clone(), nudge.clone())
+                    .context("while starting the updater")?,
+            ),
+            None => None,
+        };
         Ok(Agent {
             state_dir,
             identity,
@@ -294,6 +317,9 @@ impl Agent {
             mqtt_addr: config.mqtt_addr,
             topics,
             clock,
+            updates_enabled: updater.is_some(),
+            updater,
+            nudge,
         })
     }
 
@@ -333,9 +359,62 @@ impl Agent {
         &self.queue
     }
 
-    /// Runs until `shutdown` becomes true (or its sender is dropped), then disconnects cleanly. Returns an
-    /// error only for local failures (the queue's database, the state directory); network trouble is retried.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    /// Runs until `shutdown` becomes true (or its sender is dropped), then disconnects cleanly; or until an update
+    /// asks for a restart ([`Stopped::Reboot`]). Returns an error only for local failures (the queue's database,
+    /// the state directory); network trouble is retried.
+    pub async fn run(mut self, shutdown: watch::Receiver<bool>) -> anyhow::Result<Stopped> {
+        let Some(updater) = self.updater.take() else {
+            self.run_loop(shutdown).await?;
+            return Ok(Stopped::Shutdown);
+        };
+        // The updater runs beside the loop; its restart request stops the loop like a shutdown.
+        let (inner_tx, inner_rx) = watch::channel(false);
+        let (updater_stop_tx, updater_stop_rx) = watch::channel(false);
+        let mut updater_task = tokio::spawn(updater.run(updater_stop_rx));
+        let mut outer = shutdown.clone();
+        let forward = tokio::spawn(async move {
+            while !*outer.borrow() {
+                if outer.changed().await.is_err() {
+                    break;
+                }
+            }
+            let _ = updater_stop_tx.send(true);
+        });
+        let mut loop_task = std::pin::pin!(self.run_loop(inner_rx));
+        let stopped = tokio::select! {
+            ended = &mut loop_task => {
+                ended?;
+                Stopped::Shutdown
+            }
+            ended = &mut updater_task => {
+                let reboot = match ended {
+                    Ok(Ok(crate::update::UpdaterEnd::Reboot)) => true,
+                    Ok(Ok(crate::update::UpdaterEnd::Stop)) => false,
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "the updater stopped; updates are off until the next start");
+                        false
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "the updater failed");
+                        false
+                    }
+                };
+                if reboot || *shutdown.borrow() {
+                    let _ = inner_tx.send(true);
+                    loop_task.await?;
+                    if reboot { Stopped::Reboot } else { Stopped::Shutdown }
+                } else {
+                    // Updates stopped, telemetry goes on.
+                    loop_task.await?;
+                    Stopped::Shutdown
+                }
+            }
+        };
+        forward.abort();
+        Ok(stopped)
+    }
+
+    async fn run_loop(&mut self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         let mut next_renew_try = Instant::now();
         loop {
             if is_shut_down(&shutdown) {
@@ -536,6 +615,14 @@ impl Agent {
                                 Action::None => {}
                                 Action::SetInterval(interval) => self.sampler.set_interval(interval),
                                 Action::ReportState => self.sampler.push_state(&self.queue).await?,
+                                Action::UpdateCheck => {
+                                    if self.updates_enabled {
+                                        self.nudge.notify_one();
+                                    } else {
+                                        ack.status = AckStatus::Unsupported;
+                                        ack.detail = Some("this device has no updater".into());
+                                    }
+                                }
                                 Action::Wipe => {
                                     // Done before the acknowledgement: `ok` tells the hub the data is gone.
                                     let (status, detail) = match self.wipe().await {

@@ -1,6 +1,6 @@
 //! What the agent does with a command from the hub, as a pure function: payload in, acknowledgement and the
 //! action for the agent loop out. Commands the agent knows: `ping`, `set_interval` (`seconds`, 1..=86400) and
-//! `report_state` and `wipe` (erase user data and settings: the device was released by its owner, and the agent
+//! `report_state`, `update_check` (check in for an update now) and `wipe` (erase user data and settings: the device was released by its owner, and the agent
 //! acknowledges only once it is done); anything else is `unsupported`, and a command past its `expires_at` is
 //! `expired` unexecuted.
 
@@ -21,6 +21,8 @@ pub enum Action {
     SetInterval(Duration),
     /// Queue a state uplink.
     ReportState,
+    /// Check in with the hub for an update now (its rollout reached this device).
+    UpdateCheck,
     /// Erase user data and settings, then acknowledge (the acknowledgement given is a placeholder the agent loop
     /// replaces with the outcome).
     Wipe,
@@ -44,6 +46,7 @@ pub fn handle(payload: &[u8], now_ms: u64) -> Option<(CommandAck, Action)> {
         "ping" => (ack(AckStatus::Ok, "pong".into()), Action::None),
         "report_state" => (ack(AckStatus::Ok, "state queued".into()), Action::ReportState),
         "wipe" => (ack(AckStatus::Ok, "wiped".into()), Action::Wipe),
+        "update_check" => (ack(AckStatus::Ok, "checking for an update".into()), Action::UpdateCheck),
         "set_interval" => match cmd.args.get("seconds") {
             Some(Value::Number(s)) if s.fract() == 0.0 && INTERVAL_RANGE.contains(&(*s as u64)) && *s >= 1.0 => {
                 let secs = *s as u64;
@@ -77,6 +80,7 @@ mod tests {
         check(&cmd("report_state", "{}"), 50, Ok, Action::ReportState);
         check(&cmd("wipe", "{}"), 50, Ok, Action::Wipe);
         check(&cmd("wipe", "{}"), 101, Expired, Action::None);
+        check(&cmd("update_check", "{}"), 50, Ok, Action::UpdateCheck);
         check(&cmd("set_interval", r#"{"seconds":5}"#), 50, Ok, Action::SetInterval(Duration::from_secs(5)));
         check(&cmd("set_interval", r#"{"seconds":86400}"#), 50, Ok, Action::SetInterval(Duration::from_secs(86_400)));
         check(&cmd("set_interval", r#"{"seconds":0}"#), 50, Error, Action::None);

@@ -14,6 +14,7 @@
 //! | [`source`] | telemetry sources |
 //! | [`backoff`] | full-jitter backoff and its random generator |
 //! | [`clock`] | the wall clock, injectable for tests |
+//! | [`tuf`], [`floor`], [`update`] | verified updates: the TUF client, the security floor, the installer and the update steps |
 //! | [`agent`] | the loop tying them together |
 
 #![forbid(unsafe_code)]
@@ -34,7 +35,8 @@ pub mod queue;
 pub mod source;
 pub mod tls;
 pub mod tuf;
+pub mod update;
 
-pub use agent::{Agent, AgentConfig, AgentStats, StatsSnapshot, USER_DATA_DIR};
+pub use agent::{Agent, AgentConfig, AgentStats, StatsSnapshot, Stopped, USER_DATA_DIR};
 pub use clock::{Clock, SystemClock};
 pub use source::{SystemSource, TelemetrySource};

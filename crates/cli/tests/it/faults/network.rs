@@ -450,7 +450,10 @@ impl Agents {
                     stats: agent.stats(),
                     queue,
                     first_seq,
-                    task: tokio::spawn(agent.run(stop_rx.clone())),
+                    task: {
+                        let stop = stop_rx.clone();
+                        tokio::spawn(async move { agent.run(stop).await.map(|_| ()) })
+                    },
                 }
             })
             .collect();
