@@ -298,8 +298,14 @@ impl Agent {
         let nudge = Arc::new(tokio::sync::Notify::new());
         let updater = match config.updates {
             Some(updates) => Some(
-                crate::update::Updater::boot(&state_dir, identity.key_store().clone(), updates, stats.clone(), nudge.clone())
-                    .context("while starting the updater")?,
+                crate::update::Updater::boot(
+                    &state_dir,
+                    identity.key_store().clone(),
+                    updates,
+                    stats.clone(),
+                    nudge.clone(),
+                )
+                .context("while starting the updater")?,
             ),
             None => None,
         };

@@ -84,7 +84,8 @@ impl Args {
                 let factory = match &self.factory_slot {
                     Some(f) => {
                         let meta: SlotImage = serde_json::from_slice(
-                            &std::fs::read(f.join("slot.json")).with_context(|| format!("reading {}/slot.json", f.display()))?,
+                            &std::fs::read(f.join("slot.json"))
+                                .with_context(|| format!("reading {}/slot.json", f.display()))?,
                         )
                         .with_context(|| format!("{}/slot.json", f.display()))?;
                         Some((f.join("image"), meta))

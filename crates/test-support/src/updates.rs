@@ -80,6 +80,11 @@ impl Maker {
     /// Writes an image of `size` bytes (content depends on `seed`) and adds it as release `name`, with an SBOM.
     pub async fn release(&self, name: &str, info: ReleaseInfo, size: usize, seed: u8) -> Result<Vec<u8>> {
         let image: Vec<u8> = (0..size).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect();
+        self.release_bytes(name, info, image).await
+    }
+
+    /// Adds `image` as release `name`, with an SBOM.
+    pub async fn release_bytes(&self, name: &str, info: ReleaseInfo, image: Vec<u8>) -> Result<Vec<u8>> {
         let path = self.dir.join(format!("{name}.src"));
         std::fs::write(&path, &image)?;
         let sbom = self.dir.join(format!("{name}.sbom.json"));

@@ -45,7 +45,7 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
 }
 
 /// Downloads `url` into `part` until it holds `length` bytes, resuming from what it holds, then checks the
-/// SHA-256. Returns the bytes fetched over the network in this call.
+/// SHA-256. Every body byte received is counted into `fetched` (also when the download breaks off).
 pub async fn resumable(
     client: &reqwest::Client,
     url: &str,
@@ -53,7 +53,8 @@ pub async fn resumable(
     length: u64,
     sha256: &str,
     idle: Duration,
-) -> Result<u64, DownloadError> {
+    fetched: &std::sync::atomic::AtomicU64,
+) -> Result<(), DownloadError> {
     let local = |e: std::io::Error| DownloadError::Local(format!("{}: {e}", part.display()));
     if let Some(dir) = part.parent() {
         tokio::fs::create_dir_all(dir).await.map_err(local)?;
@@ -63,7 +64,6 @@ pub async fn resumable(
         tokio::fs::remove_file(part).await.map_err(local)?;
         have = 0;
     }
-    let mut fetched = 0u64;
     if have < length {
         let net = |e: reqwest::Error| DownloadError::Network(e.to_string());
         let mut request = client.get(url);
@@ -99,7 +99,7 @@ pub async fn resumable(
             let take = (chunk.len() as u64).min(length - have) as usize;
             file.write_all(&chunk[..take]).await.map_err(local)?;
             have += take as u64;
-            fetched += chunk.len() as u64;
+            fetched.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
             since_sync += take as u64;
             if since_sync >= 4 << 20 {
                 file.sync_data().await.map_err(local)?;
@@ -117,5 +117,5 @@ pub async fn resumable(
         let _ = tokio::fs::remove_file(part).await;
         return Err(DownloadError::HashMismatch { signed: sha256.into(), got });
     }
-    Ok(fetched)
+    Ok(())
 }

@@ -115,7 +115,8 @@ impl DirSlots {
     fn load(&self) -> Result<Bootloader, InstallError> {
         let path = self.bootloader_path();
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| InstallError::Corrupt(path.display().to_string(), e.to_string())),
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| InstallError::Corrupt(path.display().to_string(), e.to_string())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 Ok(Bootloader { active: "a".into(), booted: None, trial: None })
             }
@@ -125,7 +126,8 @@ impl DirSlots {
 
     fn save(&self, b: &Bootloader) -> Result<(), InstallError> {
         let path = self.bootloader_path();
-        let bytes = serde_json::to_vec(b).map_err(|e| InstallError::Corrupt(path.display().to_string(), e.to_string()))?;
+        let bytes =
+            serde_json::to_vec(b).map_err(|e| InstallError::Corrupt(path.display().to_string(), e.to_string()))?;
         hearth_fsutil::write_atomic(&path, &bytes, 0o600).map_err(|e| io(&path, e))
     }
 
@@ -184,7 +186,10 @@ impl Installer for DirSlots {
     fn install(&self, image: &Path, meta: &SlotImage) -> Result<(), InstallError> {
         let b = self.load()?;
         if b.trial.is_some() {
-            return Err(InstallError::Corrupt("bootloader".into(), "a trial is pending; commit or reject it first".into()));
+            return Err(InstallError::Corrupt(
+                "bootloader".into(),
+                "a trial is pending; commit or reject it first".into(),
+            ));
         }
         self.write_slot(Self::inactive(&b), image, meta)
     }
@@ -331,7 +336,10 @@ mod tests {
         slots.commit().expect("commit");
         let boot = slots.boot().expect("boot");
         assert!(!boot.trial);
-        assert_eq!(boot.running.map(|r| (r.0.version, std::fs::read(r.1).expect("image"))), Some(("2".into(), b"v2".to_vec())));
+        assert_eq!(
+            boot.running.map(|r| (r.0.version, std::fs::read(r.1).expect("image"))),
+            Some(("2".into(), b"v2".to_vec()))
+        );
 
         // A rejected trial: the next boot runs the old image.
         let newer = dir.path().join("newer");

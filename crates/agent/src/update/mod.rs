@@ -171,8 +171,7 @@ impl Updater {
         };
         let floor = SecurityFloor::in_dir(state_dir);
         let connects_at_boot = stats.connects.load(Ordering::Relaxed);
-        let mut updater =
-            Updater {
+        let mut updater = Updater {
             state_dir: state_dir.to_owned(),
             key,
             config,
@@ -223,7 +222,10 @@ impl Updater {
             && job.image.target == gave_up.target
         {
             self.persisted.job = None;
-            let detail = format!("{} did not come up healthy in {} boots; back on the previous image", gave_up.version, self.config.boot_tries);
+            let detail = format!(
+                "{} did not come up healthy in {} boots; back on the previous image",
+                gave_up.version, self.config.boot_tries
+            );
             self.report(&job.rollout, UpdateStep::RolledBack, detail)?;
         }
         if !self.boot.trial
@@ -275,10 +277,13 @@ impl Updater {
         let sent = body.steps.len();
         let (client, base) = self.client()?;
         let net = |e: reqwest::Error| UpdateError::Network(e.to_string());
-        let answer = tokio::time::timeout(Duration::from_secs(30), client.post(format!("{base}/api/v1/device/update")).json(&body).send())
-            .await
-            .map_err(|_| UpdateError::Network("check-in: no answer in 30 s".into()))?
-            .map_err(net)?;
+        let answer = tokio::time::timeout(
+            Duration::from_secs(30),
+            client.post(format!("{base}/api/v1/device/update")).json(&body).send(),
+        )
+        .await
+        .map_err(|_| UpdateError::Network("check-in: no answer in 30 s".into()))?
+        .map_err(net)?;
         if !answer.status().is_success() {
             return Err(UpdateError::Network(format!("check-in: HTTP {}", answer.status())));
         }
@@ -350,14 +355,15 @@ impl Updater {
         let (client, base) = self.client()?;
         let fetcher = tuf::Fetcher::new(client);
         let meta = self.dir().join("tuf");
-        let repository = match tuf::refresh(&fetcher, &meta, &format!("{base}/tuf"), Some(&format!("{base}/tuf/targets"))).await {
-            Ok(r) => r,
-            Err(tuf::TufError::Tuf(e)) if is_transport(&e) => return Err(UpdateError::Network(e.to_string())),
-            Err(e) => {
-                // The trusted metadata is unchanged; the release cannot be verified.
-                return self.report(rollout, UpdateStep::Failed, format!("refused by TUF: {e}"));
-            }
-        };
+        let repository =
+            match tuf::refresh(&fetcher, &meta, &format!("{base}/tuf"), Some(&format!("{base}/tuf/targets"))).await {
+                Ok(r) => r,
+                Err(tuf::TufError::Tuf(e)) if is_transport(&e) => return Err(UpdateError::Network(e.to_string())),
+                Err(e) => {
+                    // The trusted metadata is unchanged; the release cannot be verified.
+                    return self.report(rollout, UpdateStep::Failed, format!("refused by TUF: {e}"));
+                }
+            };
         let info = match tuf::release_info(&repository, target) {
             Ok(info) => info,
             Err(e) => return self.report(rollout, UpdateStep::Failed, format!("{e}")),
@@ -375,8 +381,14 @@ impl Updater {
         let name = tough::TargetName::new(target).map_err(local)?;
         let signed = repository.targets().signed.targets.get(&name).ok_or_else(|| local("target vanished"))?;
         let sha256: String = signed.hashes.sha256.iter().map(|b| format!("{b:02x}")).collect();
-        let image = SlotImage { target: target.into(), version: info.version.clone(), security_version: info.security_version, sha256 };
-        self.persisted.job = Some(Job { rollout: rollout.into(), image, length: signed.length, phase: Phase::Downloading });
+        let image = SlotImage {
+            target: target.into(),
+            version: info.version.clone(),
+            security_version: info.security_version,
+            sha256,
+        };
+        self.persisted.job =
+            Some(Job { rollout: rollout.into(), image, length: signed.length, phase: Phase::Downloading });
         self.save()
     }
 
@@ -385,11 +397,18 @@ impl Updater {
         let Some(job) = self.persisted.job.clone() else { return Ok(None) };
         let part = self.dir().join("download").join(format!("{}.part", job.image.sha256));
         if job.phase == Phase::Downloading {
-            self.report(&job.rollout, UpdateStep::Downloading, format!("{} ({} bytes)", job.image.version, job.length))?;
+            self.report(
+                &job.rollout,
+                UpdateStep::Downloading,
+                format!("{} ({} bytes)", job.image.version, job.length),
+            )?;
             let (client, base) = self.client()?;
             let url = format!("{base}/tuf/targets/{}.{}", job.image.sha256, job.image.target);
-            match download::resumable(&client, &url, &part, job.length, &job.image.sha256, tuf::IDLE_TIMEOUT).await {
-                Ok(fetched) => tracing::info!(bytes = fetched, "image downloaded and verified"),
+            let fetched = std::sync::atomic::AtomicU64::new(0);
+            let got =
+                download::resumable(&client, &url, &part, job.length, &job.image.sha256, tuf::IDLE_TIMEOUT, &fetched);
+            match got.await {
+                Ok(()) => tracing::info!(bytes = fetched.load(Ordering::Relaxed), "image downloaded and verified"),
                 Err(download::DownloadError::Network(e)) => return Err(UpdateError::Network(e)),
                 Err(e) => {
                     self.persisted.job = None;
@@ -480,7 +499,9 @@ impl Updater {
             Err(why) => {
                 self.config.installer.reject().map_err(local)?;
                 match rollout {
-                    Some(r) => self.report(&r, UpdateStep::RolledBack, format!("{version} failed its health check: {why}"))?,
+                    Some(r) => {
+                        self.report(&r, UpdateStep::RolledBack, format!("{version} failed its health check: {why}"))?
+                    }
                     None => self.save()?,
                 }
                 tracing::warn!(%why, "the new image is not healthy; going back to the previous one");

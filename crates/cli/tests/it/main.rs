@@ -8,3 +8,4 @@ mod e2e;
 mod faults;
 mod outage;
 mod support;
+mod updates;

@@ -814,7 +814,9 @@ async fn updates(store: &Store) {
         targets_version: 1,
         published_at: NOW,
     };
-    assert!(store.tuf_publish(&[meta("root", 1), meta("targets", 1)], std::slice::from_ref(&release), NOW).await.unwrap());
+    assert!(
+        store.tuf_publish(&[meta("root", 1), meta("targets", 1)], std::slice::from_ref(&release), NOW).await.unwrap()
+    );
     // A version that exists makes the whole publication fail: nothing of it is kept.
     assert!(!store.tuf_publish(&[meta("snapshot", 1), meta("targets", 1)], &[], NOW).await.unwrap());
     assert!(store.tuf_latest("snapshot").await.unwrap().is_none(), "all or nothing");
@@ -839,7 +841,12 @@ async fn updates(store: &Store) {
     }
     assert_eq!(back, content);
 
-    let support = ModelSupportRow { model: "plug-1".into(), support_until: NOW + 900 * DAY, policy: "3 years".into(), updated_at: NOW };
+    let support = ModelSupportRow {
+        model: "plug-1".into(),
+        support_until: NOW + 900 * DAY,
+        policy: "3 years".into(),
+        updated_at: NOW,
+    };
     store.set_model_support(&support).await.unwrap();
     store.set_model_support(&ModelSupportRow { support_until: NOW + 1000 * DAY, ..support.clone() }).await.unwrap();
     assert_eq!(store.model_support(Some("plug-1")).await.unwrap()[0].support_until, NOW + 1000 * DAY);
@@ -869,7 +876,10 @@ async fn updates(store: &Store) {
     };
     let waves = [(ids[0].clone(), 0), (ids[1].clone(), 1), (ids[2].clone(), 1)];
     assert!(store.create_rollout(&rollout, &waves).await.unwrap());
-    assert!(!store.create_rollout(&RolloutRow { id: "r2".into(), ..rollout.clone() }, &waves).await.unwrap(), "one active rollout per model");
+    assert!(
+        !store.create_rollout(&RolloutRow { id: "r2".into(), ..rollout.clone() }, &waves).await.unwrap(),
+        "one active rollout per model"
+    );
     assert!(store.rollout("r2").await.unwrap().is_none());
     assert_eq!(store.rollout("r1").await.unwrap().unwrap(), rollout);
     assert!(store.device_goal(&ids[0], NOW).await.unwrap().is_none(), "no wave open yet");
@@ -878,7 +888,10 @@ async fn updates(store: &Store) {
     assert_eq!(store.device_goal(&ids[0], NOW).await.unwrap().unwrap().release, release.target_name);
     assert!(store.device_goal(&ids[1], NOW).await.unwrap().is_none(), "wave 1 is not open");
     assert!(store.record_update_step("r1", &ids[0], "downloading", "1 of 5", NOW).await.unwrap());
-    assert!(!store.record_update_step("r1", &ids[0], "downloading", "1 of 5", NOW).await.unwrap(), "the same step twice");
+    assert!(
+        !store.record_update_step("r1", &ids[0], "downloading", "1 of 5", NOW).await.unwrap(),
+        "the same step twice"
+    );
     assert!(store.record_update_step("r1", &ids[0], "rolled_back", "health", NOW).await.unwrap());
     assert!(!store.record_update_step("r1", &ids[0], "succeeded", "late", NOW).await.unwrap(), "final stays final");
     assert!(store.device_goal(&ids[0], NOW).await.unwrap().is_none(), "finished");
@@ -901,7 +914,10 @@ async fn updates(store: &Store) {
     assert_eq!(store.rollout_devices("r1").await.unwrap().len(), 3);
     assert!(store.set_rollout_state("r1", &["running", "paused"], "aborted", "by hand", NOW).await.unwrap());
     assert!(store.device_goal(&ids[1], NOW + DAY).await.unwrap().is_none(), "aborted");
-    assert!(store.create_rollout(&RolloutRow { id: "r2".into(), ..rollout.clone() }, &waves).await.unwrap(), "after the abort");
+    assert!(
+        store.create_rollout(&RolloutRow { id: "r2".into(), ..rollout.clone() }, &waves).await.unwrap(),
+        "after the abort"
+    );
     assert_eq!(store.rollouts(Some(&["running"])).await.unwrap().len(), 1);
 
     store.record_check_in(&ids[0], Some(&"ab".repeat(32)), Some("2.0"), "rev-a", 3, NOW).await.unwrap();

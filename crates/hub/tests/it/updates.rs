@@ -353,3 +353,108 @@ async fn support_periods_can_be_extended_never_shortened() {
     let (_, list) = hub.get("/api/v1/models/support").await.expect("list");
     assert_eq!(list["models"][0]["support_until"], until);
 }
+
+/// A TCP proxy to `to` that cuts each connection after a random number of bytes from the server (up to
+/// `max_cut`); returns its address.
+async fn cutting_proxy(to: std::net::SocketAddr, max_cut: u64) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut rng: u64 =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(7, |d| d.as_nanos() as u64) | 1;
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else { return };
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let cut = 20_000 + rng % max_cut;
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+                let Ok(mut server) = tokio::net::TcpStream::connect(to).await else { return };
+                let (mut cr, mut cw) = client.split();
+                let (mut sr, mut sw) = server.split();
+                let up = tokio::io::copy(&mut cr, &mut sw);
+                let down = async {
+                    let mut sent = 0u64;
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while sent < cut {
+                        let n = match sr.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let n = n.min((cut - sent) as usize);
+                        if cw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        sent += n as u64;
+                    }
+                };
+                tokio::select! { _ = up => {}, _ = down => {} }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_download_cut_at_random_offsets_resumes_and_fetches_at_most_one_and_a_half_times_the_image() {
+    let hub = TestHub::start().await.expect("hub");
+    let dir = tempfile::tempdir().expect("tmp");
+    let device = hub.enrolled_device(dir.path()).await.expect("device");
+    let maker = Maker::new(&hub.client, &hub.base(), &hub.token, &dir.path().join("maker")).await.expect("maker");
+    let size = 3 << 20;
+    let image =
+        maker.release("test-model-2.0.0.img", release_info("test-model", "2.0.0", 1), size, 3).await.expect("release");
+    let (status, answer) = maker.publish(&hub.client, &hub.base(), &hub.token, &[1], true).await.expect("publish");
+    assert_eq!(status, 200, "{answer}");
+    let sha = sha256(&image);
+    // Cuts every connection within its first ~1 MiB of answer bytes (TLS included).
+    let proxy = cutting_proxy(hub.hub.https_addr, 1 << 20).await;
+    let url = format!("https://127.0.0.1:{}/tuf/targets/{sha}.test-model-2.0.0.img", proxy.port());
+    let part = dir.path().join("download/image.part");
+    let client = mtls(&hub, &device);
+    let fetched = std::sync::atomic::AtomicU64::new(0);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        assert!(attempts < 200, "no progress");
+        let got = hearth_agent::update::download::resumable(
+            &client,
+            &url,
+            &part,
+            size as u64,
+            &sha,
+            Duration::from_secs(10),
+            &fetched,
+        );
+        match got.await {
+            Ok(()) => break,
+            Err(hearth_agent::update::download::DownloadError::Network(_)) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(std::fs::read(&part).expect("file"), image);
+    assert!(attempts > 2, "the proxy cut the download ({attempts} attempts)");
+    let fetched = fetched.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(fetched as f64 <= 1.5 * size as f64, "fetched {fetched} bytes for a {size}-byte image");
+    eprintln!(
+        "resume: {attempts} connections, {fetched} bytes fetched for {size} ({:.3}x)",
+        fetched as f64 / size as f64
+    );
+
+    // A partial file that is wrong (bit rot, a lying server) fails the hash and is removed, never installed.
+    std::fs::write(&part, vec![0u8; size]).expect("corrupt");
+    let direct = format!("{}/tuf/targets/{sha}.test-model-2.0.0.img", hub.base());
+    let got = hearth_agent::update::download::resumable(
+        &client,
+        &direct,
+        &part,
+        size as u64,
+        &sha,
+        Duration::from_secs(10),
+        &std::sync::atomic::AtomicU64::new(0),
+    )
+    .await;
+    assert!(matches!(got, Err(hearth_agent::update::download::DownloadError::HashMismatch { .. })), "{got:?}");
+    assert!(!part.exists());
+}

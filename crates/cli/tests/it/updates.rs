@@ -1,0 +1,237 @@
+//! Signed updates end to end with real `hearth-agent` processes (directory A/B slots, the simulated bootloader)
+//! against a hub: a rollout reaches every device; a release that fails its health check rolls back on the
+//! canary and pauses its rollout by itself. The power-cut trials are in `faults::update_power_cut`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use hearth_test_support::updates::{Maker, release_info};
+use hearth_test_support::{TestHub, eventually, workspace_bin};
+use serde_json::json;
+
+/// A hub, a maker with published releases, and devices with a factory image (the first release).
+pub struct Rig {
+    pub hub: TestHub,
+    pub maker: Maker,
+    pub dir: tempfile::TempDir,
+    /// (target name, SHA-256) of each published release, in order.
+    pub releases: Vec<(String, String)>,
+    pub devices: Vec<DeviceRig>,
+}
+
+/// One device's files.
+pub struct DeviceRig {
+    pub id: String,
+    pub bootstrap: PathBuf,
+    pub state: PathBuf,
+    pub slots: PathBuf,
+    pub factory: PathBuf,
+}
+
+pub fn sha256(bytes: &[u8]) -> String {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Releases `1.0.0` (the factory image), then one per entry of `more`: (version, security version, size,
+/// broken). A broken image contains `BROKEN`, which the health command refuses.
+pub async fn rig(devices: usize, more: &[(&str, u64, usize, bool)]) -> Rig {
+    let hub = TestHub::start().await.expect("hub");
+    let dir = tempfile::tempdir().expect("tmp");
+    let maker = Maker::new(&hub.client, &hub.base(), &hub.token, &dir.path().join("maker")).await.expect("maker");
+    let mut releases = Vec::new();
+    let mut images = Vec::new();
+    for (i, (version, sv, size, broken)) in [("1.0.0", 1, 32 * 1024, false)].iter().chain(more).enumerate() {
+        let name = format!("test-model-{version}.img");
+        let mut bytes: Vec<u8> = (0..*size).map(|j| (j as u8).wrapping_mul(31).wrapping_add(i as u8)).collect();
+        if *broken {
+            // Signed as it is: broken in a way only the device's health check sees.
+            bytes[..6].copy_from_slice(b"BROKEN");
+        }
+        let info = release_info("test-model", version, *sv);
+        let image = maker.release_bytes(&name, info, bytes).await.expect("release");
+        releases.push((name, sha256(&image)));
+        images.push(image);
+    }
+    let (status, answer) = maker.publish(&hub.client, &hub.base(), &hub.token, &[1], true).await.expect("publish");
+    assert_eq!(status, 200, "{answer}");
+    let files = hub.manufacture("test-model", devices).await.expect("manufacture");
+    let boot_dir = dir.path().join("bootstrap");
+    let paths = hub.write_bootstraps(&files, &boot_dir).expect("bootstraps");
+    let mut rigs = Vec::new();
+    for (f, bootstrap) in files.iter().zip(paths) {
+        let base = dir.path().join(f.device_id.as_str());
+        let factory = base.join("factory");
+        std::fs::create_dir_all(&factory).expect("factory");
+        std::fs::write(factory.join("image"), &images[0]).expect("image");
+        let slot = json!({"target": releases[0].0, "version": "1.0.0", "security_version": 1, "sha256": releases[0].1});
+        std::fs::write(factory.join("slot.json"), slot.to_string()).expect("slot");
+        rigs.push(DeviceRig {
+            id: f.device_id.to_string(),
+            bootstrap,
+            state: base.join("state"),
+            slots: base.join("slots"),
+            factory,
+        });
+    }
+    let health = dir.path().join("health.sh");
+    std::fs::write(&health, "#!/bin/sh\n! grep -q BROKEN \"$HEARTH_IMAGE\"\n").expect("health");
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&health, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    Rig { hub, maker, dir, releases, devices: rigs }
+}
+
+/// An agent process, killed when dropped (a failed test leaves no agent behind).
+pub struct AgentProcess(pub Child);
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Rig {
+    /// Waits until every device enrolled.
+    pub async fn enrolled(&self) {
+        for d in &self.devices {
+            let path = format!("/api/v1/devices/{}", d.id);
+            let ok = eventually(Duration::from_secs(60), || async {
+                let (_, body) = self.hub.get(&path).await.ok()?;
+                (body["status"] == "enrolled").then_some(())
+            })
+            .await;
+            assert!(ok.is_some(), "{} never enrolled", d.id);
+        }
+    }
+
+    /// Starts `hearth-agent` for device `i`.
+    pub fn agent(&self, i: usize) -> AgentProcess {
+        let d = &self.devices[i];
+        Command::new(workspace_bin("hearth-agent"))
+            .arg("--state-dir")
+            .arg(&d.state)
+            .arg("--bootstrap")
+            .arg(&d.bootstrap)
+            .arg("--slots")
+            .arg(&d.slots)
+            .arg("--factory-slot")
+            .arg(&d.factory)
+            .arg("--update-root")
+            .arg(self.maker.repo.dir().join("1.root.json"))
+            .arg("--health-command")
+            .arg(self.dir.path().join("health.sh"))
+            .args([
+                "--health-timeout-secs",
+                "20",
+                "--update-check-secs",
+                "2",
+                "--interval-secs",
+                "5",
+                "--boot-tries",
+                "2",
+            ])
+            .env("RUST_LOG", std::env::var("HEARTH_AGENT_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdin(Stdio::null())
+            .spawn()
+            .map(AgentProcess)
+            .expect("spawn agent")
+    }
+
+    /// Waits until rollout `id` is in `state` (the engine runs every 2 s).
+    pub async fn rollout_state(&self, id: &str, state: &str, within: Duration) -> serde_json::Value {
+        let path = format!("/api/v1/rollouts/{id}");
+        let got = eventually(within, || async {
+            let (_, view) = self.hub.get(&path).await.ok()?;
+            (view["state"] == state).then_some(view)
+        })
+        .await;
+        match got {
+            Some(view) => view,
+            None => panic!("rollout {id} never became {state}: {}", self.hub.get(&path).await.expect("view").1),
+        }
+    }
+
+    /// Creates a rollout of release `index` to every device at once after a canary of one.
+    pub async fn roll_out(&self, index: usize) -> String {
+        let plan =
+            json!({"release": self.releases[index].0, "canary": 1, "percents": [100], "pause_failure_percent": 50});
+        let (status, view) = self.hub.post("/api/v1/rollouts", plan).await.expect("rollout");
+        assert_eq!(status, 201, "{view}");
+        view["id"].as_str().expect("id").to_owned()
+    }
+}
+
+/// What a device's slots say: the booted slot's image metadata and its file's SHA-256, and the trial slot's.
+pub fn slots_state(slots: &Path) -> (serde_json::Value, Vec<(String, String)>) {
+    let bootloader: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(slots.join("bootloader.json")).unwrap_or_default()).unwrap_or_default();
+    let mut images = Vec::new();
+    for slot in ["a", "b"] {
+        let dir = slots.join(slot);
+        let Ok(meta) = std::fs::read(dir.join("slot.json")) else { continue };
+        let meta: serde_json::Value = serde_json::from_slice(&meta).expect("slot.json");
+        let file_sha = std::fs::read(dir.join("image")).map(|b| sha256(&b)).unwrap_or_default();
+        images.push((slot.to_owned(), format!("{}|{}|{file_sha}", meta["target"], meta["sha256"])));
+    }
+    (bootloader, images)
+}
+
+/// The slot the next boot runs, and whether its image is one of `signed` (target name, SHA-256) with a file
+/// that hashes to it.
+pub fn next_boot_is_signed(slots: &Path, signed: &[(String, String)]) -> (String, bool) {
+    let bootloader: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(slots.join("bootloader.json")).expect("bootloader.json")).expect("json");
+    let slot = match bootloader["trial"].as_object() {
+        Some(trial) if trial["tries_left"].as_u64() > Some(0) => trial["slot"].as_str().expect("slot").to_owned(),
+        _ => bootloader["active"].as_str().expect("active").to_owned(),
+    };
+    let dir = slots.join(&slot);
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("slot.json")).expect("slot.json")).expect("json");
+    let file_sha = sha256(&std::fs::read(dir.join("image")).expect("image"));
+    let ok = signed
+        .iter()
+        .any(|(name, sha)| meta["target"] == name.as_str() && meta["sha256"] == sha.as_str() && &file_sha == sha);
+    (slot, ok)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_reaches_every_device_and_a_release_failing_its_health_check_rolls_back_and_pauses() {
+    let rig = rig(3, &[("1.1.0", 2, 200 * 1024, false), ("1.2.0", 3, 100 * 1024, true)]).await;
+    let agents: Vec<AgentProcess> = (0..3).map(|i| rig.agent(i)).collect();
+    rig.enrolled().await;
+
+    // 1.1.0 reaches all three: canary first, then the rest; each commits after its health check.
+    let id = rig.roll_out(1).await;
+    let view = rig.rollout_state(&id, "completed", Duration::from_secs(120)).await;
+    assert_eq!(view["counts"]["succeeded"], 3, "{view}");
+    for d in &rig.devices {
+        let (slot, ok) = next_boot_is_signed(&d.slots, &rig.releases);
+        assert!(ok, "{}: slot {slot}", d.id);
+        let (bootloader, _) = slots_state(&d.slots);
+        assert!(bootloader["trial"].is_null(), "committed: {bootloader}");
+        let floor = std::fs::read_to_string(d.state.join("security-floor")).expect("floor");
+        assert_eq!(floor.trim(), "2", "the floor rose with the committed release");
+    }
+
+    // 1.2.0 fails its health check on the canary: it rolls back (still 1.1.0, floor unchanged) and the rollout
+    // pauses by itself; nobody else gets it.
+    let id = rig.roll_out(2).await;
+    let view = rig.rollout_state(&id, "paused", Duration::from_secs(120)).await;
+    assert!(view["reason"].as_str().unwrap_or("").contains("health gate"), "{view}");
+    assert_eq!(view["counts"]["rolled_back"], 1, "{view}");
+    assert_eq!(view["counts"]["waiting"], 2, "{view}");
+    let (_, events) = rig.hub.get(&format!("/api/v1/rollouts/{id}")).await.expect("view");
+    assert_eq!(events["state"], "paused");
+    for d in &rig.devices {
+        let (_, images) = slots_state(&d.slots);
+        let (bootloader, _) = slots_state(&d.slots);
+        let active = bootloader["active"].as_str().expect("active");
+        let running = images.iter().find(|(s, _)| s == active).expect("active slot").1.clone();
+        assert!(running.contains("test-model-1.1.0.img"), "{}: {running}", d.id);
+        assert_eq!(std::fs::read_to_string(d.state.join("security-floor")).expect("floor").trim(), "2");
+    }
+    assert_eq!(rig.hub.event_count("unknown_image").await.expect("events"), 0, "every image was released");
+    drop(agents);
+}
