@@ -12,6 +12,7 @@ mod hostile_load;
 mod kill9;
 mod network;
 mod soak;
+mod update_power_cut;
 
 /// One fault at a time, in this test binary: a fault measures the hub under its own load, not its neighbours'
 /// (cargo runs a binary's tests in parallel). Every fault test holds this for its whole run.
