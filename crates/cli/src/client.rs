@@ -45,6 +45,18 @@ impl HubClient {
         answer(req.send().await.with_context(|| format!("while contacting {}", self.base))?).await
     }
 
+    /// POST a file (`application/octet-stream`) with the API token; an hour at most.
+    pub async fn upload(&self, path: &str, bytes: Vec<u8>) -> Result<serde_json::Value> {
+        let req = self.auth(
+            self.http
+                .post(format!("{}{path}", self.base))
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .timeout(std::time::Duration::from_secs(3600))
+                .body(bytes),
+        )?;
+        answer(req.send().await.with_context(|| format!("while contacting {}", self.base))?).await
+    }
+
     /// Completes owner setup (or, once an owner exists, recovers the owner's access with the owner's email):
     /// creates the owner account with `email` and `password`; returns the owner's API token.
     pub async fn setup(&self, setup_token: &str, email: &str, password: &str) -> Result<String> {

@@ -7,6 +7,7 @@ mod bench;
 mod client;
 mod demo;
 mod label;
+mod release;
 mod sbom;
 
 use std::path::PathBuf;
@@ -70,27 +71,18 @@ enum Command {
         #[command(subcommand)]
         action: StoreAction,
     },
-    /// Release tooling for the maker (runs offline, on the build machine).
+    /// Signed updates for the maker: keys, the TUF root and its rotation, signing releases (offline), SBOMs, and
+    /// uploading what was signed to the hub.
     Release {
         #[command(subcommand)]
-        action: ReleaseAction,
+        action: release::SigningAction,
     },
-}
-
-#[derive(Subcommand)]
-enum ReleaseAction {
-    /// Write the CycloneDX 1.5 SBOM of a package's binary: exactly the crates built into it (normal dependencies,
-    /// from `cargo metadata`), each with its package URL and, for registry crates, the SHA-256 from Cargo.lock.
-    Sbom {
-        /// The package's Cargo.toml.
-        #[arg(long, default_value = "crates/agent/Cargo.toml")]
-        manifest_path: PathBuf,
-        /// The package (the image's binary).
-        #[arg(long, default_value = "hearth-agent")]
-        package: String,
-        /// Where to write the SBOM.
-        #[arg(long)]
-        out: PathBuf,
+    /// Roll a published release out to devices in waves, with health gates; pause, resume, abort.
+    Rollout {
+        #[command(flatten)]
+        hub: HubArgs,
+        #[command(subcommand)]
+        action: release::RolloutAction,
     },
 }
 
@@ -257,13 +249,8 @@ async fn run(cli: Cli) -> Result<()> {
             println!("Use it with:  export HEARTH_TOKEN={token}");
             Ok(())
         }
-        Command::Release { action: ReleaseAction::Sbom { manifest_path, package, out } } => {
-            let crates = sbom::closure(&manifest_path, &package)?;
-            let json = sbom::cyclonedx(&crates)?;
-            std::fs::write(&out, json).with_context(|| format!("while writing {}", out.display()))?;
-            println!("SBOM of {package} ({} crates, CycloneDX 1.5) written to {}", crates.len(), out.display());
-            Ok(())
-        }
+        Command::Release { action } => release::signing(action).await,
+        Command::Rollout { hub, action } => release::rollout(&hub, action).await,
         Command::SetupToken { config, data_dir } => {
             let mut config = match &config {
                 Some(path) => hearth_hub::Config::from_file(path)?,

@@ -239,12 +239,12 @@ impl Repo {
                 t
             }
             None => {
-                let mut t = Targets::new(SPEC_VERSION.into(), NonZeroU64::MIN, release.expires);
+                let mut t = Targets::new(SPEC_VERSION.into(), NonZeroU64::MIN, whole_seconds(release.expires));
                 t.delegations = None;
                 t
             }
         };
-        targets.expires = release.expires;
+        targets.expires = whole_seconds(release.expires);
         if let Some(existing) = targets.targets.keys().find(|n| n.raw() == release.name) {
             return Err(ReleaseError::Release(format!("a target named {} is released already", existing.raw())));
         }
@@ -346,11 +346,17 @@ fn build_root(plan: &RootPlan, version: NonZeroU64) -> Result<Root> {
         spec_version: SPEC_VERSION.into(),
         consistent_snapshot: true,
         version,
-        expires: plan.expires,
+        expires: whole_seconds(plan.expires),
         keys,
         roles,
         _extra: HashMap::new(),
     })
+}
+
+/// `t` without its fraction of a second: TUF writes expiry as `YYYY-MM-DDTHH:MM:SSZ`, and clients such as
+/// python-tuf refuse anything else.
+pub fn whole_seconds(t: jiff::Timestamp) -> jiff::Timestamp {
+    jiff::Timestamp::from_second(t.as_second()).unwrap_or(t)
 }
 
 /// Signs `role` with those of `keys` that `holder` names for it.

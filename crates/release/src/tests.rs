@@ -66,6 +66,9 @@ async fn a_repository_is_made_signed_and_rotated_with_thresholds() {
     assert!(Repo::init(&repo_dir, &plan, &boxed(&[&r1, &r2])).await.is_err(), "a second init is refused");
     let root = repo.root().expect("root").signed;
     assert!(root.consistent_snapshot);
+    let text = std::fs::read_to_string(repo_dir.join("root.json")).expect("root");
+    let expires = text.split("\"expires\": \"").nth(1).and_then(|r| r.split('"').next()).expect("expires");
+    assert_eq!(expires.len(), "2027-11-25T22:58:19Z".len(), "TUF's date format, no fraction: {expires}");
     assert_eq!(root.version.get(), 1);
 
     // A release, signed by the targets key; the root key cannot sign targets.

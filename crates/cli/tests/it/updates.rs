@@ -235,3 +235,158 @@ async fn a_rollout_reaches_every_device_and_a_release_failing_its_health_check_r
     assert_eq!(rig.hub.event_count("unknown_image").await.expect("events"), 0, "every image was released");
     drop(agents);
 }
+
+/// python-tuf, or the skip reported (a failure with `HEARTH_REQUIRE_ALL=1`).
+fn python_tuf() -> Option<PathBuf> {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/tuf-venv/bin/python");
+    hearth_test_support::require_file(
+        &python,
+        "updates (python-tuf against the hub)",
+        "python3 -m venv target/tuf-venv && target/tuf-venv/bin/pip install --require-hashes -r ci/requirements-tuf.txt",
+    )
+    .then_some(python)
+}
+
+#[tokio::test]
+async fn the_makers_commands_sign_and_publish_and_python_tufs_client_verifies_the_hubs_repository() {
+    use crate::support::{HubProcess, free_ports, hearth, setup};
+    let dir = tempfile::tempdir().expect("dir");
+    let (https, mqtts) = free_ports();
+    let hub = HubProcess::start(&dir.path().join("hub"), https, mqtts);
+    let token = setup(&hub);
+    let path = |p: &str| dir.path().join(p).to_str().expect("utf8").to_owned();
+    let run = |args: &[&str]| {
+        let (ok, out, err) = hearth(&hub, Some(&token), args);
+        assert!(ok, "hearth {args:?}: {err}");
+        out
+    };
+    // Offline keys; the hub's online keys; root 1 needing 2 of 2 root keys.
+    for k in ["root-1", "root-2", "targets-1"] {
+        run(&["release", "keygen", "--out", &path(&format!("keys/{k}.pem"))]);
+    }
+    let (ok, _, err) = hearth(&hub, Some(&token), &["release", "keygen", "--out", &path("keys/root-1.pem")]);
+    assert!(!ok && err.contains("never overwritten"), "{err}");
+    run(&["release", "hub-keys", "--out", &path("hub-keys.json")]);
+    let (ok, _, err) = hearth(
+        &hub,
+        Some(&token),
+        &[
+            "release",
+            "init",
+            "--repo",
+            &path("repo"),
+            "--hub-keys",
+            &path("hub-keys.json"),
+            "--root-key",
+            &path("keys/root-1.pem"),
+            "--root-threshold",
+            "2",
+            "--targets-key",
+            &path("keys/targets-1.pem"),
+        ],
+    );
+    assert!(!ok && err.contains("threshold"), "one of two root keys is refused: {err}");
+    run(&[
+        "release",
+        "init",
+        "--repo",
+        &path("repo"),
+        "--hub-keys",
+        &path("hub-keys.json"),
+        "--root-key",
+        &path("keys/root-1.pem"),
+        "--root-key",
+        &path("keys/root-2.pem"),
+        "--root-threshold",
+        "2",
+        "--targets-key",
+        &path("keys/targets-1.pem"),
+    ]);
+    let image = b"plug firmware 2.0\n".repeat(5000);
+    std::fs::write(path("image.bin"), &image).expect("image");
+    std::fs::write(path("sbom.json"), r#"{"bomFormat":"CycloneDX","specVersion":"1.5","version":1,"components":[]}"#)
+        .expect("sbom");
+    let out = run(&[
+        "release",
+        "add",
+        "--repo",
+        &path("repo"),
+        "--targets-key",
+        &path("keys/targets-1.pem"),
+        "--image",
+        &path("image.bin"),
+        "--model",
+        "plug-2",
+        "--version",
+        "2.0.0",
+        "--hardware",
+        "rev-a",
+        "--security-version",
+        "4",
+        "--kind",
+        "security",
+        "--fixes",
+        "Closes a crash over the local network.",
+        "--restarts",
+        "--downtime-seconds",
+        "30",
+        "--sbom",
+        &path("sbom.json"),
+    ]);
+    assert!(out.contains("plug-2-2.0.0.img"), "{out}");
+    let out = run(&["release", "upload", "--repo", &path("repo")]);
+    assert!(out.contains("Published: 2 files, 1 root versions"), "{out}");
+    let out = run(&["release", "upload", "--repo", &path("repo")]);
+    assert!(out.contains("has everything"), "{out}");
+    // No device of the model yet: a rollout is refused with the reason.
+    let (ok, _, err) = hearth(&hub, Some(&token), &["rollout", "start", "--release", "plug-2-2.0.0.img"]);
+    assert!(!ok && err.contains("no enrolled device"), "{err}");
+
+    // python-tuf's client, as a device (its certificate), refreshes and verifies the image.
+    let Some(python) = python_tuf() else { return };
+    let client = hearth_test_support::client_for(&hub.ca(), None).expect("client");
+    let answer: serde_json::Value = client
+        .post(format!("{}/api/v1/devices", hub.url()))
+        .bearer_auth(&token)
+        .json(&json!({"model": "plug-2", "count": 1}))
+        .send()
+        .await
+        .expect("manufacture")
+        .json()
+        .await
+        .expect("json");
+    let file: hearth_proto::enrol::ManufactureResponse = serde_json::from_value(answer).expect("batch");
+    let boot = file.bootstrap_files().remove(0);
+    let device =
+        hearth_test_support::enrol_at(&client, &hub.url(), boot.device_id.as_str(), &boot.bootstrap_token, dir.path())
+            .await
+            .expect("enrol");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tuf/ngclient_hub.py");
+    let output = Command::new(&python)
+        .arg(script)
+        .args([hub.url(), path("repo/1.root.json")])
+        .arg(hub.ca())
+        .arg(&device.cert_path)
+        .arg(&device.key_path)
+        .args(["plug-2-2.0.0.img", &path("ngclient")])
+        .output()
+        .expect("python");
+    assert!(output.status.success(), "python-tuf refused: {}", String::from_utf8_lossy(&output.stderr));
+    let downloaded = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    assert_eq!(std::fs::read(&downloaded).expect("target"), image);
+    // A root whose content was changed after signing is refused by python-tuf before anything is fetched.
+    let mut tampered: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path("repo/1.root.json")).expect("root")).expect("json");
+    tampered["signed"]["expires"] = json!("2099-01-01T00:00:00Z");
+    std::fs::write(path("tampered-root.json"), tampered.to_string()).expect("write");
+    let output = Command::new(&python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tuf/ngclient_hub.py"))
+        .args([hub.url(), path("tampered-root.json")])
+        .arg(hub.ca())
+        .arg(&device.cert_path)
+        .arg(&device.key_path)
+        .args(["plug-2-2.0.0.img", &path("ngclient-tampered")])
+        .output()
+        .expect("python");
+    assert!(!output.status.success());
+}

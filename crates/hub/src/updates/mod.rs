@@ -407,7 +407,7 @@ impl Updates {
             role: "snapshot".into(),
             version: snapshot_version,
             body: snapshot.buffer().clone(),
-            expires_at: now + SNAPSHOT_LIFETIME_MS,
+            expires_at: expiry_ms(snapshot.signed().signed.expires),
         };
         let mut timestamp = Timestamp::new(
             hearth_release_spec(),
@@ -420,7 +420,7 @@ impl Updates {
             role: "timestamp".into(),
             version: timestamp_version,
             body: timestamp.buffer().clone(),
-            expires_at: now + TIMESTAMP_LIFETIME_MS,
+            expires_at: expiry_ms(timestamp.signed().signed.expires),
         };
         Ok((snapshot_row, timestamp_row))
     }
@@ -714,8 +714,9 @@ fn nonzero(v: i64) -> Result<NonZeroU64> {
     NonZeroU64::new(v as u64).ok_or_else(|| internal("version 0"))
 }
 
+/// A timestamp in whole seconds (TUF writes `YYYY-MM-DDTHH:MM:SSZ`; python-tuf refuses fractions).
 fn timestamp_of(ms: i64) -> Result<jiff::Timestamp> {
-    jiff::Timestamp::from_millisecond(ms).map_err(internal)
+    jiff::Timestamp::from_second(ms.div_euclid(1000)).map_err(internal)
 }
 
 fn expiry_ms(t: jiff::Timestamp) -> i64 {
