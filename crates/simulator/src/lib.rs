@@ -62,6 +62,23 @@ pub struct FleetConfig {
     pub backoff: (Duration, Duration),
     /// Connect MQTT here instead of the address in the bootstrap files.
     pub mqtt_addr: Option<String>,
+    /// Over-the-air updates into each agent's own directory A/B slots (`{root_dir}/agent-{i}/slots`).
+    pub updates: Option<FleetUpdates>,
+}
+
+/// How a fleet's agents take updates.
+#[derive(Debug, Clone)]
+pub struct FleetUpdates {
+    /// The TUF root the devices trust at first.
+    pub trust_root: PathBuf,
+    /// The factory image every device starts on, and its metadata.
+    pub factory_image: PathBuf,
+    /// The factory image's metadata (a signed release).
+    pub factory: hearth_agent::update::SlotImage,
+    /// The devices' hardware revision.
+    pub hardware: String,
+    /// Check for updates at least this often.
+    pub check_interval: Option<Duration>,
 }
 
 impl FleetConfig {
@@ -76,6 +93,7 @@ impl FleetConfig {
             queue_capacity: 10_000,
             backoff: (Duration::from_secs(1), Duration::from_secs(60)),
             mqtt_addr: None,
+            updates: None,
         }
     }
 }
@@ -112,18 +130,34 @@ impl Fleet {
         for (i, bootstrap) in config.bootstraps.iter().enumerate() {
             let agent_stats = Arc::new(AgentStats::default());
             stats.push(agent_stats.clone());
-            let mut agent_config = AgentConfig::new(config.root_dir.join(format!("agent-{i}")));
-            agent_config.bootstrap_path = Some(bootstrap.clone());
-            agent_config.interval = config.interval;
-            agent_config.queue_capacity = config.queue_capacity;
-            agent_config.backoff_min = config.backoff.0;
-            agent_config.backoff_max = config.backoff.1;
-            agent_config.source = config.profile.source(seeds.next_u64());
-            agent_config.mqtt_addr = config.mqtt_addr.clone();
-            agent_config.stats = Some(agent_stats);
+            let (root, bootstrap, fleet) = (config.root_dir.clone(), bootstrap.clone(), config.clone_settings());
+            let seed = seeds.next_u64();
+            // Called at each boot: an update that switches slots restarts the agent with a fresh configuration.
+            let make = move || -> anyhow::Result<AgentConfig> {
+                let dir = root.join(format!("agent-{i}"));
+                let mut agent_config = AgentConfig::new(&dir);
+                agent_config.bootstrap_path = Some(bootstrap.clone());
+                agent_config.interval = fleet.interval;
+                agent_config.queue_capacity = fleet.queue_capacity;
+                agent_config.backoff_min = fleet.backoff.0;
+                agent_config.backoff_max = fleet.backoff.1;
+                agent_config.source = fleet.profile.source(seed);
+                agent_config.mqtt_addr = fleet.mqtt_addr.clone();
+                agent_config.stats = Some(agent_stats.clone());
+                if let Some(u) = &fleet.updates {
+                    let slots =
+                        hearth_agent::update::DirSlots::open(&dir.join("slots"), Some((&u.factory_image, &u.factory)))?;
+                    let mut updates = hearth_agent::update::UpdateConfig::new(Arc::new(slots));
+                    updates.trust_root = Some(u.trust_root.clone());
+                    updates.hardware = u.hardware.clone();
+                    updates.max_check_interval = u.check_interval;
+                    agent_config.updates = Some(updates);
+                }
+                Ok(agent_config)
+            };
             let delay = config.ramp.mul_f64(i as f64 / n.max(1) as f64);
             let shutdown = shutdown.clone();
-            tasks.spawn(async move { (i, run_one(agent_config, delay, shutdown).await) });
+            tasks.spawn(async move { (i, run_one(make, delay, shutdown).await) });
         }
         Fleet { stats, stop, tasks }
     }
@@ -170,21 +204,52 @@ pub async fn run_fleet(config: FleetConfig, mut shutdown: watch::Receiver<bool>)
     Ok(fleet.stop().await)
 }
 
-/// Waits out the ramp delay, enrols, runs. `Ok(true)` if the agent got to run, `Ok(false)` if shutdown came
-/// first.
-async fn run_one(config: AgentConfig, delay: Duration, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<bool> {
-    let start = async {
-        tokio::time::sleep(delay).await;
-        Agent::new(config).await
-    };
-    let agent = tokio::select! {
-        agent = start => agent?,
-        _ = async { while !*shutdown.borrow_and_update() { if shutdown.changed().await.is_err() { break } } } => {
-            return Ok(false);
+/// Waits out the ramp delay, enrols, runs; starts again after an update's restart. `Ok(true)` if the agent got
+/// to run, `Ok(false)` if shutdown came first.
+async fn run_one(
+    make: impl Fn() -> anyhow::Result<AgentConfig>,
+    delay: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<bool> {
+    tokio::time::sleep(delay).await;
+    let mut started = false;
+    loop {
+        let config = make()?;
+        let agent = tokio::select! {
+            agent = Agent::new(config) => agent?,
+            _ = async { while !*shutdown.borrow_and_update() { if shutdown.changed().await.is_err() { break } } } => {
+                return Ok(started);
+            }
+        };
+        started = true;
+        match agent.run(shutdown.clone()).await? {
+            hearth_agent::Stopped::Reboot => continue,
+            hearth_agent::Stopped::Shutdown => return Ok(true),
         }
-    };
-    agent.run(shutdown).await?;
-    Ok(true)
+    }
+}
+
+/// The settings every agent of a fleet shares (what [`FleetConfig`] holds besides the bootstrap files).
+struct Shared {
+    interval: Duration,
+    queue_capacity: u64,
+    backoff: (Duration, Duration),
+    profile: Profile,
+    mqtt_addr: Option<String>,
+    updates: Option<FleetUpdates>,
+}
+
+impl FleetConfig {
+    fn clone_settings(&self) -> Shared {
+        Shared {
+            interval: self.interval,
+            queue_capacity: self.queue_capacity,
+            backoff: self.backoff,
+            profile: self.profile,
+            mqtt_addr: self.mqtt_addr.clone(),
+            updates: self.updates.clone(),
+        }
+    }
 }
 
 struct Thermostat {

@@ -144,7 +144,7 @@ async fn factory_enrol_connect_publish_store_query_with_real_processes() {
 }
 
 #[tokio::test]
-async fn the_demo_listens_only_on_its_two_tls_ports() {
+async fn the_demo_listens_only_on_its_two_tls_ports_and_rolls_out_an_update() {
     let dir = tempfile::tempdir().expect("dir");
     let mut demo = Command::new(workspace_bin("hearth"))
         .args([
@@ -169,10 +169,13 @@ async fn the_demo_listens_only_on_its_two_tls_ports() {
         .expect("spawn demo");
     let stdout = demo.stdout.take().expect("stdout");
     let (tx, rx) = std::sync::mpsc::channel();
+    let printed = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let lines = printed.clone();
     std::thread::spawn(move || {
         use std::io::BufRead as _;
         let mut ports = Vec::new();
         for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            lines.lock().map(|mut l| l.push(line.clone())).ok();
             for key in ["API:", "MQTTS:"] {
                 if let Some(rest) = line.trim().strip_prefix(key) {
                     let addr = rest.split_whitespace().next().unwrap_or("");
@@ -203,6 +206,9 @@ async fn the_demo_listens_only_on_its_two_tls_ports() {
     assert!(!matches!(got, Ok(Ok(4)) if buf[0] == 0x20), "plaintext MQTT must not be answered");
     let status = demo.wait().expect("demo ends");
     assert!(status.success());
+    // The demo also rolls a signed update out to its devices, and they all take it.
+    let printed = printed.lock().expect("lines").join("\n");
+    assert!(printed.contains("completed: every device runs demo-thermostat-1.1.0.img"), "{printed}");
 }
 
 #[tokio::test]
