@@ -227,8 +227,9 @@ impl Installer for DirSlots {
 }
 
 /// Hands images to a real device's installer, RAUC-style: `{command} install FILE` writes the inactive slot and
-/// marks it for the next boot, `{command} status` prints the running image's `slot.json`-style JSON (and
-/// `"trial": true` while on trial), `{command} mark-good` / `mark-bad` commit or reject it, `{command} reboot`
+/// marks it for the next boot, `{command} status` prints the running image's `slot.json`-style JSON with
+/// `image_path` (a file holding exactly the running image, which the agent hashes) and `"trial": true` while on
+/// trial, `{command} mark-good` / `mark-bad` commit or reject it, `{command} reboot`
 /// restarts the device. The environment carries `HEARTH_TARGET`, `HEARTH_VERSION` and `HEARTH_SHA256`.
 #[derive(Debug, Clone)]
 pub struct ExternalInstaller {
@@ -262,8 +263,8 @@ struct ExternalStatus {
     image: SlotImage,
     #[serde(default)]
     trial: bool,
-    #[serde(default)]
-    image_path: Option<PathBuf>,
+    /// The running image as a file the agent can hash (for a partition, a file of exactly the image's length).
+    image_path: PathBuf,
 }
 
 impl Installer for ExternalInstaller {
@@ -271,8 +272,7 @@ impl Installer for ExternalInstaller {
         let out = self.run(&["status"], None)?;
         let status: ExternalStatus =
             serde_json::from_str(&out).map_err(|e| InstallError::Command("status".into(), e.to_string()))?;
-        let path = status.image_path.unwrap_or_default();
-        Ok(Boot { running: Some((status.image, path)), trial: status.trial, gave_up_on: None })
+        Ok(Boot { running: Some((status.image, status.image_path)), trial: status.trial, gave_up_on: None })
     }
 
     fn install(&self, image: &Path, meta: &SlotImage) -> Result<(), InstallError> {

@@ -1,5 +1,6 @@
 //! Over-the-air updates, the device's side. At every start (a boot) the agent asks its installer what runs,
-//! hashes that image and checks it against the signed metadata it trusts, raises its security floor for a
+//! hashes that image (the hub compares the hash with what it released; a mismatch with the slot's own record is
+//! logged), raises its security floor for a
 //! committed image, and, when the image is on trial, health-checks it (back in contact with the hub, and the
 //! device's own health command) before committing it or rolling back. Then it checks in with the hub over mutual
 //! TLS (after boot, every `check_after_seconds`, and when an `update_check` command arrives), and when its
@@ -342,6 +343,10 @@ impl Updater {
             let running = self.boot.running.as_ref().map(|(m, _)| m.target.clone());
             if running.as_deref() != Some(goal.target.as_str()) {
                 self.start_job(&goal.rollout, &goal.target).await?;
+            } else if !self.boot.trial {
+                // Already running it (a rollout made after the device updated another way): done, say so.
+                self.report(&goal.rollout, UpdateStep::Succeeded, "already running this release")?;
+                let _ = self.check_in().await;
             }
         }
         if self.persisted.job.is_some() {

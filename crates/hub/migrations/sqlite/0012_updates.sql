@@ -75,6 +75,8 @@ CREATE TABLE rollouts (
     updated_at             INTEGER NOT NULL
 );
 CREATE INDEX rollouts_state ON rollouts (state);
+-- One running or paused rollout per model, also when two nodes create one at the same moment.
+CREATE UNIQUE INDEX rollouts_one_active ON rollouts (model) WHERE state IN ('running', 'paused');
 
 CREATE TABLE rollout_devices (
     rollout_id       TEXT NOT NULL REFERENCES rollouts(id),

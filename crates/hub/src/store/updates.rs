@@ -352,9 +352,10 @@ impl Store {
             if active > 0 {
                 return Ok(false);
             }
-            sqlx::query(sqlx::AssertSqlSafe(format!(
+            let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "INSERT INTO rollouts ({ROLLOUT_COLUMNS}) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+                 ON CONFLICT DO NOTHING"
             )))
             .bind(&r.id)
             .bind(&r.release)
@@ -373,7 +374,12 @@ impl Store {
             .bind(r.created_at)
             .bind(r.updated_at)
             .execute(tx.conn())
-            .await?;
+            .await?
+            .rows_affected();
+            if inserted == 0 {
+                // Another node's rollout of this model came first (the unique index on active rollouts).
+                return Ok(false);
+            }
             for (device, wave) in devices {
                 sqlx::query(
                     "INSERT INTO rollout_devices (rollout_id, device_id, wave, state, detail, postponed_until, \

@@ -286,14 +286,24 @@ pub struct FileBody {
     pub length: u64,
 }
 
+/// A file's name: its SHA-256 as 64 lowercase hex digits (400 otherwise, like any malformed path id).
+fn sha_path(sha256: &str) -> Result<(), ApiError> {
+    if sha256.len() == 64 && sha256.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request("invalid_sha256", "a file is named by its SHA-256: 64 lowercase hex digits"))
+    }
+}
+
 /// Whether a target file is uploaded.
-#[utoipa::path(get, path = "/api/v1/updates/files/{sha256}", params(("sha256" = String, Path, description = "SHA-256 of the file, 64 lowercase hex digits")), security(("bearer" = []), ("session" = [])),
+#[utoipa::path(get, path = "/api/v1/updates/files/{sha256}", params(("sha256" = String, Path, pattern = "^[0-9a-f]{64}$", description = "SHA-256 of the file, 64 lowercase hex digits")), security(("bearer" = []), ("session" = [])),
     responses((status = 200, body = FileBody), (status = 404, body = super::error::ErrorBody)))]
 async fn file(
     State(state): State<HubState>,
     _auth: OperatorAuth,
     ApiPath(sha256): ApiPath<String>,
 ) -> Result<Json<FileBody>, ApiError> {
+    sha_path(&sha256)?;
     let length = state.updates.file_length(&sha256).await?.ok_or_else(|| ApiError::not_found("file"))?;
     Ok(Json(FileBody { sha256, length }))
 }
@@ -301,7 +311,7 @@ async fn file(
 /// Uploads a target file (an image or an SBOM) named by its SHA-256, as `application/octet-stream`, up to
 /// `updates.max_file_mb`. Refused if the content does not hash to the name. Uploading a stored file again
 /// changes nothing.
-#[utoipa::path(post, path = "/api/v1/updates/files/{sha256}", params(("sha256" = String, Path, description = "SHA-256 of the file, 64 lowercase hex digits")),
+#[utoipa::path(post, path = "/api/v1/updates/files/{sha256}", params(("sha256" = String, Path, pattern = "^[0-9a-f]{64}$", description = "SHA-256 of the file, 64 lowercase hex digits")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"), security(("bearer" = []), ("session" = [])),
     responses((status = 201, body = FileBody, description = "Stored"), (status = 200, body = FileBody, description = "Stored already"),
         (status = 422, body = super::error::ErrorBody, description = "The content does not match the name, or is too large")))]
@@ -313,6 +323,7 @@ async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<FileBody>), ApiError> {
+    sha_path(&sha256)?;
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if content_type != "application/octet-stream" {
         return Err(ApiError::new(
