@@ -156,15 +156,55 @@ pub async fn refresh(
     let root = std::fs::read(&root_path).map_err(|e| TufError::Io(root_path.display().to_string(), e))?;
     let metadata = dir_url(metadata_url)?;
     let targets = dir_url(targets_url.unwrap_or(metadata_url))?;
-    Ok(RepositoryLoader::new(&root, metadata, targets)
+    // tough rewrites its datastore in place (root.json is deleted and written again, without fsync). A power cut
+    // there could leave no trusted root, or a torn timestamp that tough then ignores (losing rollback
+    // protection). So tough works on a scratch copy, and only a refresh that verified is written back, file by
+    // file, each atomically and durably.
+    // Beside the directory, not in it (the directory holds exactly the trusted files); kept until the next
+    // refresh, since tough still writes its clock record there while a target downloads.
+    let scratch = scratch_dir(metadata_dir);
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).map_err(|e| TufError::Io(scratch.display().to_string(), e))?;
+    for name in TRUSTED_FILES {
+        let from = metadata_dir.join(name);
+        if from.exists() {
+            std::fs::copy(&from, scratch.join(name)).map_err(|e| TufError::Io(from.display().to_string(), e))?;
+        }
+    }
+    let loaded = RepositoryLoader::new(&root, metadata, targets)
         .transport(fetcher.clone())
         .limits(LIMITS)
         .expiration_enforcement(ExpirationEnforcement::Safe)
-        .datastore(metadata_dir)
+        .datastore(&scratch)
         .load()
-        .await
-        .map_err(Box::new)?)
+        .await;
+    let repository = match loaded {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&scratch);
+            return Err(Box::new(e).into());
+        }
+    };
+    for name in TRUSTED_FILES {
+        let from = scratch.join(name);
+        if let Ok(bytes) = std::fs::read(&from) {
+            let to = metadata_dir.join(name);
+            hearth_fsutil::write_atomic(&to, &bytes, 0o644).map_err(|e| TufError::Io(to.display().to_string(), e))?;
+        }
+    }
+    Ok(repository)
 }
+
+/// `{dir}.refresh`, beside the trusted metadata directory.
+fn scratch_dir(metadata_dir: &Path) -> std::path::PathBuf {
+    let mut name = metadata_dir.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "tuf".into());
+    name.push(".refresh");
+    metadata_dir.with_file_name(name)
+}
+
+/// The files of trusted metadata tough keeps (and its record of the latest time it saw).
+const TRUSTED_FILES: [&str; 5] =
+    ["root.json", "timestamp.json", "snapshot.json", "targets.json", "latest_known_time.json"];
 
 /// Refreshes, then downloads target `name` into `target_dir` (as the file `name`), verified against the signed
 /// length and hashes; a partial or wrong file is never left under that name.

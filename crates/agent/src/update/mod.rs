@@ -79,6 +79,9 @@ struct Job {
     image: SlotImage,
     length: u64,
     phase: Phase,
+    /// Complete downloads that did not hash to the signed SHA-256 so far.
+    #[serde(default)]
+    bad_downloads: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -202,7 +205,12 @@ impl Updater {
     fn report(&mut self, rollout: &str, state: UpdateStep, detail: impl Into<String>) -> Result<(), UpdateError> {
         let mut detail: String = detail.into();
         detail.retain(|c| !c.is_control());
-        detail.truncate(hearth_proto::update::MAX_DETAIL);
+        // At a character boundary: text from TUF errors or a health command may be any UTF-8.
+        let mut end = detail.len().min(hearth_proto::update::MAX_DETAIL);
+        while !detail.is_char_boundary(end) {
+            end -= 1;
+        }
+        detail.truncate(end);
         tracing::info!(rollout, step = state.as_str(), %detail, "update step");
         self.persisted.reports.push(StepReport { rollout: rollout.into(), state, detail });
         let excess = self.persisted.reports.len().saturating_sub(hearth_proto::update::MAX_STEPS);
@@ -241,8 +249,13 @@ impl Updater {
             && !(self.boot.trial && running.as_ref().is_some_and(|m| m.target == job.image.target))
         {
             self.persisted.job = None;
-            let detail = format!("the device did not boot {} after switching", job.image.version);
-            self.report(&job.rollout, UpdateStep::Failed, detail)?;
+            if running.as_ref().is_some_and(|m| m.target == job.image.target) {
+                // Committed, and the power went before the report was kept: it runs the release.
+                self.report(&job.rollout, UpdateStep::Succeeded, format!("running {}", job.image.version))?;
+            } else {
+                let detail = format!("the device did not boot {} after switching", job.image.version);
+                self.report(&job.rollout, UpdateStep::Failed, detail)?;
+            }
         }
         self.save()
     }
@@ -363,7 +376,9 @@ impl Updater {
         let repository =
             match tuf::refresh(&fetcher, &meta, &format!("{base}/tuf"), Some(&format!("{base}/tuf/targets"))).await {
                 Ok(r) => r,
-                Err(tuf::TufError::Tuf(e)) if is_transport(&e) => return Err(UpdateError::Network(e.to_string())),
+                // The network, or metadata that is stale or older than what the device trusts (a hub whose timestamp
+                // lapsed, a clock that stepped, a replay): refused now, tried again later; the release is not failed.
+                Err(tuf::TufError::Tuf(e)) if is_transient(&e) => return Err(UpdateError::Network(e.to_string())),
                 Err(e) => {
                     // The trusted metadata is unchanged; the release cannot be verified.
                     return self.report(rollout, UpdateStep::Failed, format!("refused by TUF: {e}"));
@@ -392,8 +407,13 @@ impl Updater {
             security_version: info.security_version,
             sha256,
         };
-        self.persisted.job =
-            Some(Job { rollout: rollout.into(), image, length: signed.length, phase: Phase::Downloading });
+        self.persisted.job = Some(Job {
+            rollout: rollout.into(),
+            image,
+            length: signed.length,
+            phase: Phase::Downloading,
+            bad_downloads: 0,
+        });
         self.save()
     }
 
@@ -415,6 +435,14 @@ impl Updater {
             match got.await {
                 Ok(()) => tracing::info!(bytes = fetched.load(Ordering::Relaxed), "image downloaded and verified"),
                 Err(download::DownloadError::Network(e)) => return Err(UpdateError::Network(e)),
+                Err(e @ download::DownloadError::HashMismatch { .. }) if job.bad_downloads < 2 => {
+                    // The file is gone; fetch it again from the start (a corrupted cache or transfer), a few times.
+                    if let Some(j) = self.persisted.job.as_mut() {
+                        j.bad_downloads += 1;
+                    }
+                    self.save()?;
+                    return Err(UpdateError::Network(e.to_string()));
+                }
                 Err(e) => {
                     self.persisted.job = None;
                     self.report(&job.rollout, UpdateStep::Failed, format!("download: {e}"))?;
@@ -517,9 +545,14 @@ impl Updater {
     }
 }
 
-/// Whether a TUF error is the network's (try again) rather than a refusal.
-fn is_transport(e: &tough::error::Error) -> bool {
-    matches!(e, tough::error::Error::Transport { .. })
+/// Whether a TUF error may pass by itself (try again later) rather than refuse the release.
+fn is_transient(e: &tough::error::Error) -> bool {
+    matches!(
+        e,
+        tough::error::Error::Transport { .. }
+            | tough::error::Error::ExpiredMetadata { .. }
+            | tough::error::Error::OlderMetadata { .. }
+    )
 }
 
 async fn run_health_command(cmd: &Path, image: &Path) -> Result<(), String> {

@@ -13,7 +13,7 @@ use crate::bus::{Bus, Notice};
 use crate::clock::Clock;
 use crate::routing::Downlink;
 use crate::secrets::random_base32;
-use crate::store::{AuditRow, CommandRow, CommandStatus, DeviceStatus, NewCommand, Release, Store, StoreError};
+use crate::store::{CommandRow, CommandStatus, DeviceStatus, NewCommand, Release, Store, StoreError};
 
 /// The command a released device gets: erase user data and settings, and confirm.
 pub const WIPE: &str = "wipe";
@@ -173,7 +173,7 @@ impl Commands {
 
     /// Records a device's answer; false if it answers nothing open.
     /// An `ok` answer to the device's outstanding wipe command records the wipe, so the device may be claimed
-    /// again (and is audited).
+    /// again (audited in the same transaction).
     pub async fn answer(&self, device: &DeviceId, ack: &CommandAck) -> Result<bool, StoreError> {
         let now = self.clock.now_ms();
         let status = CommandStatus::from(ack.status);
@@ -182,16 +182,8 @@ impl Commands {
         let wiped = status == CommandStatus::Ok && self.store.confirm_wipe(device.as_str(), &ack.id, now).await?;
         let answered = self.store.answer_command(device.as_str(), &ack.id, status, ack.detail.as_deref(), now).await?;
         if wiped {
+            // Audited by `confirm_wipe`, in its transaction.
             tracing::info!(device = %device, command = %ack.id, "the device confirmed it erased its user data");
-            let entry = AuditRow {
-                at: now,
-                account_id: None,
-                action: "device_wiped".into(),
-                target: Some(device.to_string()),
-                source: None,
-                detail: format!("confirmed by the device (command {})", ack.id),
-            };
-            self.store.audit(&entry).await?;
         }
         Ok(answered)
     }

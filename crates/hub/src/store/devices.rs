@@ -336,16 +336,33 @@ impl Store {
     /// Records that the device confirmed the wipe `command_id` (it may be claimed again). False if that is not
     /// the wipe it was sent last.
     pub async fn confirm_wipe(&self, device_id: &str, command_id: &str, now: i64) -> Result<bool> {
-        Ok(on_pool!(self, pool => sqlx::query(
-            "UPDATE devices SET wipe_command_id = NULL, wiped_at = $3 WHERE id = $1 AND wipe_command_id = $2",
-        )
-        .bind(device_id)
-        .bind(command_id)
-        .bind(now)
-        .execute(pool)
-        .await?
-        .rows_affected())
-            == 1)
+        // With its audit entry in the same transaction: whoever sees the wipe confirmed sees it audited.
+        on_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let confirmed = sqlx::query(
+                "UPDATE devices SET wipe_command_id = NULL, wiped_at = $3 WHERE id = $1 AND wipe_command_id = $2",
+            )
+            .bind(device_id)
+            .bind(command_id)
+            .bind(now)
+            .execute(tx.conn())
+            .await?
+            .rows_affected()
+                == 1;
+            if confirmed {
+                sqlx::query(
+                    "INSERT INTO audit_log (at, account_id, action, target, source, detail) \
+                     VALUES ($1, NULL, 'device_wiped', $2, NULL, $3)",
+                )
+                .bind(now)
+                .bind(device_id)
+                .bind(format!("confirmed by the device (command {command_id})"))
+                .execute(tx.conn())
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(confirmed)
+        })
     }
 
     /// The devices `account_id` claimed, in id order, after `after`.

@@ -166,11 +166,31 @@ impl Store {
     }
 
     /// Stores new metadata versions and the releases they list, all or nothing; false (nothing stored) when
-    /// one of those versions exists already (another node published first).
-    pub async fn tuf_publish(&self, metadata: &[TufMetadataRow], releases: &[ReleaseRow], now: i64) -> Result<bool> {
+    /// the repository moved on meanwhile: a version exists already, a version does not follow the newest stored
+    /// one (snapshot, timestamp and root: the next one; targets: a higher one), or `snapshot_covers` (the targets version a new snapshot names) is no longer the newest targets.
+    /// So a timestamp renewal racing a publication (on this node or another) can never sign a snapshot over
+    /// older targets.
+    pub async fn tuf_publish(
+        &self,
+        metadata: &[TufMetadataRow],
+        releases: &[ReleaseRow],
+        snapshot_covers: Option<i64>,
+        now: i64,
+    ) -> Result<bool> {
         on_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
             for m in metadata {
+                let (newest,): (i64,) =
+                    sqlx::query_as("SELECT COALESCE(MAX(version), 0) FROM tuf_metadata WHERE role = $1")
+                        .bind(&m.role)
+                        .fetch_one(tx.conn())
+                        .await?;
+                // The hub's own roles count up by one; the maker's targets may skip versions signed offline but
+                // never published, and each root version follows the last (checked before too).
+                let follows = if m.role == "targets" { m.version > newest } else { m.version == newest + 1 };
+                if !follows {
+                    return Ok(false);
+                }
                 let inserted = sqlx::query(
                     "INSERT INTO tuf_metadata (role, version, body, expires_at, created_at) VALUES ($1, $2, $3, $4, $5) \
                      ON CONFLICT (role, version) DO NOTHING",
@@ -184,6 +204,15 @@ impl Store {
                 .await?
                 .rows_affected();
                 if inserted == 0 {
+                    return Ok(false);
+                }
+            }
+            if let Some(covers) = snapshot_covers {
+                let (newest,): (i64,) =
+                    sqlx::query_as("SELECT COALESCE(MAX(version), 0) FROM tuf_metadata WHERE role = 'targets'")
+                        .fetch_one(tx.conn())
+                        .await?;
+                if newest != covers {
                     return Ok(false);
                 }
             }
@@ -532,7 +561,8 @@ impl Store {
         .await?))
     }
 
-    /// Records a device's update step in a rollout, unless its part is final already; true if it changed.
+    /// Records a device's update step in a rollout, unless its part is final already, its wave is not open, or
+    /// the rollout is aborted or completed; true if it changed.
     pub async fn record_update_step(
         &self,
         rollout: &str,
@@ -544,7 +574,8 @@ impl Store {
         on_pool!(self, pool => Ok(sqlx::query(
             "UPDATE rollout_devices SET state = $1, detail = $2, updated_at = $3 \
              WHERE rollout_id = $4 AND device_id = $5 AND state NOT IN ('succeeded', 'rolled_back', 'failed') \
-             AND (state <> $1 OR detail <> $2)",
+             AND (state <> $1 OR detail <> $2) \
+             AND wave <= (SELECT r.wave FROM rollouts r WHERE r.id = $4 AND r.state IN ('running', 'paused'))",
         )
         .bind(state)
         .bind(detail)

@@ -313,7 +313,7 @@ impl Updates {
                 if rows.is_empty() {
                     return Err(refused("nothing to publish"));
                 }
-                if !store.tuf_publish(&rows, &[], now).await? {
+                if !store.tuf_publish(&rows, &[], None, now).await? {
                     return Err(UpdateError::Conflict("another publication came first; try again".into()));
                 }
                 return self.status().await;
@@ -322,7 +322,7 @@ impl Updates {
         let (snapshot, timestamp) = self.sign_online(&root.signed, &targets_row, now).await?;
         rows.push(snapshot);
         rows.push(timestamp);
-        if !store.tuf_publish(&rows, &releases, now).await? {
+        if !store.tuf_publish(&rows, &releases, Some(targets_row.version), now).await? {
             return Err(UpdateError::Conflict("another publication came first; try again".into()));
         }
         tracing::info!(targets = targets_row.version, releases = releases.len(), "update repository published");
@@ -445,7 +445,7 @@ impl Updates {
         let root: Signed<Root> =
             parse(&store.tuf_latest("root").await?.ok_or_else(|| internal("no root"))?.body, "stored root")?;
         let (snapshot, timestamp) = self.sign_online(&root.signed, &targets, now).await?;
-        let signed = store.tuf_publish(&[snapshot, timestamp], &[], now).await?;
+        let signed = store.tuf_publish(&[snapshot, timestamp], &[], Some(targets.version), now).await?;
         if signed {
             tracing::info!("update repository: timestamp renewed");
         }
@@ -616,7 +616,20 @@ impl Updates {
             )
             .await?;
         for step in &report.steps {
-            store.record_update_step(&step.rollout, device, step.state.as_str(), &step.detail, now).await?;
+            let (mut state, mut detail) = (step.state.as_str(), step.detail.clone());
+            if step.state == hearth_proto::update::UpdateStep::Succeeded {
+                // Success counts only from a device that runs the release's image (the gates open waves on it).
+                let release = match store.rollout(&step.rollout).await? {
+                    Some(r) => store.release(&r.release).await?,
+                    None => None,
+                };
+                let runs_it = release.is_some_and(|r| report.image.as_ref().is_some_and(|i| i.sha256 == r.sha256));
+                if !runs_it {
+                    state = "failed";
+                    detail = "reported success but does not run the release's image".into();
+                }
+            }
+            store.record_update_step(&step.rollout, device, state, &detail, now).await?;
         }
         let goal = store.device_goal(device, now).await?.map(|g| Goal { rollout: g.rollout_id, target: g.release });
         Ok(CheckInAnswer { goal, check_after_seconds: self.inner.settings.check_seconds })

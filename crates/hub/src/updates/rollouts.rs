@@ -265,8 +265,9 @@ impl Updates {
         let current =
             self.inner.store.rollout(id).await?.ok_or_else(|| UpdateError::NotFound(format!("no rollout {id}")))?;
         let reason = match action {
-            "resume" => String::new(),
-            _ => format!("{action}d by {by}"),
+            "pause" => format!("paused by {by}"),
+            "abort" => format!("aborted by {by}"),
+            _ => String::new(),
         };
         let changed = if action == "resume" {
             self.inner.store.resume_rollout(id, now).await?
@@ -274,7 +275,7 @@ impl Updates {
             self.inner.store.set_rollout_state(id, from, to, &reason, now).await?
         };
         if !changed {
-            return Err(UpdateError::Conflict(format!("the rollout is {}; it cannot be {action}d", current.state)));
+            return Err(UpdateError::Conflict(format!("the rollout is {}; it cannot {action} now", current.state)));
         }
         tracing::info!(rollout = %id, action, by, "rollout changed by hand");
         if action == "resume" {

@@ -781,14 +781,17 @@ async fn people(store: &Store) {
     store.audit(&entry(NOW, "sign_in")).await.unwrap();
     store.audit(&entry(NOW + 1, "sign_out")).await.unwrap();
     let log = store.audit_log(10).await.unwrap();
-    assert_eq!(log, vec![entry(NOW + 1, "sign_out"), entry(NOW, "sign_in")]);
-    assert_eq!(store.prune_audit_log(NOW + 1).await.unwrap(), 1);
+    // The confirmed wipe above was audited in its own transaction.
+    assert!(log.iter().any(|e| e.action == "device_wiped" && e.target.as_deref() == Some("dev-c1")), "{log:?}");
+    let mine: Vec<AuditRow> = log.into_iter().filter(|e| e.account_id.as_deref() == Some("a-c")).collect();
+    assert_eq!(mine, vec![entry(NOW + 1, "sign_out"), entry(NOW, "sign_in")]);
+    assert_eq!(store.prune_audit_log(NOW + 1).await.unwrap(), 1, "the sign-in; the wipe (NOW + 2) stays");
     // Ended sessions (s1..s5 and s9, all revoked by now) and a day-old unlocked failure counter go; live rows stay.
     store.insert_web_session(&session("s6", b"mac-s6", NOW + 70 * MIN)).await.unwrap();
     store.record_login_failure("src:198.51.100.0", NOW, window, 5, lock).await.unwrap();
     assert_eq!(store.prune_web_sessions(NOW + 70 * MIN).await.unwrap(), 6 + 1, "six ended sessions, one counter");
     assert!(store.web_session(b"mac-s6", NOW + 71 * MIN, idle).await.unwrap().is_some(), "a live session stays");
-    assert_eq!(store.audit_log(10).await.unwrap().len(), 1);
+    assert_eq!(store.audit_log(10).await.unwrap().len(), 2, "the sign-out and the wipe");
 }
 
 /// Signed updates: metadata versions publish all or nothing, files round-trip in chunks, releases, support,
@@ -815,12 +818,20 @@ async fn updates(store: &Store) {
         published_at: NOW,
     };
     assert!(
-        store.tuf_publish(&[meta("root", 1), meta("targets", 1)], std::slice::from_ref(&release), NOW).await.unwrap()
+        store
+            .tuf_publish(&[meta("root", 1), meta("targets", 1)], std::slice::from_ref(&release), None, NOW)
+            .await
+            .unwrap()
     );
     // A version that exists makes the whole publication fail: nothing of it is kept.
-    assert!(!store.tuf_publish(&[meta("snapshot", 1), meta("targets", 1)], &[], NOW).await.unwrap());
+    assert!(!store.tuf_publish(&[meta("snapshot", 1), meta("targets", 1)], &[], None, NOW).await.unwrap());
     assert!(store.tuf_latest("snapshot").await.unwrap().is_none(), "all or nothing");
-    assert!(store.tuf_publish(&[meta("targets", 2)], &[], NOW).await.unwrap());
+    assert!(store.tuf_publish(&[meta("targets", 2)], &[], None, NOW).await.unwrap());
+    // A renewal that read targets 1 before targets 2 was published may not sign a snapshot over it; nor may a
+    // version skip ahead (a lost race on the versions read).
+    assert!(!store.tuf_publish(&[meta("snapshot", 1), meta("timestamp", 1)], &[], Some(1), NOW).await.unwrap());
+    assert!(!store.tuf_publish(&[meta("snapshot", 2)], &[], Some(2), NOW).await.unwrap(), "version 1 comes first");
+    assert!(store.tuf_publish(&[meta("snapshot", 1), meta("timestamp", 1)], &[], Some(2), NOW).await.unwrap());
     assert_eq!(store.tuf_latest("targets").await.unwrap().unwrap().body, b"targets-2");
     assert_eq!(store.tuf_version("targets", 1).await.unwrap().unwrap().body, b"targets-1");
     assert_eq!(store.release("plug-1-2.0.img").await.unwrap().unwrap(), release);
@@ -887,6 +898,7 @@ async fn updates(store: &Store) {
     assert!(store.open_wave("r1", -1, NOW).await.unwrap().is_empty(), "a wave opens once (another node came first)");
     assert_eq!(store.device_goal(&ids[0], NOW).await.unwrap().unwrap().release, release.target_name);
     assert!(store.device_goal(&ids[1], NOW).await.unwrap().is_none(), "wave 1 is not open");
+    assert!(!store.record_update_step("r1", &ids[1], "failed", "early", NOW).await.unwrap(), "no step before its wave");
     assert!(store.record_update_step("r1", &ids[0], "downloading", "1 of 5", NOW).await.unwrap());
     assert!(
         !store.record_update_step("r1", &ids[0], "downloading", "1 of 5", NOW).await.unwrap(),

@@ -203,7 +203,8 @@ async fn rollouts_open_waves_pause_on_failures_and_devices_postpone_within_limit
     let mut security = release_info("test-model", "1.1.0", 2);
     security.kind = hearth_proto::release::ReleaseKind::Security;
     security.fixes = "Closes a crash over the local network.".into();
-    maker.release("test-model-1.1.0.img", security, 1000, 2).await.expect("release");
+    let new = maker.release("test-model-1.1.0.img", security, 1000, 2).await.expect("release");
+    let new_sha = sha256(&new);
     let (status, answer) = maker.publish(&hub.client, &hub.base(), &hub.token, &[1], true).await.expect("publish");
     assert_eq!(status, 200, "{answer}");
 
@@ -285,7 +286,11 @@ async fn rollouts_open_waves_pause_on_failures_and_devices_postpone_within_limit
         assert_eq!(status, 409, "nothing is waiting now: it is postponed");
     }
     let rollout_id = id.clone();
+    // A success claim without the release's image counts as a failure; with it, as a success.
     check_in(&hub, waiting, None, json!([{"rollout": rollout_id, "state": "succeeded"}])).await;
+    let (_, view) = hub.get(&format!("/api/v1/rollouts/{rollout_id}")).await.expect("view");
+    assert_eq!(view["counts"]["failed"], 1, "{view}");
+    assert!(view["counts"]["succeeded"].is_null(), "{view}");
 
     // Abort: no device gets the release any more.
     let (status, view) = hub.post(&format!("/api/v1/rollouts/{id}/abort"), json!({})).await.expect("abort");
@@ -293,9 +298,10 @@ async fn rollouts_open_waves_pause_on_failures_and_devices_postpone_within_limit
     for d in &devices {
         assert_eq!(check_in(&hub, d, None, json!([])).await, None, "aborted");
     }
-    // The canary's rollback and the other's success stay on record.
+    // The canary's rollback and the false success claim stay on record.
     let (_, list) = hub.get("/api/v1/rollouts").await.expect("list");
-    assert_eq!(list["rollouts"][0]["counts"]["succeeded"], 1, "{list}");
+    assert_eq!(list["rollouts"][0]["counts"]["rolled_back"], 1, "{list}");
+    assert_eq!(list["rollouts"][0]["reason"].as_str().map(|r| r.starts_with("aborted by")), Some(true), "{list}");
 
     // A new rollout where everyone succeeds completes by itself.
     let (status, rollout) = hub
@@ -307,7 +313,7 @@ async fn rollouts_open_waves_pause_on_failures_and_devices_postpone_within_limit
     for _ in 0..4 {
         for d in &devices {
             if let Some((rollout, _)) = check_in(&hub, d, None, json!([])).await {
-                check_in(&hub, d, None, json!([{"rollout": rollout, "state": "succeeded"}])).await;
+                check_in(&hub, d, Some(&new_sha), json!([{"rollout": rollout, "state": "succeeded"}])).await;
             }
         }
         hub.hub.state.updates.run_engine().await.expect("engine");

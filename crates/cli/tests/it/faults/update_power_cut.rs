@@ -83,12 +83,17 @@ async fn a_power_cut_at_any_moment_of_an_update_leaves_a_signed_image_and_the_de
     let _agent = rig.agent(0);
     let id = current.expect("a rollout");
     let path = format!("/api/v1/rollouts/{id}");
-    let ended = eventually(Duration::from_secs(90), || async {
+    let ended = eventually(Duration::from_secs(180), || async {
         let (_, view) = rig.hub.get(&path).await.ok()?;
         matches!(view["state"].as_str(), Some("completed" | "paused")).then_some(view)
     })
     .await;
-    let ended = ended.unwrap_or_else(|| panic!("the rollout never ended after the cuts"));
+    let Some(ended) = ended else {
+        let (_, view) = rig.hub.get(&path).await.expect("view");
+        let state = std::fs::read_to_string(device.state.join("update/state.json")).unwrap_or_default();
+        let boot = std::fs::read_to_string(device.slots.join("bootloader.json")).unwrap_or_default();
+        panic!("the rollout never ended after the cuts (seed {seed}): {view}\nstate {state}\nbootloader {boot}");
+    };
     let (slot, signed) = next_boot_is_signed(&device.slots, &rig.releases);
     assert!(signed, "after the trials the running slot {slot} is not a signed image");
     let (_, body) = rig.hub.get(&format!("/api/v1/devices/{}", device.id)).await.expect("device");

@@ -134,6 +134,10 @@ pub(crate) enum RangeAsk {
 
 pub(crate) fn parse_range(value: &str, length: u64) -> RangeAsk {
     let Some(spec) = value.trim().strip_prefix("bytes=") else { return RangeAsk::Ignore };
+    if length == 0 {
+        // No byte of an empty file can be asked for.
+        return RangeAsk::Unsatisfiable;
+    }
     if spec.contains(',') {
         return RangeAsk::Ignore;
     }
@@ -541,7 +545,12 @@ async fn control(
 ) -> Result<Json<RolloutView>, ApiError> {
     let by = auth.0.account_id.clone().unwrap_or_else(|| "owner".into());
     let view = state.updates.control_rollout(&id, action, &by).await?;
-    state.accounts.record(&auth.0, &format!("rollout_{action}d"), &id, addr).await;
+    let audited = match action {
+        "pause" => "rollout_paused",
+        "resume" => "rollout_resumed",
+        _ => "rollout_aborted",
+    };
+    state.accounts.record(&auth.0, audited, &id, addr).await;
     Ok(Json(view))
 }
 
@@ -636,5 +645,6 @@ mod tests {
         assert_eq!(parse_range("items=0-1", 10), RangeAsk::Ignore);
         assert_eq!(parse_range("bytes=x-", 10), RangeAsk::Ignore);
         assert_eq!(parse_range("bytes=18446744073709551615-18446744073709551615", 10), RangeAsk::Unsatisfiable);
+        assert_eq!(parse_range("bytes=-5", 0), RangeAsk::Unsatisfiable, "an empty file");
     }
 }
