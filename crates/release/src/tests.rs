@@ -1,3 +1,6 @@
+//! The maker's repository end to end: keys, root thresholds, signed releases and their refusals, root rotation
+//! that replaces a targets key.
+
 use std::path::Path;
 
 use hearth_proto::ModelId;
