@@ -18,6 +18,11 @@ pub const MAX_STEPS: usize = 16;
 /// Longest detail text of a step.
 pub const MAX_DETAIL: usize = 512;
 
+/// Whether `s` is a SHA-256 as Hearth writes it: 64 lowercase hex digits (image hashes, file names).
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+}
+
 /// Where a device is in installing a release.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

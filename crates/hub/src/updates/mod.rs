@@ -749,7 +749,7 @@ fn hex_bytes(bytes: &[u8]) -> String {
 }
 
 fn check_sha(sha256: &str) -> Result<()> {
-    if sha256.len() == 64 && sha256.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)) {
+    if hearth_proto::update::is_sha256_hex(sha256) {
         Ok(())
     } else {
         Err(refused("a file is named by its SHA-256: 64 lowercase hex digits"))

@@ -292,7 +292,7 @@ pub struct FileBody {
 
 /// A file's name: its SHA-256 as 64 lowercase hex digits (400 otherwise, like any malformed path id).
 fn sha_path(sha256: &str) -> Result<(), ApiError> {
-    if sha256.len() == 64 && sha256.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)) {
+    if hearth_proto::update::is_sha256_hex(sha256) {
         Ok(())
     } else {
         Err(ApiError::bad_request("invalid_sha256", "a file is named by its SHA-256: 64 lowercase hex digits"))
