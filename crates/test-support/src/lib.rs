@@ -149,6 +149,45 @@ impl TestHub {
         .is_some()
     }
 
+    /// Makes a verified account directly in the store (no mail round trip), for tests about what it may do.
+    pub async fn add_account(&self, id: &str, email: &str, role: hearth_hub::store::Role, pass: &str) -> Result<()> {
+        let hash = hearth_hub::accounts::password::hash(pass)?;
+        let now = self.hub.state.clock.now_ms();
+        let new = hearth_hub::store::NewAccount {
+            id,
+            email,
+            role,
+            password_hash: &hash,
+            created_at: now,
+            verified_at: Some(now),
+        };
+        if !self.hub.state.store.insert_account(&new).await? {
+            bail!("account {email} exists already");
+        }
+        Ok(())
+    }
+
+    /// Signs in through the API with a password: the `name=value` session cookie and its CSRF token.
+    pub async fn session(&self, email: &str, pass: &str) -> Result<(String, String)> {
+        let request = self
+            .client
+            .post(format!("{}/api/v1/sessions", self.base()))
+            .json(&serde_json::json!({"email": email, "password": pass}));
+        let (status, headers, body) = self.send(request).await?;
+        if status != 201 {
+            bail!("sign-in of {email} failed ({status}): {}", String::from_utf8_lossy(&body));
+        }
+        let cookie = headers
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .ok_or_else(|| anyhow::anyhow!("no session cookie"))?
+            .to_owned();
+        let body: serde_json::Value = serde_json::from_slice(&body)?;
+        let csrf = body["csrf_token"].as_str().ok_or_else(|| anyhow::anyhow!("no CSRF token"))?.to_owned();
+        Ok((cookie, csrf))
+    }
+
     /// Manufactures `count` devices and returns their bootstrap files.
     pub async fn manufacture(&self, model: &str, count: usize) -> Result<Vec<BootstrapFile>> {
         let (status, body) =

@@ -136,6 +136,19 @@ try {
     await check(page, name);
   }
   await shot(page, 'accounts-desktop');
+  // Updates: a signed release, its support period, and a rollout the owner pauses and resumes.
+  await ask('rollout');
+  await go(page, '/updates');
+  await expectText(page, '#releases', 'Closes a crash over the local network.');
+  await expectText(page, '#support', 'Security fixes for three years.');
+  await expectText(page, '#rollouts', 'running');
+  await check(page, 'updates');
+  await Promise.all([page.waitForURL('**/updates?notice=pause'), page.click('#rollouts form[action$="/pause"] button')]);
+  await expectText(page, '#rollouts', 'paused by');
+  await check(page, 'rollout paused');
+  await shot(page, 'updates-desktop');
+  await Promise.all([page.waitForURL('**/updates?notice=resume'), page.click('#rollouts form[action$="/resume"] button')]);
+  await expectText(page, '#rollouts', 'running');
   await go(page, `/devices/${device.device_id}`);
   await check(page, 'device (operator)');
   await signOut(page);
@@ -190,6 +203,14 @@ try {
   }
   if (!status.includes('interval is now 5 s')) throw new Error(`the command was not answered: ${status}`);
   await check(page, 'device after a command');
+
+  // The update the rollout holds for the device: what it fixes, and postponing it within the limits.
+  await expectText(page, '#pending-update', 'Update to 1.1.0 (security)');
+  await expectText(page, '#pending-update', 'Closes a crash over the local network.');
+  await page.selectOption('#days', '2');
+  await Promise.all([page.waitForURL('**?update=postponed'), page.click('form[action$="/postpone"] button')]);
+  await expectText(page, '#pending-update', 'postponed until');
+  await check(page, 'device with an update postponed');
 
   await go(page, '/account');
   await check(page, 'account');

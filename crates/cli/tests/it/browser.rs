@@ -1,7 +1,8 @@
 //! The web app in real headless Chromium (Debian's), driven by `tests/browser/flow.mjs` through playwright-core:
 //! setup with the one-time token → the owner signs in → a consumer signs up and confirms by mail → claims a
 //! simulated device (a real agent) by its code → sees its telemetry chart → sends a command the agent answers →
-//! releases the device and the agent confirms the wipe. Every page is checked with axe-core and for CSP
+//! sees the update a rollout holds for it and postpones it → releases the device and the agent confirms the wipe.
+//! The owner also pauses and resumes that rollout on the updates page. Every page is checked with axe-core and for CSP
 //! violations. This test owns the world the script asks about: the hub, the device, the mail outbox.
 //!
 //! `HEARTH_SCREENSHOTS=docs/screenshots` (relative to the workspace) also saves the pages as PNG for the docs.
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 use hearth_agent::{Agent, AgentConfig};
 use hearth_hub::clock::Clock;
+use hearth_test_support::updates::{Maker, release_info};
 use hearth_test_support::{TestHub, eventually, require_file, require_tool};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -38,17 +40,6 @@ async fn spki_hashes(hub: &TestHub) -> Vec<String> {
         hashes.push(base64::engine::general_purpose::STANDARD.encode(digest.as_ref()));
     }
     hashes
-}
-
-/// Signs in through the API as `who`; returns the cookie header value and the CSRF token.
-async fn api_session(hub: &TestHub, who: (&str, &str)) -> (String, String) {
-    let request =
-        hub.client.post(format!("{}/api/v1/sessions", hub.base())).json(&json!({ "email": who.0, "password": who.1 }));
-    let (status, headers, body) = hub.send(request).await.expect("sign in");
-    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
-    let cookie = headers["set-cookie"].to_str().expect("cookie").split(';').next().expect("pair").to_owned();
-    let body: Value = serde_json::from_slice(&body).expect("json");
-    (cookie, body["csrf_token"].as_str().expect("csrf").to_owned())
 }
 
 #[tokio::test]
@@ -106,7 +97,7 @@ async fn the_web_app_works_end_to_end_in_chromium() {
             None => break message,
             // The owner made the device in the factory; a real agent enrols and starts reporting.
             Some("device") => {
-                let (cookie, csrf) = api_session(&hub, OWNER).await;
+                let (cookie, csrf) = hub.session(OWNER.0, OWNER.1).await.expect("owner session");
                 let request = hub
                     .client
                     .post(format!("{}/api/v1/devices", hub.base()))
@@ -127,6 +118,41 @@ async fn the_web_app_works_end_to_end_in_chromium() {
                 let id = agent.device_id().to_string();
                 agent_task = Some(tokio::spawn(agent.run(stopped.clone())));
                 json!({ "device_id": id, "claim_code": code })
+            }
+            // The maker publishes a signed security release for the device's model, and the owner's rollout tells
+            // the device (this agent has no installer: it stays told, so the pages have a rollout to show).
+            Some("rollout") => {
+                let (cookie, csrf) = hub.session(OWNER.0, OWNER.1).await.expect("owner session");
+                let request = hub
+                    .client
+                    .post(format!("{}/api/v1/tokens", hub.base()))
+                    .header("cookie", cookie)
+                    .header("x-csrf-token", csrf)
+                    .json(&json!({ "label": "maker", "expires_in_days": 1 }));
+                let (status, _, body) = hub.send(request).await.expect("token");
+                assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+                let token = serde_json::from_slice::<Value>(&body).expect("json")["token"]
+                    .as_str()
+                    .expect("token")
+                    .to_owned();
+                let base = hub.base();
+                let maker = Maker::new(&hub.client, &base, &token, &dir.path().join("maker")).await.expect("maker");
+                let mut info = release_info("plug-1", "1.1.0", 2);
+                info.kind = hearth_proto::release::ReleaseKind::Security;
+                info.fixes = "Closes a crash over the local network.".into();
+                maker.release("plug-1-1.1.0.img", info, 4096, 1).await.expect("release");
+                let (status, answer) = maker.publish(&hub.client, &base, &token, &[1], true).await.expect("publish");
+                assert_eq!(status, 200, "{answer}");
+                let bearer = |path: &str, body: Value| {
+                    hub.client.post(format!("{base}{path}")).bearer_auth(&token).json(&body)
+                };
+                let until = hub.hub.state.clock.now_ms() + 3 * 365 * 86_400_000;
+                let support = json!({ "support_until": until, "policy": "Security fixes for three years." });
+                assert_eq!(hub.send(bearer("/api/v1/models/plug-1/support", support)).await.expect("support").0, 200);
+                let plan = json!({ "release": "plug-1-1.1.0.img", "canary": 1, "percents": [100] });
+                let (status, _, body) = hub.send(bearer("/api/v1/rollouts", plan)).await.expect("rollout");
+                assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+                json!({ "release": "plug-1-1.1.0.img" })
             }
             Some("mail") => {
                 let to = message["to"].as_str().expect("to").to_owned();
@@ -182,6 +208,9 @@ async fn the_web_app_works_end_to_end_in_chromium() {
         "fleet",
         "accounts",
         "device with chart",
+        "updates",
+        "rollout paused",
+        "device with an update postponed",
         "account",
         "device (phone)",
         "not found",

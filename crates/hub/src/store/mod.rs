@@ -54,7 +54,8 @@ pub use migrate::CopyReport;
 pub use passkeys::{CeremonyKind, PasskeyRow};
 pub use tokens::NewApiToken;
 pub use updates::{
-    FINAL_DEVICE_STATES, GoalRow, ModelSupportRow, ReleaseRow, RolloutDeviceRow, RolloutRow, TufMetadataRow, WaveCount,
+    DeviceSoftwareRow, FINAL_DEVICE_STATES, GoalRow, ModelSupportRow, ReleaseRow, RolloutDeviceRow, RolloutRow,
+    TufMetadataRow, WaveCount,
 };
 pub use uplinks::{UplinkQuery, UplinkRecord, UplinkRow, Written};
 

@@ -135,6 +135,21 @@ pub struct GoalRow {
     pub release: String,
 }
 
+/// What a device last said it runs.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct DeviceSoftwareRow {
+    /// Its image's SHA-256, hex (none before its first check-in).
+    pub image_sha256: Option<String>,
+    /// Its image's version.
+    pub image_version: Option<String>,
+    /// Its hardware revision.
+    pub hardware: Option<String>,
+    /// Its security-version floor.
+    pub security_floor: Option<i64>,
+    /// Its last check-in, Unix ms.
+    pub checked_in_at: Option<i64>,
+}
+
 /// States after which a device's part in a rollout does not change.
 pub const FINAL_DEVICE_STATES: [&str; 3] = ["succeeded", "rolled_back", "failed"];
 
@@ -545,6 +560,31 @@ impl Store {
         )
         .bind(device.as_str())
         .bind(now)
+        .fetch_optional(pool)
+        .await?))
+    }
+
+    /// A device's unfinished part in the newest running or paused rollout whose wave has opened for it,
+    /// postponed or not: what its owner sees as the waiting update.
+    pub async fn pending_update(&self, device: &DeviceId) -> Result<Option<RolloutDeviceRow>> {
+        on_pool!(self, pool => Ok(sqlx::query_as(
+            "SELECT d.rollout_id, d.device_id, d.wave, d.state, d.detail, d.postponed_until, d.postpones, d.updated_at \
+             FROM rollout_devices d JOIN rollouts r ON r.id = d.rollout_id \
+             WHERE d.device_id = $1 AND r.state IN ('running', 'paused') AND d.wave <= r.wave \
+             AND d.state NOT IN ('succeeded', 'rolled_back', 'failed') \
+             ORDER BY r.created_at DESC LIMIT 1",
+        )
+        .bind(device.as_str())
+        .fetch_optional(pool)
+        .await?))
+    }
+
+    /// What a device last said it runs; none for an unknown device.
+    pub async fn device_software(&self, device: &DeviceId) -> Result<Option<DeviceSoftwareRow>> {
+        on_pool!(self, pool => Ok(sqlx::query_as(
+            "SELECT image_sha256, image_version, hardware, security_floor, checked_in_at FROM devices WHERE id = $1",
+        )
+        .bind(device.as_str())
         .fetch_optional(pool)
         .await?))
     }

@@ -103,6 +103,57 @@ pub struct RolloutView {
     pub created_at: i64,
 }
 
+/// A device's software as its owner sees it: what it runs, its model's support period, and the update waiting
+/// for it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct DeviceUpdateView {
+    /// The version it last said it runs (none before its first check-in).
+    pub installed_version: Option<String>,
+    /// That image's SHA-256, hex.
+    pub installed_sha256: Option<String>,
+    /// Its security-version floor: it never installs a release below it.
+    pub security_floor: Option<i64>,
+    /// Its last check-in, Unix ms.
+    pub checked_in_at: Option<i64>,
+    /// Security updates for its model until, Unix ms, if the maker said.
+    pub support_until: Option<i64>,
+    /// The maker's support policy in plain words.
+    pub support_policy: Option<String>,
+    /// The update waiting for it, if any.
+    pub pending: Option<PendingUpdate>,
+}
+
+/// An update a device has been told to install and has not finished.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct PendingUpdate {
+    /// The rollout.
+    pub rollout: String,
+    /// The release's target name.
+    pub release: String,
+    /// The release's version.
+    pub version: String,
+    /// security or feature.
+    pub kind: String,
+    /// What risk it fixes, in plain words.
+    pub fixes: String,
+    /// Release notes.
+    pub notes: String,
+    /// The device restarts while installing.
+    pub restarts: bool,
+    /// About how long the device does not do its job, seconds.
+    pub disruption_seconds: u32,
+    /// The device's step: waiting, notified, downloading, installing, …
+    pub state: String,
+    /// Postponed until, Unix ms.
+    pub postponed_until: Option<i64>,
+    /// How many more times it may be postponed (0 once it has started installing).
+    pub postpones_left: u32,
+    /// A security update is installed by then at the latest, Unix ms.
+    pub deadline: Option<i64>,
+    /// The rollout is paused: nothing starts until an operator resumes it.
+    pub rollout_paused: bool,
+}
+
 /// What the engine decided for one rollout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -338,6 +389,53 @@ impl Updates {
             self.step_rollout(&r.id).await?;
         }
         Ok(())
+    }
+
+    /// A device's software, support period and waiting update, for its owner.
+    pub async fn device_update(&self, device: &DeviceId, model: &str) -> Result<DeviceUpdateView> {
+        let store = &self.inner.store;
+        let settings = &self.inner.settings;
+        let software =
+            store.device_software(device).await?.ok_or_else(|| UpdateError::NotFound("no such device".into()))?;
+        let support = store.model_support(Some(model)).await?.into_iter().next();
+        let pending = match store.pending_update(device).await? {
+            None => None,
+            Some(part) => {
+                let rollout =
+                    store.rollout(&part.rollout_id).await?.ok_or_else(|| super::internal("rollout vanished"))?;
+                let release =
+                    store.release(&rollout.release).await?.ok_or_else(|| super::internal("release vanished"))?;
+                let info: hearth_proto::release::ReleaseInfo =
+                    serde_json::from_str(&release.info_json).map_err(super::internal)?;
+                let may_postpone = matches!(part.state.as_str(), "waiting" | "notified");
+                let left = i64::from(settings.max_postpones).saturating_sub(part.postpones).max(0);
+                Some(PendingUpdate {
+                    rollout: part.rollout_id,
+                    version: info.version,
+                    kind: release.kind,
+                    fixes: info.fixes,
+                    notes: info.notes,
+                    restarts: info.disruption.restarts,
+                    disruption_seconds: info.disruption.seconds,
+                    state: part.state,
+                    postponed_until: part.postponed_until,
+                    postpones_left: if may_postpone { u32::try_from(left).unwrap_or(0) } else { 0 },
+                    deadline: (info.kind == ReleaseKind::Security)
+                        .then(|| release.published_at.saturating_add(settings.security_deadline_ms)),
+                    rollout_paused: rollout.state == "paused",
+                    release: release.target_name,
+                })
+            }
+        };
+        Ok(DeviceUpdateView {
+            installed_version: software.image_version,
+            installed_sha256: software.image_sha256,
+            security_floor: software.security_floor,
+            checked_in_at: software.checked_in_at,
+            support_until: support.as_ref().map(|s| s.support_until),
+            support_policy: support.map(|s| s.policy),
+            pending,
+        })
     }
 
     /// A device's owner (or an operator) postpones its pending update by `days`: at most

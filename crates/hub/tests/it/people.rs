@@ -5,9 +5,8 @@
 use std::time::Duration;
 
 use axum::http::HeaderMap;
-use hearth_hub::accounts::password;
 use hearth_hub::clock::Clock;
-use hearth_hub::store::{NewAccount, Role};
+use hearth_hub::store::Role;
 use hearth_test_support::{OWNER_EMAIL, OWNER_PASSWORD, TestHub};
 use serde_json::{Value, json};
 
@@ -55,14 +54,6 @@ async fn signed_in(hub: &TestHub, email: &str, password: &str) -> Browser {
         .expect("a __Host- session cookie")
         .to_owned();
     Browser { cookie, csrf: body["csrf_token"].as_str().expect("csrf token").to_owned() }
-}
-
-/// An account made directly in the store (sign-up comes with the web app).
-async fn account(hub: &TestHub, id: &str, email: &str, role: Role, pass: &str) {
-    let hash = password::hash(pass).expect("hash");
-    let now = hub.hub.state.clock.now_ms();
-    let new = NewAccount { id, email, role, password_hash: &hash, created_at: now, verified_at: Some(now) };
-    assert!(hub.hub.state.store.insert_account(&new).await.expect("insert"));
 }
 
 #[tokio::test]
@@ -184,8 +175,14 @@ async fn timed_sign_in(
 async fn unknown_and_known_emails_get_the_same_answer_in_about_the_same_time() {
     let hub = TestHub::start().await.expect("hub");
     for i in 0..4 {
-        account(&hub, &format!("k{i}"), &format!("known{i}@example.org"), Role::Consumer, "a strong known passphrase")
-            .await;
+        hub.add_account(
+            &format!("k{i}"),
+            &format!("known{i}@example.org"),
+            Role::Consumer,
+            "a strong known passphrase",
+        )
+        .await
+        .expect("account");
     }
     // Interleaved; 4 rounds from 4 source addresses (16 failures each, below a source's lock of 20), 4 attempts
     // per known account (below its lock of 5): 16 samples of each.
@@ -286,9 +283,9 @@ async fn sessions_end_one_by_one_everywhere_and_with_a_password_change() {
 #[tokio::test]
 async fn only_the_owner_and_admins_run_the_fleet() {
     let hub = TestHub::start().await.expect("hub");
-    account(&hub, "c1", "consumer@example.org", Role::Consumer, "a consumer passphrase").await;
-    account(&hub, "s1", "support@example.org", Role::Support, "a support passphrase here").await;
-    account(&hub, "ad", "admin@example.org", Role::Admin, "an admin passphrase here").await;
+    hub.add_account("c1", "consumer@example.org", Role::Consumer, "a consumer passphrase").await.expect("account");
+    hub.add_account("s1", "support@example.org", Role::Support, "a support passphrase here").await.expect("account");
+    hub.add_account("ad", "admin@example.org", Role::Admin, "an admin passphrase here").await.expect("account");
     hub.manufacture("plug-1", 2).await.expect("manufacture");
     for (email, pass, fleet, listed) in [
         ("consumer@example.org", "a consumer passphrase", 403, Some(0)),
@@ -308,8 +305,8 @@ async fn only_the_owner_and_admins_run_the_fleet() {
 #[tokio::test]
 async fn a_consumer_claims_a_device_by_its_code_once_and_only_its_owner_sees_it() {
     let hub = TestHub::start().await.expect("hub");
-    account(&hub, "alice", "alice@example.org", Role::Consumer, "alice's own passphrase").await;
-    account(&hub, "bob", "bob@example.org", Role::Consumer, "bob's very own passphrase").await;
+    hub.add_account("alice", "alice@example.org", Role::Consumer, "alice's own passphrase").await.expect("account");
+    hub.add_account("bob", "bob@example.org", Role::Consumer, "bob's very own passphrase").await.expect("account");
     let (status, made) = hub.post("/api/v1/devices", json!({ "model": "plug-1", "count": 2 })).await.expect("made");
     assert_eq!(status, 201);
     let device = made["devices"][0]["device_id"].as_str().expect("id").to_owned();
@@ -375,9 +372,9 @@ async fn a_consumer_claims_a_device_by_its_code_once_and_only_its_owner_sees_it(
 async fn support_sees_a_consumers_devices_only_while_the_consumer_grants_it_and_never_commands_them() {
     let clock = Clock::manual(Clock::system().now_ms());
     let hub = TestHub::start_with_clock(|_| {}, clock.clone()).await.expect("hub");
-    account(&hub, "carol", "carol@example.org", Role::Consumer, "carol's own passphrase").await;
-    account(&hub, "dave", "dave@example.org", Role::Consumer, "dave's very own passphrase").await;
-    account(&hub, "sam", "sam@example.org", Role::Support, "sam's support passphrase").await;
+    hub.add_account("carol", "carol@example.org", Role::Consumer, "carol's own passphrase").await.expect("account");
+    hub.add_account("dave", "dave@example.org", Role::Consumer, "dave's very own passphrase").await.expect("account");
+    hub.add_account("sam", "sam@example.org", Role::Support, "sam's support passphrase").await.expect("account");
     let (_, made) = hub.post("/api/v1/devices", json!({ "model": "plug-1", "count": 2 })).await.expect("made");
     let carol = signed_in(&hub, "carol@example.org", "carol's own passphrase").await;
     let dave = signed_in(&hub, "dave@example.org", "dave's very own passphrase").await;
@@ -430,8 +427,8 @@ async fn a_released_device_is_wiped_and_claimable_again_only_after_it_confirms()
     use rmqtt_codec::v5;
 
     let hub = TestHub::start().await.expect("hub");
-    account(&hub, "alice", "alice@example.org", Role::Consumer, "alice's own passphrase").await;
-    account(&hub, "bob", "bob@example.org", Role::Consumer, "bob's very own passphrase").await;
+    hub.add_account("alice", "alice@example.org", Role::Consumer, "alice's own passphrase").await.expect("account");
+    hub.add_account("bob", "bob@example.org", Role::Consumer, "bob's very own passphrase").await.expect("account");
     let (_, made) = hub.post("/api/v1/devices", json!({ "model": "plug-1", "count": 1 })).await.expect("made");
     let made = &made["devices"][0];
     let (id, code) = (made["device_id"].as_str().expect("id"), json!({ "claim_code": made["claim_code"] }));
@@ -588,7 +585,7 @@ async fn a_consumer_signs_up_and_confirms_by_mail_and_the_answer_never_says_whet
 async fn a_reset_link_works_once_for_thirty_minutes_and_signs_out_everywhere() {
     let clock = Clock::manual(Clock::system().now_ms());
     let hub = TestHub::start_with_clock(|_| {}, clock.clone()).await.expect("hub");
-    account(&hub, "alice", ALICE, Role::Consumer, ALICE_PASSWORD).await;
+    hub.add_account("alice", ALICE, Role::Consumer, ALICE_PASSWORD).await.expect("account");
     let alice = signed_in(&hub, ALICE, ALICE_PASSWORD).await;
     let reset = |email: &'static str| post(&hub, "/api/v1/password-reset", json!({ "email": email }), None, false);
     let (status, _, unknown) = reset("nobody@example.org").await;
@@ -689,7 +686,7 @@ async fn operators_invite_admins_and_support_who_choose_their_own_password_and_c
     assert_eq!(hub.send(with_token).await.expect("send").0, 401, "API tokens are revoked");
     assert_eq!(sign_in(&hub, "ada@example.org", "ada's analytical engine").await.0, 401);
     // Consumers see none of this.
-    account(&hub, "c", ALICE, Role::Consumer, ALICE_PASSWORD).await;
+    hub.add_account("c", ALICE, Role::Consumer, ALICE_PASSWORD).await.expect("account");
     let alice = signed_in(&hub, ALICE, ALICE_PASSWORD).await;
     assert_eq!(get(&hub, "/api/v1/accounts", &alice).await.0, 403);
     assert_eq!(invite(&hub, &alice, "x@example.org", "support").await.0, 403);
@@ -752,8 +749,8 @@ async fn passkey_ceremonies_work_once_for_their_own_account_and_fail_closed() {
     assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_ceremony")));
 
     // A registration ceremony belongs to the account that started it, and to registration only.
-    account(&hub, "alice", ALICE, Role::Consumer, ALICE_PASSWORD).await;
-    account(&hub, "bob", "bob@example.org", Role::Consumer, "bob's very own passphrase").await;
+    hub.add_account("alice", ALICE, Role::Consumer, ALICE_PASSWORD).await.expect("account");
+    hub.add_account("bob", "bob@example.org", Role::Consumer, "bob's very own passphrase").await.expect("account");
     let alice = signed_in(&hub, ALICE, ALICE_PASSWORD).await;
     let bob = signed_in(&hub, "bob@example.org", "bob's very own passphrase").await;
     let (status, _, reg) = post(&hub, "/api/v1/me/passkeys/register/start", json!({}), Some(&alice), true).await;

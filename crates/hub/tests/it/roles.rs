@@ -5,9 +5,8 @@
 
 use std::collections::BTreeSet;
 
-use hearth_hub::accounts::password;
 use hearth_hub::clock::Clock;
-use hearth_hub::store::{NewAccount, Role};
+use hearth_hub::store::Role;
 use hearth_test_support::mqtt::{V5, telemetry};
 use hearth_test_support::reqwest;
 use hearth_test_support::{OWNER_EMAIL, OWNER_PASSWORD, TestHub};
@@ -151,6 +150,7 @@ fn rows() -> Vec<Row> {
         r("POST", "/api/v1/rollouts/{roll}/pause", Json(json!({})), [404, 403, 403, 403, 403, 401]),
         r("POST", "/api/v1/rollouts/{roll}/resume", Json(json!({})), [404, 403, 403, 403, 403, 401]),
         r("POST", "/api/v1/rollouts/{roll}/abort", Json(json!({})), [404, 403, 403, 403, 403, 401]),
+        r("GET", "/api/v1/devices/{dev}/update", none(), [200, 200, 404, 404, 200, 401]),
         r("POST", "/api/v1/devices/{dev}/update/postpone", Json(json!({"days": 1})), [409, 409, 404, 404, 403, 401]),
         // Operators only.
         r("POST", "/api/v1/devices", Json(json!({"model": "plug-1", "count": 0})), [400, 403, 403, 403, 403, 401]),
@@ -208,6 +208,10 @@ fn rows() -> Vec<Row> {
         r("POST", "/account/sessions/{sess}/end", Form(&[]), [404, 404, 404, 404, 404, SIGN_IN]),
         r("POST", "/account/passkeys/{key}/remove", Form(&[]), [404, 404, 404, 404, 404, SIGN_IN]),
         r("POST", "/account/support/end", Form(&[]), [403, 303, 303, 403, 403, SIGN_IN]),
+        r("GET", "/updates", none(), [200, 403, 403, 403, 403, SIGN_IN]),
+        r("POST", "/rollouts", Form(&[("release", "nope.img")]), [404, 403, 403, 403, 403, SIGN_IN]),
+        r("POST", "/rollouts/{roll}/pause", Form(&[]), [404, 403, 403, 403, 403, SIGN_IN]),
+        r("POST", "/devices/{dev}/postpone", Form(&[("days", "1")]), [409, 409, 404, 404, 403, SIGN_IN]),
         r("GET", "/security-events", none(), [200, 403, 403, 403, 403, SIGN_IN]),
         r("GET", "/audit-log", none(), [200, 403, 403, 403, 403, SIGN_IN]),
         r("GET", "/accounts", none(), [200, 403, 403, 403, 403, SIGN_IN]),
@@ -249,19 +253,12 @@ async fn session(hub: &TestHub, email: &str, password: &str) -> Session {
     Some((cookie, body["csrf_token"].as_str().expect("csrf").to_owned()))
 }
 
-async fn account(hub: &TestHub, id: &str, email: &str, role: Role, pass: &str) {
-    let hash = password::hash(pass).expect("hash");
-    let now = hub.hub.state.clock.now_ms();
-    let new = NewAccount { id, email, role, password_hash: &hash, created_at: now, verified_at: Some(now) };
-    assert!(hub.hub.state.store.insert_account(&new).await.expect("insert"));
-}
-
 #[tokio::test]
 async fn every_route_and_page_answers_each_role_as_the_table_says() {
     let hub = TestHub::start_with_clock(|_| {}, Clock::system()).await.expect("hub");
-    account(&hub, "alice", "alice@example.org", Role::Consumer, "alice's own passphrase").await;
-    account(&hub, "bob", "bob@example.org", Role::Consumer, "bob's very own passphrase").await;
-    account(&hub, "sam", "sam@example.org", Role::Support, "sam supports people well").await;
+    hub.add_account("alice", "alice@example.org", Role::Consumer, "alice's own passphrase").await.expect("account");
+    hub.add_account("bob", "bob@example.org", Role::Consumer, "bob's very own passphrase").await.expect("account");
+    hub.add_account("sam", "sam@example.org", Role::Support, "sam supports people well").await.expect("account");
     // Alice's device: manufactured, enrolled, claimed, with a reading and a command.
     let (_, made) = hub.post("/api/v1/devices", json!({ "model": "plug-1", "count": 1 })).await.expect("made");
     let made = &made["devices"][0];

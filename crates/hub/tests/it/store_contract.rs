@@ -920,6 +920,9 @@ async fn updates(store: &Store) {
     assert!(store.postpone_update("r1", &ids[1], NOW + DAY, 1, NOW).await.unwrap());
     assert!(!store.postpone_update("r1", &ids[1], NOW + 2 * DAY, 1, NOW).await.unwrap(), "limit");
     assert!(store.device_goal(&ids[1], NOW).await.unwrap().is_none(), "postponed");
+    let pending = store.pending_update(&ids[1]).await.unwrap().expect("a postponed update is still pending");
+    assert_eq!((pending.rollout_id.as_str(), pending.postpones, pending.postponed_until), ("r1", 1, Some(NOW + DAY)));
+    assert!(store.pending_update(&ids[0]).await.unwrap().is_none(), "finished: nothing pending");
     assert!(store.device_goal(&ids[1], NOW + DAY).await.unwrap().is_some(), "until then");
     assert!(store.record_update_step("r1", &ids[2], "installing", "", NOW).await.unwrap());
     assert!(!store.postpone_update("r1", &ids[2], NOW + DAY, 3, NOW).await.unwrap(), "installing already");
@@ -932,7 +935,18 @@ async fn updates(store: &Store) {
     );
     assert_eq!(store.rollouts(Some(&["running"])).await.unwrap().len(), 1);
 
+    assert!(store.pending_update(&ids[1]).await.unwrap().is_none(), "aborted: nothing pending");
+
+    let before = store.device_software(&ids[0]).await.unwrap().expect("the device exists");
+    assert_eq!((before.image_sha256, before.checked_in_at), (None, None), "no check-in yet");
     store.record_check_in(&ids[0], Some(&"ab".repeat(32)), Some("2.0"), "rev-a", 3, NOW).await.unwrap();
+    let after = store.device_software(&ids[0]).await.unwrap().unwrap();
+    assert_eq!(after.image_version.as_deref(), Some("2.0"));
+    assert_eq!(
+        (after.hardware.as_deref(), after.security_floor, after.checked_in_at),
+        (Some("rev-a"), Some(3), Some(NOW))
+    );
+    assert!(store.device_software(&DeviceId::parse("dev-none").unwrap()).await.unwrap().is_none());
 }
 
 async fn keys(store: &Store) {

@@ -464,3 +464,165 @@ async fn a_download_cut_at_random_offsets_resumes_and_fetches_at_most_one_and_a_
     assert!(matches!(got, Err(hearth_agent::update::download::DownloadError::HashMismatch { .. })), "{got:?}");
     assert!(!part.exists());
 }
+
+/// A signed-in browser without redirects: GETs a page's HTML, POSTs a form with the session's CSRF token.
+struct Browser {
+    client: reqwest::Client,
+    base: String,
+    cookie: String,
+    csrf: String,
+}
+
+impl Browser {
+    async fn sign_in(hub: &TestHub, email: &str, pass: &str) -> Browser {
+        let (cookie, csrf) = hub.session(email, pass).await.expect("session");
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(&hub.hub.server_ca_path).expect("ca")).expect("pem");
+        let client = reqwest::Client::builder()
+            .tls_certs_only([ca])
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        Browser { client, base: hub.base(), cookie, csrf }
+    }
+
+    async fn page(&self, path: &str) -> (u16, String) {
+        let resp =
+            self.client.get(format!("{}{path}", self.base)).header("cookie", &self.cookie).send().await.expect("get");
+        (resp.status().as_u16(), resp.text().await.expect("body"))
+    }
+
+    /// The status and, for a redirect, where to.
+    async fn form(&self, path: &str, fields: &[(&str, &str)]) -> (u16, String) {
+        let mut fields: Vec<(&str, &str)> = fields.to_vec();
+        fields.push(("csrf", &self.csrf));
+        let resp = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("cookie", &self.cookie)
+            .header("sec-fetch-site", "same-origin")
+            .form(&fields)
+            .send()
+            .await
+            .expect("post");
+        let location = resp.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        (resp.status().as_u16(), location)
+    }
+}
+
+#[tokio::test]
+async fn the_app_shows_a_rollout_paused_by_its_gate_and_lets_operators_resume_it_and_owners_postpone() {
+    use hearth_hub::store::Role;
+    let hub = TestHub::start().await.expect("hub");
+    let dir = tempfile::tempdir().expect("tmp");
+    hub.add_account("alice", "alice@example.org", Role::Consumer, "alice's own passphrase").await.expect("account");
+    let alice = Browser::sign_in(&hub, "alice@example.org", "alice's own passphrase").await;
+    let owner = Browser::sign_in(&hub, hearth_test_support::OWNER_EMAIL, hearth_test_support::OWNER_PASSWORD).await;
+    // Alice owns both devices of the model.
+    let mut devices = Vec::new();
+    let (_, made) = hub.post("/api/v1/devices", json!({ "model": "test-model", "count": 2 })).await.expect("made");
+    for made in made["devices"].as_array().expect("devices") {
+        let (id, token) = (made["device_id"].as_str().expect("id"), made["bootstrap_token"].as_str().expect("token"));
+        let device =
+            hearth_test_support::enrol_at(&hub.client, &hub.base(), id, token, dir.path()).await.expect("enrol");
+        let claim = hub
+            .client
+            .post(format!("{}/api/v1/claims", hub.base()))
+            .header("cookie", &alice.cookie)
+            .header("x-csrf-token", &alice.csrf)
+            .json(&json!({ "claim_code": made["claim_code"] }));
+        assert_eq!(hub.send(claim).await.expect("claim").0, 201);
+        devices.push(device);
+    }
+    let maker = Maker::new(&hub.client, &hub.base(), &hub.token, &dir.path().join("maker")).await.expect("maker");
+    let mut security = release_info("test-model", "1.1.0", 2);
+    security.kind = hearth_proto::release::ReleaseKind::Security;
+    security.fixes = "Closes a crash over the local network.".into();
+    security.disruption = hearth_proto::release::Disruption { restarts: true, seconds: 40 };
+    maker.release("test-model-1.1.0.img", security, 1000, 1).await.expect("release");
+    let (status, answer) = maker.publish(&hub.client, &hub.base(), &hub.token, &[1], true).await.expect("publish");
+    assert_eq!(status, 200, "{answer}");
+    let until = hub.hub.state.clock.now_ms() + 400 * 86_400_000;
+    let (status, _) = hub
+        .post("/api/v1/models/test-model/support", json!({"support_until": until, "policy": "Five years of fixes."}))
+        .await
+        .expect("support");
+    assert_eq!(status, 200);
+
+    // Nothing pending yet: the device page shows the support period and no update.
+    let (status, page) = alice.page(&format!("/devices/{}", devices[0].id)).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("Security updates until") && page.contains("Five years of fixes."), "{page}");
+    assert!(!page.contains("pending-update"), "nothing pending yet");
+
+    // A rollout started from the page: a canary, then everyone.
+    let (status, to) =
+        owner.form("/rollouts", &[("release", "test-model-1.1.0.img"), ("canary", "1"), ("percents", "100")]).await;
+    assert_eq!((status, to.as_str()), (303, "/updates?notice=started"));
+    let (status, _) = owner.form("/rollouts", &[("release", "test-model-1.1.0.img"), ("percents", "50, 40")]).await;
+    assert_eq!(status, 422, "waves must rise to 100");
+    let id = hub.get("/api/v1/rollouts").await.expect("list").1["rollouts"][0]["id"].as_str().expect("id").to_owned();
+
+    // The canary rolls back: the failure gate pauses the rollout, and the page says why.
+    let mut canary = None;
+    for (i, d) in devices.iter().enumerate() {
+        if check_in(&hub, d, None, json!([])).await.is_some() {
+            canary = Some(i);
+        }
+    }
+    let canary = canary.expect("one device is the canary");
+    let other = &devices[1 - canary];
+    check_in(&hub, &devices[canary], None, json!([{"rollout": id, "state": "rolled_back", "detail": "health"}])).await;
+    hub.hub.state.updates.run_engine().await.expect("engine");
+    let (status, page) = owner.page("/updates").await;
+    assert_eq!(status, 200);
+    let row = page.split(&format!("id=\"rollout-{id}\"")).nth(1).expect("the rollout's row").to_owned();
+    assert!(row.contains("paused") && row.contains("health gate: 1 of 1 devices"), "{row}");
+    assert!(row.contains(&format!("/rollouts/{id}/resume")) && !row.contains("/pause\""), "{row}");
+    assert!(page.contains("Closes a crash over the local network.") && page.contains("Five years of fixes."));
+
+    // A support account or a consumer cannot act on rollouts; a stale CSRF token changes nothing.
+    assert_eq!(alice.form(&format!("/rollouts/{id}/resume"), &[]).await.0, 403);
+    let stale = Browser {
+        csrf: "stale".into(),
+        ..Browser::sign_in(&hub, hearth_test_support::OWNER_EMAIL, hearth_test_support::OWNER_PASSWORD).await
+    };
+    assert_eq!(stale.form(&format!("/rollouts/{id}/resume"), &[]).await.0, 403);
+    assert_eq!(hub.get(&format!("/api/v1/rollouts/{id}")).await.expect("view").1["state"], "paused");
+
+    // The owner resumes from the page; the other device is told and its owner sees the update waiting.
+    let (status, to) = owner.form(&format!("/rollouts/{id}/resume"), &[]).await;
+    assert_eq!((status, to.as_str()), (303, "/updates?notice=resume"));
+    assert_eq!(hub.get(&format!("/api/v1/rollouts/{id}")).await.expect("view").1["state"], "running");
+    assert!(check_in(&hub, other, None, json!([])).await.is_some(), "the next wave is open");
+    let (_, page) = alice.page(&format!("/devices/{}", other.id)).await;
+    assert!(page.contains("Update to 1.1.0 (security)"), "{page}");
+    assert!(page.contains("Closes a crash over the local network.") && page.contains("restarts, about 40 s"), "{page}");
+    assert!(page.contains("installed by") && page.contains("action=\"/devices/"), "a deadline and the form: {page}");
+
+    // Alice postpones by two days; the API says so too, with one postponement fewer left.
+    let (_, before) = hub.get(&format!("/api/v1/devices/{}/update", other.id)).await.expect("update");
+    let left = before["pending"]["postpones_left"].as_u64().expect("left");
+    let (status, to) = alice.form(&format!("/devices/{}/postpone", other.id), &[("days", "2")]).await;
+    assert_eq!((status, to), (303, format!("/devices/{}?update=postponed", other.id)));
+    let (_, after) = hub.get(&format!("/api/v1/devices/{}/update", other.id)).await.expect("update");
+    assert_eq!(after["pending"]["postpones_left"].as_u64(), Some(left - 1), "{after}");
+    assert!(after["pending"]["postponed_until"].as_i64().is_some(), "{after}");
+    assert_eq!(after["support_until"].as_i64(), Some(until));
+    let (_, page) = alice.page(&format!("/devices/{}?update=postponed", other.id)).await;
+    assert!(page.contains("The update is postponed.") && page.contains("postponed until"), "{page}");
+    // Out-of-range days are refused and change nothing.
+    assert_eq!(alice.form(&format!("/devices/{}/postpone", other.id), &[("days", "99")]).await.0, 422);
+    let (_, same) = hub.get(&format!("/api/v1/devices/{}/update", other.id)).await.expect("update");
+    assert_eq!(same["pending"]["postpones_left"], after["pending"]["postpones_left"]);
+
+    // The owner aborts: the update is no longer pending, and the audit log has each step.
+    let (status, _) = owner.form(&format!("/rollouts/{id}/abort"), &[]).await;
+    assert_eq!(status, 303);
+    let (_, page) = alice.page(&format!("/devices/{}", other.id)).await;
+    assert!(!page.contains("pending-update"), "aborted: nothing pending");
+    let (_, log) = hub.get("/api/v1/audit-log").await.expect("log");
+    let actions: Vec<&str> = log.as_array().expect("log").iter().filter_map(|e| e["action"].as_str()).collect();
+    for action in ["rollout_created", "rollout_resumed", "update_postponed", "rollout_aborted"] {
+        assert!(actions.contains(&action), "{action}: {actions:?}");
+    }
+}

@@ -24,7 +24,7 @@ use super::error::ApiError;
 use crate::HubState;
 use crate::identity::CertFacts;
 use crate::store::ModelSupportRow;
-use crate::updates::rollouts::{RolloutPlan, RolloutView};
+use crate::updates::rollouts::{DeviceUpdateView, RolloutPlan, RolloutView};
 use crate::updates::{Publication, RepositoryStatus, UpdateError};
 
 /// The routes.
@@ -46,6 +46,7 @@ pub fn router() -> Router<HubState> {
         .route("/api/v1/rollouts/{id}/pause", post(pause_rollout))
         .route("/api/v1/rollouts/{id}/resume", post(resume_rollout))
         .route("/api/v1/rollouts/{id}/abort", post(abort_rollout))
+        .route("/api/v1/devices/{id}/update", get(device_update))
         .route("/api/v1/devices/{id}/update/postpone", post(postpone))
 }
 
@@ -588,6 +589,19 @@ async fn abort_rollout(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<RolloutView>, ApiError> {
     control(state, auth, super::source_ip(&addr), id, "abort").await
+}
+
+/// What the device runs, its model's support period, and the update waiting for it (with how often it may still
+/// be postponed).
+#[utoipa::path(get, path = "/api/v1/devices/{id}/update", params(("id" = DeviceId, Path, description = "Device id")), security(("bearer" = []), ("session" = [])),
+    responses((status = 200, body = DeviceUpdateView), (status = 404, body = super::error::ErrorBody)))]
+async fn device_update(
+    State(state): State<HubState>,
+    Caller(caller): Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<DeviceUpdateView>, ApiError> {
+    let row = visible_device(&state, &caller, &id).await?;
+    Ok(Json(state.updates.device_update(&row.id, &row.model).await?))
 }
 
 /// How long to postpone.

@@ -1,7 +1,8 @@
 //! The web app: server-rendered pages for people (askama templates, checked at compile time and escaped), plain
 //! HTML forms, no script, and a strict Content-Security-Policy. Consumers see their devices, live state, a
 //! telemetry chart, send commands, claim and release devices, and manage their account and sessions; operators
-//! also get the fleet with search and paging, revocation, security events, the audit log and accounts.
+//! also get the fleet with search and paging, revocation, updates (rollouts, releases, support periods; see
+//! [`updates`]), security events, the audit log and accounts.
 //!
 //! Pages use the same capabilities as the API: the session and its CSRF token from `accounts`, who may see a
 //! device from `api::visible_device`, commands from `commands`. Every form that changes something carries the
@@ -9,6 +10,7 @@
 //! cross-site form can neither act for a signed-in person nor sign anyone in.
 
 pub mod chart;
+pub mod updates;
 
 use askama::Template;
 use axum::extract::{Form, FromRequestParts, Path, Query, State};
@@ -68,6 +70,10 @@ pub fn router() -> Router<HubState> {
         .route("/accounts", get(accounts))
         .route("/accounts/invite", post(invite))
         .route("/accounts/{id}/disable", post(disable))
+        .route("/updates", get(updates::updates_page))
+        .route("/rollouts", post(updates::start))
+        .route("/rollouts/{id}/{action}", post(updates::control))
+        .route("/devices/{id}/postpone", post(updates::postpone))
         .layer(axum::middleware::map_response(page_headers))
 }
 
@@ -927,6 +933,8 @@ struct DevicePage {
     can_revoke: bool,
     command: Option<CommandLine>,
     error: Option<String>,
+    software: Option<updates::Software>,
+    update_notice: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -934,6 +942,7 @@ struct DevicePage {
 struct DeviceQuery {
     command: Option<String>,
     error: Option<String>,
+    update: Option<String>,
 }
 
 /// Readings in the chart and table.
@@ -1007,6 +1016,8 @@ async fn device(
         can_revoke: matches!(role, Role::Owner | Role::Admin) && row.status != crate::store::DeviceStatus::Revoked,
         command,
         error: q.error.and_then(|e| command_error_text(&e)),
+        software: updates::software(&state, &v, &row).await,
+        update_notice: (q.update.as_deref() == Some("postponed")).then(|| "The update is postponed.".to_owned()),
     }))
 }
 
