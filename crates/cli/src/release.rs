@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
 use hearth_proto::ModelId;
 use hearth_proto::release::{Disruption, ReleaseInfo, ReleaseKind};
-use hearth_release::keys::KeyFile;
+use hearth_release::keys::KeySpec;
 use hearth_release::{HubKeys, NewRelease, Repo, RootPlan};
 use tough::key_source::KeySource;
 
@@ -17,11 +17,14 @@ use crate::client::HubClient;
 /// Signing and publishing releases.
 #[derive(Subcommand)]
 pub enum SigningAction {
-    /// Make a new Ed25519 signing key (PKCS#8 PEM, mode 0600). Keep root and targets keys offline.
+    /// Make a new Ed25519 signing key: a file (PKCS#8 PEM, mode 0600), or in a PKCS#11 token with a URI such as
+    /// `pkcs11:token=maker;object=root-1` (module from `HEARTH_PKCS11_MODULE` or `?module-path=`, PIN from
+    /// `HEARTH_PKCS11_PIN` or `?pin-source=FILE`). Keep root and targets keys offline.
     Keygen {
-        /// Where to write it (never over an existing file).
+        /// Where to make it: a file path (never over an existing file) or a `pkcs11:` URI (never over a key
+        /// with that label).
         #[arg(long)]
-        out: PathBuf,
+        out: KeySpec,
     },
     /// Fetch the hub's snapshot and timestamp public keys (they go into the root).
     HubKeys {
@@ -39,15 +42,15 @@ pub enum SigningAction {
         /// The hub's keys (from `hearth release hub-keys`).
         #[arg(long)]
         hub_keys: PathBuf,
-        /// A root key file (repeat for several).
+        /// A root key, a file or a `pkcs11:` URI (repeat for several).
         #[arg(long = "root-key", required = true)]
-        root_keys: Vec<PathBuf>,
+        root_keys: Vec<KeySpec>,
         /// Root signatures needed.
         #[arg(long, default_value_t = 1)]
         root_threshold: u64,
-        /// A targets key file (repeat for several).
+        /// A targets key, a file or a `pkcs11:` URI (repeat for several).
         #[arg(long = "targets-key", required = true)]
-        targets_keys: Vec<PathBuf>,
+        targets_keys: Vec<KeySpec>,
         /// Targets signatures needed.
         #[arg(long, default_value_t = 1)]
         targets_threshold: u64,
@@ -66,18 +69,18 @@ pub enum SigningAction {
         /// The hub's keys.
         #[arg(long)]
         hub_keys: PathBuf,
-        /// A current root key (repeat to reach the current threshold).
+        /// A current root key, a file or a `pkcs11:` URI (repeat to reach the current threshold).
         #[arg(long = "root-key", required = true)]
-        root_keys: Vec<PathBuf>,
-        /// A root key of the new root (repeat; may repeat current keys that stay).
+        root_keys: Vec<KeySpec>,
+        /// A root key, a file or a `pkcs11:` URI of the new root (repeat; may repeat current keys that stay).
         #[arg(long = "new-root-key", required = true)]
-        new_root_keys: Vec<PathBuf>,
+        new_root_keys: Vec<KeySpec>,
         /// Root signatures the new root needs.
         #[arg(long, default_value_t = 1)]
         new_root_threshold: u64,
-        /// A targets key of the new root (repeat).
+        /// A targets key, a file or a `pkcs11:` URI of the new root (repeat).
         #[arg(long = "targets-key", required = true)]
-        targets_keys: Vec<PathBuf>,
+        targets_keys: Vec<KeySpec>,
         /// Targets signatures needed.
         #[arg(long, default_value_t = 1)]
         targets_threshold: u64,
@@ -114,9 +117,9 @@ pub struct AddArgs {
     /// The repository directory.
     #[arg(long)]
     repo: PathBuf,
-    /// A targets key file (repeat to reach the threshold).
+    /// A targets key, a file or a `pkcs11:` URI (repeat to reach the threshold).
     #[arg(long = "targets-key", required = true)]
-    targets_keys: Vec<PathBuf>,
+    targets_keys: Vec<KeySpec>,
     /// The image file.
     #[arg(long)]
     image: PathBuf,
@@ -198,12 +201,12 @@ pub enum RolloutAction {
     },
 }
 
-fn key_sources(paths: &[PathBuf]) -> Vec<Box<dyn KeySource>> {
-    paths.iter().map(|p| Box::new(KeyFile::new(p)) as Box<dyn KeySource>).collect()
+fn key_sources(keys: &[KeySpec]) -> Vec<Box<dyn KeySource>> {
+    keys.iter().map(KeySpec::source).collect()
 }
 
-fn publics(paths: &[PathBuf]) -> Result<Vec<tough::schema::key::Key>> {
-    paths.iter().map(|p| KeyFile::new(p).public().with_context(|| format!("while reading {}", p.display()))).collect()
+fn publics(keys: &[KeySpec]) -> Result<Vec<tough::schema::key::Key>> {
+    keys.iter().map(|k| k.public().with_context(|| format!("while reading {k}"))).collect()
 }
 
 fn read_hub_keys(path: &Path) -> Result<HubKeys> {
@@ -219,12 +222,13 @@ fn expires(days: u32) -> jiff::Timestamp {
 pub async fn signing(action: SigningAction) -> Result<()> {
     match action {
         SigningAction::Keygen { out } => {
-            let key = KeyFile::generate(&out)?;
+            let key = out.generate()?;
             let id: String = key.key_id().map(|k| k.iter().map(|b| format!("{b:02x}")).collect()).unwrap_or_default();
-            println!(
-                "New Ed25519 key in {} (mode 0600), key id {id}. Keep root and targets keys offline.",
-                out.display()
-            );
+            let held = match &out {
+                KeySpec::File(_) => " (mode 0600)",
+                KeySpec::Token(_) => " (made in the token; the private key cannot leave it)",
+            };
+            println!("New Ed25519 key {out}{held}, key id {id}. Keep root and targets keys offline.");
         }
         SigningAction::HubKeys { hub, out } => {
             let keys = HubClient::new(&hub)?.get("/api/v1/updates/keys").await?;

@@ -1,5 +1,6 @@
-//! Offline signing keys: Ed25519 key files (PKCS#8 PEM, written 0600) that `hearth release keygen` makes, read
-//! through tough's `KeySource` so that the same code signs with a file or a hardware token.
+//! Offline signing keys: Ed25519 key files (PKCS#8 PEM, written 0600) that `hearth release keygen` makes, or
+//! keys in a PKCS#11 token ([`crate::pkcs11`]), named by a [`KeySpec`] and read through tough's `KeySource`, so
+//! that the same code signs with a file or a hardware token.
 
 use std::path::{Path, PathBuf};
 
@@ -73,6 +74,61 @@ impl KeySource for KeyFile {
 
     async fn write(&self, _value: &str, _key_id_hex: &str) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         Err("key files are written only by `hearth release keygen`".into())
+    }
+}
+
+/// A signing key as the maker names it: a file path, or a `pkcs11:` URI for a key in a token.
+#[derive(Debug, Clone)]
+pub enum KeySpec {
+    /// A PKCS#8 PEM file.
+    File(KeyFile),
+    /// A key in a PKCS#11 token.
+    Token(crate::pkcs11::TokenKey),
+}
+
+impl std::str::FromStr for KeySpec {
+    type Err = KeyError;
+    fn from_str(s: &str) -> Result<KeySpec, KeyError> {
+        if s.starts_with("pkcs11:") {
+            crate::pkcs11::TokenKey::parse(s).map(KeySpec::Token)
+        } else {
+            Ok(KeySpec::File(KeyFile::new(Path::new(s))))
+        }
+    }
+}
+
+impl std::fmt::Display for KeySpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeySpec::File(k) => write!(f, "{}", k.path.display()),
+            KeySpec::Token(t) => write!(f, "{t}"),
+        }
+    }
+}
+
+impl KeySpec {
+    /// Makes the key (in the file or the token; never over an existing one) and returns its public key.
+    pub fn generate(&self) -> Result<Key, KeyError> {
+        match self {
+            KeySpec::File(k) => KeyFile::generate(&k.path),
+            KeySpec::Token(t) => t.generate(),
+        }
+    }
+
+    /// The key's public half, as TUF metadata lists it.
+    pub fn public(&self) -> Result<Key, KeyError> {
+        match self {
+            KeySpec::File(k) => k.public(),
+            KeySpec::Token(t) => t.public(),
+        }
+    }
+
+    /// The key as tough signs with it.
+    pub fn source(&self) -> Box<dyn KeySource> {
+        match self {
+            KeySpec::File(k) => Box::new(k.clone()),
+            KeySpec::Token(t) => Box::new(t.clone()),
+        }
     }
 }
 

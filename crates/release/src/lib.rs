@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod keys;
+pub mod pkcs11;
 
 use std::collections::HashMap;
 use std::num::NonZeroU64;

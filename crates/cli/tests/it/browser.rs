@@ -131,10 +131,8 @@ async fn the_web_app_works_end_to_end_in_chromium() {
                     .json(&json!({ "label": "maker", "expires_in_days": 1 }));
                 let (status, _, body) = hub.send(request).await.expect("token");
                 assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
-                let token = serde_json::from_slice::<Value>(&body).expect("json")["token"]
-                    .as_str()
-                    .expect("token")
-                    .to_owned();
+                let token =
+                    serde_json::from_slice::<Value>(&body).expect("json")["token"].as_str().expect("token").to_owned();
                 let base = hub.base();
                 let maker = Maker::new(&hub.client, &base, &token, &dir.path().join("maker")).await.expect("maker");
                 let mut info = release_info("plug-1", "1.1.0", 2);
@@ -143,9 +141,8 @@ async fn the_web_app_works_end_to_end_in_chromium() {
                 maker.release("plug-1-1.1.0.img", info, 4096, 1).await.expect("release");
                 let (status, answer) = maker.publish(&hub.client, &base, &token, &[1], true).await.expect("publish");
                 assert_eq!(status, 200, "{answer}");
-                let bearer = |path: &str, body: Value| {
-                    hub.client.post(format!("{base}{path}")).bearer_auth(&token).json(&body)
-                };
+                let bearer =
+                    |path: &str, body: Value| hub.client.post(format!("{base}{path}")).bearer_auth(&token).json(&body);
                 let until = hub.hub.state.clock.now_ms() + 3 * 365 * 86_400_000;
                 let support = json!({ "support_until": until, "policy": "Security fixes for three years." });
                 assert_eq!(hub.send(bearer("/api/v1/models/plug-1/support", support)).await.expect("support").0, 200);

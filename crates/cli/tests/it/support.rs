@@ -112,7 +112,18 @@ impl Drop for HubProcess {
 
 /// Runs `hearth ARGS` against `hub` with `token`; returns (success, stdout, stderr).
 pub fn hearth(hub: &HubProcess, token: Option<&str>, args: &[&str]) -> (bool, String, String) {
+    hearth_env(hub, token, args, &[])
+}
+
+/// [`hearth`] with more environment variables.
+pub fn hearth_env(
+    hub: &HubProcess,
+    token: Option<&str>,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (bool, String, String) {
     let mut cmd = Command::new(workspace_bin("hearth"));
+    cmd.envs(env.iter().copied());
     cmd.args(args).env("HEARTH_HUB", hub.url()).env("HEARTH_HUB_CA", hub.ca()).env("RUST_LOG", "warn");
     // `hearth setup` reads the owner's password from here.
     cmd.env("HEARTH_OWNER_PASSWORD", hearth_test_support::OWNER_PASSWORD);

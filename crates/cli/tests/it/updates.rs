@@ -390,3 +390,127 @@ async fn the_makers_commands_sign_and_publish_and_python_tufs_client_verifies_th
         .expect("python");
     assert!(!output.status.success());
 }
+
+/// SoftHSM's PKCS#11 module (Debian's softhsm2).
+const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+#[tokio::test]
+async fn keys_made_in_a_pkcs11_token_sign_the_root_and_a_release_that_the_hub_accepts() {
+    use crate::support::{HubProcess, free_ports, hearth_env, setup};
+    const TEST: &str = "updates::keys_made_in_a_pkcs11_token (SoftHSM)";
+    if !hearth_test_support::require_tool("softhsm2-util", TEST)
+        || !hearth_test_support::require_file(Path::new(SOFTHSM), TEST, "apt-get install softhsm2 (.ci/run does)")
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let path = |p: &str| dir.path().join(p).to_str().expect("utf8").to_owned();
+    // A token of our own: SoftHSM keeps its tokens where its configuration says.
+    std::fs::create_dir_all(path("tokens")).expect("tokens");
+    std::fs::write(
+        path("softhsm2.conf"),
+        format!("directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n", path("tokens")),
+    )
+    .expect("conf");
+    let conf = path("softhsm2.conf");
+    let init = Command::new("softhsm2-util")
+        .env("SOFTHSM2_CONF", &conf)
+        .args(["--init-token", "--free", "--label", "maker", "--pin", "483920", "--so-pin", "615243"])
+        .output()
+        .expect("softhsm2-util");
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    let (https, mqtts) = free_ports();
+    let hub = HubProcess::start(&dir.path().join("hub"), https, mqtts);
+    let token = setup(&hub);
+    let env = [("SOFTHSM2_CONF", conf.as_str()), ("HEARTH_PKCS11_MODULE", SOFTHSM), ("HEARTH_PKCS11_PIN", "483920")];
+    let run = |args: &[&str]| {
+        let (ok, out, err) = hearth_env(&hub, Some(&token), args, &env);
+        assert!(ok, "hearth {args:?}: {err}");
+        out
+    };
+    let root = "pkcs11:token=maker;object=root-1";
+    let targets = "pkcs11:token=maker;object=targets-1";
+    for key in [root, targets] {
+        let out = run(&["release", "keygen", "--out", key]);
+        assert!(out.contains("made in the token"), "{out}");
+    }
+    // Refusals: a label that exists, a wrong PIN, a token that does not exist, no PIN at all.
+    let (ok, _, err) = hearth_env(&hub, Some(&token), &["release", "keygen", "--out", root], &env);
+    assert!(!ok && err.contains("never overwritten"), "{err}");
+    let wrong_pin = [env[0], env[1], ("HEARTH_PKCS11_PIN", "000000")];
+    let (ok, _, err) =
+        hearth_env(&hub, Some(&token), &["release", "keygen", "--out", "pkcs11:token=maker;object=x"], &wrong_pin);
+    assert!(!ok && err.contains("signing in"), "{err}");
+    let (ok, _, err) =
+        hearth_env(&hub, Some(&token), &["release", "keygen", "--out", "pkcs11:token=other;object=x"], &env);
+    assert!(!ok && err.contains("no token labelled other"), "{err}");
+    let (ok, _, err) =
+        hearth_env(&hub, Some(&token), &["release", "keygen", "--out", "pkcs11:token=maker;object=x"], &env[..2]);
+    assert!(!ok && err.contains("HEARTH_PKCS11_PIN"), "{err}");
+    assert!(!err.contains("483920"), "the PIN is never printed");
+
+    // Root 1 and a release, signed in the token; the hub checks every signature before it publishes.
+    run(&["release", "hub-keys", "--out", &path("hub-keys.json")]);
+    run(&[
+        "release",
+        "init",
+        "--repo",
+        &path("repo"),
+        "--hub-keys",
+        &path("hub-keys.json"),
+        "--root-key",
+        root,
+        "--targets-key",
+        targets,
+    ]);
+    std::fs::write(path("image.bin"), b"plug firmware 3.0\n".repeat(1000)).expect("image");
+    let add = |key: &str| {
+        hearth_env(
+            &hub,
+            Some(&token),
+            &[
+                "release",
+                "add",
+                "--repo",
+                &path("repo"),
+                "--targets-key",
+                key,
+                "--image",
+                &path("image.bin"),
+                "--model",
+                "plug-3",
+                "--version",
+                "3.0.0",
+                "--hardware",
+                "rev-a",
+                "--security-version",
+                "1",
+                "--kind",
+                "feature",
+            ],
+            &env,
+        )
+    };
+    let (ok, _, err) = add(root);
+    assert!(!ok && err.contains("targets"), "the root key may not sign targets: {err}");
+    let (ok, out, err) = add(targets);
+    assert!(ok, "{err}");
+    assert!(out.contains("plug-3-3.0.0.img"), "{out}");
+    let out = run(&["release", "upload", "--repo", &path("repo")]);
+    assert!(out.contains("Published: 1 files, 1 root versions"), "{out}");
+    // The signatures are the token's: the root lists the token's public keys, and each verifies.
+    let root_json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path("repo/1.root.json")).expect("root")).expect("json");
+    assert_eq!(root_json["signatures"].as_array().map(Vec::len), Some(1), "{root_json}");
+    let client = hearth_test_support::client_for(&hub.ca(), None).expect("client");
+    let status: serde_json::Value = client
+        .get(format!("{}/api/v1/updates", hub.url()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("status")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!((status["root_version"].as_u64(), status["targets_version"].as_u64()), (Some(1), Some(1)), "{status}");
+}
