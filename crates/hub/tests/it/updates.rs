@@ -618,6 +618,8 @@ async fn the_app_shows_a_rollout_paused_by_its_gate_and_lets_operators_resume_it
     // The owner aborts: the update is no longer pending, and the audit log has each step.
     let (status, _) = owner.form(&format!("/rollouts/{id}/abort"), &[]).await;
     assert_eq!(status, 303);
+    let (_, view) = hub.get(&format!("/api/v1/rollouts/{id}")).await.expect("view");
+    assert_eq!(view["reason"], format!("aborted by {}", hearth_test_support::OWNER_EMAIL), "who, readably");
     let (_, page) = alice.page(&format!("/devices/{}", other.id)).await;
     assert!(!page.contains("pending-update"), "aborted: nothing pending");
     let (_, log) = hub.get("/api/v1/audit-log").await.expect("log");

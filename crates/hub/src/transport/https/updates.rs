@@ -537,6 +537,15 @@ async fn get_rollout(
     Ok(Json(state.updates.rollout_view(&id).await?.ok_or_else(|| ApiError::not_found("rollout"))?))
 }
 
+/// Who changed a rollout, as its reason shows it: the account's email (a token from an older hub's setup stands
+/// for the owner).
+pub async fn by_whom(state: &HubState, op: &crate::accounts::Operator) -> Result<String, ApiError> {
+    Ok(match &op.account_id {
+        Some(id) => state.store.account(id).await?.map(|a| a.email).unwrap_or_else(|| id.clone()),
+        None => "the owner".into(),
+    })
+}
+
 async fn control(
     state: HubState,
     auth: OperatorAuth,
@@ -544,8 +553,7 @@ async fn control(
     id: String,
     action: &str,
 ) -> Result<Json<RolloutView>, ApiError> {
-    let by = auth.0.account_id.clone().unwrap_or_else(|| "owner".into());
-    let view = state.updates.control_rollout(&id, action, &by).await?;
+    let view = state.updates.control_rollout(&id, action, &by_whom(&state, &auth.0).await?).await?;
     let audited = match action {
         "pause" => "rollout_paused",
         "resume" => "rollout_resumed",

@@ -231,7 +231,7 @@ pub async fn control(
     if id.len() > 64 {
         return Err(PageError::not_found());
     }
-    state.updates.control_rollout(&id, &action, &v.account.id).await?;
+    state.updates.control_rollout(&id, &action, &v.account.email).await?;
     state.accounts.record(&v.op, audited, &id, crate::transport::https::source_ip(&peer)).await;
     Ok(Redirect::to(&format!("/updates?notice={action}")).into_response())
 }
