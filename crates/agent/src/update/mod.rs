@@ -6,7 +6,8 @@
 //! TLS (after boot, every `check_after_seconds`, and when an `update_check` command arrives), and when its
 //! rollout names a release: refreshes TUF, refuses what the signed metadata or [`may_install`] forbid, downloads
 //! the image (resuming with HTTP ranges, never past the signed length, each read within an idle limit), verifies
-//! length and SHA-256, installs it into the inactive slot, switches and restarts.
+//! length and SHA-256, installs it into the inactive slot, switches and restarts. Every check-in before the switch
+//! confirms the hub still wants that release: a rollout aborted or paused meanwhile is not installed.
 //!
 //! The job and the reports not yet delivered are kept in `{state_dir}/update/state.json` (written atomically), so a
 //! power cut at any point resumes where it was: a partial download continues, an interrupted install is
@@ -350,6 +351,18 @@ impl Updater {
         let answer = self.check_in().await?;
         let hub_says = Duration::from_secs(answer.check_after_seconds.max(60));
         self.next_check = self.config.max_check_interval.map_or(hub_says, |m| m.min(hub_says));
+        // A job not yet switched to goes on only while the hub still wants this release here: an aborted,
+        // paused or replaced rollout stops it before anything is installed (a partial download is kept, so a
+        // resumed rollout continues it).
+        if let Some(job) = &self.persisted.job
+            && matches!(job.phase, Phase::Downloading | Phase::Installing)
+            && answer.goal.as_ref().is_none_or(|g| g.rollout != job.rollout || g.target != job.image.target)
+        {
+            tracing::info!(rollout = %job.rollout, release = %job.image.target,
+                "the hub no longer asks for this release (rollout paused, aborted or replaced): not installing it");
+            self.persisted.job = None;
+            self.save()?;
+        }
         if self.persisted.job.is_none()
             && let Some(goal) = answer.goal
         {
@@ -407,6 +420,13 @@ impl Updater {
             security_version: info.security_version,
             sha256,
         };
+        // Partial downloads of other images (a job given up) are not needed any more.
+        if let Ok(entries) = std::fs::read_dir(self.dir().join("download")) {
+            let keep = format!("{}.part", image.sha256);
+            for e in entries.flatten().filter(|e| e.file_name().to_str() != Some(keep.as_str())) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
         self.persisted.job = Some(Job {
             rollout: rollout.into(),
             image,
@@ -448,6 +468,15 @@ impl Updater {
                     self.report(&job.rollout, UpdateStep::Failed, format!("download: {e}"))?;
                     return Ok(None);
                 }
+            }
+            // The download may have taken long: ask once more before installing (offline, it goes on).
+            if let Ok(answer) = self.check_in().await
+                && answer.goal.as_ref().is_none_or(|g| g.rollout != job.rollout || g.target != job.image.target)
+            {
+                tracing::info!(rollout = %job.rollout, "the rollout stopped while the image downloaded: not installing");
+                self.persisted.job = None;
+                self.save()?;
+                return Ok(None);
             }
             self.set_phase(Phase::Installing)?;
         }

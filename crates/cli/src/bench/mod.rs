@@ -8,6 +8,7 @@
 //! Every run stops on its own durations and counts. Results go to a table and a JSON file; timings are never
 //! asserted (see docs/BENCHMARKS.md for method and figures).
 
+mod downloads;
 mod load;
 mod stats;
 mod store;
@@ -52,6 +53,25 @@ enum Mode {
     },
     /// The full comparison.
     Run(RunArgs),
+    /// Many devices download one signed update image at once over mutual TLS, from the hub and from nginx
+    /// serving the same file with the same TLS demands: aggregate throughput, per-download times, server RSS.
+    Downloads {
+        /// Concurrent devices (one connection each).
+        #[arg(long, default_value_t = 1000)]
+        devices: usize,
+        /// Image size, MiB.
+        #[arg(long, default_value_t = 8)]
+        image_mib: usize,
+        /// Rounds (medians reported).
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        /// Measure the hub only (no nginx).
+        #[arg(long)]
+        no_peer: bool,
+        /// JSON output file.
+        #[arg(long, default_value = "bench-downloads.json")]
+        out: PathBuf,
+    },
     /// The storage engines' commit capacity alone (no TLS, no MQTT): batches through the hub's store.
     Store {
         /// Also measure PostgreSQL on this server (a database `hearth_bench_store` is made there).
@@ -138,6 +158,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     match args.mode {
         Mode::Smoke { devices, seconds, out } => smoke(devices, seconds, out).await,
         Mode::Run(a) => compare(a).await,
+        Mode::Downloads { devices, image_mib, repeat, no_peer, out } => {
+            downloads::run(downloads::DownloadBench { devices, image_mib, repeat, peer: !no_peer, out }).await
+        }
         Mode::Store { postgres, batches, devices, records, repeat, out } => {
             if devices == 0 || repeat == 0 || batches.contains(&0) {
                 bail!("--devices, --repeat and every --batches value must be at least 1");
@@ -218,6 +241,7 @@ async fn compare(a: RunArgs) -> Result<()> {
             let target = match kind {
                 Kind::Hearth => None,
                 Kind::Mosquitto => Some(lab.mosquitto(&controller.id)?),
+                Kind::Nginx => bail!("nginx is the peer of `hearth bench downloads` only"),
             };
             let t = target.as_ref().unwrap_or(&lab.hub);
             eprintln!("-- {} (pid {})", kind.name(), t.pid());
@@ -482,6 +506,7 @@ async fn commands(
     let end = start + Duration::from_secs(secs);
     let mut sent = 0u64;
     match t.kind {
+        Kind::Nginx => bail!("nginx takes no commands"),
         Kind::Hearth => {
             let client = crate::client::HubClient::new(&crate::HubArgs {
                 hub: lab.hub_url.clone(),

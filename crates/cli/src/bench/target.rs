@@ -34,6 +34,8 @@ pub enum Kind {
     Hearth,
     /// Mosquitto.
     Mosquitto,
+    /// nginx serving a file over mutual TLS (the peer of the download scenario).
+    Nginx,
 }
 
 impl Kind {
@@ -42,6 +44,7 @@ impl Kind {
         match self {
             Kind::Hearth => "hearth",
             Kind::Mosquitto => "mosquitto",
+            Kind::Nginx => "nginx",
         }
     }
 }
@@ -363,6 +366,80 @@ impl Lab {
         }
         let log = std::fs::read_to_string(dir.join("mosquitto.log")).unwrap_or_default();
         bail!("mosquitto did not start listening on {addr}: {log}")
+    }
+}
+
+impl Lab {
+    /// Starts nginx (Debian's) serving `file` at `/file` over HTTPS on 127.0.0.1 with the same PKI and the same
+    /// demands as the hub's device routes: TLS 1.3, a device certificate from the hub's device CA required.
+    /// Returns it and the file's URL.
+    pub fn nginx(&self, file: &Path) -> Result<(Target, String)> {
+        let dir = self.dir.join("nginx");
+        std::fs::create_dir_all(dir.join("www"))?;
+        std::fs::copy(file, dir.join("www/file")).context("while copying the file for nginx")?;
+        let hostnames = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
+        let (chain, key) = self.authorities.issue_server_cert(&hostnames, time::OffsetDateTime::now_utc())?;
+        std::fs::write(dir.join("server.crt"), chain)?;
+        hearth_hub::secrets::write_private(&dir.join("server.key"), key.as_bytes())?;
+        std::fs::write(dir.join("device-ca.pem"), &self.authorities.device_ca_pem)?;
+        let port = free_port()?;
+        let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
+        // Two workers for two cores; access logging off (the hub logs no request either).
+        let conf = format!(
+            "daemon off;
+master_process on;
+worker_processes 2;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+             {user_line}             events {{ worker_connections 4096; }}
+             http {{
+  access_log off;
+  client_body_temp_path {d}/tmp;
+  proxy_temp_path {d}/tmp;
+               fastcgi_temp_path {d}/tmp;
+  uwsgi_temp_path {d}/tmp;
+  scgi_temp_path {d}/tmp;
+               sendfile on;
+  keepalive_timeout 60;
+               server {{
+    listen 127.0.0.1:{port} ssl;
+    ssl_protocols TLSv1.3;
+                 ssl_certificate {d}/server.crt;
+    ssl_certificate_key {d}/server.key;
+                 ssl_client_certificate {d}/device-ca.pem;
+    ssl_verify_client on;
+    ssl_verify_depth 2;
+                 root {d}/www;
+    location = /file {{ default_type application/octet-stream; }}
+  }}
+}}
+",
+            d = dir.display(),
+            // As root, nginx's workers would switch to a user that cannot read our 0600 key.
+            user_line = if user == "root" { "user root;\n".to_owned() } else { String::new() },
+        );
+        std::fs::create_dir_all(dir.join("tmp"))?;
+        std::fs::write(dir.join("nginx.conf"), conf)?;
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .arg("-p")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("while starting nginx (apt-get install nginx-light)")?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                let url = format!("https://127.0.0.1:{port}/file");
+                return Ok((Target { kind: Kind::Nginx, addr, child, others: Vec::new() }, url));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
+        bail!("nginx did not start listening on {addr}: {log}")
     }
 }
 

@@ -196,6 +196,70 @@ pub fn next_boot_is_signed(slots: &Path, signed: &[(String, String)]) -> (String
     (slot, ok)
 }
 
+/// Where the device is: its job's phase, `trial boot` while the bootloader holds a trial, else `idle`.
+pub fn phase_of(device: &DeviceRig) -> String {
+    let bootloader: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(device.slots.join("bootloader.json")).unwrap_or_default())
+            .unwrap_or_default();
+    let job = std::fs::read(device.state.join("update/state.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|s| s["job"]["phase"].as_str().map(str::to_owned));
+    match (job, bootloader["trial"].is_object()) {
+        (_, true) => "trial boot".into(),
+        (Some(p), false) => p,
+        (None, false) => "idle".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_aborted_while_a_device_downloads_is_never_installed_there() {
+    let rig = rig(1, &[("1.1.0", 1, 6 << 20, false)]).await;
+    let device = &rig.devices[0];
+    {
+        let _agent = rig.agent(0);
+        rig.enrolled().await;
+    }
+    let id = rig.roll_out(1).await;
+    // The device starts downloading; the power goes (kill -9) while it does.
+    let mut agent = rig.agent(0);
+    let started = std::time::Instant::now();
+    while phase_of(device) != "downloading" && started.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(phase_of(device), "downloading", "the device never started downloading");
+    let _ = agent.0.kill();
+    let _ = agent.0.wait();
+    // Meanwhile the operator aborts the rollout.
+    let (status, _) = rig.hub.post(&format!("/api/v1/rollouts/{id}/abort"), json!({})).await.expect("abort");
+    assert_eq!(status, 200);
+    let aborted_at = rig.hub.hub.state.clock.now_ms();
+    // Back on: the device checks in, learns the hub no longer wants the release, and drops the job.
+    let _agent = rig.agent(0);
+    let path = format!("/api/v1/devices/{}/update", device.id);
+    let checked = eventually(Duration::from_secs(60), || async {
+        let (_, view) = rig.hub.get(&path).await.ok()?;
+        (view["checked_in_at"].as_i64()? > aborted_at && phase_of(device) == "idle").then_some(view)
+    })
+    .await;
+    assert!(checked.is_some(), "the device did not check in and drop its job: phase {}", phase_of(device));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (slots, _) = slots_state(&device.slots);
+    assert!(slots["trial"].is_null(), "nothing is on trial: {slots}");
+    let (slot, signed) = next_boot_is_signed(&device.slots, &rig.releases);
+    assert!(signed);
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(device.slots.join(&slot).join("slot.json")).expect("slot"))
+            .expect("json");
+    assert_eq!(
+        meta["target"],
+        rig.releases[0].0.as_str(),
+        "still the factory image: the aborted release was not installed"
+    );
+    let (_, view) = rig.hub.get(&format!("/api/v1/rollouts/{id}")).await.expect("view");
+    assert!(view["counts"]["succeeded"].is_null(), "{view}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_reaches_every_device_and_a_release_failing_its_health_check_rolls_back_and_pauses() {
     let rig = rig(3, &[("1.1.0", 2, 200 * 1024, false), ("1.2.0", 3, 100 * 1024, true)]).await;

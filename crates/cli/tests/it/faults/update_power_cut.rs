@@ -9,7 +9,7 @@ use std::time::Duration;
 use hearth_test_support::eventually;
 
 use super::{pick, report};
-use crate::updates::{next_boot_is_signed, rig};
+use crate::updates::{next_boot_is_signed, phase_of, rig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_power_cut_at_any_moment_of_an_update_leaves_a_signed_image_and_the_device_comes_back() {
@@ -112,20 +112,4 @@ async fn a_power_cut_at_any_moment_of_an_update_leaves_a_signed_image_and_the_de
         "after every kill -9 the next boot's image is signed and whole; the device reconnects and its rollout ends",
         serde_json::json!({"seed": seed, "cut_during": phases, "last_rollout": ended["state"], "counts": ended["counts"]}),
     );
-}
-
-/// Where the device is: its job's phase, `trial boot` while the bootloader holds a trial, else `idle`.
-fn phase_of(device: &crate::updates::DeviceRig) -> String {
-    let bootloader: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(device.slots.join("bootloader.json")).unwrap_or_default())
-            .unwrap_or_default();
-    let job = std::fs::read(device.state.join("update/state.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|s| s["job"]["phase"].as_str().map(str::to_owned));
-    match (job, bootloader["trial"].is_object()) {
-        (_, true) => "trial boot".into(),
-        (Some(p), false) => p,
-        (None, false) => "idle".into(),
-    }
 }
