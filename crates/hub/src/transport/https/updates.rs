@@ -86,6 +86,10 @@ async fn tuf_metadata(
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
+/// Bytes read from the file per chunk of a download. Each connection holds about one chunk in flight, so this
+/// sets the hub's memory per concurrent download (`hearth bench downloads` measured 256 KiB against 64 KiB).
+const DOWNLOAD_CHUNK: usize = 64 * 1024;
+
 /// A target file, `{sha256}.{name}`, whole or one byte range (`Range: bytes=a-` or `bytes=a-b`).
 async fn tuf_target(
     State(state): State<HubState>,
@@ -107,7 +111,7 @@ async fn tuf_target(
     };
     let mut f = tokio::fs::File::open(&path).await.map_err(ApiError::internal)?;
     f.seek(std::io::SeekFrom::Start(start)).await.map_err(ApiError::internal)?;
-    let stream = tokio_util::io::ReaderStream::with_capacity(f.take(end - start), 256 * 1024);
+    let stream = tokio_util::io::ReaderStream::with_capacity(f.take(end - start), DOWNLOAD_CHUNK);
     let mut response = Response::new(Body::from_stream(stream));
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/octet-stream"));
