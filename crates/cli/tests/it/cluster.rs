@@ -3,7 +3,8 @@
 //! 127.0.0.2 and names each client in a PROXY v2 header, which the hubs trust from that address only). What one node does,
 //! every node sees: commands cross nodes, a revocation closes a session on another node and every node
 //! refuses the device, a persistent session resumes on another node, and a node killed during QoS 1 ingest
-//! loses nothing it acknowledged and stores nothing twice.
+//! loses nothing it acknowledged and stores nothing twice. A release published through one node is served by all,
+//! and a rollout made through another opens each wave once though every node runs the engine.
 //!
 //! Needs `HEARTH_TEST_POSTGRES_URL`, `HEARTH_TEST_NATS_URL` and `haproxy`; says SKIPPED without them (and fails
 //! under `HEARTH_REQUIRE_ALL=1`, as in CI).
@@ -356,6 +357,118 @@ async fn three_nodes_behind_haproxy_share_commands_revocation_sessions_and_inges
 /// reconnects through the balancer and resends everything unacknowledged (and the last 50 acknowledged ones,
 /// as a device whose PUBACKs were lost would). Returns the seqs acknowledged before the kill and how many
 /// distinct seqs were published.
+/// A device's HTTPS client with its certificate, straight to node `i`.
+fn device_client(c: &Cluster, dev: &TestDevice) -> reqwest::Client {
+    let identity = format!("{}{}", dev.key_pem, dev.chain_pem);
+    client_for(&c.ca, Some(identity.as_bytes())).expect("device client")
+}
+
+/// A device checks in with node `via`; the goal's (rollout, target) if any.
+async fn check_in(
+    c: &Cluster,
+    via: usize,
+    dev: &TestDevice,
+    image: Option<&str>,
+    steps: serde_json::Value,
+) -> Option<(String, String)> {
+    let mut body = serde_json::json!({"hardware": "rev-a", "security_floor": 1, "steps": steps});
+    if let Some(sha) = image {
+        body["image"] = serde_json::json!({ "sha256": sha });
+    }
+    let resp = device_client(c, dev)
+        .post(format!("{}/api/v1/device/update", c.url(via)))
+        .json(&body)
+        .send()
+        .await
+        .expect("check-in");
+    assert_eq!(resp.status().as_u16(), 200);
+    let answer: serde_json::Value = resp.json().await.expect("json");
+    let goal = &answer["goal"];
+    goal["target"].as_str().map(|t| (goal["rollout"].as_str().expect("rollout").to_owned(), t.to_owned()))
+}
+
+#[tokio::test]
+async fn a_release_published_through_one_node_rolls_out_from_all_three() {
+    use hearth_test_support::updates::{Maker, release_info};
+    let test = "cluster::a_release_published_through_one_node";
+    let dir = tempfile::tempdir().expect("dir");
+    let Some((c, _db)) = cluster(test, dir.path()).await else { return };
+    let devs = dir.path().join("devices");
+    let (d1, d2) = (c.device(&devs, 0).await, c.device(&devs, 1).await);
+
+    // The maker publishes through node A only.
+    let maker = Maker::new(&c.client, &c.url(0), &c.token, &dir.path().join("maker")).await.expect("maker");
+    let image = maker.release("c-1.1.0.img", release_info("c", "1.1.0", 2), 300_000, 7).await.expect("release");
+    let sha: String = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &image)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let (status, answer) = maker.publish(&c.client, &c.url(0), &c.token, &[1], true).await.expect("publish");
+    assert_eq!(status, 200, "{answer}");
+    // Every node serves the same signed metadata (one set of online keys, in the shared store) and the image,
+    // which nodes B and C never received: they fill their file cache from the database.
+    let mut timestamps = Vec::new();
+    for i in 0..3 {
+        let client = device_client(&c, &d1);
+        let ts = client.get(format!("{}/tuf/timestamp.json", c.url(i))).send().await.expect("timestamp");
+        assert_eq!(ts.status().as_u16(), 200);
+        timestamps.push(ts.bytes().await.expect("body"));
+        let file = client
+            .get(format!("{}/tuf/targets/{sha}.c-1.1.0.img", c.url(i)))
+            .send()
+            .await
+            .expect("target")
+            .bytes()
+            .await
+            .expect("body");
+        assert!(file == image, "node {i} serves the signed image whole");
+    }
+    assert!(timestamps.windows(2).all(|w| w[0] == w[1]), "the same timestamp metadata from every node");
+
+    // d1 is connected to node C. The rollout is made through node B; three engines run, the canary wave opens
+    // once, and node C delivers exactly one update_check.
+    let (mut m1, _) = V5::connect_to(&c.ca, c.nodes[2].mqtt_addr(), &d1, |_| {}).await.expect("d1 on node C");
+    m1.subscribe(&[commands_filter(&d1)], 1).await.expect("subscribe");
+    assert!(matches!(m1.recv().await, Some(v5::Packet::SubscribeAck(_))));
+    let plan = serde_json::json!({"release": "c-1.1.0.img", "canary": 1, "percents": [100]});
+    let (status, rollout) = c.api(1, reqwest::Method::POST, "/api/v1/rollouts", Some(plan)).await;
+    assert_eq!(status, 201, "{rollout}");
+    let id = rollout["id"].as_str().expect("id").to_owned();
+    let g1 = check_in(&c, 0, &d1, None, serde_json::json!([])).await;
+    let g2 = check_in(&c, 2, &d2, None, serde_json::json!([])).await;
+    assert!(g1.is_some() != g2.is_some(), "exactly one canary: {g1:?} {g2:?}");
+    let (canary, other) = if g1.is_some() { (&d1, &d2) } else { (&d2, &d1) };
+    if canary.id == d1.id {
+        let mut told = 0;
+        while let Some(p) = next_publish(&mut m1, Duration::from_secs(6)).await {
+            let body: serde_json::Value = serde_json::from_slice(&p.payload).expect("json");
+            told += usize::from(body["name"] == "update_check");
+        }
+        assert_eq!(told, 1, "one wave opening, one notice, whichever node's engine opened it");
+    }
+    // The canary succeeds (reported to node C); the next wave opens; the other device succeeds through node A.
+    let done = serde_json::json!([{ "rollout": id, "state": "succeeded" }]);
+    check_in(&c, 2, canary, Some(&sha), done.clone()).await;
+    let goal =
+        eventually(Duration::from_secs(20), || async { check_in(&c, 1, other, None, serde_json::json!([])).await })
+            .await
+            .expect("the second wave opens");
+    assert_eq!(goal, (id.clone(), "c-1.1.0.img".to_owned()));
+    check_in(&c, 0, other, Some(&sha), done).await;
+    let completed = eventually(Duration::from_secs(20), || async {
+        let (_, v) = c.api(2, reqwest::Method::GET, &format!("/api/v1/rollouts/{id}"), None).await;
+        (v["state"] == "completed").then_some(v)
+    })
+    .await
+    .expect("the rollout completes");
+    assert_eq!(completed["counts"]["succeeded"], 2, "{completed}");
+    for i in 0..3 {
+        let (_, v) = c.api(i, reqwest::Method::GET, &format!("/api/v1/devices/{}/update", d1.id), None).await;
+        assert_eq!(v["installed_sha256"].as_str(), Some(sha.as_str()), "node {i}: {v}");
+    }
+}
+
 async fn ingest_through_a_kill(c: &mut Cluster, dev: &TestDevice, victim: usize) -> (BTreeSet<u64>, u64) {
     const TOTAL: u64 = 2_000;
     let topic = format!("devices/{}/telemetry", dev.id);
