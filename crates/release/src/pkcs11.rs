@@ -79,7 +79,8 @@ impl TokenKey {
     /// Parses `pkcs11:token=…;object=…[?module-path=…&pin-source=…]`. `token` and `object` are required; other
     /// attributes are refused rather than ignored, so a URI never means less than it says.
     pub fn parse(uri: &str) -> Result<TokenKey, KeyError> {
-        let bad = |why: &str| KeyError::Unusable(uri.to_owned(), why.to_owned());
+        // The URI is not repeated in errors: it might carry a PIN someone put there.
+        let bad = |why: &str| KeyError::Unusable("a pkcs11: URI".to_owned(), why.to_owned());
         let rest = uri.strip_prefix("pkcs11:").ok_or_else(|| bad("a PKCS#11 URI starts with pkcs11:"))?;
         let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
         let (mut token, mut object, mut module, mut pin_source) = (None, None, None, None);
@@ -148,7 +149,11 @@ impl TokenKey {
         }
         let slot = found.ok_or_else(|| self.error(format!("no token labelled {} in the module", self.token)))?;
         let session = pkcs11.open_rw_session(slot).map_err(|e| self.error(e))?;
-        session.login(UserType::User, Some(&self.pin()?)).map_err(|e| self.error(format!("signing in: {e}")))?;
+        // A login holds for the whole token: a second key of the same token in this process finds it signed in.
+        match session.login(UserType::User, Some(&self.pin()?)) {
+            Ok(()) | Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::UserAlreadyLoggedIn, _)) => {}
+            Err(e) => return Err(self.error(format!("signing in: {e}"))),
+        }
         Ok(session)
     }
 
@@ -317,5 +322,7 @@ mod tests {
         ] {
             assert!(TokenKey::parse(bad).is_err(), "{bad}");
         }
+        let refused = TokenKey::parse("pkcs11:token=x;object=t;pin-value=271828").expect_err("a PIN in the URI");
+        assert!(!refused.to_string().contains("271828"), "the PIN is not repeated: {refused}");
     }
 }

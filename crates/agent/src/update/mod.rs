@@ -351,11 +351,12 @@ impl Updater {
         let answer = self.check_in().await?;
         let hub_says = Duration::from_secs(answer.check_after_seconds.max(60));
         self.next_check = self.config.max_check_interval.map_or(hub_says, |m| m.min(hub_says));
-        // A job not yet switched to goes on only while the hub still wants this release here: an aborted,
-        // paused or replaced rollout stops it before anything is installed (a partial download is kept, so a
-        // resumed rollout continues it).
+        // A job still downloading goes on only while the hub still wants this release here: an aborted, paused or
+        // replaced rollout stops it before anything is installed (a partial download is kept, so a resumed
+        // rollout continues it). Once installing, the job is finished: the installer may already have switched
+        // the bootloader before the phase was saved, and a job dropped then would leave a trial nobody judges.
         if let Some(job) = &self.persisted.job
-            && matches!(job.phase, Phase::Downloading | Phase::Installing)
+            && job.phase == Phase::Downloading
             && answer.goal.as_ref().is_none_or(|g| g.rollout != job.rollout || g.target != job.image.target)
         {
             tracing::info!(rollout = %job.rollout, release = %job.image.target,

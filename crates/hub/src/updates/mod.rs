@@ -69,6 +69,23 @@ pub enum UpdateError {
     /// Signing or the file cache.
     #[error("{0}")]
     Internal(String),
+    /// The device checks in too often; it may again after this many seconds.
+    #[error("too many check-ins from this device; try again in {0} s")]
+    Throttled(u64),
+}
+
+/// Check-ins a device may make at once, and how many per second it earns back: far more than the agent needs (a
+/// whole update is about ten), so that a device (or a stolen certificate) cannot make the hub write for it at
+/// will. Counted per node.
+pub const CHECK_IN_BURST: f64 = 60.0;
+/// See [`CHECK_IN_BURST`].
+pub const CHECK_IN_PER_SECOND: f64 = 1.0;
+
+/// A device's check-in allowance.
+#[derive(Debug, Clone, Copy)]
+struct Allowance {
+    tokens: f64,
+    at: std::time::Instant,
 }
 
 type Result<T> = std::result::Result<T, UpdateError>;
@@ -180,6 +197,8 @@ struct Inner {
     settings: UpdateSettings,
     /// One materialisation per file at a time.
     materialising: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Check-in allowances by device.
+    check_ins: std::sync::Mutex<HashMap<DeviceId, Allowance>>,
 }
 
 impl Updates {
@@ -208,6 +227,7 @@ impl Updates {
                 files_dir,
                 settings,
                 materialising: tokio::sync::Mutex::new(HashMap::new()),
+                check_ins: std::sync::Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -587,6 +607,15 @@ impl Updates {
         source: Option<std::net::IpAddr>,
         report: &CheckIn,
     ) -> Result<CheckInAnswer> {
+        if let Err(wait) = self.take_check_in(device) {
+            self.inner.monitor.record(SecurityEvent {
+                device: Some(device.to_string()),
+                source,
+                kind: "check_in_throttled",
+                detail: format!("more than {CHECK_IN_BURST} check-ins at once"),
+            });
+            return Err(UpdateError::Throttled(wait));
+        }
         report.validate().map_err(|e| refused(e.to_string()))?;
         let now = self.inner.clock.now_ms();
         let store = &self.inner.store;
@@ -633,6 +662,27 @@ impl Updates {
         }
         let goal = store.device_goal(device, now).await?.map(|g| Goal { rollout: g.rollout_id, target: g.release });
         Ok(CheckInAnswer { goal, check_after_seconds: self.inner.settings.check_seconds })
+    }
+}
+
+impl Updates {
+    /// Takes one check-in from the device's allowance, or says how many seconds until it has one.
+    fn take_check_in(&self, device: &DeviceId) -> std::result::Result<(), u64> {
+        let now = std::time::Instant::now();
+        let mut all = self.inner.check_ins.lock().unwrap_or_else(|e| e.into_inner());
+        if all.len() >= 100_000 {
+            // Forget devices whose allowance is whole again (they would start full anyway).
+            all.retain(|_, a| a.tokens + now.duration_since(a.at).as_secs_f64() * CHECK_IN_PER_SECOND < CHECK_IN_BURST);
+        }
+        let a = all.entry(device.clone()).or_insert(Allowance { tokens: CHECK_IN_BURST, at: now });
+        a.tokens = (a.tokens + now.duration_since(a.at).as_secs_f64() * CHECK_IN_PER_SECOND).min(CHECK_IN_BURST);
+        a.at = now;
+        if a.tokens >= 1.0 {
+            a.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - a.tokens) / CHECK_IN_PER_SECOND).ceil() as u64)
+        }
     }
 }
 

@@ -294,10 +294,10 @@ impl Updates {
         Ok(Some(view(r, &counts)))
     }
 
-    /// Every rollout, newest first.
-    pub async fn rollout_views(&self) -> Result<Vec<RolloutView>> {
+    /// The newest `limit` rollouts, newest first.
+    pub async fn rollout_views(&self, limit: usize) -> Result<Vec<RolloutView>> {
         let mut out = Vec::new();
-        for r in self.inner.store.rollouts(None).await? {
+        for r in self.inner.store.rollouts(None).await?.into_iter().take(limit) {
             let counts = self.inner.store.rollout_counts(&r.id).await?;
             out.push(view(r, &counts));
         }
@@ -328,7 +328,7 @@ impl Updates {
         if !changed {
             return Err(UpdateError::Conflict(format!("the rollout is {}; it cannot {action} now", current.state)));
         }
-        tracing::info!(rollout = %id, action, by, "rollout changed by hand");
+        tracing::info!(rollout = %id, action, "rollout changed by hand");
         if action == "resume" {
             self.step_rollout(id).await?;
         }

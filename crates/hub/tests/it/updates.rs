@@ -340,6 +340,38 @@ async fn rollouts_open_waves_pause_on_failures_and_devices_postpone_within_limit
 }
 
 #[tokio::test]
+async fn a_device_that_checks_in_without_pause_is_throttled_and_others_are_not() {
+    use hearth_hub::updates::CHECK_IN_BURST;
+    let hub = TestHub::start().await.expect("hub");
+    let dir = tempfile::tempdir().expect("tmp");
+    let (noisy, quiet) = (
+        hub.enrolled_device(dir.path()).await.expect("device"),
+        hub.enrolled_device(dir.path()).await.expect("device"),
+    );
+    let client = mtls(&hub, &noisy);
+    let body = json!({"hardware": "rev-a", "security_floor": 1, "steps": []});
+    let (mut accepted, mut refused) = (0, None);
+    for _ in 0..(CHECK_IN_BURST as usize + 20) {
+        let request = client.post(format!("{}/api/v1/device/update", hub.base())).json(&body);
+        let (status, headers, answer) = hub.send(request).await.expect("check-in");
+        match status {
+            200 => accepted += 1,
+            429 => {
+                refused = Some((headers.get("retry-after").cloned(), String::from_utf8_lossy(&answer).into_owned()));
+                break;
+            }
+            other => panic!("{other}: {}", String::from_utf8_lossy(&answer)),
+        }
+    }
+    assert!(accepted >= CHECK_IN_BURST as usize, "the whole allowance is usable: {accepted}");
+    let (retry_after, answer) = refused.expect("a device checking in without pause is refused");
+    assert!(retry_after.is_some() && answer.contains("throttled"), "{answer}");
+    assert!(hub.has_events("check_in_throttled", 1).await, "and it is on record");
+    // Another device is not affected.
+    assert_eq!(check_in(&hub, &quiet, None, json!([])).await, None);
+}
+
+#[tokio::test]
 async fn support_periods_can_be_extended_never_shortened() {
     let hub = TestHub::start().await.expect("hub");
     let until = jiff::Timestamp::now().as_millisecond() + 3 * 365 * 86_400_000;

@@ -58,6 +58,10 @@ impl From<UpdateError> for ApiError {
             UpdateError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             UpdateError::Store(e) => ApiError::internal(e),
             UpdateError::Internal(e) => ApiError::internal(e),
+            UpdateError::Throttled(wait) => {
+                let message = format!("too many check-ins; try again in {wait} s");
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "throttled", message).with_retry_after(wait)
+            }
         }
     }
 }
@@ -173,7 +177,8 @@ pub(crate) fn parse_range(value: &str, length: u64) -> RangeAsk {
 /// A device checks in: what it runs and how its update went; the answer is the release its rollout wants on it.
 /// Mutual TLS with the device's current certificate.
 #[utoipa::path(post, path = "/api/v1/device/update", request_body = CheckIn,
-    responses((status = 200, body = CheckInAnswer), (status = 401, body = super::error::ErrorBody, description = "No current device certificate")))]
+    responses((status = 200, body = CheckInAnswer), (status = 401, body = super::error::ErrorBody, description = "No current device certificate"),
+        (status = 429, body = super::error::ErrorBody, description = "Too many check-ins from this device (60 at once, then one a second); see Retry-After")))]
 async fn check_in(
     State(state): State<HubState>,
     Extension(peer): Extension<PeerDevice>,
@@ -502,15 +507,15 @@ async fn set_support(
 /// Rollouts.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RolloutList {
-    /// Newest first.
+    /// Newest first, the newest 500.
     pub rollouts: Vec<RolloutView>,
 }
 
-/// Every rollout with its progress.
+/// The newest 500 rollouts with their progress.
 #[utoipa::path(get, path = "/api/v1/rollouts", security(("bearer" = []), ("session" = [])),
     responses((status = 200, body = RolloutList)))]
 async fn list_rollouts(State(state): State<HubState>, _auth: OperatorAuth) -> Result<Json<RolloutList>, ApiError> {
-    Ok(Json(RolloutList { rollouts: state.updates.rollout_views().await? }))
+    Ok(Json(RolloutList { rollouts: state.updates.rollout_views(500).await? }))
 }
 
 /// Starts a rollout of a published release to every enrolled device of its model: a canary, then waves, each

@@ -127,7 +127,7 @@ pub async fn updates_page(
 }
 
 async fn page(state: &HubState, v: &Viewer, notice: Option<String>) -> Result<UpdatesPage, PageError> {
-    let rollouts = state.updates.rollout_views().await?.into_iter().map(rollout_line).collect();
+    let rollouts = state.updates.rollout_views(50).await?.into_iter().map(rollout_line).collect();
     let support_rows = state.store.model_support(None).await?;
     let mut releases = Vec::new();
     for r in state.store.releases(None).await? {
