@@ -18,7 +18,7 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::stats::{cpu_us, histogram, median, ms, summary};
+use super::stats::{cpu_us, histogram, ms, summary};
 use super::target::{Deployment, DeviceCred, Kind, Lab, Target};
 use hearth_release::keys::KeyFile;
 use hearth_release::{HubKeys, NewRelease, Repo, RootPlan};
@@ -37,36 +37,27 @@ pub struct DownloadBench {
     pub out: PathBuf,
 }
 
-/// The resident memory of a process and its children (nginx's workers), KiB.
-fn tree_rss_kib(pid: u32) -> u64 {
-    let mut total = super::stats::rss_kib(pid);
-    if let Ok(entries) = std::fs::read_dir("/proc") {
-        for e in entries.flatten() {
-            let Some(child) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
-            // The parent pid is the second field after the command name's closing parenthesis.
-            let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
-            if ppid == Some(pid) {
-                total += super::stats::rss_kib(child);
-            }
+/// The process and its children (nginx's master and workers).
+fn with_children(pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(child) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+        // The parent pid is the second field after the command name's closing parenthesis.
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(child);
         }
     }
-    total
+    out
+}
+
+fn tree_rss_kib(pid: u32) -> u64 {
+    with_children(pid).into_iter().map(super::stats::rss_kib).sum()
 }
 
 fn tree_cpu_us(pid: u32) -> u64 {
-    let mut total = cpu_us(pid);
-    if let Ok(entries) = std::fs::read_dir("/proc") {
-        for e in entries.flatten() {
-            let Some(child) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
-            let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
-            if ppid == Some(pid) {
-                total += cpu_us(child);
-            }
-        }
-    }
-    total
+    with_children(pid).into_iter().map(cpu_us).sum()
 }
 
 /// Publishes a release of `image` on the lab's hub; returns the image's URL under `/tuf/targets/`.
@@ -269,13 +260,7 @@ pub async fn run(b: DownloadBench) -> Result<()> {
             runs.entry(kind.name()).or_default().push(m);
         }
     }
-    let medians: BTreeMap<&str, BTreeMap<String, f64>> = runs
-        .iter()
-        .map(|(k, rs)| {
-            let keys: Vec<String> = rs[0].keys().cloned().collect();
-            (*k, keys.into_iter().map(|key| (key.clone(), median(rs.iter().map(|m| m[&key]).collect()))).collect())
-        })
-        .collect();
+    let medians = super::medians(&runs);
     println!("\nmedians of {} rounds, {} devices, {} MiB image", b.repeat, b.devices, b.image_mib);
     for (k, m) in &medians {
         println!(

@@ -263,20 +263,7 @@ async fn compare(a: RunArgs) -> Result<()> {
             runs.entry(kind.name()).or_default().push(m);
         }
     }
-    let medians: BTreeMap<&str, Metrics> = runs
-        .iter()
-        .map(|(k, rs)| {
-            let keys: Vec<String> = rs.iter().flat_map(|m| m.keys().cloned()).collect();
-            let med = keys
-                .into_iter()
-                .map(|key| {
-                    let values = rs.iter().filter_map(|m| m.get(&key).copied()).collect();
-                    (key, median(values))
-                })
-                .collect();
-            (*k, med)
-        })
-        .collect();
+    let medians = medians(&runs);
     print_table(&medians);
     let report = json!({
         "date": hearth_hub::clock::Clock::system().now_ms(),
@@ -600,6 +587,20 @@ async fn stored_count(lab: &Lab, creds: &[DeviceCred]) -> Result<i64> {
         total += lab.store.uplink_count(&c.id).await?;
     }
     Ok(total)
+}
+
+/// Per system, the median of each metric over the rounds that have it.
+fn medians(runs: &BTreeMap<&'static str, Vec<Metrics>>) -> BTreeMap<&'static str, Metrics> {
+    runs.iter()
+        .map(|(k, rs)| {
+            let keys: std::collections::BTreeSet<&String> = rs.iter().flat_map(|m| m.keys()).collect();
+            let med = keys
+                .into_iter()
+                .map(|key| (key.clone(), median(rs.iter().filter_map(|m| m.get(key).copied()).collect())))
+                .collect();
+            (*k, med)
+        })
+        .collect()
 }
 
 fn machine() -> serde_json::Value {
