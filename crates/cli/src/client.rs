@@ -33,6 +33,15 @@ impl HubClient {
         Ok(req.bearer_auth(token))
     }
 
+    /// GETs `path` as text (no token needed).
+    pub async fn text(&self, path: &str) -> Result<String> {
+        let resp = self.http.get(format!("{}{path}", self.base)).send().await?;
+        if !resp.status().is_success() {
+            bail!("{path}: HTTP {}", resp.status());
+        }
+        Ok(resp.text().await?)
+    }
+
     /// GET with the API token.
     pub async fn get(&self, path: &str) -> Result<serde_json::Value> {
         let req = self.auth(self.http.get(format!("{}{path}", self.base)))?;

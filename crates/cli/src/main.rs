@@ -66,6 +66,21 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Print the hub's OpenAPI document.
     Openapi,
+    /// Check a deployment: its configuration and data directory, and (with --online) what the running hub
+    /// serves, such as security.txt's expiry. Exit status 1 when anything is broken.
+    Doctor {
+        /// Configuration file (TOML), as given to `hearth serve`.
+        #[arg(long, env = "HEARTH_CONFIG")]
+        config: Option<PathBuf>,
+        /// Data directory. Overrides `data_dir`.
+        #[arg(long, env = "HEARTH_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Also ask the running hub (at --hub, trusting --ca).
+        #[arg(long)]
+        online: bool,
+        #[command(flatten)]
+        hub: HubArgs,
+    },
     /// Database administration.
     Store {
         #[command(subcommand)]
@@ -241,6 +256,7 @@ fn owner_password() -> Result<zeroize::Zeroizing<String>> {
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
+        Command::Doctor { config, data_dir, online, hub } => doctor(config, data_dir, online.then_some(hub)).await,
         Command::Setup { hub, setup_token, email } => {
             let password = owner_password()?;
             let client = HubClient::new(&hub)?;
@@ -319,6 +335,59 @@ async fn migrate(data_dir: &std::path::Path, to: &str) -> Result<()> {
     println!("\nNext: set store.url = \"{}\" (and bus.url for several nodes), and start the hub.", target.redacted());
     into.close().await;
     from.close().await;
+    Ok(())
+}
+
+async fn doctor(config: Option<PathBuf>, data_dir: Option<PathBuf>, online: Option<HubArgs>) -> Result<()> {
+    use hearth_hub::doctor::{Finding, Level};
+    let mut findings: Vec<Finding> = Vec::new();
+    let loaded = match &config {
+        Some(path) => hearth_hub::Config::from_file(path),
+        None => Ok(hearth_hub::Config::default()),
+    };
+    match loaded {
+        Ok(mut c) => {
+            if let Some(d) = data_dir {
+                c.data_dir = d;
+            }
+            findings.extend(hearth_hub::doctor::check_config(&c));
+        }
+        Err(e) => findings.push(Finding { level: Level::Error, about: "configuration".into(), message: e.to_string() }),
+    }
+    if let Some(hub) = online {
+        let answer = async {
+            let client = client::HubClient::new(&hub)?;
+            client.text("/.well-known/security.txt").await
+        };
+        match answer.await {
+            Ok(text) => {
+                let now = hearth_hub::clock::Clock::system().now_ms();
+                findings.extend(hearth_hub::doctor::check_security_txt(&text, now));
+            }
+            Err(e) => findings.push(Finding {
+                level: Level::Error,
+                about: "security.txt".into(),
+                message: format!("could not be read from {}: {e:#}", hub.hub),
+            }),
+        }
+    }
+    for f in &findings {
+        let tag = match f.level {
+            Level::Ok => "ok   ",
+            Level::Warn => "WARN ",
+            Level::Error => "ERROR",
+        };
+        println!("{tag} {}: {}", f.about, f.message);
+    }
+    let worst = findings.iter().map(|f| f.level).max().unwrap_or(Level::Ok);
+    let (warnings, errors) = (
+        findings.iter().filter(|f| f.level == Level::Warn).count(),
+        findings.iter().filter(|f| f.level == Level::Error).count(),
+    );
+    println!("{errors} error(s), {warnings} warning(s)");
+    if worst == Level::Error {
+        bail!("the deployment has {errors} error(s)");
+    }
     Ok(())
 }
 

@@ -70,6 +70,61 @@ pub struct Config {
     pub bus: BusSettings,
     /// Signed updates.
     pub updates: Updates,
+    /// Vulnerability disclosure.
+    pub disclosure: Disclosure,
+}
+
+/// `[disclosure]`: what `security.txt` and the disclosure policy say, and the report intake's limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Disclosure {
+    /// Who makes the product, as the policy names it (`hearth doctor` warns while it is empty).
+    pub organisation: String,
+    /// Contacts besides the hub's own report form, `mailto:` or `https://` URIs (security.txt `Contact`).
+    pub contacts: Vec<String>,
+    /// Where the maker's OpenPGP key is, an `https://` URL (security.txt `Encryption`).
+    pub encryption_key_url: Option<String>,
+    /// Where reporters are thanked, an `https://` URL (security.txt `Acknowledgments`).
+    pub acknowledgments_url: Option<String>,
+    /// Languages reports may be written in (RFC 5646 tags).
+    pub preferred_languages: Vec<String>,
+    /// security.txt `Expires` lies this many days ahead (at most 364: the RFC wants less than a year).
+    pub expires_days: u32,
+    /// The policy promises an acknowledgement within this many days.
+    pub acknowledge_days: u32,
+    /// …and the status at least this often, days.
+    pub status_days: u32,
+    /// …and aims at a fix within this many days.
+    pub fix_days: u32,
+    /// What the policy covers, in plain words.
+    pub scope: String,
+    /// Reports one source address may send per hour.
+    pub reports_per_source_per_hour: u32,
+    /// Reports the hub takes per hour in all.
+    pub reports_per_hour: u32,
+    /// Proof-of-work difficulty, bits (each bit doubles a sender's work).
+    pub proof_of_work_bits: u8,
+}
+
+impl Default for Disclosure {
+    fn default() -> Self {
+        Disclosure {
+            organisation: String::new(),
+            contacts: Vec::new(),
+            encryption_key_url: None,
+            acknowledgments_url: None,
+            preferred_languages: vec!["en".into()],
+            expires_days: 180,
+            acknowledge_days: 7,
+            status_days: 30,
+            fix_days: 90,
+            scope: "The devices connected to this hub, their software and updates, this hub and its web app and API."
+                .into(),
+            reports_per_source_per_hour: 5,
+            reports_per_hour: 100,
+            proof_of_work_bits: 16,
+        }
+    }
 }
 
 /// `[updates]`.
@@ -327,6 +382,7 @@ impl Default for Config {
             store: StoreSettings::default(),
             bus: BusSettings::default(),
             updates: Updates::default(),
+            disclosure: Disclosure::default(),
         }
     }
 }
@@ -422,6 +478,7 @@ impl Config {
         range("updates.max_postpones", self.updates.max_postpones, 0, 10)?;
         range("updates.max_postpone_days", self.updates.max_postpone_days, 1, 30)?;
         range("updates.security_deadline_days", self.updates.security_deadline_days, 1, 90)?;
+        self.validate_disclosure()?;
         if let Some(url) = &self.bus.url
             && !(url.starts_with("nats://") || url.starts_with("tls://"))
         {
@@ -488,6 +545,58 @@ impl Config {
         range("retention.audit_days", self.retention.audit_days, 30, 3650)?;
         range("accounts.operator_token_days", self.accounts.operator_token_days, 1, 397)?;
         self.validate_mail()?;
+        Ok(())
+    }
+
+    fn validate_disclosure(&self) -> Result<(), ConfigError> {
+        let d = &self.disclosure;
+        let invalid = |setting: &'static str, reason: &str| ConfigError::Invalid { setting, reason: reason.into() };
+        // A value goes into security.txt as it is: no spaces or control characters, so none can add a field.
+        let plain_uri =
+            |v: &str| !v.is_empty() && v.len() <= 512 && !v.chars().any(|c| c.is_whitespace() || c.is_control());
+        for c in &d.contacts {
+            if !plain_uri(c) || !(c.starts_with("mailto:") || c.starts_with("https://") || c.starts_with("tel:")) {
+                return Err(invalid("disclosure.contacts", "each a mailto:, https:// or tel: URI without spaces"));
+            }
+        }
+        for (setting, url) in [
+            ("disclosure.encryption_key_url", &d.encryption_key_url),
+            ("disclosure.acknowledgments_url", &d.acknowledgments_url),
+        ] {
+            if let Some(u) = url
+                && (!plain_uri(u) || !u.starts_with("https://"))
+            {
+                return Err(invalid(setting, "an https:// URL without spaces"));
+            }
+        }
+        if d.preferred_languages.len() > 20
+            || d.preferred_languages
+                .iter()
+                .any(|l| l.is_empty() || l.len() > 35 || !l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        {
+            return Err(invalid("disclosure.preferred_languages", "language tags such as en or de-CH, up to 20"));
+        }
+        let plain_text = |v: &str, max: usize| v.chars().count() <= max && !v.chars().any(char::is_control);
+        if !plain_text(&d.organisation, 200) {
+            return Err(invalid("disclosure.organisation", "one line of up to 200 characters"));
+        }
+        if !plain_text(&d.scope, 2000) {
+            return Err(invalid("disclosure.scope", "up to 2000 characters without control characters"));
+        }
+        let range = |setting: &'static str, v: u32, lo: u32, hi: u32| {
+            if v < lo || v > hi {
+                Err(ConfigError::Invalid { setting, reason: format!("{v} is outside {lo} to {hi}") })
+            } else {
+                Ok(())
+            }
+        };
+        range("disclosure.expires_days", d.expires_days, 1, 364)?;
+        range("disclosure.acknowledge_days", d.acknowledge_days, 1, 90)?;
+        range("disclosure.status_days", d.status_days, 1, 180)?;
+        range("disclosure.fix_days", d.fix_days, 1, 365)?;
+        range("disclosure.reports_per_source_per_hour", d.reports_per_source_per_hour, 1, 1000)?;
+        range("disclosure.reports_per_hour", d.reports_per_hour, 1, 100_000)?;
+        range("disclosure.proof_of_work_bits", u32::from(d.proof_of_work_bits), 0, 28)?;
         Ok(())
     }
 

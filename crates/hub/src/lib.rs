@@ -15,6 +15,8 @@ pub mod bus;
 pub mod clock;
 pub mod commands;
 pub mod config;
+pub mod disclosure;
+pub mod doctor;
 pub mod identity;
 pub mod mail;
 pub mod monitoring;
@@ -73,6 +75,8 @@ pub struct HubState {
     pub bus: bus::Bus,
     /// Signed updates and rollouts.
     pub updates: updates::Updates,
+    /// Vulnerability disclosure: security.txt, report intake, triage.
+    pub disclosure: disclosure::Disclosure,
     /// Wills waiting out their delay on this node.
     pub pending_wills: Arc<transport::mqtt::session::PendingWills>,
 }
@@ -256,9 +260,33 @@ pub async fn start_with_clock(config: Config, clock: clock::Clock) -> Result<Run
     )
     .await
     .map_err(failed("loading the update repository's keys"))?;
+    let d = &config.disclosure;
+    let disclosure = disclosure::Disclosure::new(
+        store.clone(),
+        clock.clone(),
+        monitor.clone(),
+        disclosure::DisclosureSettings {
+            organisation: d.organisation.clone(),
+            contacts: d.contacts.clone(),
+            encryption_key_url: d.encryption_key_url.clone(),
+            acknowledgments_url: d.acknowledgments_url.clone(),
+            preferred_languages: d.preferred_languages.clone(),
+            expires_days: d.expires_days,
+            acknowledge_days: d.acknowledge_days,
+            status_days: d.status_days,
+            fix_days: d.fix_days,
+            scope: d.scope.clone(),
+            reports_per_source_per_hour: d.reports_per_source_per_hour,
+            reports_per_hour: d.reports_per_hour,
+            proof_of_work_bits: d.proof_of_work_bits,
+        },
+        // The same on every node (from the shared master key), so any node checks any node's challenge.
+        &master.token_mac("report-challenge-key", ""),
+    );
     let pending_wills = Arc::new(transport::mqtt::session::PendingWills::default());
     let state = HubState {
         updates: updates.clone(),
+        disclosure,
         store: store.clone(),
         identity: identity.clone(),
         accounts: accounts.clone(),

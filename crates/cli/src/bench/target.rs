@@ -82,6 +82,16 @@ impl Target {
 
 impl Drop for Target {
     fn drop(&mut self) {
+        if self.kind == Kind::Nginx {
+            // nginx's master stops its workers on SIGTERM; killed outright, it would leave them running.
+            let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+            for _ in 0..50 {
+                if matches!(self.child.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         for (_, c) in &mut self.others {

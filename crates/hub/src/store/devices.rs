@@ -621,7 +621,8 @@ impl Store {
     /// its expiry interval has passed. A clean start, or a session that has expired, starts empty.
     ///
     /// A node closes its own connection of the device when another reports a higher epoch, so of two
-    /// connections the later one wins on every node.
+    /// connections the later one wins on every node. A revoked (or unknown) device gets epoch 0 and no session:
+    /// revocation is decided here by the store, whatever a node's view of it says yet.
     pub async fn open_session(&self, id: &str, open: &SessionOpen<'_>) -> Result<OpenedSession> {
         // A session exists while a connection is open, or until its expiry (never for expiry 0, whatever a clock
         // stepped back says); evaluated on the row as it was (SET expressions see the old values on both backends).
@@ -637,7 +638,7 @@ impl Store {
             exists!(),
             " THEN session_subscribed ELSE $3 END, session_open = $4, session_node = $6, \
              session_expires_at = NULL, session_expiry_ms = $7 \
-             WHERE id = $1 RETURNING session_epoch, session_resumed, session_subscribed"
+             WHERE id = $1 AND status <> 'revoked' RETURNING session_epoch, session_resumed, session_subscribed"
         );
         let row: Option<(i64, bool, bool)> = on_pool!(self, pool => sqlx::query_as(sql)
             .bind(id)

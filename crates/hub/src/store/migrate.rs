@@ -393,6 +393,42 @@ async fn copy_updates(src: &SqlitePool, dst: &PgPool) -> Result<Vec<(&'static st
         |q, r| q.bind(&r.0).bind(&r.1).bind(r.2).bind(&r.3).bind(&r.4).bind(r.5).bind(r.6).bind(r.7)
     );
     out.push(("rollout_devices", n));
+    let n = copy_table!(
+        src,
+        dst,
+        "vuln_reports",
+        "id",
+        "id, state, summary, details, affected, reporter_name, reporter_email, encrypted, token_hash, challenge, source, created_at, acknowledged_at, status_at, exploited_at, updated_at",
+        super::ReportRow,
+        |q, r| q
+            .bind(&r.id)
+            .bind(&r.state)
+            .bind(&r.summary)
+            .bind(&r.details)
+            .bind(&r.affected)
+            .bind(&r.reporter_name)
+            .bind(&r.reporter_email)
+            .bind(r.encrypted)
+            .bind(&r.token_hash)
+            .bind(&r.challenge)
+            .bind(&r.source)
+            .bind(r.created_at)
+            .bind(r.acknowledged_at)
+            .bind(r.status_at)
+            .bind(r.exploited_at)
+            .bind(r.updated_at)
+    );
+    out.push(("vuln_reports", n));
+    let n = copy_table!(
+        src,
+        dst,
+        "vuln_report_messages",
+        "id",
+        "id, report_id, at, author, account_id, body",
+        super::ReportMessageRow,
+        |q, r| q.bind(&r.id).bind(&r.report_id).bind(r.at).bind(&r.author).bind(&r.account_id).bind(&r.body)
+    );
+    out.push(("vuln_report_messages", n));
     #[allow(clippy::type_complexity)]
     let firmware: Vec<(String, Option<String>, Option<String>, Option<String>, Option<i64>, Option<i64>)> =
         sqlx::query_as(

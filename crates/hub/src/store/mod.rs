@@ -28,6 +28,7 @@ mod events;
 mod migrate;
 mod partitions;
 mod passkeys;
+mod reports;
 mod tokens;
 mod updates;
 mod uplinks;
@@ -52,6 +53,7 @@ pub use devices::{
 pub use events::{NewSecurityEvent, SecurityEventRow};
 pub use migrate::CopyReport;
 pub use passkeys::{CeremonyKind, PasskeyRow};
+pub use reports::{ReportMessageRow, ReportRow};
 pub use tokens::NewApiToken;
 pub use updates::{
     DeviceSoftwareRow, FINAL_DEVICE_STATES, GoalRow, ModelSupportRow, ReleaseRow, RolloutDeviceRow, RolloutRow,
@@ -357,6 +359,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (10, "mail_links", include_str!("../../migrations/sqlite/0010_mail_links.sql")),
     (11, "passkeys", include_str!("../../migrations/sqlite/0011_passkeys.sql")),
     (12, "updates", include_str!("../../migrations/sqlite/0012_updates.sql")),
+    (13, "reports", include_str!("../../migrations/sqlite/0013_reports.sql")),
 ];
 
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -370,6 +373,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (8, "mail_links", include_str!("../../migrations/postgres/0008_mail_links.sql")),
     (9, "passkeys", include_str!("../../migrations/postgres/0009_passkeys.sql")),
     (10, "updates", include_str!("../../migrations/postgres/0010_updates.sql")),
+    (11, "reports", include_str!("../../migrations/postgres/0011_reports.sql")),
 ];
 
 fn migrator(migrations: &'static [(i64, &'static str, &'static str)]) -> Migrator {

@@ -4,6 +4,7 @@
 mod api;
 mod bad_input;
 mod conformance;
+mod disclosure;
 mod enrol;
 mod hardening;
 mod hostile;

@@ -33,8 +33,8 @@ const EVERYONE: [Who; 6] = [Who::Owner, Who::Alice, Who::Bob, Who::SupportNo, Wh
 const SIGN_IN: u16 = 1;
 
 /// One row: method, path (`{dev}` is Alice's device, `{cmd}` a command of it; `{sess}`, `{key}`, `{tok}` and
-/// `{acct}` name a session, passkey, token and account that do not exist; `{rel}`, `{sha}`, `{roll}` a release,
-/// file and rollout that do not exist, `{model}` a model), body (JSON for the API, a form
+/// `{acct}` name a session, passkey, token and account that do not exist; `{rel}`, `{sha}`, `{roll}`, `{rep}` a
+/// release, file, rollout and vulnerability report that do not exist, `{model}` a model), body (JSON for the API, a form
 /// for pages), and the status each caller gets, in [`EVERYONE`]'s order.
 struct Row {
     method: &'static str,
@@ -152,6 +152,23 @@ fn rows() -> Vec<Row> {
         r("POST", "/api/v1/rollouts/{roll}/abort", Json(json!({})), [404, 403, 403, 403, 403, 401]),
         r("GET", "/api/v1/devices/{dev}/update", none(), [200, 200, 404, 404, 200, 401]),
         r("POST", "/api/v1/devices/{dev}/update/postpone", Json(json!({"days": 1})), [409, 409, 404, 404, 403, 401]),
+        // Disclosure: security.txt, the challenge, the intake and the status link for anyone; the inbox for
+        // operators.
+        r("GET", "/.well-known/security.txt", none(), [200; 6]),
+        r("GET", "/api/v1/reports/challenge", none(), [200; 6]),
+        r(
+            "POST",
+            "/api/v1/reports",
+            Json(json!({"summary": "s", "details": "d", "challenge": "x", "nonce": "1"})),
+            [422; 6],
+        ),
+        r("GET", "/api/v1/reports/{rep}/status?token=hvr_x", none(), [404; 6]),
+        r("POST", "/api/v1/reports/{rep}/status/messages?token=hvr_x", Json(json!({"body": "hi"})), [404; 6]),
+        r("GET", "/api/v1/reports", none(), [200, 403, 403, 403, 403, 401]),
+        r("GET", "/api/v1/reports/{rep}", none(), [404, 403, 403, 403, 403, 401]),
+        r("POST", "/api/v1/reports/{rep}/state", Json(json!({"state": "fixing"})), [404, 403, 403, 403, 403, 401]),
+        r("POST", "/api/v1/reports/{rep}/messages", Json(json!({"body": "hi"})), [404, 403, 403, 403, 403, 401]),
+        r("POST", "/api/v1/reports/{rep}/exploited", Json(json!({})), [404, 403, 403, 403, 403, 401]),
         // Operators only.
         r("POST", "/api/v1/devices", Json(json!({"model": "plug-1", "count": 0})), [400, 403, 403, 403, 403, 401]),
         r("POST", "/api/v1/devices/{dev}/bootstrap", Json(json!({})), [201, 403, 403, 403, 403, 401]),
@@ -184,6 +201,11 @@ fn rows() -> Vec<Row> {
         r("GET", "/static/app.css", none(), [200; 6]),
         r("GET", "/static/passkeys.js", none(), [200; 6]),
         r("GET", "/static/icon.svg", none(), [200; 6]),
+        r("GET", "/static/report.js", none(), [200; 6]),
+        r("GET", "/security/policy", none(), [200; 6]),
+        r("GET", "/security/report", none(), [200; 6]),
+        r("POST", "/security/report", Form(&[("summary", "s"), ("details", "d")]), [422; 6]),
+        r("GET", "/security/reports/{rep}?token=hvr_x", none(), [404; 6]),
         r("GET", "/favicon.ico", none(), [200; 6]),
         r("POST", "/sign-in", Form(&[("email", "nobody@example.org"), ("password", "wrong")]), [401; 6]),
         r("POST", "/sign-up", Form(&[("email", "x@example.org"), ("password", "short")]), [400; 6]),
@@ -213,6 +235,9 @@ fn rows() -> Vec<Row> {
         r("POST", "/rollouts/{roll}/pause", Form(&[]), [404, 403, 403, 403, 403, SIGN_IN]),
         r("POST", "/devices/{dev}/postpone", Form(&[("days", "1")]), [409, 409, 404, 404, 403, SIGN_IN]),
         r("GET", "/security-events", none(), [200, 403, 403, 403, 403, SIGN_IN]),
+        r("GET", "/security/inbox", none(), [200, 403, 403, 403, 403, SIGN_IN]),
+        r("GET", "/security/inbox/{rep}", none(), [404, 403, 403, 403, 403, SIGN_IN]),
+        r("POST", "/security/inbox/{rep}/state", Form(&[("state", "fixing")]), [404, 403, 403, 403, 403, SIGN_IN]),
         r("GET", "/audit-log", none(), [200, 403, 403, 403, 403, SIGN_IN]),
         r("GET", "/accounts", none(), [200, 403, 403, 403, 403, SIGN_IN]),
         r(
@@ -334,7 +359,8 @@ async fn every_route_and_page_answers_each_role_as_the_table_says() {
                 .replace("{rel}", "nope.img")
                 .replace("{sha}", "0000000000000000000000000000000000000000000000000000000000000000")
                 .replace("{model}", "plug-1")
-                .replace("{roll}", "rnope");
+                .replace("{roll}", "rnope")
+                .replace("{rep}", "VR-NOPE");
             let url = format!("{}{path}", hub.base());
             let mut request = if row.method == "GET" { client.get(&url) } else { client.post(&url) };
             if let Some((cookie, csrf)) = caller {
@@ -391,8 +417,15 @@ async fn every_route_and_page_answers_each_role_as_the_table_says() {
         &std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.json")).expect("doc"),
     )
     .expect("json");
-    let generic =
-        |p: &str| p.split('/').map(|s| if s.starts_with('{') { "*" } else { s }).collect::<Vec<_>>().join("/");
+    let generic = |p: &str| {
+        p.split('?')
+            .next()
+            .unwrap_or(p)
+            .split('/')
+            .map(|s| if s.starts_with('{') { "*" } else { s })
+            .collect::<Vec<_>>()
+            .join("/")
+    };
     let covered: BTreeSet<(String, String)> = rows.iter().map(|r| (r.method.to_lowercase(), generic(r.path))).collect();
     let mut missing = Vec::new();
     for (path, ops) in document["paths"].as_object().expect("paths") {

@@ -81,6 +81,7 @@ contract!(
     people,
     keys,
     updates,
+    reports,
     concurrent_writers_store_each_message_once,
 );
 
@@ -501,6 +502,10 @@ async fn sessions(store: &Store) {
     store.close_session("dev-x", stepped_back.epoch, NOW + 40_000).await.unwrap();
     let nobody = store.open_session("nobody", &open(false, 0, "n1", NOW)).await.unwrap();
     assert_eq!(nobody, OpenedSession { epoch: 0, present: false, subscribed: false });
+    // A revoked device opens no session, on whichever node it reaches (the store decides, not a node's cache).
+    assert!(store.revoke("dev-x", NOW + 110_000).await.unwrap());
+    let revoked = store.open_session("dev-x", &open(false, 0, "n2", NOW + 110_001)).await.unwrap();
+    assert_eq!(revoked.epoch, 0, "revoked: no session");
     // Node liveness: a node counts as alive while its heartbeats are recent.
     store.node_heartbeat("n1", NOW).await.unwrap();
     store.node_heartbeat("n2", NOW - 60_000).await.unwrap();
@@ -947,6 +952,75 @@ async fn updates(store: &Store) {
         (Some("rev-a"), Some(3), Some(NOW))
     );
     assert!(store.device_software(&DeviceId::parse("dev-none").unwrap()).await.unwrap().is_none());
+}
+
+/// Vulnerability reports: a challenge is good for one report, counts by source and time, states move only from
+/// where they may (compare and set), the first move out of `new` acknowledges, messages and what they touch.
+async fn reports(store: &Store) {
+    use hearth_hub::store::{ReportMessageRow, ReportRow};
+    let report = |id: &str, challenge: &str, source: &str, at: i64| ReportRow {
+        id: id.into(),
+        state: "new".into(),
+        summary: "a crash".into(),
+        details: "<script>alert(1)</script>\nsteps".into(),
+        affected: "plug-1 1.0".into(),
+        reporter_name: String::new(),
+        reporter_email: "r@example.org".into(),
+        encrypted: false,
+        token_hash: "ab".repeat(32),
+        challenge: challenge.into(),
+        source: Some(source.into()),
+        created_at: at,
+        acknowledged_at: None,
+        status_at: at,
+        exploited_at: None,
+        updated_at: at,
+    };
+    let first = report("VR-1", "c1", "192.0.2.1", NOW);
+    assert!(store.insert_report(&first).await.unwrap());
+    assert!(!store.insert_report(&report("VR-2", "c1", "192.0.2.9", NOW)).await.unwrap(), "a challenge is used once");
+    assert!(store.report("VR-2").await.unwrap().is_none());
+    assert!(store.insert_report(&report("VR-3", "c3", "192.0.2.1", NOW + 10)).await.unwrap());
+    assert_eq!(store.report("VR-1").await.unwrap().unwrap(), first, "stored as sent");
+    assert_eq!(store.reports_from("192.0.2.1", NOW).await.unwrap(), 2);
+    assert_eq!(store.reports_from("192.0.2.1", NOW + 5).await.unwrap(), 1);
+    assert_eq!(store.reports_since(NOW - DAY).await.unwrap(), 2);
+    let listed: Vec<String> = store.reports(None, 10).await.unwrap().into_iter().map(|r| r.id).collect();
+    assert_eq!(listed, ["VR-3", "VR-1"], "newest first");
+    assert!(!store.set_report_state("VR-1", &["triaging"], "fixing", NOW + 1).await.unwrap(), "not from new");
+    assert!(store.set_report_state("VR-1", &["new"], "acknowledged", NOW + 2).await.unwrap());
+    let acked = store.report("VR-1").await.unwrap().unwrap();
+    assert_eq!(
+        (acked.state.as_str(), acked.acknowledged_at, acked.status_at),
+        ("acknowledged", Some(NOW + 2), NOW + 2)
+    );
+    assert!(store.set_report_state("VR-1", &["acknowledged"], "fixing", NOW + 3).await.unwrap());
+    assert_eq!(store.report("VR-1").await.unwrap().unwrap().acknowledged_at, Some(NOW + 2), "acknowledged once");
+    assert_eq!(store.reports(Some("fixing"), 10).await.unwrap().len(), 1);
+    assert!(store.mark_report_exploited("VR-1", NOW + 4).await.unwrap());
+    assert!(!store.mark_report_exploited("VR-1", NOW + 5).await.unwrap(), "the first mark counts");
+    assert_eq!(store.report("VR-1").await.unwrap().unwrap().exploited_at, Some(NOW + 4));
+    let message = |id: &str, author: &str, at: i64| ReportMessageRow {
+        id: id.into(),
+        report_id: "VR-1".into(),
+        at,
+        author: author.into(),
+        account_id: if author == "operator" { "acct".into() } else { String::new() },
+        body: format!("{author} says hello"),
+    };
+    assert!(store.add_report_message(&message("m1", "reporter", NOW + 6)).await.unwrap());
+    assert_eq!(store.report("VR-1").await.unwrap().unwrap().status_at, NOW + 3, "a reporter's message is no status");
+    assert!(store.add_report_message(&message("m2", "operator", NOW + 7)).await.unwrap());
+    assert_eq!(store.report("VR-1").await.unwrap().unwrap().status_at, NOW + 7, "an operator's is");
+    assert!(
+        !store
+            .add_report_message(&ReportMessageRow { report_id: "VR-none".into(), ..message("m3", "operator", NOW) })
+            .await
+            .unwrap(),
+        "no report, no message"
+    );
+    let messages = store.report_messages("VR-1").await.unwrap();
+    assert_eq!(messages.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["m1", "m2"]);
 }
 
 async fn keys(store: &Store) {

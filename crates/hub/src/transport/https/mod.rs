@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod disclosure;
 pub mod error;
 pub mod links;
 pub mod passkeys;

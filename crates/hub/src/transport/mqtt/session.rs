@@ -614,6 +614,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 return None;
             }
         };
+        if opened.epoch == 0 {
+            // Revoked (or gone) in the store, though this node's view had not caught up: refused all the same.
+            self.security("revoked_connect", "CONNECT from a device the store says is revoked".into());
+            self.wire.encode(
+                connack(Reason::NotAuthorized, false, &limits, None, None, Some("this device is revoked")),
+                &mut self.wbuf,
+            );
+            return None;
+        }
         self.epoch = opened.epoch;
         let session_present = opened.present;
         if opened.subscribed {

@@ -10,6 +10,7 @@
 //! cross-site form can neither act for a signed-in person nor sign anyone in.
 
 pub mod chart;
+pub mod disclosure;
 pub mod updates;
 
 use askama::Template;
@@ -35,6 +36,7 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 const CSS: &str = include_str!("../../../../static/app.css");
 const ICON: &str = include_str!("../../../../static/icon.svg");
 const PASSKEYS_JS: &str = include_str!("../../../../static/passkeys.js");
+const REPORT_JS: &str = include_str!("../../../../static/report.js");
 
 /// The page routes.
 pub fn router() -> Router<HubState> {
@@ -44,6 +46,13 @@ pub fn router() -> Router<HubState> {
         .route("/static/icon.svg", get(icon))
         .route("/favicon.ico", get(icon))
         .route("/static/passkeys.js", get(passkeys_js))
+        .route("/static/report.js", get(report_js))
+        .route("/security/policy", get(disclosure::policy))
+        .route("/security/report", get(disclosure::report_form).post(disclosure::report))
+        .route("/security/reports/{id}", get(disclosure::status).post(disclosure::answer))
+        .route("/security/inbox", get(disclosure::inbox))
+        .route("/security/inbox/{id}", get(disclosure::inbox_report))
+        .route("/security/inbox/{id}/{action}", post(disclosure::inbox_action))
         .route("/check-email", get(check_email))
         .route("/account/passkeys/{id}/remove", post(remove_passkey))
         .route("/sign-in", get(sign_in_page).post(sign_in))
@@ -93,6 +102,10 @@ async fn css() -> Response {
 
 async fn icon() -> Response {
     asset("image/svg+xml", ICON)
+}
+
+async fn report_js() -> Response {
+    asset("text/javascript; charset=utf-8", REPORT_JS)
 }
 
 async fn passkeys_js() -> Response {

@@ -1,0 +1,532 @@
+//! Vulnerability disclosure (guideline 2, EN 303 645 5.2-1…5.2-3, CRA Annex I part II): `security.txt` (RFC 9116)
+//! and the disclosure policy from `[disclosure]`; report intake that anyone may use without an account; and the
+//! operators' triage of what comes in, with the deadlines the policy promises.
+//!
+//! The intake is open to the internet, so it is bounded three ways before anything is stored: a proof of work
+//! (`pow`: a challenge signed by the hub, good for one report and ten minutes, whose solution costs the sender
+//! about 2^bits hashes), reports per source address per hour, and reports per hour in all. Sizes are capped per
+//! field. What a reporter sends is kept as text and only ever shown as text. The reporter gets a tracking id and
+//! a private status link (its token is stored as a hash) through which they read the status and the operators'
+//! messages and answer them.
+
+pub mod pow;
+pub mod security_txt;
+
+use std::sync::Arc;
+
+use aws_lc_rs::digest::{SHA256, digest};
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Clock;
+use crate::monitoring::{Monitor, SecurityEvent};
+use crate::store::{ReportMessageRow, ReportRow, Store, StoreError};
+
+/// A report's states, in the order a report usually moves through them.
+pub const STATES: [&str; 7] = ["new", "acknowledged", "triaging", "fixing", "fixed", "published", "rejected"];
+/// States in which a report is closed: no status deadline runs.
+pub const CLOSED: [&str; 2] = ["published", "rejected"];
+
+/// Longest summary, characters.
+pub const MAX_SUMMARY: usize = 200;
+/// Longest report text, bytes.
+pub const MAX_DETAILS: usize = 32 * 1024;
+/// Longest "what is affected", characters.
+pub const MAX_AFFECTED: usize = 1000;
+/// Longest reporter name, characters.
+pub const MAX_NAME: usize = 100;
+/// Longest email address.
+pub const MAX_EMAIL: usize = 254;
+/// Longest message, bytes.
+pub const MAX_MESSAGE: usize = 16 * 1024;
+/// Messages a reporter may add to one report.
+pub const MAX_REPORTER_MESSAGES: usize = 50;
+
+/// Why a disclosure request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DisclosureError {
+    /// The request is wrong; the message says how (nothing changed).
+    #[error("{0}")]
+    Refused(String),
+    /// No such report, or the link's token is wrong (the two are not told apart).
+    #[error("no such report")]
+    NotFound,
+    /// Too many reports from this source or in all; try again after this many seconds.
+    #[error("too many reports; try again in {0} s")]
+    Throttled(u64),
+    /// The state does not allow it.
+    #[error("{0}")]
+    Conflict(String),
+    /// Storage.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No randomness.
+    #[error("{0}")]
+    Internal(String),
+}
+
+type Result<T> = std::result::Result<T, DisclosureError>;
+
+fn refused(msg: impl Into<String>) -> DisclosureError {
+    DisclosureError::Refused(msg.into())
+}
+
+/// `[disclosure]`, as the hub runs with it.
+#[derive(Debug, Clone)]
+pub struct DisclosureSettings {
+    /// Who makes the product, as the policy names it.
+    pub organisation: String,
+    /// Contacts besides the hub's own report form (`mailto:` or `https://` URIs).
+    pub contacts: Vec<String>,
+    /// Where the maker's OpenPGP key is (security.txt `Encryption`).
+    pub encryption_key_url: Option<String>,
+    /// Where reporters are thanked (security.txt `Acknowledgments`).
+    pub acknowledgments_url: Option<String>,
+    /// Languages reports may be written in.
+    pub preferred_languages: Vec<String>,
+    /// security.txt `Expires` lies this many days ahead of each answer.
+    pub expires_days: u32,
+    /// Promised: a report is acknowledged within this many days.
+    pub acknowledge_days: u32,
+    /// Promised: the reporter hears the status at least this often, days.
+    pub status_days: u32,
+    /// Aimed at: a fix within this many days.
+    pub fix_days: u32,
+    /// What the policy covers, in plain words.
+    pub scope: String,
+    /// Reports one source address may send per hour.
+    pub reports_per_source_per_hour: u32,
+    /// Reports the hub takes per hour in all.
+    pub reports_per_hour: u32,
+    /// Proof-of-work difficulty, bits.
+    pub proof_of_work_bits: u8,
+}
+
+/// A report as sent.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewReport {
+    /// One line: what is wrong (1 to 200 characters).
+    pub summary: String,
+    /// The report: what, where, how to reproduce (up to 32 KiB). May be an OpenPGP message to the maker's key.
+    pub details: String,
+    /// Products and versions affected, as far as you know (up to 1000 characters).
+    #[serde(default)]
+    pub affected: String,
+    /// How you want to be named in the acknowledgements (optional).
+    #[serde(default)]
+    pub name: String,
+    /// Where to reach you besides the status link (optional).
+    #[serde(default)]
+    pub email: String,
+    /// The challenge from `GET /api/v1/reports/challenge`.
+    pub challenge: String,
+    /// A nonce such that SHA-256(challenge ":" nonce) starts with the challenge's number of zero bits.
+    pub nonce: String,
+}
+
+/// A stored report's receipt: shown once.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Submitted {
+    /// The tracking id.
+    pub id: String,
+    /// The private status link's token (only its hash is kept: it cannot be shown again).
+    pub token: String,
+}
+
+/// What the reporter sees through the status link.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ReporterView {
+    /// The tracking id.
+    pub id: String,
+    /// The state.
+    pub state: String,
+    /// The summary as sent.
+    pub summary: String,
+    /// Received, Unix ms.
+    pub received_at: i64,
+    /// Acknowledged, Unix ms.
+    pub acknowledged_at: Option<i64>,
+    /// The conversation, oldest first.
+    pub messages: Vec<MessageView>,
+}
+
+/// A message.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct MessageView {
+    /// Sent, Unix ms.
+    pub at: i64,
+    /// reporter or operator.
+    pub author: String,
+    /// The text.
+    pub body: String,
+}
+
+/// A report in the operators' inbox, with its deadlines.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ReportView {
+    /// The tracking id.
+    pub id: String,
+    /// The state.
+    pub state: String,
+    /// One line.
+    pub summary: String,
+    /// What the reporter says is affected.
+    pub affected: String,
+    /// Received, Unix ms.
+    pub received_at: i64,
+    /// Acknowledged, Unix ms.
+    pub acknowledged_at: Option<i64>,
+    /// Marked actively exploited, Unix ms.
+    pub exploited_at: Option<i64>,
+    /// The next promise to keep: `acknowledge` (a new report) or `status` (tell the reporter the status);
+    /// none once the report is closed.
+    pub next_deadline: Option<Deadline>,
+    /// That deadline has passed.
+    pub overdue: bool,
+}
+
+/// A promise with its time.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Deadline {
+    /// acknowledge or status.
+    pub kind: String,
+    /// Due, Unix ms.
+    pub due_at: i64,
+}
+
+/// One report in full, for operators.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ReportDetail {
+    /// The summary with its deadlines.
+    pub report: ReportView,
+    /// The report text as sent.
+    pub details: String,
+    /// The text is an OpenPGP message (decrypt it with the maker's key, outside the hub).
+    pub encrypted: bool,
+    /// The reporter's name as given.
+    pub reporter_name: String,
+    /// The reporter's email as given.
+    pub reporter_email: String,
+    /// The conversation, oldest first.
+    pub messages: Vec<MessageView>,
+}
+
+/// Vulnerability disclosure. Cheap to clone.
+#[derive(Clone)]
+pub struct Disclosure {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    clock: Clock,
+    monitor: Monitor,
+    settings: DisclosureSettings,
+    challenges: pow::Issuer,
+}
+
+impl std::fmt::Debug for Disclosure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Disclosure").field("settings", &self.inner.settings).finish_non_exhaustive()
+    }
+}
+
+fn sha256_hex(s: &str) -> String {
+    digest(&SHA256, s.as_bytes()).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Plain text of at most `max` characters, without control characters (`multiline` allows line breaks and tabs).
+fn text_ok(s: &str, max_chars: usize, multiline: bool) -> bool {
+    s.chars().count() <= max_chars
+        && !s.chars().any(|c| c.is_control() && !(multiline && matches!(c, '\n' | '\r' | '\t')))
+}
+
+impl Disclosure {
+    /// Disclosure over `store`; challenges are signed with `challenge_key` (the same on every node).
+    pub fn new(
+        store: Store,
+        clock: Clock,
+        monitor: Monitor,
+        settings: DisclosureSettings,
+        challenge_key: &[u8],
+    ) -> Disclosure {
+        Disclosure {
+            inner: Arc::new(Inner { store, clock, monitor, challenges: pow::Issuer::new(challenge_key), settings }),
+        }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &DisclosureSettings {
+        &self.inner.settings
+    }
+
+    /// `security.txt` for a hub reached at `base_url` (`https://host[:port]`).
+    pub fn security_txt(&self, base_url: &str) -> String {
+        security_txt::render(&self.inner.settings, base_url, self.inner.clock.now_ms())
+    }
+
+    /// A new proof-of-work challenge.
+    pub fn challenge(&self) -> Result<pow::Challenge> {
+        self.inner
+            .challenges
+            .issue(self.inner.settings.proof_of_work_bits, self.inner.clock.now_ms())
+            .map_err(|e| DisclosureError::Internal(e.to_string()))
+    }
+
+    /// Takes a report from anyone: checked, limited, stored. The receipt carries the status link's token.
+    pub async fn submit(&self, report: &NewReport, source: Option<std::net::IpAddr>) -> Result<Submitted> {
+        let now = self.inner.clock.now_ms();
+        let settings = &self.inner.settings;
+        let summary = report.summary.trim();
+        if summary.is_empty() || !text_ok(summary, MAX_SUMMARY, false) {
+            return Err(refused(format!("summary: 1 to {MAX_SUMMARY} characters on one line")));
+        }
+        if report.details.trim().is_empty()
+            || report.details.len() > MAX_DETAILS
+            || !text_ok(&report.details, MAX_DETAILS, true)
+        {
+            return Err(refused(format!("details: 1 byte to {} KiB of text", MAX_DETAILS / 1024)));
+        }
+        if !text_ok(&report.affected, MAX_AFFECTED, true) {
+            return Err(refused(format!("affected: up to {MAX_AFFECTED} characters")));
+        }
+        if !text_ok(&report.name, MAX_NAME, false) {
+            return Err(refused(format!("name: up to {MAX_NAME} characters on one line")));
+        }
+        let email = report.email.trim();
+        if !email.is_empty()
+            && (email.len() > MAX_EMAIL
+                || !email.contains('@')
+                || email.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(refused("email: an address such as name@example.org, or nothing"));
+        }
+        // The proof of work first: what follows reads the store.
+        if let Err(e) = self.inner.challenges.verify(&report.challenge, &report.nonce, settings.proof_of_work_bits, now)
+        {
+            return Err(refused(format!("proof of work: {e}")));
+        }
+        let hour_ago = now - 3_600_000;
+        let source_text = source.map(|s| s.to_string());
+        if let Some(s) = &source_text
+            && self.inner.store.reports_from(s, hour_ago).await? >= i64::from(settings.reports_per_source_per_hour)
+        {
+            self.throttled(source, "from one source");
+            return Err(DisclosureError::Throttled(3600));
+        }
+        if self.inner.store.reports_since(hour_ago).await? >= i64::from(settings.reports_per_hour) {
+            self.throttled(source, "in all");
+            return Err(DisclosureError::Throttled(600));
+        }
+        let id = format!(
+            "VR-{}",
+            crate::secrets::random_base32(10).map_err(|e| DisclosureError::Internal(e.to_string()))?.to_uppercase()
+        );
+        let token = crate::secrets::random_token("hvr_", 32).map_err(|e| DisclosureError::Internal(e.to_string()))?;
+        let encrypted = report.details.trim_start().starts_with("-----BEGIN PGP MESSAGE-----");
+        let row = ReportRow {
+            id: id.clone(),
+            state: "new".into(),
+            summary: summary.to_owned(),
+            details: report.details.clone(),
+            affected: report.affected.trim().to_owned(),
+            reporter_name: report.name.trim().to_owned(),
+            reporter_email: email.to_owned(),
+            encrypted,
+            token_hash: sha256_hex(token.expose()),
+            challenge: report.challenge.clone(),
+            source: source_text,
+            created_at: now,
+            acknowledged_at: None,
+            status_at: now,
+            exploited_at: None,
+            updated_at: now,
+        };
+        if !self.inner.store.insert_report(&row).await? {
+            return Err(refused("proof of work: this challenge was used already; ask for a new one"));
+        }
+        tracing::info!(report = %id, "vulnerability report received");
+        Ok(Submitted { id, token: token.expose().to_owned() })
+    }
+
+    fn throttled(&self, source: Option<std::net::IpAddr>, why: &str) {
+        self.inner.monitor.record(SecurityEvent {
+            device: None,
+            source,
+            kind: "report_throttled",
+            detail: format!("vulnerability reports refused: too many {why}"),
+        });
+    }
+
+    /// The report behind a status link; the same refusal for an unknown id and a wrong token.
+    async fn by_link(&self, id: &str, token: &str) -> Result<ReportRow> {
+        if id.len() > 32 || token.len() > 128 {
+            return Err(DisclosureError::NotFound);
+        }
+        let row = self.inner.store.report(id).await?.ok_or(DisclosureError::NotFound)?;
+        let presented = sha256_hex(token);
+        // Equal-length hex strings compared without an early exit.
+        let same = presented.len() == row.token_hash.len()
+            && presented.bytes().zip(row.token_hash.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        if same { Ok(row) } else { Err(DisclosureError::NotFound) }
+    }
+
+    async fn messages(&self, id: &str) -> Result<Vec<MessageView>> {
+        Ok(self
+            .inner
+            .store
+            .report_messages(id)
+            .await?
+            .into_iter()
+            .map(|m| MessageView { at: m.at, author: m.author, body: m.body })
+            .collect())
+    }
+
+    /// What the reporter sees through the status link.
+    pub async fn reporter_view(&self, id: &str, token: &str) -> Result<ReporterView> {
+        let row = self.by_link(id, token).await?;
+        Ok(ReporterView {
+            messages: self.messages(&row.id).await?,
+            id: row.id,
+            state: row.state,
+            summary: row.summary,
+            received_at: row.created_at,
+            acknowledged_at: row.acknowledged_at,
+        })
+    }
+
+    /// The reporter answers through the status link.
+    pub async fn reporter_message(&self, id: &str, token: &str, body: &str) -> Result<()> {
+        let row = self.by_link(id, token).await?;
+        let from_reporter =
+            self.inner.store.report_messages(&row.id).await?.iter().filter(|m| m.author == "reporter").count();
+        if from_reporter >= MAX_REPORTER_MESSAGES {
+            return Err(DisclosureError::Conflict(format!(
+                "this report has {MAX_REPORTER_MESSAGES} messages from you; write to the contact in security.txt"
+            )));
+        }
+        self.add_message(&row.id, "reporter", "", body).await
+    }
+
+    async fn add_message(&self, id: &str, author: &str, account: &str, body: &str) -> Result<()> {
+        if body.trim().is_empty() || body.len() > MAX_MESSAGE || !text_ok(body, MAX_MESSAGE, true) {
+            return Err(refused(format!("message: 1 byte to {} KiB of text", MAX_MESSAGE / 1024)));
+        }
+        let id_bytes = crate::secrets::random_base32(16).map_err(|e| DisclosureError::Internal(e.to_string()))?;
+        let message = ReportMessageRow {
+            id: id_bytes,
+            report_id: id.to_owned(),
+            at: self.inner.clock.now_ms(),
+            author: author.into(),
+            account_id: account.into(),
+            body: body.to_owned(),
+        };
+        if self.inner.store.add_report_message(&message).await? { Ok(()) } else { Err(DisclosureError::NotFound) }
+    }
+
+    /// The next promise a report's state puts on the operators, and whether it is broken.
+    pub fn deadline(&self, row: &ReportRow, now: i64) -> (Option<Deadline>, bool) {
+        let s = &self.inner.settings;
+        let day = 86_400_000i64;
+        let next = if CLOSED.contains(&row.state.as_str()) {
+            None
+        } else if row.acknowledged_at.is_none() {
+            Some(Deadline { kind: "acknowledge".into(), due_at: row.created_at + i64::from(s.acknowledge_days) * day })
+        } else {
+            Some(Deadline { kind: "status".into(), due_at: row.status_at + i64::from(s.status_days) * day })
+        };
+        let overdue = next.as_ref().is_some_and(|d| now > d.due_at);
+        (next, overdue)
+    }
+
+    fn view(&self, row: &ReportRow, now: i64) -> ReportView {
+        let (next_deadline, overdue) = self.deadline(row, now);
+        ReportView {
+            id: row.id.clone(),
+            state: row.state.clone(),
+            summary: row.summary.clone(),
+            affected: row.affected.clone(),
+            received_at: row.created_at,
+            acknowledged_at: row.acknowledged_at,
+            exploited_at: row.exploited_at,
+            next_deadline,
+            overdue,
+        }
+    }
+
+    /// The inbox: newest first, at most 500, only `state` when given.
+    pub async fn inbox(&self, state: Option<&str>) -> Result<Vec<ReportView>> {
+        if let Some(s) = state
+            && !STATES.contains(&s)
+        {
+            return Err(refused(format!("state: one of {}", STATES.join(", "))));
+        }
+        let now = self.inner.clock.now_ms();
+        Ok(self.inner.store.reports(state, 500).await?.iter().map(|r| self.view(r, now)).collect())
+    }
+
+    /// One report in full.
+    pub async fn detail(&self, id: &str) -> Result<ReportDetail> {
+        let row = self.inner.store.report(id).await?.ok_or(DisclosureError::NotFound)?;
+        let now = self.inner.clock.now_ms();
+        Ok(ReportDetail {
+            report: self.view(&row, now),
+            messages: self.messages(&row.id).await?,
+            details: row.details,
+            encrypted: row.encrypted,
+            reporter_name: row.reporter_name,
+            reporter_email: row.reporter_email,
+        })
+    }
+
+    /// Moves a report to `to`. Any open state may move to any other; a closed one (published, rejected) may
+    /// only be reopened to triaging.
+    pub async fn set_state(&self, id: &str, to: &str) -> Result<ReportDetail> {
+        if !STATES.contains(&to) || to == "new" {
+            return Err(refused(format!("state: one of {}", STATES[1..].join(", "))));
+        }
+        let from: Vec<&str> = if to == "triaging" {
+            STATES.iter().copied().filter(|s| *s != to).collect()
+        } else {
+            STATES.iter().copied().filter(|s| *s != to && !CLOSED.contains(s)).collect()
+        };
+        let now = self.inner.clock.now_ms();
+        if !self.inner.store.set_report_state(id, &from, to, now).await? {
+            return match self.inner.store.report(id).await? {
+                None => Err(DisclosureError::NotFound),
+                Some(r) => Err(DisclosureError::Conflict(format!("the report is {}; it cannot become {to}", r.state))),
+            };
+        }
+        self.detail(id).await
+    }
+
+    /// An operator writes to the reporter (it counts as telling them the status).
+    pub async fn operator_message(&self, id: &str, account: &str, body: &str) -> Result<ReportDetail> {
+        self.add_message(id, "operator", account, body).await?;
+        self.detail(id).await
+    }
+
+    /// Marks a report actively exploited (the CRA's clock starts at the first mark).
+    pub async fn mark_exploited(&self, id: &str) -> Result<ReportDetail> {
+        let now = self.inner.clock.now_ms();
+        if !self.inner.store.mark_report_exploited(id, now).await? && self.inner.store.report(id).await?.is_none() {
+            return Err(DisclosureError::NotFound);
+        }
+        self.detail(id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_checks_allow_line_breaks_only_where_asked() {
+        assert!(text_ok("one line", 10, false));
+        assert!(!text_ok("two\nlines", 20, false));
+        assert!(text_ok("two\nlines\tand a tab", 30, true));
+        assert!(!text_ok("bell\u{7}", 30, true));
+        assert!(!text_ok("elevenchars", 10, false));
+        assert!(text_ok("ünïcödé", 7, false), "characters, not bytes");
+    }
+}

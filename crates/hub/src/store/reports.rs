@@ -1,0 +1,208 @@
+//! Vulnerability reports and their messages: what anyone may send without an account (checked and limited by
+//! `disclosure` before it gets here), the operators' triage states, and the conversation with the reporter. A
+//! proof-of-work challenge is good for one report (a unique column), so a replayed submission is refused by the
+//! insert itself, on every node.
+
+use super::{BeginWrite as _, Result, Store};
+
+/// A vulnerability report.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ReportRow {
+    /// `VR-…` tracking id.
+    pub id: String,
+    /// new, acknowledged, triaging, fixing, fixed, published or rejected.
+    pub state: String,
+    /// One line.
+    pub summary: String,
+    /// The report itself (plain text, or an OpenPGP message when `encrypted`).
+    pub details: String,
+    /// What the reporter says is affected.
+    pub affected: String,
+    /// How the reporter wants to be named (may be empty).
+    pub reporter_name: String,
+    /// Where to reach the reporter besides the status link (may be empty).
+    pub reporter_email: String,
+    /// The details are encrypted to the maker's key.
+    pub encrypted: bool,
+    /// SHA-256 of the status link's token, hex.
+    pub token_hash: String,
+    /// The proof-of-work challenge it came with.
+    pub challenge: String,
+    /// The sender's address, as the hub saw it.
+    pub source: Option<String>,
+    /// Received, Unix ms.
+    pub created_at: i64,
+    /// Acknowledged to the reporter, Unix ms.
+    pub acknowledged_at: Option<i64>,
+    /// The reporter was last told the status, Unix ms.
+    pub status_at: i64,
+    /// Marked actively exploited, Unix ms.
+    pub exploited_at: Option<i64>,
+    /// Last changed, Unix ms.
+    pub updated_at: i64,
+}
+
+/// A message in a report's conversation.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ReportMessageRow {
+    /// Its id.
+    pub id: String,
+    /// The report.
+    pub report_id: String,
+    /// Sent, Unix ms.
+    pub at: i64,
+    /// reporter or operator.
+    pub author: String,
+    /// The operator's account id (empty for the reporter).
+    pub account_id: String,
+    /// The text.
+    pub body: String,
+}
+
+const REPORT_COLUMNS: &str = "id, state, summary, details, affected, reporter_name, reporter_email, encrypted, \
+     token_hash, challenge, source, created_at, acknowledged_at, status_at, exploited_at, updated_at";
+
+impl Store {
+    /// Stores a new report; false if its challenge was used already (nothing stored).
+    pub async fn insert_report(&self, r: &ReportRow) -> Result<bool> {
+        let sql = format!(
+            "INSERT INTO vuln_reports ({REPORT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+             $13, $14, $15, $16) ON CONFLICT (challenge) DO NOTHING"
+        );
+        on_pool!(self, pool => Ok(sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&r.id)
+            .bind(&r.state)
+            .bind(&r.summary)
+            .bind(&r.details)
+            .bind(&r.affected)
+            .bind(&r.reporter_name)
+            .bind(&r.reporter_email)
+            .bind(r.encrypted)
+            .bind(&r.token_hash)
+            .bind(&r.challenge)
+            .bind(&r.source)
+            .bind(r.created_at)
+            .bind(r.acknowledged_at)
+            .bind(r.status_at)
+            .bind(r.exploited_at)
+            .bind(r.updated_at)
+            .execute(pool)
+            .await?
+            .rows_affected() == 1))
+    }
+
+    /// One report.
+    pub async fn report(&self, id: &str) -> Result<Option<ReportRow>> {
+        let sql = format!("SELECT {REPORT_COLUMNS} FROM vuln_reports WHERE id = $1");
+        on_pool!(self, pool => Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(pool).await?))
+    }
+
+    /// Reports, newest first, at most `limit`; only those in `state` when given.
+    pub async fn reports(&self, state: Option<&str>, limit: i64) -> Result<Vec<ReportRow>> {
+        let sql = format!(
+            "SELECT {REPORT_COLUMNS} FROM vuln_reports WHERE ($1 = '' OR state = $1) \
+             ORDER BY created_at DESC, id LIMIT $2"
+        );
+        on_pool!(self, pool => Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(state.unwrap_or(""))
+            .bind(limit)
+            .fetch_all(pool)
+            .await?))
+    }
+
+    /// Reports received from `source` since `since` (for the per-source limit).
+    pub async fn reports_from(&self, source: &str, since: i64) -> Result<i64> {
+        on_pool!(self, pool => Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM vuln_reports WHERE source = $1 AND created_at >= $2",
+        )
+        .bind(source)
+        .bind(since)
+        .fetch_one(pool)
+        .await?))
+    }
+
+    /// Reports received since `since` from anywhere (for the hub-wide limit).
+    pub async fn reports_since(&self, since: i64) -> Result<i64> {
+        on_pool!(self, pool => Ok(sqlx::query_scalar("SELECT COUNT(*) FROM vuln_reports WHERE created_at >= $1")
+            .bind(since)
+            .fetch_one(pool)
+            .await?))
+    }
+
+    /// Moves a report from one of `from` to `to`; the first move out of `new` acknowledges it, and every change
+    /// counts as telling the reporter the status. False if it was not in one of `from`.
+    pub async fn set_report_state(&self, id: &str, from: &[&str], to: &str, now: i64) -> Result<bool> {
+        let Some(current) = self.report(id).await?.map(|r| r.state).filter(|c| from.contains(&c.as_str())) else {
+            return Ok(false);
+        };
+        // Compare and set: a change made meanwhile (another operator, another node) wins, this one is refused.
+        on_pool!(self, pool => Ok(sqlx::query(
+            "UPDATE vuln_reports SET state = $1, status_at = $2, updated_at = $2, \
+             acknowledged_at = CASE WHEN acknowledged_at IS NULL AND $1 <> 'new' THEN $2 ELSE acknowledged_at END \
+             WHERE id = $3 AND state = $4",
+        )
+        .bind(to)
+        .bind(now)
+        .bind(id)
+        .bind(&current)
+        .execute(pool)
+        .await?
+        .rows_affected() == 1))
+    }
+
+    /// Marks a report actively exploited (once: the first time counts); true if it changed.
+    pub async fn mark_report_exploited(&self, id: &str, now: i64) -> Result<bool> {
+        on_pool!(self, pool => Ok(sqlx::query(
+            "UPDATE vuln_reports SET exploited_at = $1, updated_at = $1 WHERE id = $2 AND exploited_at IS NULL",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(pool)
+        .await?
+        .rows_affected() == 1))
+    }
+
+    /// Adds a message; an operator's message counts as telling the reporter the status. False for an unknown
+    /// report.
+    pub async fn add_report_message(&self, m: &ReportMessageRow) -> Result<bool> {
+        let status_at = if m.author == "operator" { "status_at = $1, " } else { "" };
+        let touch = format!("UPDATE vuln_reports SET {status_at}updated_at = $1 WHERE id = $2");
+        on_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            let touched = sqlx::query(sqlx::AssertSqlSafe(touch))
+                .bind(m.at)
+                .bind(&m.report_id)
+                .execute(tx.conn())
+                .await?
+                .rows_affected();
+            if touched != 1 {
+                return Ok(false);
+            }
+            sqlx::query(
+                "INSERT INTO vuln_report_messages (id, report_id, at, author, account_id, body) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&m.id)
+            .bind(&m.report_id)
+            .bind(m.at)
+            .bind(&m.author)
+            .bind(&m.account_id)
+            .bind(&m.body)
+            .execute(tx.conn())
+            .await?;
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
+    /// A report's messages, oldest first.
+    pub async fn report_messages(&self, id: &str) -> Result<Vec<ReportMessageRow>> {
+        on_pool!(self, pool => Ok(sqlx::query_as(
+            "SELECT id, report_id, at, author, account_id, body FROM vuln_report_messages WHERE report_id = $1 \
+             ORDER BY at, id",
+        )
+        .bind(id)
+        .fetch_all(pool)
+        .await?))
+    }
+}

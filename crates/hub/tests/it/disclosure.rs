@@ -1,0 +1,236 @@
+//! Vulnerability disclosure through the hub: security.txt by RFC 9116's rules; a report from anyone with a
+//! proof of work, its tracking id and private status link; the limits (sizes, challenges used once or forged,
+//! reports per source); hostile content kept as text; the operators' inbox with deadlines, states, messages and
+//! "actively exploited"; an overdue report flagged.
+
+use std::time::Duration;
+
+use hearth_hub::disclosure::pow;
+use hearth_test_support::TestHub;
+use serde_json::{Value, json};
+
+/// Asks for a challenge and solves it, as a client does.
+async fn solved(hub: &TestHub) -> (String, String) {
+    let (status, c) = hub.get("/api/v1/reports/challenge").await.expect("challenge");
+    assert_eq!(status, 200, "{c}");
+    let challenge = c["challenge"].as_str().expect("challenge").to_owned();
+    let bits = c["bits"].as_u64().expect("bits") as u8;
+    let nonce = pow::solve(&challenge, bits);
+    (challenge, nonce)
+}
+
+/// Sends a report without any account.
+async fn report(hub: &TestHub, body: Value) -> (u16, Value) {
+    let request = hub.client.post(format!("{}/api/v1/reports", hub.base())).json(&body);
+    let (status, _, answer) = hub.send(request).await.expect("report");
+    (status, serde_json::from_slice(&answer).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn security_txt_follows_rfc_9116() {
+    let hub = TestHub::start_with(|c| {
+        c.disclosure.contacts = vec!["mailto:security@example.org".into()];
+        c.disclosure.preferred_languages = vec!["en".into(), "fr".into()];
+    })
+    .await
+    .expect("hub");
+    let resp = hub.client.get(format!("{}/.well-known/security.txt", hub.base())).send().await.expect("get");
+    assert_eq!(resp.status().as_u16(), 200);
+    let content_type = resp.headers()["content-type"].to_str().expect("type").to_owned();
+    assert_eq!(content_type, "text/plain; charset=utf-8", "RFC 9116 §3");
+    let text = resp.text().await.expect("text");
+    let fields: Vec<(&str, &str)> =
+        text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')).map(|l| l.split_once(": ").expect(l)).collect();
+    let values = |name: &str| fields.iter().filter(|(n, _)| *n == name).map(|(_, v)| *v).collect::<Vec<_>>();
+    let contacts = values("Contact");
+    assert_eq!(contacts, [format!("{}/security/report", hub.base()).as_str(), "mailto:security@example.org"]);
+    assert_eq!(values("Expires").len(), 1, "Expires: exactly once");
+    assert_eq!(values("Canonical"), [format!("{}/.well-known/security.txt", hub.base()).as_str()]);
+    assert_eq!(values("Preferred-Languages"), ["en, fr"]);
+    assert_eq!(values("Policy"), [format!("{}/security/policy", hub.base()).as_str()]);
+    for (name, value) in &fields {
+        assert!(
+            ["Contact", "Expires", "Canonical", "Preferred-Languages", "Policy", "Encryption", "Acknowledgments"]
+                .contains(name),
+            "an RFC 9116 field: {name}"
+        );
+        if *name != "Expires" && *name != "Preferred-Languages" {
+            assert!(value.starts_with("https://") || value.starts_with("mailto:"), "{name}: {value}");
+        }
+    }
+    // A contact that would add a field is refused when the hub starts.
+    let bad =
+        TestHub::start_with(|c| c.disclosure.contacts = vec!["mailto:a@example.org\nExpires: never".into()]).await;
+    assert!(bad.is_err_and(|e| e.to_string().contains("disclosure.contacts")));
+}
+
+#[tokio::test]
+async fn an_anonymous_report_gets_a_tracking_id_and_a_private_status_link_and_operators_answer_it() {
+    let hub = TestHub::start().await.expect("hub");
+    let (challenge, nonce) = solved(&hub).await;
+    let hostile = "<script>alert(document.cookie)</script>\r\nX-Injected: yes\n\u{202e}reversed";
+    let (status, receipt) = report(
+        &hub,
+        json!({"summary": "Telnet left open on port 23", "details": hostile, "affected": "plug-1 <= 1.2",
+               "name": "<b>Ada</b>", "email": "ada@example.org", "challenge": challenge, "nonce": nonce}),
+    )
+    .await;
+    assert_eq!(status, 201, "{receipt}");
+    let id = receipt["id"].as_str().expect("id").to_owned();
+    let token = receipt["token"].as_str().expect("token").to_owned();
+    assert!(id.starts_with("VR-"), "{id}");
+    assert!(receipt["status_url"].as_str().is_some_and(|u| u.contains(&id) && u.contains(&token)), "{receipt}");
+
+    // The same challenge again is refused: one report per challenge.
+    let (status, answer) =
+        report(&hub, json!({"summary": "again", "details": "again", "challenge": challenge, "nonce": nonce})).await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(answer["error"]["message"].as_str().is_some_and(|m| m.contains("used already")), "{answer}");
+
+    // The reporter reads the status through the link; a wrong token or id says nothing more than "no such report".
+    let status_path = |t: &str| format!("/api/v1/reports/{id}/status?token={t}");
+    let (status, view) = hub.get(&status_path(&token)).await.expect("status");
+    assert_eq!((status, view["state"].as_str()), (200, Some("new")), "{view}");
+    let (status, wrong) = hub.get(&status_path("hvr_wrong")).await.expect("wrong");
+    let (status2, unknown) = hub.get(&format!("/api/v1/reports/VR-NOPE/status?token={token}")).await.expect("unknown");
+    assert_eq!((status, status2), (404, 404));
+    assert_eq!(wrong["error"], unknown["error"], "a wrong token and an unknown id look the same");
+
+    // Operators see it in the inbox with its deadline, content exactly as sent (text, never markup).
+    let (status, inbox) = hub.get("/api/v1/reports").await.expect("inbox");
+    assert_eq!(status, 200);
+    let listed = &inbox["reports"][0];
+    assert_eq!(
+        (listed["id"].as_str(), listed["next_deadline"]["kind"].as_str()),
+        (Some(id.as_str()), Some("acknowledge"))
+    );
+    assert_eq!(listed["overdue"], false);
+    let received = listed["received_at"].as_i64().expect("received");
+    assert_eq!(listed["next_deadline"]["due_at"].as_i64(), Some(received + 7 * 86_400_000), "7 days by default");
+    let (_, detail) = hub.get(&format!("/api/v1/reports/{id}")).await.expect("detail");
+    assert_eq!(detail["details"], hostile, "kept byte for byte");
+    assert_eq!(detail["reporter_name"], "<b>Ada</b>");
+
+    // Acknowledge, write, mark actively exploited; the reporter sees the state and the message and answers.
+    let (status, acked) =
+        hub.post(&format!("/api/v1/reports/{id}/state"), json!({"state": "acknowledged"})).await.expect("ack");
+    assert_eq!(status, 200, "{acked}");
+    assert!(acked["report"]["acknowledged_at"].as_i64().is_some());
+    assert_eq!(acked["report"]["next_deadline"]["kind"], "status", "then the status every 30 days");
+    let (status, _) = hub.post(&format!("/api/v1/reports/{id}/state"), json!({"state": "new"})).await.expect("new");
+    assert_eq!(status, 422, "nothing goes back to new");
+    let (status, _) = hub.post(&format!("/api/v1/reports/{id}/state"), json!({"state": "bogus"})).await.expect("bogus");
+    assert_eq!(status, 422);
+    let (status, _) = hub
+        .post(&format!("/api/v1/reports/{id}/messages"), json!({"body": "Thanks, we reproduced it."}))
+        .await
+        .expect("message");
+    assert_eq!(status, 200);
+    let (status, marked) = hub.post(&format!("/api/v1/reports/{id}/exploited"), json!({})).await.expect("exploited");
+    assert_eq!(status, 200);
+    let exploited_at = marked["report"]["exploited_at"].as_i64().expect("marked");
+    let (_, again) = hub.post(&format!("/api/v1/reports/{id}/exploited"), json!({})).await.expect("again");
+    assert_eq!(again["report"]["exploited_at"].as_i64(), Some(exploited_at), "the first mark counts");
+    let reply = hub
+        .client
+        .post(format!("{}/api/v1/reports/{id}/status/messages?token={token}", hub.base()))
+        .json(&json!({"body": "Happy to help."}));
+    let (status, _, answer) = hub.send(reply).await.expect("reply");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+    let (_, view) = hub.get(&status_path(&token)).await.expect("status");
+    assert_eq!(view["state"], "acknowledged");
+    let authors: Vec<&str> =
+        view["messages"].as_array().expect("messages").iter().filter_map(|m| m["author"].as_str()).collect();
+    assert_eq!(authors, ["operator", "reporter"]);
+    assert!(
+        view.get("details").is_none() && view.get("reporter_email").is_none(),
+        "the link shows the conversation only"
+    );
+
+    // Closed reports have no deadline; a closed one may be reopened to triaging only.
+    let (_, rejected) =
+        hub.post(&format!("/api/v1/reports/{id}/state"), json!({"state": "rejected"})).await.expect("reject");
+    assert!(rejected["report"]["next_deadline"].is_null(), "{rejected}");
+    let (status, _) =
+        hub.post(&format!("/api/v1/reports/{id}/state"), json!({"state": "fixing"})).await.expect("fixing");
+    assert_eq!(status, 409);
+    let (status, _) =
+        hub.post(&format!("/api/v1/reports/{id}/state"), json!({"state": "triaging"})).await.expect("reopen");
+    assert_eq!(status, 200);
+    let (_, log) = hub.get("/api/v1/audit-log").await.expect("log");
+    let actions: Vec<&str> = log.as_array().expect("log").iter().filter_map(|e| e["action"].as_str()).collect();
+    for action in ["report_state", "report_message", "report_exploited"] {
+        assert!(actions.contains(&action), "{action}: {actions:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_intake_refuses_what_is_too_big_forged_unsolved_or_too_often_and_flags_an_overdue_report() {
+    let clock = hearth_hub::clock::Clock::manual(1_795_608_000_000);
+    let hub =
+        TestHub::start_with_clock(|c| c.disclosure.reports_per_source_per_hour = 2, clock.clone()).await.expect("hub");
+    // Each refusal changes nothing.
+    let (challenge, nonce) = solved(&hub).await;
+    let base = json!({"summary": "s", "details": "d", "challenge": challenge, "nonce": nonce});
+    let with = |k: &str, v: Value| {
+        let mut b = base.clone();
+        b[k] = v;
+        b
+    };
+    for (body, why) in [
+        (with("details", json!("x".repeat(33 * 1024))), "details"),
+        (with("summary", json!("line\nbreak")), "summary"),
+        (with("summary", json!("")), "summary"),
+        (with("email", json!("not an email")), "email"),
+        (with("nonce", json!("not-a-solution")), "proof of work"),
+        (with("challenge", json!(challenge.replacen('.', "x.", 1))), "proof of work"),
+    ] {
+        let (status, answer) = report(&hub, body).await;
+        assert_eq!(status, 422, "{why}: {answer}");
+        assert!(answer["error"]["message"].as_str().is_some_and(|m| m.contains(why)), "{why}: {answer}");
+    }
+    let unsolved = pow::solve(&challenge, 0);
+    if !pow::solves(&challenge, &unsolved, 16) {
+        let (status, _) = report(&hub, with("nonce", json!(unsolved))).await;
+        assert_eq!(status, 422, "a nonce that does not reach the difficulty");
+    }
+    // A body over the API's limit is refused before it is read whole.
+    let (status, _) = report(&hub, with("details", json!("x".repeat(200 * 1024)))).await;
+    assert_eq!(status, 413);
+    let (_, inbox) = hub.get("/api/v1/reports").await.expect("inbox");
+    assert_eq!(inbox["reports"].as_array().map(Vec::len), Some(0), "nothing was stored");
+
+    // Two reports an hour from one address; the third is throttled with Retry-After and an event.
+    for _ in 0..2 {
+        let (c, n) = solved(&hub).await;
+        let (status, answer) = report(&hub, json!({"summary": "s", "details": "d", "challenge": c, "nonce": n})).await;
+        assert_eq!(status, 201, "{answer}");
+    }
+    let (c, n) = solved(&hub).await;
+    let request = hub
+        .client
+        .post(format!("{}/api/v1/reports", hub.base()))
+        .json(&json!({"summary": "s", "details": "d", "challenge": c, "nonce": n}));
+    let (status, headers, _) = hub.send(request).await.expect("third");
+    assert_eq!(status, 429);
+    assert!(headers.get("retry-after").is_some());
+    assert!(hub.has_events("report_throttled", 1).await);
+
+    // A challenge is good for ten minutes.
+    let (c, n) = solved(&hub).await;
+    clock.advance(Duration::from_secs(11 * 60));
+    let (status, answer) = report(&hub, json!({"summary": "late", "details": "d", "challenge": c, "nonce": n})).await;
+    assert_eq!(status, 422);
+    assert!(answer["error"]["message"].as_str().is_some_and(|m| m.contains("expired")), "{answer}");
+
+    // Eight days later, the unacknowledged reports are overdue.
+    clock.advance(Duration::from_secs(8 * 86_400));
+    let (_, inbox) = hub.get("/api/v1/reports").await.expect("inbox");
+    let reports = inbox["reports"].as_array().expect("reports");
+    assert_eq!(reports.len(), 2);
+    assert!(reports.iter().all(|r| r["overdue"] == true && r["next_deadline"]["kind"] == "acknowledge"), "{inbox}");
+    let (_, only_new) = hub.get("/api/v1/reports?state=new").await.expect("filtered");
+    assert_eq!(only_new["reports"].as_array().map(Vec::len), Some(2));
+    let (status, _) = hub.get("/api/v1/reports?state=bogus").await.expect("bad filter");
+    assert_eq!(status, 422);
+}
