@@ -234,3 +234,116 @@ async fn the_intake_refuses_what_is_too_big_forged_unsolved_or_too_often_and_fla
     let (status, _) = hub.get("/api/v1/reports?state=bogus").await.expect("bad filter");
     assert_eq!(status, 422);
 }
+
+/// A browser without redirects.
+fn browser(hub: &TestHub) -> hearth_test_support::reqwest::Client {
+    use hearth_test_support::reqwest;
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&hub.hub.server_ca_path).expect("ca")).expect("pem");
+    reqwest::Client::builder().tls_certs_only([ca]).redirect(reqwest::redirect::Policy::none()).build().expect("client")
+}
+
+/// The value of `<input … name="NAME" value="…">` in a page.
+fn field(page: &str, name: &str) -> String {
+    let at = page.find(&format!("name=\"{name}\" value=\"")).unwrap_or_else(|| panic!("no field {name}"));
+    let rest = &page[at + name.len() + 15..];
+    rest[..rest.find('"').expect("end")].to_owned()
+}
+
+#[tokio::test]
+async fn the_pages_take_a_report_show_it_as_text_and_let_operators_answer() {
+    let hub = TestHub::start_with(|c| {
+        c.disclosure.organisation = "Example Devices Ltd".into();
+        c.disclosure.acknowledge_days = 5;
+    })
+    .await
+    .expect("hub");
+    let b = browser(&hub);
+    let base = hub.base();
+    let policy = b.get(format!("{base}/security/policy")).send().await.expect("policy").text().await.expect("text");
+    assert!(policy.contains("Example Devices Ltd") && policy.contains("within <strong>5 days</strong>"), "{policy}");
+    assert!(policy.contains("Safe harbour"));
+
+    // The form carries a challenge; the browser's script solves it (here, the test does).
+    let form = b.get(format!("{base}/security/report")).send().await.expect("form").text().await.expect("text");
+    assert!(form.contains("/static/report.js"), "the proof of work runs in the browser");
+    let (challenge, bits) = (field(&form, "challenge"), field(&form, "bits").parse::<u8>().expect("bits"));
+    let hostile = "<img src=x onerror=alert(1)> & </pre><script>alert(2)</script>";
+    let post = |fields: Vec<(&'static str, String)>| {
+        b.post(format!("{base}/security/report")).header("sec-fetch-site", "same-origin").form(&fields).send()
+    };
+    // Without the proof of work the form comes back with the reason and what was typed, escaped.
+    let refused = post(vec![("summary", hostile.into()), ("details", "d".into()), ("challenge", challenge.clone())])
+        .await
+        .expect("post");
+    assert_eq!(refused.status().as_u16(), 422);
+    let page = refused.text().await.expect("text");
+    assert!(page.contains("proof of work") && !page.contains("<img src=x"), "escaped and explained");
+    let nonce = pow::solve(&challenge, bits);
+    let sent = post(vec![
+        ("summary", "Telnet open".into()),
+        ("details", hostile.into()),
+        ("challenge", challenge),
+        ("nonce", nonce),
+        ("name", "<b>Ada</b>".into()),
+    ])
+    .await
+    .expect("post");
+    assert_eq!(sent.status().as_u16(), 201);
+    let receipt = sent.text().await.expect("text");
+    let marker = "id=\"status-link\" type=\"text\" readonly value=\"";
+    let at = receipt.find(marker).expect("the status link is shown") + marker.len();
+    let link = receipt[at..at + receipt[at..].find('"').expect("end")].replace("&#38;", "&").replace("&#61;", "=");
+    let link = link.split_once("/security/").map(|(_, rest)| format!("{base}/security/{rest}")).expect("link");
+    assert!(receipt.contains("Keep this private link"));
+    let id = receipt.split("<h1>Report ").nth(1).and_then(|s| s.split('<').next()).expect("id").to_owned();
+    // A cross-site form post is refused before anything runs.
+    let cross = b
+        .post(format!("{base}/security/report"))
+        .header("sec-fetch-site", "cross-site")
+        .form(&[("summary", "x")])
+        .send()
+        .await
+        .expect("cross");
+    assert_eq!(cross.status().as_u16(), 403);
+
+    // The operator's inbox shows it, the content as text; the operator answers from the page.
+    let (cookie, csrf) =
+        hub.session(hearth_test_support::OWNER_EMAIL, hearth_test_support::OWNER_PASSWORD).await.expect("owner");
+    let inbox = b.get(format!("{base}/security/inbox")).header("cookie", &cookie).send().await.expect("inbox");
+    let inbox = inbox.text().await.expect("text");
+    assert!(inbox.contains(&id) && inbox.contains("acknowledge by"), "{inbox}");
+    let page = b.get(format!("{base}/security/inbox/{id}")).header("cookie", &cookie).send().await.expect("report");
+    let page = page.text().await.expect("text");
+    assert!(!page.contains("<img src=x") && !page.contains("<script>alert"), "never markup: {page}");
+    assert!(page.contains("&#60;img src") && page.contains("&#60;b&#62;Ada&#60;/b&#62;"), "shown as text: {page}");
+    let act = |action: &str, fields: Vec<(&'static str, String)>| {
+        let mut fields = fields;
+        fields.push(("csrf", csrf.clone()));
+        b.post(format!("{base}/security/inbox/{id}/{action}"))
+            .header("cookie", &cookie)
+            .header("sec-fetch-site", "same-origin")
+            .form(&fields)
+            .send()
+    };
+    assert_eq!(act("state", vec![("state", "acknowledged".into())]).await.expect("ack").status().as_u16(), 303);
+    assert_eq!(act("message", vec![("body", "We are on it.".into())]).await.expect("msg").status().as_u16(), 303);
+    assert_eq!(act("exploited", vec![]).await.expect("exploited").status().as_u16(), 303);
+    assert_eq!(act("bogus", vec![]).await.expect("bogus").status().as_u16(), 404);
+
+    // The reporter sees the state and the answer through the link, and answers.
+    let status = b.get(&link).send().await.expect("status").text().await.expect("text");
+    assert!(status.contains("acknowledged") && status.contains("We are on it."), "{status}");
+    assert!(!status.contains("Keep this private link"), "the link is shown once");
+    let token = link.split("token=").nth(1).expect("token").to_owned();
+    let answer = b
+        .post(format!("{base}/security/reports/{id}"))
+        .header("sec-fetch-site", "same-origin")
+        .form(&[("token", token.as_str()), ("body", "Thanks! <i>more</i>")])
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(answer.status().as_u16(), 200);
+    assert!(answer.text().await.expect("text").contains("Thanks! &#60;i&#62;more&#60;/i&#62;"));
+    let wrong = b.get(format!("{base}/security/reports/{id}?token=hvr_wrong")).send().await.expect("wrong");
+    assert_eq!(wrong.status().as_u16(), 404);
+}
