@@ -69,6 +69,13 @@ pub fn check_config(config: &Config) -> Vec<Finding> {
             "on: sign-in and reset links are written to the log, not mailed; for demos and tests only",
         ));
     }
+    if d.proof_of_work_bits < 12 {
+        out.push(finding(
+            Level::Warn,
+            "disclosure.proof_of_work_bits",
+            format!("{}: anyone can flood the report intake cheaply; 16 is the default", d.proof_of_work_bits),
+        ));
+    }
     if config.tls.allow_tls12 {
         out.push(finding(
             Level::Warn,
@@ -133,15 +140,17 @@ fn check_data_dir(config: &Config, out: &mut Vec<Finding>) {
 /// 30 days ahead.
 pub fn check_security_txt(text: &str, now_ms: i64) -> Vec<Finding> {
     let mut out = Vec::new();
-    let fields: Vec<(&str, &str)> = text
+    // Field names are case-insensitive (RFC 9116 §2.4); what the hub sent is shown without control characters.
+    let fields: Vec<(String, String)> = text
         .lines()
         .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-        .filter_map(|l| l.split_once(": "))
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().chars().filter(|c| !c.is_control()).take(100).collect()))
         .collect();
-    if !fields.iter().any(|(n, _)| *n == "Contact") {
+    if !fields.iter().any(|(n, _)| n == "contact") {
         out.push(finding(Level::Error, "security.txt", "no Contact field (RFC 9116 requires one)"));
     }
-    let expires: Vec<&str> = fields.iter().filter(|(n, _)| *n == "Expires").map(|(_, v)| *v).collect();
+    let expires: Vec<&str> = fields.iter().filter(|(n, _)| n == "expires").map(|(_, v)| v.as_str()).collect();
     match expires.as_slice() {
         [one] => match parse_utc(one) {
             Some(at) if at < now_ms => out.push(finding(Level::Error, "security.txt", format!("expired on {one}"))),
@@ -158,7 +167,7 @@ pub fn check_security_txt(text: &str, now_ms: i64) -> Vec<Finding> {
 
 /// `YYYY-MM-DDTHH:MM:SSZ` as Unix ms.
 fn parse_utc(s: &str) -> Option<i64> {
-    if s.len() != 20 || &s[10..11] != "T" || &s[19..] != "Z" {
+    if s.len() != 20 || !s.is_ascii() || &s[10..11] != "T" || &s[19..] != "Z" {
         return None;
     }
     let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<u8>().ok();
@@ -226,5 +235,8 @@ mod tests {
         assert_eq!(check_security_txt(twice, now)[0].level, Level::Error);
         assert_eq!(parse_utc("1970-01-02T00:00:01Z"), Some(86_401_000));
         assert_eq!(parse_utc("2027-02-30T00:00:00Z"), None);
+        assert_eq!(parse_utc("2027-05-01T00:00:0\u{e9}"), None, "no panic on a character across a boundary");
+        let odd = "contact: https://x\nEXPIRES: 2027-05-01T00:00:00Z\n";
+        assert!(check_security_txt(odd, now).iter().all(|f| f.level == Level::Ok), "names are case-insensitive");
     }
 }

@@ -26,6 +26,9 @@ CREATE TABLE vuln_reports (
     updated_at         INTEGER NOT NULL
 );
 CREATE INDEX vuln_reports_by_state ON vuln_reports (state, created_at);
+-- The intake's limits count by time and by source.
+CREATE INDEX vuln_reports_by_time ON vuln_reports (created_at);
+CREATE INDEX vuln_reports_by_source ON vuln_reports (source, created_at);
 
 CREATE TABLE vuln_report_messages (
     id          TEXT PRIMARY KEY,

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::Clock;
 use crate::monitoring::{Monitor, SecurityEvent};
-use crate::store::{ReportMessageRow, ReportRow, Store, StoreError};
+use crate::store::{MessageInsert, ReportInsert, ReportMessageRow, ReportRow, Store, StoreError};
 
 /// A report's states, in the order a report usually moves through them.
 pub const STATES: [&str; 7] = ["new", "acknowledged", "triaging", "fixing", "fixed", "published", "rejected"];
@@ -38,8 +38,8 @@ pub const MAX_NAME: usize = 100;
 pub const MAX_EMAIL: usize = 254;
 /// Longest message, bytes.
 pub const MAX_MESSAGE: usize = 16 * 1024;
-/// Messages a reporter may add to one report.
-pub const MAX_REPORTER_MESSAGES: usize = 50;
+/// Messages a reporter may add to one report (with [`MAX_MESSAGE`]: at most 320 KiB a report).
+pub const MAX_REPORTER_MESSAGES: usize = 20;
 
 /// Why a disclosure request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -231,6 +231,21 @@ impl std::fmt::Debug for Disclosure {
     }
 }
 
+/// The source a report counts against: an IPv4 address, or an IPv6 /64 (one subscriber's network, whose
+/// addresses it can change at will).
+pub fn source_key(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
 fn sha256_hex(s: &str) -> String {
     digest(&SHA256, s.as_bytes()).as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -238,7 +253,15 @@ fn sha256_hex(s: &str) -> String {
 /// Plain text of at most `max` characters, without control characters (`multiline` allows line breaks and tabs).
 fn text_ok(s: &str, max_chars: usize, multiline: bool) -> bool {
     s.chars().count() <= max_chars
-        && !s.chars().any(|c| c.is_control() && !(multiline && matches!(c, '\n' | '\r' | '\t')))
+        && !s.chars().any(|c| {
+            (c.is_control() && !(multiline && matches!(c, '\n' | '\r' | '\t'))) || (!multiline && is_invisible(c))
+        })
+}
+
+/// Characters that change how the text around them reads without being seen (bidirectional overrides and
+/// isolates, zero-width characters): refused in one-line fields, where they could disguise a summary or a name.
+fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
 }
 
 impl Disclosure {
@@ -306,18 +329,6 @@ impl Disclosure {
         {
             return Err(refused(format!("proof of work: {e}")));
         }
-        let hour_ago = now - 3_600_000;
-        let source_text = source.map(|s| s.to_string());
-        if let Some(s) = &source_text
-            && self.inner.store.reports_from(s, hour_ago).await? >= i64::from(settings.reports_per_source_per_hour)
-        {
-            self.throttled(source, "from one source");
-            return Err(DisclosureError::Throttled(3600));
-        }
-        if self.inner.store.reports_since(hour_ago).await? >= i64::from(settings.reports_per_hour) {
-            self.throttled(source, "in all");
-            return Err(DisclosureError::Throttled(600));
-        }
         let id = format!(
             "VR-{}",
             crate::secrets::random_base32(10).map_err(|e| DisclosureError::Internal(e.to_string()))?.to_uppercase()
@@ -335,15 +346,27 @@ impl Disclosure {
             encrypted,
             token_hash: sha256_hex(token.expose()),
             challenge: report.challenge.clone(),
-            source: source_text,
+            source: source.map(source_key),
             created_at: now,
             acknowledged_at: None,
             status_at: now,
             exploited_at: None,
             updated_at: now,
         };
-        if !self.inner.store.insert_report(&row).await? {
-            return Err(refused("proof of work: this challenge was used already; ask for a new one"));
+        let limits = (i64::from(settings.reports_per_source_per_hour), i64::from(settings.reports_per_hour));
+        match self.inner.store.insert_report_within(&row, now - 3_600_000, limits.0, limits.1).await? {
+            ReportInsert::Stored => {}
+            ReportInsert::ChallengeUsed => {
+                return Err(refused("proof of work: this challenge was used already; ask for a new one"));
+            }
+            ReportInsert::SourceLimit => {
+                self.throttled(source, "from one source");
+                return Err(DisclosureError::Throttled(3600));
+            }
+            ReportInsert::HubLimit => {
+                self.throttled(source, "in all");
+                return Err(DisclosureError::Throttled(600));
+            }
         }
         tracing::info!(report = %id, "vulnerability report received");
         Ok(Submitted { id, token: token.expose().to_owned() })
@@ -398,13 +421,6 @@ impl Disclosure {
     /// The reporter answers through the status link.
     pub async fn reporter_message(&self, id: &str, token: &str, body: &str) -> Result<()> {
         let row = self.by_link(id, token).await?;
-        let from_reporter =
-            self.inner.store.report_messages(&row.id).await?.iter().filter(|m| m.author == "reporter").count();
-        if from_reporter >= MAX_REPORTER_MESSAGES {
-            return Err(DisclosureError::Conflict(format!(
-                "this report has {MAX_REPORTER_MESSAGES} messages from you; write to the contact in security.txt"
-            )));
-        }
         self.add_message(&row.id, "reporter", "", body).await
     }
 
@@ -421,7 +437,16 @@ impl Disclosure {
             account_id: account.into(),
             body: body.to_owned(),
         };
-        if self.inner.store.add_report_message(&message).await? { Ok(()) } else { Err(DisclosureError::NotFound) }
+        match self.inner.store.add_report_message(&message, MAX_REPORTER_MESSAGES as i64).await? {
+            MessageInsert::Stored => Ok(()),
+            MessageInsert::NoReport => Err(DisclosureError::NotFound),
+            MessageInsert::Closed => Err(DisclosureError::Conflict(
+                "this report is closed; write to a contact in security.txt if there is more".into(),
+            )),
+            MessageInsert::Cap => Err(DisclosureError::Conflict(format!(
+                "this report has {MAX_REPORTER_MESSAGES} messages from you; write to a contact in security.txt"
+            ))),
+        }
     }
 
     /// The next promise a report's state puts on the operators, and whether it is broken.
@@ -528,5 +553,16 @@ mod tests {
         assert!(!text_ok("bell\u{7}", 30, true));
         assert!(!text_ok("elevenchars", 10, false));
         assert!(text_ok("ünïcödé", 7, false), "characters, not bytes");
+        assert!(!text_ok("evil\u{202E}txt.exe", 30, false), "no bidi override on one line");
+        assert!(text_ok("a report may quote \u{202E} as found", 60, true), "the body keeps what was found");
+    }
+
+    #[test]
+    fn a_source_is_an_ipv4_address_or_an_ipv6_64() {
+        let key = |s: &str| source_key(s.parse().expect("ip"));
+        assert_eq!(key("192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), key("2001:db8:1:2:bbbb::9"), "one /64, one source");
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7", "a mapped IPv4 is that address");
     }
 }

@@ -53,7 +53,7 @@ pub use devices::{
 pub use events::{NewSecurityEvent, SecurityEventRow};
 pub use migrate::CopyReport;
 pub use passkeys::{CeremonyKind, PasskeyRow};
-pub use reports::{ReportMessageRow, ReportRow};
+pub use reports::{MessageInsert, ReportInsert, ReportMessageRow, ReportRow};
 pub use tokens::NewApiToken;
 pub use updates::{
     DeviceSoftwareRow, FINAL_DEVICE_STATES, GoalRow, ModelSupportRow, ReleaseRow, RolloutDeviceRow, RolloutRow,

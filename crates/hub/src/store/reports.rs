@@ -59,36 +59,103 @@ pub struct ReportMessageRow {
     pub body: String,
 }
 
+/// What became of a report sent to [`Store::insert_report_within`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportInsert {
+    /// Stored.
+    Stored,
+    /// Its challenge was used already.
+    ChallengeUsed,
+    /// Its source sent as many as allowed.
+    SourceLimit,
+    /// The hub took as many as allowed.
+    HubLimit,
+}
+
+/// What became of a message sent to [`Store::add_report_message`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageInsert {
+    /// Stored.
+    Stored,
+    /// No such report.
+    NoReport,
+    /// The report is closed (a reporter's message).
+    Closed,
+    /// The reporter sent as many as allowed.
+    Cap,
+}
+
+/// The advisory lock that serialises intakes on PostgreSQL.
+const INTAKE_LOCK: i64 = 0x4845_5254_4856_5231;
+
 const REPORT_COLUMNS: &str = "id, state, summary, details, affected, reporter_name, reporter_email, encrypted, \
      token_hash, challenge, source, created_at, acknowledged_at, status_at, exploited_at, updated_at";
 
 impl Store {
-    /// Stores a new report; false if its challenge was used already (nothing stored).
-    pub async fn insert_report(&self, r: &ReportRow) -> Result<bool> {
-        let sql = format!(
+    /// Stores a new report unless its challenge was used already, or `from_source` reports from its source (or
+    /// `in_all` from anywhere) were received since `since`. The counts and the insert are one transaction,
+    /// serialised against other intakes (on PostgreSQL by an advisory lock), so parallel reports cannot all
+    /// pass the same count.
+    pub async fn insert_report_within(
+        &self,
+        r: &ReportRow,
+        since: i64,
+        from_source: i64,
+        in_all: i64,
+    ) -> Result<ReportInsert> {
+        let insert = format!(
             "INSERT INTO vuln_reports ({REPORT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
              $13, $14, $15, $16) ON CONFLICT (challenge) DO NOTHING"
         );
-        on_pool!(self, pool => Ok(sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(&r.id)
-            .bind(&r.state)
-            .bind(&r.summary)
-            .bind(&r.details)
-            .bind(&r.affected)
-            .bind(&r.reporter_name)
-            .bind(&r.reporter_email)
-            .bind(r.encrypted)
-            .bind(&r.token_hash)
-            .bind(&r.challenge)
-            .bind(&r.source)
-            .bind(r.created_at)
-            .bind(r.acknowledged_at)
-            .bind(r.status_at)
-            .bind(r.exploited_at)
-            .bind(r.updated_at)
-            .execute(pool)
-            .await?
-            .rows_affected() == 1))
+        let postgres = self.kind() == super::BackendKind::Postgres;
+        on_pool!(self, pool => {
+            let mut tx = pool.begin_write().await?;
+            if postgres {
+                sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(INTAKE_LOCK).execute(tx.conn()).await?;
+            }
+            if let Some(source) = &r.source {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM vuln_reports WHERE source = $1 AND created_at >= $2",
+                )
+                .bind(source)
+                .bind(since)
+                .fetch_one(tx.conn())
+                .await?;
+                if n >= from_source {
+                    return Ok(ReportInsert::SourceLimit);
+                }
+            }
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM vuln_reports WHERE created_at >= $1")
+                .bind(since)
+                .fetch_one(tx.conn())
+                .await?;
+            if n >= in_all {
+                return Ok(ReportInsert::HubLimit);
+            }
+            let stored = sqlx::query(sqlx::AssertSqlSafe(insert))
+                .bind(&r.id)
+                .bind(&r.state)
+                .bind(&r.summary)
+                .bind(&r.details)
+                .bind(&r.affected)
+                .bind(&r.reporter_name)
+                .bind(&r.reporter_email)
+                .bind(r.encrypted)
+                .bind(&r.token_hash)
+                .bind(&r.challenge)
+                .bind(&r.source)
+                .bind(r.created_at)
+                .bind(r.acknowledged_at)
+                .bind(r.status_at)
+                .bind(r.exploited_at)
+                .bind(r.updated_at)
+                .execute(tx.conn())
+                .await?
+                .rows_affected()
+                == 1;
+            tx.commit().await?;
+            Ok(if stored { ReportInsert::Stored } else { ReportInsert::ChallengeUsed })
+        })
     }
 
     /// One report.
@@ -107,25 +174,6 @@ impl Store {
             .bind(state.unwrap_or(""))
             .bind(limit)
             .fetch_all(pool)
-            .await?))
-    }
-
-    /// Reports received from `source` since `since` (for the per-source limit).
-    pub async fn reports_from(&self, source: &str, since: i64) -> Result<i64> {
-        on_pool!(self, pool => Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM vuln_reports WHERE source = $1 AND created_at >= $2",
-        )
-        .bind(source)
-        .bind(since)
-        .fetch_one(pool)
-        .await?))
-    }
-
-    /// Reports received since `since` from anywhere (for the hub-wide limit).
-    pub async fn reports_since(&self, since: i64) -> Result<i64> {
-        on_pool!(self, pool => Ok(sqlx::query_scalar("SELECT COUNT(*) FROM vuln_reports WHERE created_at >= $1")
-            .bind(since)
-            .fetch_one(pool)
             .await?))
     }
 
@@ -162,22 +210,39 @@ impl Store {
         .rows_affected() == 1))
     }
 
-    /// Adds a message; an operator's message counts as telling the reporter the status. False for an unknown
-    /// report.
-    pub async fn add_report_message(&self, m: &ReportMessageRow) -> Result<bool> {
+    /// Adds a message; an operator's message counts as telling the reporter the status. A reporter's is refused
+    /// once they sent `reporter_cap` to this report or it is closed (published or rejected). The cap and the insert
+    /// are one transaction.
+    pub async fn add_report_message(&self, m: &ReportMessageRow, reporter_cap: i64) -> Result<MessageInsert> {
         let status_at = if m.author == "operator" { "status_at = $1, " } else { "" };
         let touch = format!("UPDATE vuln_reports SET {status_at}updated_at = $1 WHERE id = $2");
+        let reporter = m.author == "reporter";
+        let postgres = self.kind() == super::BackendKind::Postgres;
         on_pool!(self, pool => {
             let mut tx = pool.begin_write().await?;
-            let touched = sqlx::query(sqlx::AssertSqlSafe(touch))
-                .bind(m.at)
-                .bind(&m.report_id)
-                .execute(tx.conn())
-                .await?
-                .rows_affected();
-            if touched != 1 {
-                return Ok(false);
+            if postgres {
+                sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(INTAKE_LOCK).execute(tx.conn()).await?;
             }
+            let state: Option<String> = sqlx::query_scalar("SELECT state FROM vuln_reports WHERE id = $1")
+                .bind(&m.report_id)
+                .fetch_optional(tx.conn())
+                .await?;
+            let Some(state) = state else { return Ok(MessageInsert::NoReport) };
+            if reporter {
+                if state == "published" || state == "rejected" {
+                    return Ok(MessageInsert::Closed);
+                }
+                let sent: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM vuln_report_messages WHERE report_id = $1 AND author = 'reporter'",
+                )
+                .bind(&m.report_id)
+                .fetch_one(tx.conn())
+                .await?;
+                if sent >= reporter_cap {
+                    return Ok(MessageInsert::Cap);
+                }
+            }
+            sqlx::query(sqlx::AssertSqlSafe(touch)).bind(m.at).bind(&m.report_id).execute(tx.conn()).await?;
             sqlx::query(
                 "INSERT INTO vuln_report_messages (id, report_id, at, author, account_id, body) \
                  VALUES ($1, $2, $3, $4, $5, $6)",
@@ -191,7 +256,7 @@ impl Store {
             .execute(tx.conn())
             .await?;
             tx.commit().await?;
-            Ok(true)
+            Ok(MessageInsert::Stored)
         })
     }
 

@@ -976,15 +976,19 @@ async fn reports(store: &Store) {
         exploited_at: None,
         updated_at: at,
     };
+    use hearth_hub::store::{MessageInsert, ReportInsert};
     let first = report("VR-1", "c1", "192.0.2.1", NOW);
-    assert!(store.insert_report(&first).await.unwrap());
-    assert!(!store.insert_report(&report("VR-2", "c1", "192.0.2.9", NOW)).await.unwrap(), "a challenge is used once");
+    let within = |r: ReportRow, per_source: i64, in_all: i64| async move {
+        store.insert_report_within(&r, NOW - DAY, per_source, in_all).await.unwrap()
+    };
+    assert_eq!(within(first.clone(), 2, 10).await, ReportInsert::Stored);
+    assert_eq!(within(report("VR-2", "c1", "192.0.2.9", NOW), 2, 10).await, ReportInsert::ChallengeUsed, "once");
     assert!(store.report("VR-2").await.unwrap().is_none());
-    assert!(store.insert_report(&report("VR-3", "c3", "192.0.2.1", NOW + 10)).await.unwrap());
+    assert_eq!(within(report("VR-3", "c3", "192.0.2.1", NOW + 10), 2, 10).await, ReportInsert::Stored);
+    assert_eq!(within(report("VR-4", "c4", "192.0.2.1", NOW + 20), 2, 10).await, ReportInsert::SourceLimit);
+    assert_eq!(within(report("VR-5", "c5", "192.0.2.5", NOW + 20), 2, 2).await, ReportInsert::HubLimit);
+    assert!(store.report("VR-4").await.unwrap().is_none() && store.report("VR-5").await.unwrap().is_none());
     assert_eq!(store.report("VR-1").await.unwrap().unwrap(), first, "stored as sent");
-    assert_eq!(store.reports_from("192.0.2.1", NOW).await.unwrap(), 2);
-    assert_eq!(store.reports_from("192.0.2.1", NOW + 5).await.unwrap(), 1);
-    assert_eq!(store.reports_since(NOW - DAY).await.unwrap(), 2);
     let listed: Vec<String> = store.reports(None, 10).await.unwrap().into_iter().map(|r| r.id).collect();
     assert_eq!(listed, ["VR-3", "VR-1"], "newest first");
     assert!(!store.set_report_state("VR-1", &["triaging"], "fixing", NOW + 1).await.unwrap(), "not from new");
@@ -1008,16 +1012,24 @@ async fn reports(store: &Store) {
         account_id: if author == "operator" { "acct".into() } else { String::new() },
         body: format!("{author} says hello"),
     };
-    assert!(store.add_report_message(&message("m1", "reporter", NOW + 6)).await.unwrap());
+    assert_eq!(store.add_report_message(&message("m1", "reporter", NOW + 6), 1).await.unwrap(), MessageInsert::Stored);
+    assert_eq!(
+        store.add_report_message(&message("m1b", "reporter", NOW + 6), 1).await.unwrap(),
+        MessageInsert::Cap,
+        "the reporter's cap"
+    );
     assert_eq!(store.report("VR-1").await.unwrap().unwrap().status_at, NOW + 3, "a reporter's message is no status");
-    assert!(store.add_report_message(&message("m2", "operator", NOW + 7)).await.unwrap());
+    assert_eq!(store.add_report_message(&message("m2", "operator", NOW + 7), 1).await.unwrap(), MessageInsert::Stored);
     assert_eq!(store.report("VR-1").await.unwrap().unwrap().status_at, NOW + 7, "an operator's is");
-    assert!(
-        !store
-            .add_report_message(&ReportMessageRow { report_id: "VR-none".into(), ..message("m3", "operator", NOW) })
-            .await
-            .unwrap(),
-        "no report, no message"
+    let orphan = ReportMessageRow { report_id: "VR-none".into(), ..message("m3", "operator", NOW) };
+    assert_eq!(store.add_report_message(&orphan, 1).await.unwrap(), MessageInsert::NoReport);
+    assert!(store.set_report_state("VR-1", &["fixing"], "rejected", NOW + 8).await.unwrap());
+    let late = ReportMessageRow { report_id: "VR-3".into(), ..message("m4", "reporter", NOW + 9) };
+    assert_eq!(store.add_report_message(&late, 5).await.unwrap(), MessageInsert::Stored, "VR-3 is open");
+    assert_eq!(
+        store.add_report_message(&message("m5", "reporter", NOW + 9), 5).await.unwrap(),
+        MessageInsert::Closed,
+        "a closed report takes no more from the reporter"
     );
     let messages = store.report_messages("VR-1").await.unwrap();
     assert_eq!(messages.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["m1", "m2"]);

@@ -129,7 +129,11 @@ pub async fn report(
             } else {
                 StatusCode::UNPROCESSABLE_ENTITY
             };
-            Ok((status, html(&report_page(&state, form, Some(e.to_string()))?)).into_response())
+            let mut response = (status, html(&report_page(&state, form, Some(e.to_string()))?)).into_response();
+            if let DisclosureError::Throttled(wait) = e {
+                response.headers_mut().insert(axum::http::header::RETRY_AFTER, wait.into());
+            }
+            Ok(response)
         }
         Err(e) => Err(e.into()),
     }
