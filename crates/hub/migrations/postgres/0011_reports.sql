@@ -23,6 +23,12 @@ CREATE TABLE vuln_reports (
     status_at          BIGINT NOT NULL,
     -- Marked actively exploited (the CRA clock starts here).
     exploited_at       BIGINT,
+    -- First moved to fixed (the CRA's final report is due 14 days after a fix is available).
+    fixed_at           BIGINT,
+    -- When an operator recorded filing each CRA report with ENISA's platform (the hub never files anything).
+    early_warning_filed_at  BIGINT,
+    notification_filed_at   BIGINT,
+    final_report_filed_at   BIGINT,
     updated_at         BIGINT NOT NULL
 );
 CREATE INDEX vuln_reports_by_state ON vuln_reports (state, created_at);

@@ -23,6 +23,12 @@ CREATE TABLE vuln_reports (
     status_at          INTEGER NOT NULL,
     -- Marked actively exploited (the CRA clock starts here).
     exploited_at       INTEGER,
+    -- First moved to fixed (the CRA's final report is due 14 days after a fix is available).
+    fixed_at           INTEGER,
+    -- When an operator recorded filing each CRA report with ENISA's platform (the hub never files anything).
+    early_warning_filed_at  INTEGER,
+    notification_filed_at   INTEGER,
+    final_report_filed_at   INTEGER,
     updated_at         INTEGER NOT NULL
 );
 CREATE INDEX vuln_reports_by_state ON vuln_reports (state, created_at);

@@ -194,6 +194,38 @@ pub struct Deadline {
     pub due_at: i64,
 }
 
+/// The EU Cyber Resilience Act's reporting clock (Article 14) for an actively exploited vulnerability: an early
+/// warning within 24 hours of becoming aware, a notification within 72 hours, a final report within 14 days of a
+/// fix being available. The hub drafts each report for ENISA's single reporting platform (a web form, no API);
+/// a person files it and records that here. Nothing is sent automatically.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct CraClock {
+    /// Became aware (marked actively exploited), Unix ms.
+    pub started_at: i64,
+    /// The three reports, in order.
+    pub stages: Vec<CraStage>,
+}
+
+/// One CRA report.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct CraStage {
+    /// early_warning, notification or final_report.
+    pub stage: String,
+    /// Due, Unix ms (the final report: none until a fix is available).
+    pub due_at: Option<i64>,
+    /// Recorded as filed, Unix ms.
+    pub filed_at: Option<i64>,
+    /// Due and not filed.
+    pub overdue: bool,
+    /// What to enter on ENISA's platform, drafted from the report (check and complete it).
+    pub draft: String,
+}
+
+/// The CRA's deadlines, ms.
+const CRA_EARLY_WARNING_MS: i64 = 24 * 3_600_000;
+const CRA_NOTIFICATION_MS: i64 = 72 * 3_600_000;
+const CRA_FINAL_REPORT_MS: i64 = 14 * 86_400_000;
+
 /// One report in full, for operators.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ReportDetail {
@@ -209,6 +241,8 @@ pub struct ReportDetail {
     pub reporter_email: String,
     /// The conversation, oldest first.
     pub messages: Vec<MessageView>,
+    /// The CRA reporting clock, once the vulnerability is marked actively exploited.
+    pub cra: Option<CraClock>,
 }
 
 /// Vulnerability disclosure. Cheap to clone.
@@ -351,6 +385,10 @@ impl Disclosure {
             acknowledged_at: None,
             status_at: now,
             exploited_at: None,
+            fixed_at: None,
+            early_warning_filed_at: None,
+            notification_filed_at: None,
+            final_report_filed_at: None,
             updated_at: now,
         };
         let limits = (i64::from(settings.reports_per_source_per_hour), i64::from(settings.reports_per_hour));
@@ -490,11 +528,102 @@ impl Disclosure {
         Ok(self.inner.store.reports(state, 500).await?.iter().map(|r| self.view(r, now)).collect())
     }
 
+    /// The CRA clock of a report marked actively exploited, with drafts.
+    pub fn cra_clock(&self, row: &ReportRow, now: i64) -> Option<CraClock> {
+        let started = row.exploited_at?;
+        let organisation = match self.inner.settings.organisation.as_str() {
+            "" => "[the manufacturer: set disclosure.organisation]".to_owned(),
+            o => o.to_owned(),
+        };
+        let affected = if row.affected.is_empty() { "[products and versions affected]" } else { row.affected.as_str() };
+        let common = format!(
+            "Manufacturer: {organisation}\nProducts and versions affected: {affected}\nInternal reference: {}\n\
+             Became aware of active exploitation: {}\n",
+            row.id,
+            crate::disclosure::security_txt::rfc3339(started)
+        );
+        let stage = |name: &str, due_at: Option<i64>, filed_at: Option<i64>, draft: String| CraStage {
+            stage: name.into(),
+            overdue: filed_at.is_none() && due_at.is_some_and(|d| now > d),
+            due_at,
+            filed_at,
+            draft,
+        };
+        Some(CraClock {
+            started_at: started,
+            stages: vec![
+                stage(
+                    "early_warning",
+                    Some(started + CRA_EARLY_WARNING_MS),
+                    row.early_warning_filed_at,
+                    format!(
+                        "EARLY WARNING (CRA Art. 14(2)(a))\n{common}Summary: {}\n\
+                         Member States where the product is made available: [list them]\n\
+                         Suspected malicious action: [yes/no, and why]\n",
+                        row.summary
+                    ),
+                ),
+                stage(
+                    "notification",
+                    Some(started + CRA_NOTIFICATION_MS),
+                    row.notification_filed_at,
+                    format!(
+                        "VULNERABILITY NOTIFICATION (CRA Art. 14(2)(b))\n{common}Summary: {}\n\
+                         General nature of the exploit and of the vulnerability: [describe; from the report below]\n\
+                         Corrective or mitigating measures taken: [the fix or workaround, and its release]\n\
+                         Measures users can take: [what owners should do now]\n\
+                         Sensitivity of the information notified: [how it may be shared]\n",
+                        row.summary
+                    ),
+                ),
+                stage(
+                    "final_report",
+                    row.fixed_at.map(|f| f + CRA_FINAL_REPORT_MS),
+                    row.final_report_filed_at,
+                    format!(
+                        "FINAL REPORT (CRA Art. 14(2)(c))\n{common}Fix available since: {}\n\
+                         Description of the vulnerability, its severity and impact: [describe]\n\
+                         Malicious actor that exploited it, where known: [describe or unknown]\n\
+                         Security update or other corrective measures made available: [release and advisory]\n",
+                        row.fixed_at
+                            .map(crate::disclosure::security_txt::rfc3339)
+                            .unwrap_or_else(|| "[not yet]".into())
+                    ),
+                ),
+            ],
+        })
+    }
+
+    /// Records that an operator filed a CRA report with ENISA's platform (the first record counts).
+    pub async fn file_cra(&self, id: &str, stage: &str) -> Result<ReportDetail> {
+        if !["early_warning", "notification", "final_report"].contains(&stage) {
+            return Err(refused("stage: early_warning, notification or final_report"));
+        }
+        let now = self.inner.clock.now_ms();
+        if !self.inner.store.file_cra_stage(id, stage, now).await? {
+            let row = self.inner.store.report(id).await?.ok_or(DisclosureError::NotFound)?;
+            let filed = match stage {
+                "early_warning" => row.early_warning_filed_at,
+                "notification" => row.notification_filed_at,
+                _ => row.final_report_filed_at,
+            };
+            if filed.is_none() {
+                return Err(DisclosureError::Conflict(if row.exploited_at.is_none() {
+                    "the report is not marked actively exploited".into()
+                } else {
+                    "the final report is due after a fix: move the report to fixed first".into()
+                }));
+            }
+        }
+        self.detail(id).await
+    }
+
     /// One report in full.
     pub async fn detail(&self, id: &str) -> Result<ReportDetail> {
         let row = self.inner.store.report(id).await?.ok_or(DisclosureError::NotFound)?;
         let now = self.inner.clock.now_ms();
         Ok(ReportDetail {
+            cra: self.cra_clock(&row, now),
             report: self.view(&row, now),
             messages: self.messages(&row.id).await?,
             details: row.details,

@@ -11,7 +11,7 @@ pub const REPORT_PATH: &str = "/security/report";
 pub const POLICY_PATH: &str = "/security/policy";
 
 /// RFC 3339 UTC date and time, whole seconds.
-fn rfc3339(ms: i64) -> String {
+pub fn rfc3339(ms: i64) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000)).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",

@@ -398,7 +398,7 @@ async fn copy_updates(src: &SqlitePool, dst: &PgPool) -> Result<Vec<(&'static st
         dst,
         "vuln_reports",
         "id",
-        "id, state, summary, details, affected, reporter_name, reporter_email, encrypted, token_hash, challenge, source, created_at, acknowledged_at, status_at, exploited_at, updated_at",
+        "id, state, summary, details, affected, reporter_name, reporter_email, encrypted, token_hash, challenge, source, created_at, acknowledged_at, status_at, exploited_at, fixed_at, early_warning_filed_at, notification_filed_at, final_report_filed_at, updated_at",
         super::ReportRow,
         |q, r| q
             .bind(&r.id)
@@ -416,6 +416,10 @@ async fn copy_updates(src: &SqlitePool, dst: &PgPool) -> Result<Vec<(&'static st
             .bind(r.acknowledged_at)
             .bind(r.status_at)
             .bind(r.exploited_at)
+            .bind(r.fixed_at)
+            .bind(r.early_warning_filed_at)
+            .bind(r.notification_filed_at)
+            .bind(r.final_report_filed_at)
             .bind(r.updated_at)
     );
     out.push(("vuln_reports", n));

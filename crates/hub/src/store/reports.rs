@@ -38,6 +38,14 @@ pub struct ReportRow {
     pub status_at: i64,
     /// Marked actively exploited, Unix ms.
     pub exploited_at: Option<i64>,
+    /// First moved to fixed, Unix ms.
+    pub fixed_at: Option<i64>,
+    /// The CRA early warning was filed (as an operator recorded), Unix ms.
+    pub early_warning_filed_at: Option<i64>,
+    /// The CRA notification was filed, Unix ms.
+    pub notification_filed_at: Option<i64>,
+    /// The CRA final report was filed, Unix ms.
+    pub final_report_filed_at: Option<i64>,
     /// Last changed, Unix ms.
     pub updated_at: i64,
 }
@@ -89,7 +97,8 @@ pub enum MessageInsert {
 const INTAKE_LOCK: i64 = 0x4845_5254_4856_5231;
 
 const REPORT_COLUMNS: &str = "id, state, summary, details, affected, reporter_name, reporter_email, encrypted, \
-     token_hash, challenge, source, created_at, acknowledged_at, status_at, exploited_at, updated_at";
+     token_hash, challenge, source, created_at, acknowledged_at, status_at, exploited_at, fixed_at, \
+     early_warning_filed_at, notification_filed_at, final_report_filed_at, updated_at";
 
 impl Store {
     /// Stores a new report unless its challenge was used already, or `from_source` reports from its source (or
@@ -105,7 +114,7 @@ impl Store {
     ) -> Result<ReportInsert> {
         let insert = format!(
             "INSERT INTO vuln_reports ({REPORT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
-             $13, $14, $15, $16) ON CONFLICT (challenge) DO NOTHING"
+             $13, $14, $15, $16, $17, $18, $19, $20) ON CONFLICT (challenge) DO NOTHING"
         );
         let postgres = self.kind() == super::BackendKind::Postgres;
         on_pool!(self, pool => {
@@ -148,6 +157,10 @@ impl Store {
                 .bind(r.acknowledged_at)
                 .bind(r.status_at)
                 .bind(r.exploited_at)
+                .bind(r.fixed_at)
+                .bind(r.early_warning_filed_at)
+                .bind(r.notification_filed_at)
+                .bind(r.final_report_filed_at)
                 .bind(r.updated_at)
                 .execute(tx.conn())
                 .await?
@@ -186,7 +199,8 @@ impl Store {
         // Compare and set: a change made meanwhile (another operator, another node) wins, this one is refused.
         on_pool!(self, pool => Ok(sqlx::query(
             "UPDATE vuln_reports SET state = $1, status_at = $2, updated_at = $2, \
-             acknowledged_at = CASE WHEN acknowledged_at IS NULL AND $1 <> 'new' THEN $2 ELSE acknowledged_at END \
+             acknowledged_at = CASE WHEN acknowledged_at IS NULL AND $1 <> 'new' THEN $2 ELSE acknowledged_at END, \
+             fixed_at = CASE WHEN fixed_at IS NULL AND $1 = 'fixed' THEN $2 ELSE fixed_at END \
              WHERE id = $3 AND state = $4",
         )
         .bind(to)
@@ -208,6 +222,28 @@ impl Store {
         .execute(pool)
         .await?
         .rows_affected() == 1))
+    }
+
+    /// Records that an operator filed a CRA report (`early_warning`, `notification` or `final_report`) with
+    /// ENISA's platform; the first record counts. False if the report has no such stage open (not marked
+    /// exploited, or, for the final report, not fixed) or it was recorded already.
+    pub async fn file_cra_stage(&self, id: &str, stage: &str, now: i64) -> Result<bool> {
+        let (column, needs) = match stage {
+            "early_warning" => ("early_warning_filed_at", "exploited_at"),
+            "notification" => ("notification_filed_at", "exploited_at"),
+            "final_report" => ("final_report_filed_at", "fixed_at"),
+            _ => return Ok(false),
+        };
+        let sql = format!(
+            "UPDATE vuln_reports SET {column} = $1, updated_at = $1 WHERE id = $2 AND {column} IS NULL \
+             AND exploited_at IS NOT NULL AND {needs} IS NOT NULL"
+        );
+        on_pool!(self, pool => Ok(sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(now)
+            .bind(id)
+            .execute(pool)
+            .await?
+            .rows_affected() == 1))
     }
 
     /// Adds a message; an operator's message counts as telling the reporter the status. A reporter's is refused

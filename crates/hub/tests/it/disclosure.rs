@@ -329,6 +329,11 @@ async fn the_pages_take_a_report_show_it_as_text_and_let_operators_answer() {
     assert_eq!(act("message", vec![("body", "We are on it.".into())]).await.expect("msg").status().as_u16(), 303);
     assert_eq!(act("exploited", vec![]).await.expect("exploited").status().as_u16(), 303);
     assert_eq!(act("bogus", vec![]).await.expect("bogus").status().as_u16(), 404);
+    let page = b.get(format!("{base}/security/inbox/{id}")).header("cookie", &cookie).send().await.expect("page");
+    let page = page.text().await.expect("text");
+    assert!(page.contains("Early warning (24 hours)") && page.contains("FINAL REPORT (CRA Art. 14(2)(c))"), "{page}");
+    assert_eq!(act("cra-early_warning", vec![]).await.expect("filed").status().as_u16(), 303);
+    assert_eq!(act("cra-final_report", vec![]).await.expect("final").status().as_u16(), 409, "not fixed yet");
 
     // The reporter sees the state and the answer through the link, and answers.
     let status = b.get(&link).send().await.expect("status").text().await.expect("text");
@@ -346,4 +351,66 @@ async fn the_pages_take_a_report_show_it_as_text_and_let_operators_answer() {
     assert!(answer.text().await.expect("text").contains("Thanks! &#60;i&#62;more&#60;/i&#62;"));
     let wrong = b.get(format!("{base}/security/reports/{id}?token=hvr_wrong")).send().await.expect("wrong");
     assert_eq!(wrong.status().as_u16(), 404);
+}
+
+#[tokio::test]
+async fn marking_a_report_actively_exploited_starts_the_cra_clock_with_drafts_and_deadlines() {
+    let clock = hearth_hub::clock::Clock::manual(1_795_608_000_000);
+    let hub = TestHub::start_with_clock(|c| c.disclosure.organisation = "Example Devices Ltd".into(), clock.clone())
+        .await
+        .expect("hub");
+    let (challenge, nonce) = solved(&hub).await;
+    let (_, receipt) = report(
+        &hub,
+        json!({"summary": "Remote code execution in the plug's web UI", "details": "d", "affected": "plug-1 1.0-1.2",
+               "challenge": challenge, "nonce": nonce}),
+    )
+    .await;
+    let id = receipt["id"].as_str().expect("id").to_owned();
+    let path = |tail: &str| format!("/api/v1/reports/{id}{tail}");
+    let (_, detail) = hub.get(&path("")).await.expect("detail");
+    assert!(detail["cra"].is_null(), "no clock before it is marked exploited");
+    let (status, _) = hub.post(&path("/cra/early_warning"), json!({})).await.expect("early");
+    assert_eq!(status, 409, "nothing to file yet");
+
+    let (_, marked) = hub.post(&path("/exploited"), json!({})).await.expect("exploited");
+    let started = marked["cra"]["started_at"].as_i64().expect("started");
+    let stages = marked["cra"]["stages"].as_array().expect("stages").clone();
+    let names: Vec<&str> = stages.iter().filter_map(|s| s["stage"].as_str()).collect();
+    assert_eq!(names, ["early_warning", "notification", "final_report"]);
+    assert_eq!(stages[0]["due_at"].as_i64(), Some(started + 24 * 3_600_000), "24 hours");
+    assert_eq!(stages[1]["due_at"].as_i64(), Some(started + 72 * 3_600_000), "72 hours");
+    assert!(stages[2]["due_at"].is_null(), "the final report waits for a fix");
+    let draft = stages[0]["draft"].as_str().expect("draft");
+    assert!(
+        draft.contains("Example Devices Ltd") && draft.contains("plug-1 1.0-1.2") && draft.contains(&id),
+        "{draft}"
+    );
+    let (status, _) = hub.post(&path("/cra/final_report"), json!({})).await.expect("final");
+    assert_eq!(status, 409, "no final report before a fix");
+    let (status, _) = hub.post(&path("/cra/weekly"), json!({})).await.expect("bogus");
+    assert_eq!(status, 422);
+
+    // A day later the early warning is overdue; recording it as filed clears that.
+    clock.advance(Duration::from_secs(25 * 3600));
+    let (_, late) = hub.get(&path("")).await.expect("detail");
+    assert_eq!(late["cra"]["stages"][0]["overdue"], true);
+    assert_eq!(late["cra"]["stages"][1]["overdue"], false);
+    let (status, filed) = hub.post(&path("/cra/early_warning"), json!({})).await.expect("file");
+    assert_eq!(status, 200);
+    assert_eq!(filed["cra"]["stages"][0]["overdue"], false);
+    assert!(filed["cra"]["stages"][0]["filed_at"].as_i64().is_some());
+
+    // The fix: the final report is due 14 days later.
+    let (_, fixed) = hub.post(&path("/state"), json!({"state": "fixed"})).await.expect("fixed");
+    let fixed_at = clock.now_ms();
+    assert_eq!(fixed["cra"]["stages"][2]["due_at"].as_i64(), Some(fixed_at + 14 * 86_400_000));
+    let (status, _) = hub.post(&path("/cra/final_report"), json!({})).await.expect("final");
+    assert_eq!(status, 200);
+    // The notification was never recorded: 72 hours have passed, so it shows overdue.
+    clock.advance(Duration::from_secs(48 * 3600));
+    let (_, now) = hub.get(&path("")).await.expect("detail");
+    assert_eq!(now["cra"]["stages"][1]["overdue"], true);
+    let (_, log) = hub.get("/api/v1/audit-log").await.expect("log");
+    assert!(log.as_array().expect("log").iter().any(|e| e["action"] == "report_cra_filed"));
 }

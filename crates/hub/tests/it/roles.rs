@@ -169,6 +169,7 @@ fn rows() -> Vec<Row> {
         r("POST", "/api/v1/reports/{rep}/state", Json(json!({"state": "fixing"})), [404, 403, 403, 403, 403, 401]),
         r("POST", "/api/v1/reports/{rep}/messages", Json(json!({"body": "hi"})), [404, 403, 403, 403, 403, 401]),
         r("POST", "/api/v1/reports/{rep}/exploited", Json(json!({})), [404, 403, 403, 403, 403, 401]),
+        r("POST", "/api/v1/reports/{rep}/cra/{stage}", Json(json!({})), [404, 403, 403, 403, 403, 401]),
         // Operators only.
         r("POST", "/api/v1/devices", Json(json!({"model": "plug-1", "count": 0})), [400, 403, 403, 403, 403, 401]),
         r("POST", "/api/v1/devices/{dev}/bootstrap", Json(json!({})), [201, 403, 403, 403, 403, 401]),
@@ -360,7 +361,8 @@ async fn every_route_and_page_answers_each_role_as_the_table_says() {
                 .replace("{sha}", "0000000000000000000000000000000000000000000000000000000000000000")
                 .replace("{model}", "plug-1")
                 .replace("{roll}", "rnope")
-                .replace("{rep}", "VR-NOPE");
+                .replace("{rep}", "VR-NOPE")
+                .replace("{stage}", "early_warning");
             let url = format!("{}{path}", hub.base());
             let mut request = if row.method == "GET" { client.get(&url) } else { client.post(&url) };
             if let Some((cookie, csrf)) = caller {

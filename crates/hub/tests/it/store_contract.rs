@@ -974,6 +974,10 @@ async fn reports(store: &Store) {
         acknowledged_at: None,
         status_at: at,
         exploited_at: None,
+        fixed_at: None,
+        early_warning_filed_at: None,
+        notification_filed_at: None,
+        final_report_filed_at: None,
         updated_at: at,
     };
     use hearth_hub::store::{MessageInsert, ReportInsert};
@@ -1001,7 +1005,12 @@ async fn reports(store: &Store) {
     assert!(store.set_report_state("VR-1", &["acknowledged"], "fixing", NOW + 3).await.unwrap());
     assert_eq!(store.report("VR-1").await.unwrap().unwrap().acknowledged_at, Some(NOW + 2), "acknowledged once");
     assert_eq!(store.reports(Some("fixing"), 10).await.unwrap().len(), 1);
+    assert!(!store.file_cra_stage("VR-1", "early_warning", NOW + 4).await.unwrap(), "not exploited: no CRA stage");
     assert!(store.mark_report_exploited("VR-1", NOW + 4).await.unwrap());
+    assert!(store.file_cra_stage("VR-1", "early_warning", NOW + 5).await.unwrap());
+    assert!(!store.file_cra_stage("VR-1", "early_warning", NOW + 6).await.unwrap(), "the first record counts");
+    assert!(!store.file_cra_stage("VR-1", "final_report", NOW + 6).await.unwrap(), "no final report before a fix");
+    assert!(!store.file_cra_stage("VR-1", "bogus", NOW + 6).await.unwrap());
     assert!(!store.mark_report_exploited("VR-1", NOW + 5).await.unwrap(), "the first mark counts");
     assert_eq!(store.report("VR-1").await.unwrap().unwrap().exploited_at, Some(NOW + 4));
     let message = |id: &str, author: &str, at: i64| ReportMessageRow {
@@ -1023,7 +1032,13 @@ async fn reports(store: &Store) {
     assert_eq!(store.report("VR-1").await.unwrap().unwrap().status_at, NOW + 7, "an operator's is");
     let orphan = ReportMessageRow { report_id: "VR-none".into(), ..message("m3", "operator", NOW) };
     assert_eq!(store.add_report_message(&orphan, 1).await.unwrap(), MessageInsert::NoReport);
-    assert!(store.set_report_state("VR-1", &["fixing"], "rejected", NOW + 8).await.unwrap());
+    assert!(store.set_report_state("VR-1", &["fixing"], "fixed", NOW + 8).await.unwrap());
+    assert!(store.set_report_state("VR-1", &["fixed"], "fixing", NOW + 8).await.unwrap());
+    assert!(store.set_report_state("VR-1", &["fixing"], "fixed", NOW + 8 + DAY).await.unwrap());
+    let fixed = store.report("VR-1").await.unwrap().unwrap();
+    assert_eq!((fixed.fixed_at, fixed.early_warning_filed_at), (Some(NOW + 8), Some(NOW + 5)), "the first fix counts");
+    assert!(store.file_cra_stage("VR-1", "final_report", NOW + 9).await.unwrap(), "after the fix");
+    assert!(store.set_report_state("VR-1", &["fixed"], "rejected", NOW + 8).await.unwrap());
     let late = ReportMessageRow { report_id: "VR-3".into(), ..message("m4", "reporter", NOW + 9) };
     assert_eq!(store.add_report_message(&late, 5).await.unwrap(), MessageInsert::Stored, "VR-3 is open");
     assert_eq!(

@@ -27,6 +27,7 @@ pub fn router() -> Router<HubState> {
         .route("/api/v1/reports/{id}/state", post(set_state))
         .route("/api/v1/reports/{id}/messages", post(operator_message))
         .route("/api/v1/reports/{id}/exploited", post(mark_exploited))
+        .route("/api/v1/reports/{id}/cra/{stage}", post(file_cra))
         .route("/api/v1/reports/{id}/status", get(status))
         .route("/api/v1/reports/{id}/status/messages", post(reporter_message))
 }
@@ -221,5 +222,22 @@ async fn mark_exploited(
 ) -> Result<Json<ReportDetail>, ApiError> {
     let detail = state.disclosure.mark_exploited(&id).await?;
     state.accounts.record(&auth.0, "report_exploited", &id, super::source_ip(&addr)).await;
+    Ok(Json(detail))
+}
+
+/// Records that the CRA report `stage` (early_warning, notification, final_report) was filed with ENISA's
+/// platform. The hub files nothing itself; it drafts and keeps the times.
+#[utoipa::path(post, path = "/api/v1/reports/{id}/cra/{stage}", params(("id" = String, Path, description = "Tracking id"), ("stage" = String, Path, description = "early_warning, notification or final_report")), security(("bearer" = []), ("session" = [])),
+    responses((status = 200, body = ReportDetail), (status = 404, body = super::error::ErrorBody),
+        (status = 409, body = super::error::ErrorBody, description = "Not marked actively exploited, or (final report) not fixed yet"),
+        (status = 422, body = super::error::ErrorBody)))]
+async fn file_cra(
+    State(state): State<HubState>,
+    auth: OperatorAuth,
+    addr: Option<Extension<super::PeerAddr>>,
+    ApiPath((id, stage)): ApiPath<(String, String)>,
+) -> Result<Json<ReportDetail>, ApiError> {
+    let detail = state.disclosure.file_cra(&id, &stage).await?;
+    state.accounts.record(&auth.0, "report_cra_filed", &format!("{id} {stage}"), super::source_ip(&addr)).await;
     Ok(Json(detail))
 }

@@ -288,9 +288,20 @@ pub async fn inbox(State(state): State<HubState>, SignedIn(v): SignedIn) -> Resu
     }))
 }
 
+/// One CRA report on the page.
+pub struct CraLine {
+    stage: String,
+    title: &'static str,
+    due: Option<String>,
+    filed: Option<String>,
+    overdue: bool,
+    draft: String,
+}
+
 #[derive(Template)]
 #[template(path = "security_inbox_report.html")]
 struct InboxReportPage {
+    cra: Vec<CraLine>,
     chrome: Chrome,
     id: String,
     summary: String,
@@ -325,7 +336,25 @@ pub async fn inbox_report(
         (false, false) => format!("{} <{}>", d.reporter_name, d.reporter_email),
     };
     let r = &d.report;
+    let cra = d
+        .cra
+        .iter()
+        .flat_map(|c| c.stages.iter())
+        .map(|st| CraLine {
+            title: match st.stage.as_str() {
+                "early_warning" => "Early warning (24 hours)",
+                "notification" => "Vulnerability notification (72 hours)",
+                _ => "Final report (14 days after a fix)",
+            },
+            stage: st.stage.clone(),
+            due: st.due_at.map(when),
+            filed: st.filed_at.map(when),
+            overdue: st.overdue,
+            draft: st.draft.clone(),
+        })
+        .collect();
     Ok(html(&InboxReportPage {
+        cra,
         chrome: v.chrome(),
         next_states: crate::disclosure::STATES.iter().copied().filter(|s| *s != "new" && *s != r.state).collect(),
         id: r.id.clone(),
@@ -384,6 +413,11 @@ pub async fn inbox_action(
         "exploited" => {
             state.disclosure.mark_exploited(&id).await?;
             ("report_exploited", id.clone())
+        }
+        cra if cra.starts_with("cra-") => {
+            let stage = &cra[4..];
+            state.disclosure.file_cra(&id, stage).await?;
+            ("report_cra_filed", format!("{id} {stage}"))
         }
         _ => return Err(PageError::not_found()),
     };
