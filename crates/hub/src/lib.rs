@@ -260,26 +260,11 @@ pub async fn start_with_clock(config: Config, clock: clock::Clock) -> Result<Run
     )
     .await
     .map_err(failed("loading the update repository's keys"))?;
-    let d = &config.disclosure;
     let disclosure = disclosure::Disclosure::new(
         store.clone(),
         clock.clone(),
         monitor.clone(),
-        disclosure::DisclosureSettings {
-            organisation: d.organisation.clone(),
-            contacts: d.contacts.clone(),
-            encryption_key_url: d.encryption_key_url.clone(),
-            acknowledgments_url: d.acknowledgments_url.clone(),
-            preferred_languages: d.preferred_languages.clone(),
-            expires_days: d.expires_days,
-            acknowledge_days: d.acknowledge_days,
-            status_days: d.status_days,
-            fix_days: d.fix_days,
-            scope: d.scope.clone(),
-            reports_per_source_per_hour: d.reports_per_source_per_hour,
-            reports_per_hour: d.reports_per_hour,
-            proof_of_work_bits: d.proof_of_work_bits,
-        },
+        config.disclosure.clone(),
         // The same on every node (from the shared master key), so any node checks any node's challenge.
         &master.token_mac("report-challenge-key", ""),
     );

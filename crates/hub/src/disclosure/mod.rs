@@ -70,36 +70,8 @@ fn refused(msg: impl Into<String>) -> DisclosureError {
     DisclosureError::Refused(msg.into())
 }
 
-/// `[disclosure]`, as the hub runs with it.
-#[derive(Debug, Clone)]
-pub struct DisclosureSettings {
-    /// Who makes the product, as the policy names it.
-    pub organisation: String,
-    /// Contacts besides the hub's own report form (`mailto:` or `https://` URIs).
-    pub contacts: Vec<String>,
-    /// Where the maker's OpenPGP key is (security.txt `Encryption`).
-    pub encryption_key_url: Option<String>,
-    /// Where reporters are thanked (security.txt `Acknowledgments`).
-    pub acknowledgments_url: Option<String>,
-    /// Languages reports may be written in.
-    pub preferred_languages: Vec<String>,
-    /// security.txt `Expires` lies this many days ahead of each answer.
-    pub expires_days: u32,
-    /// Promised: a report is acknowledged within this many days.
-    pub acknowledge_days: u32,
-    /// Promised: the reporter hears the status at least this often, days.
-    pub status_days: u32,
-    /// Aimed at: a fix within this many days.
-    pub fix_days: u32,
-    /// What the policy covers, in plain words.
-    pub scope: String,
-    /// Reports one source address may send per hour.
-    pub reports_per_source_per_hour: u32,
-    /// Reports the hub takes per hour in all.
-    pub reports_per_hour: u32,
-    /// Proof-of-work difficulty, bits.
-    pub proof_of_work_bits: u8,
-}
+/// `[disclosure]`, as the hub runs with it (the validated configuration itself).
+pub type DisclosureSettings = crate::config::Disclosure;
 
 /// A report as sent.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
