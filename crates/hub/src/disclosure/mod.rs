@@ -11,6 +11,7 @@
 
 pub mod pow;
 pub mod security_txt;
+pub mod statement;
 
 use std::sync::Arc;
 
@@ -282,6 +283,16 @@ impl Disclosure {
         Disclosure {
             inner: Arc::new(Inner { store, clock, monitor, challenges: pow::Issuer::new(challenge_key), settings }),
         }
+    }
+
+    /// A model's product security statement, for a hub at `base_url`.
+    pub async fn statement(
+        &self,
+        updates: &crate::updates::UpdateSettings,
+        model: &str,
+        base_url: &str,
+    ) -> Result<statement::SecurityStatement> {
+        statement::statement(&self.inner.store, &self.inner.settings, updates, model, base_url).await
     }
 
     /// The settings.

@@ -414,3 +414,54 @@ async fn marking_a_report_actively_exploited_starts_the_cra_clock_with_drafts_an
     let (_, log) = hub.get("/api/v1/audit-log").await.expect("log");
     assert!(log.as_array().expect("log").iter().any(|e| e["action"] == "report_cra_filed"));
 }
+
+#[tokio::test]
+async fn each_model_has_a_public_security_statement_that_flags_a_support_period_under_five_years() {
+    use hearth_test_support::updates::{Maker, release_info};
+    let hub = TestHub::start_with(|c| {
+        c.disclosure.organisation = "Example Devices Ltd".into();
+        c.disclosure.contacts = vec!["mailto:security@example.org".into()];
+    })
+    .await
+    .expect("hub");
+    let anon = |path: &str| hub.client.get(format!("{}{path}", hub.base())).send();
+    assert_eq!(anon("/api/v1/models/test-model/security-statement").await.expect("get").status().as_u16(), 404);
+    let dir = tempfile::tempdir().expect("dir");
+    let maker = Maker::new(&hub.client, &hub.base(), &hub.token, dir.path()).await.expect("maker");
+    maker.release("test-model-1.0.0.img", release_info("test-model", "1.0.0", 1), 1000, 1).await.expect("release");
+    let (status, answer) = maker.publish(&hub.client, &hub.base(), &hub.token, &[1], true).await.expect("publish");
+    assert_eq!(status, 200, "{answer}");
+    let now = hub.hub.state.clock.now_ms();
+    let year = 31_557_600_000i64;
+    let support = |until: i64| json!({"support_until": until, "policy": "Fixes for <b>known</b> vulnerabilities."});
+    assert_eq!(hub.post("/api/v1/models/test-model/support", support(now + 3 * year)).await.expect("support").0, 200);
+
+    // Anyone may read it: no account, no token.
+    let resp = anon("/api/v1/models/test-model/security-statement").await.expect("get");
+    assert_eq!(resp.status().as_u16(), 200);
+    let s: Value = resp.json().await.expect("json");
+    assert_eq!(s["manufacturer"], "Example Devices Ltd");
+    assert_eq!(s["support_until"].as_i64(), Some(now + 3 * year));
+    assert_eq!(s["support_shorter_than_five_years"], true, "three years is under the CRA's five");
+    let contacts: Vec<&str> =
+        s["report_contacts"].as_array().expect("contacts").iter().filter_map(Value::as_str).collect();
+    assert_eq!(contacts, [format!("{}/security/report", hub.base()).as_str(), "mailto:security@example.org"]);
+    assert!(s["update_policy"].as_str().is_some_and(|p| p.contains("within 14 days") && p.contains("free")), "{s}");
+
+    // The page says so and offers the snippet (escaped, to copy); the snippet alone carries no script.
+    let page = anon("/security/products/test-model").await.expect("page").text().await.expect("text");
+    assert!(page.contains("shorter than five years") && page.contains("id=\"snippet\""), "{page}");
+    assert!(!page.contains("<b>known</b>"), "the maker's policy is text too");
+    let snippet = anon("/security/products/test-model/snippet.html").await.expect("snippet");
+    assert!(snippet.headers()["content-type"].to_str().expect("type").starts_with("text/html"));
+    let snippet = snippet.text().await.expect("text");
+    assert!(snippet.starts_with("<section class=\"hearth-security-statement\"") && !snippet.contains("<script"));
+    assert!(snippet.contains("/security/report") && snippet.contains("Example Devices Ltd"));
+
+    // Extended to six years: no longer flagged. An unknown or malformed model is not found.
+    assert_eq!(hub.post("/api/v1/models/test-model/support", support(now + 6 * year)).await.expect("support").0, 200);
+    let s: Value = anon("/api/v1/models/test-model/security-statement").await.expect("get").json().await.expect("json");
+    assert_eq!(s["support_shorter_than_five_years"], false);
+    assert_eq!(anon("/security/products/no-such-model").await.expect("get").status().as_u16(), 404);
+    assert_eq!(anon("/security/products/..%2F..").await.expect("get").status().as_u16(), 404);
+}

@@ -28,6 +28,7 @@ pub fn router() -> Router<HubState> {
         .route("/api/v1/reports/{id}/messages", post(operator_message))
         .route("/api/v1/reports/{id}/exploited", post(mark_exploited))
         .route("/api/v1/reports/{id}/cra/{stage}", post(file_cra))
+        .route("/api/v1/models/{model}/security-statement", get(security_statement))
         .route("/api/v1/reports/{id}/status", get(status))
         .route("/api/v1/reports/{id}/status/messages", post(reporter_message))
 }
@@ -240,4 +241,17 @@ async fn file_cra(
     let detail = state.disclosure.file_cra(&id, &stage).await?;
     state.accounts.record(&auth.0, "report_cra_filed", &format!("{id} {stage}"), super::source_ip(&addr)).await;
     Ok(Json(detail))
+}
+
+/// A model's product security statement (public): manufacturer, where to report a vulnerability, the defined
+/// support period (and whether it is shorter than the CRA's five years), how updates reach the device.
+#[utoipa::path(get, path = "/api/v1/models/{model}/security-statement", params(("model" = String, Path, description = "Model")),
+    responses((status = 200, body = crate::disclosure::statement::SecurityStatement), (status = 404, body = super::error::ErrorBody, description = "A model with neither a support period nor a release")))]
+async fn security_statement(
+    State(state): State<HubState>,
+    ApiPath(model): ApiPath<String>,
+) -> Result<Json<crate::disclosure::statement::SecurityStatement>, ApiError> {
+    let model = hearth_proto::ModelId::parse(&model).map_err(|_| ApiError::not_found("model"))?;
+    let settings = state.updates.settings();
+    Ok(Json(state.disclosure.statement(settings, model.as_str(), &state.public.https_url).await?))
 }

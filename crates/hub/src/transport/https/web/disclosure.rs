@@ -424,3 +424,60 @@ pub async fn inbox_action(
     state.accounts.record(&v.op, audited, &target, super::super::source_ip(&peer)).await;
     Ok(axum::response::Redirect::to(&format!("/security/inbox/{id}")).into_response())
 }
+
+#[derive(Template)]
+#[template(path = "security_snippet.html")]
+struct SnippetFragment<'a> {
+    s: &'a crate::disclosure::statement::SecurityStatement,
+    until: Option<String>,
+    report: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "security_statement.html")]
+struct StatementPage {
+    chrome: Chrome,
+    s: crate::disclosure::statement::SecurityStatement,
+    until: Option<String>,
+    snippet: String,
+}
+
+/// The date part of [`when`].
+fn day(ms: i64) -> String {
+    when(ms).split(' ').next().unwrap_or_default().to_owned()
+}
+
+async fn statement_of(
+    state: &HubState,
+    model: &str,
+) -> Result<crate::disclosure::statement::SecurityStatement, PageError> {
+    let model = hearth_proto::ModelId::parse(model).map_err(|_| PageError::not_found())?;
+    state
+        .disclosure
+        .statement(state.updates.settings(), model.as_str(), &state.public.https_url)
+        .await
+        .map_err(|_| PageError::not_found())
+}
+
+fn snippet(s: &crate::disclosure::statement::SecurityStatement) -> Result<String, PageError> {
+    let report = s.report_contacts.first().cloned().unwrap_or_default();
+    SnippetFragment { s, until: s.support_until.map(day), report: &report }
+        .render()
+        .map_err(|e| PageError::Page(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// `GET /security/products/{model}`: the public statement, with the snippet to copy.
+pub async fn statement_page(State(state): State<HubState>, Path(model): Path<String>) -> Result<Response, PageError> {
+    let s = statement_of(&state, &model).await?;
+    let snippet = snippet(&s)?;
+    Ok(html(&StatementPage { chrome: Chrome::anonymous(), until: s.support_until.map(day), snippet, s }))
+}
+
+/// `GET /security/products/{model}/snippet.html`: the HTML fragment alone.
+pub async fn statement_snippet(
+    State(state): State<HubState>,
+    Path(model): Path<String>,
+) -> Result<Response, PageError> {
+    let s = statement_of(&state, &model).await?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")], snippet(&s)?).into_response())
+}

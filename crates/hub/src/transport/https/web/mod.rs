@@ -50,6 +50,8 @@ pub fn router() -> Router<HubState> {
         .route("/security/policy", get(disclosure::policy))
         .route("/security/report", get(disclosure::report_form).post(disclosure::report))
         .route("/security/reports/{id}", get(disclosure::status).post(disclosure::answer))
+        .route("/security/products/{model}", get(disclosure::statement_page))
+        .route("/security/products/{model}/snippet.html", get(disclosure::statement_snippet))
         .route("/security/inbox", get(disclosure::inbox))
         .route("/security/inbox/{id}", get(disclosure::inbox_report))
         .route("/security/inbox/{id}/{action}", post(disclosure::inbox_action))
