@@ -108,6 +108,10 @@ pub fn check(method: &str, path: &str, status: u16, content_type: Option<&str>, 
     if media_type != declared_type {
         return Err(format!("{what} as {media_type:?}, where the document declares {declared_type:?}"));
     }
+    if declared_type.starts_with("text/") {
+        // Text (security.txt, drafts): declared as a string; it must be UTF-8 text.
+        return std::str::from_utf8(body).map(|_| ()).map_err(|_| format!("{what} with a body that is not UTF-8 text"));
+    }
     let value: Value =
         serde_json::from_slice(body).map_err(|e| format!("{what} with a body that is not JSON ({e})"))?;
     let validator = validator(&template, &method, status, &media["schema"])?;

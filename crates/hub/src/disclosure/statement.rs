@@ -74,3 +74,66 @@ pub async fn statement(
         ),
     })
 }
+
+/// A draft of the UK PSTI statement of compliance (The Product Security and Telecommunications Infrastructure
+/// (Security Requirements for Relevant Connectable Products) Regulations 2023, Schedule 2) for `s`, for the
+/// manufacturer to complete and sign. What only the manufacturer knows is in brackets.
+pub fn psti_draft(s: &SecurityStatement, issued_ms: i64) -> String {
+    let day = |ms: i64| super::security_txt::rfc3339(ms)[..10].to_owned();
+    let manufacturer = if s.manufacturer.is_empty() { "[manufacturer's name]" } else { s.manufacturer.as_str() };
+    let support = match s.support_until {
+        Some(until) => format!("Security updates will be provided until at least {}.", day(until)),
+        None => "[the defined support period: not yet set on the hub]".to_owned(),
+    };
+    format!(
+        "STATEMENT OF COMPLIANCE\n\
+         The Product Security and Telecommunications Infrastructure (Security Requirements for Relevant Connectable \
+         Products) Regulations 2023\n\n\
+         1. Product type: {model} [and the batch or serial numbers this statement covers]\n\
+         2. Manufacturer: {manufacturer}, [manufacturer's address]\n\
+         3. This statement of compliance is prepared by or on behalf of the manufacturer.\n\
+         4. In the opinion of the manufacturer, the manufacturer has complied with the applicable security \
+         requirements in Schedule 1 of the Regulations: no universal default passwords (each device has its own \
+         identity and no password); a means to report security issues ({report}, policy: {policy}); and the \
+         defined support period below.\n\
+         5. Defined support period: {support}\n\
+         6. Signed for and on behalf of {manufacturer}:\n   Name: [name]\n   Function: [function]\n\
+         \x20  Place of issue: [place]\n   Date of issue: {issued}\n   Signature: [signature]\n",
+        model = s.model,
+        report = s.report_contacts.first().map(String::as_str).unwrap_or("[where to report]"),
+        policy = s.policy_url,
+        issued = day(issued_ms),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_psti_draft_names_the_product_the_maker_the_contact_and_the_support_period() {
+        let s = SecurityStatement {
+            model: "plug-1".into(),
+            manufacturer: "Example Devices Ltd".into(),
+            support_until: Some(1_955_000_000_000),
+            support_policy: String::new(),
+            support_shorter_than_five_years: false,
+            report_contacts: vec!["https://hub.example.org/security/report".into()],
+            policy_url: "https://hub.example.org/security/policy".into(),
+            update_policy: String::new(),
+        };
+        let draft = psti_draft(&s, 1_795_608_000_000);
+        for needed in [
+            "plug-1",
+            "Example Devices Ltd",
+            "https://hub.example.org/security/report",
+            "until at least 2031-",
+            "Date of issue: 2026-11-25",
+            "Schedule 1",
+        ] {
+            assert!(draft.contains(needed), "{needed}: {draft}");
+        }
+        let unset = psti_draft(&SecurityStatement { manufacturer: String::new(), support_until: None, ..s }, 0);
+        assert!(unset.contains("[manufacturer's name]") && unset.contains("not yet set"), "{unset}");
+    }
+}

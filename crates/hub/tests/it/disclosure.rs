@@ -458,6 +458,20 @@ async fn each_model_has_a_public_security_statement_that_flags_a_support_period_
     assert!(snippet.starts_with("<section class=\"hearth-security-statement\"") && !snippet.contains("<script"));
     assert!(snippet.contains("/security/report") && snippet.contains("Example Devices Ltd"));
 
+    // The owner gets a PSTI statement of compliance to complete and sign; nobody else does.
+    let (status, _, draft) = hub
+        .send(hub.client.get(format!("{}/api/v1/models/test-model/psti-statement", hub.base())).bearer_auth(&hub.token))
+        .await
+        .expect("draft");
+    let draft = String::from_utf8(draft).expect("text");
+    assert_eq!(status, 200, "{draft}");
+    assert!(
+        draft.contains("STATEMENT OF COMPLIANCE")
+            && draft.contains("test-model")
+            && draft.contains("Example Devices Ltd")
+    );
+    assert_eq!(anon("/api/v1/models/test-model/psti-statement").await.expect("anon").status().as_u16(), 401);
+
     // Extended to six years: no longer flagged. An unknown or malformed model is not found.
     assert_eq!(hub.post("/api/v1/models/test-model/support", support(now + 6 * year)).await.expect("support").0, 200);
     let s: Value = anon("/api/v1/models/test-model/security-statement").await.expect("get").json().await.expect("json");

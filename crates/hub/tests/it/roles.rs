@@ -165,6 +165,7 @@ fn rows() -> Vec<Row> {
         r("GET", "/api/v1/reports/{rep}/status?token=hvr_x", none(), [404; 6]),
         r("POST", "/api/v1/reports/{rep}/status/messages?token=hvr_x", Json(json!({"body": "hi"})), [404; 6]),
         r("GET", "/api/v1/models/{model}/security-statement", none(), [404; 6]),
+        r("GET", "/api/v1/models/{model}/psti-statement", none(), [404, 403, 403, 403, 403, 401]),
         r("GET", "/api/v1/reports", none(), [200, 403, 403, 403, 403, 401]),
         r("GET", "/api/v1/reports/{rep}", none(), [404, 403, 403, 403, 403, 401]),
         r("POST", "/api/v1/reports/{rep}/state", Json(json!({"state": "fixing"})), [404, 403, 403, 403, 403, 401]),

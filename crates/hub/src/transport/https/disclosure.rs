@@ -29,6 +29,7 @@ pub fn router() -> Router<HubState> {
         .route("/api/v1/reports/{id}/exploited", post(mark_exploited))
         .route("/api/v1/reports/{id}/cra/{stage}", post(file_cra))
         .route("/api/v1/models/{model}/security-statement", get(security_statement))
+        .route("/api/v1/models/{model}/psti-statement", get(psti_statement))
         .route("/api/v1/reports/{id}/status", get(status))
         .route("/api/v1/reports/{id}/status/messages", post(reporter_message))
 }
@@ -254,4 +255,20 @@ async fn security_statement(
     let model = hearth_proto::ModelId::parse(&model).map_err(|_| ApiError::not_found("model"))?;
     let settings = state.updates.settings();
     Ok(Json(state.disclosure.statement(settings, model.as_str(), &state.public.https_url).await?))
+}
+
+/// A draft of the UK PSTI statement of compliance for a model, for the manufacturer to complete and sign (plain
+/// text; what only the manufacturer knows is in brackets).
+#[utoipa::path(get, path = "/api/v1/models/{model}/psti-statement", params(("model" = String, Path, description = "Model")), security(("bearer" = []), ("session" = [])),
+    responses((status = 200, description = "The draft", content_type = "text/plain", body = String), (status = 404, body = super::error::ErrorBody)))]
+async fn psti_statement(
+    State(state): State<HubState>,
+    _auth: OperatorAuth,
+    ApiPath(model): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let model = hearth_proto::ModelId::parse(&model).map_err(|_| ApiError::not_found("model"))?;
+    let statement =
+        state.disclosure.statement(state.updates.settings(), model.as_str(), &state.public.https_url).await?;
+    let draft = crate::disclosure::statement::psti_draft(&statement, state.clock.now_ms());
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], draft).into_response())
 }
