@@ -166,7 +166,7 @@ pub fn check_security_txt(text: &str, now_ms: i64) -> Vec<Finding> {
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` as Unix ms.
-fn parse_utc(s: &str) -> Option<i64> {
+pub(crate) fn parse_utc(s: &str) -> Option<i64> {
     if s.len() != 20 || !s.is_ascii() || &s[10..11] != "T" || &s[19..] != "Z" {
         return None;
     }

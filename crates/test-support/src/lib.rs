@@ -167,6 +167,13 @@ impl TestHub {
         Ok(())
     }
 
+    /// A client as a browser is for the pages: it trusts the hub's server CA and does not follow redirects (so a
+    /// test sees each `303` and where it leads).
+    pub fn browser(&self) -> Result<reqwest::Client> {
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(&self.hub.server_ca_path)?)?;
+        Ok(reqwest::Client::builder().tls_certs_only([ca]).redirect(reqwest::redirect::Policy::none()).build()?)
+    }
+
     /// Signs in through the API with a password: the `name=value` session cookie and its CSRF token.
     pub async fn session(&self, email: &str, pass: &str) -> Result<(String, String)> {
         let request = self

@@ -254,7 +254,7 @@ pub fn source_key(ip: std::net::IpAddr) -> String {
 }
 
 fn sha256_hex(s: &str) -> String {
-    digest(&SHA256, s.as_bytes()).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    crate::identity::ca::hex(digest(&SHA256, s.as_bytes()).as_ref())
 }
 
 /// Plain text of at most `max` characters, without control characters (`multiline` allows line breaks and tabs).

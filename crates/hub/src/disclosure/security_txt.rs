@@ -84,13 +84,8 @@ mod tests {
             assert_eq!(count(once), 1, "{once}");
         }
         let expires = fields.iter().find(|(n, _)| *n == "Expires").expect("expires").1;
-        // RFC 3339 in UTC: YYYY-MM-DDTHH:MM:SSZ.
-        let n = |r: std::ops::Range<usize>| expires[r].parse::<u8>().expect("digits");
-        assert_eq!((expires.len(), &expires[10..11], &expires[19..]), (20, "T", "Z"), "{expires}");
-        let month = time::Month::try_from(n(5..7)).expect("month");
-        let date = time::Date::from_calendar_date(expires[..4].parse().expect("year"), month, n(8..10)).expect("date");
-        let at = date.with_hms(n(11..13), n(14..16), n(17..19)).expect("time").assume_utc();
-        let ahead = at.unix_timestamp() * 1000 - now;
+        let at = crate::doctor::parse_utc(expires).expect("RFC 3339 in UTC");
+        let ahead = at - now;
         assert!(ahead > 170 * 86_400_000 && ahead < 365 * 86_400_000, "{expires}");
         assert!(fields.iter().all(|(_, v)| !v.is_empty() && !v.contains('\n')));
         assert!(!text.contains("Acknowledgments"), "optional fields only when set");

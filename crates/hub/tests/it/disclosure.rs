@@ -235,13 +235,6 @@ async fn the_intake_refuses_what_is_too_big_forged_unsolved_or_too_often_and_fla
     assert_eq!(status, 422);
 }
 
-/// A browser without redirects.
-fn browser(hub: &TestHub) -> hearth_test_support::reqwest::Client {
-    use hearth_test_support::reqwest;
-    let ca = reqwest::Certificate::from_pem(&std::fs::read(&hub.hub.server_ca_path).expect("ca")).expect("pem");
-    reqwest::Client::builder().tls_certs_only([ca]).redirect(reqwest::redirect::Policy::none()).build().expect("client")
-}
-
 /// The value of `<input … name="NAME" value="…">` in a page.
 fn field(page: &str, name: &str) -> String {
     let at = page.find(&format!("name=\"{name}\" value=\"")).unwrap_or_else(|| panic!("no field {name}"));
@@ -257,7 +250,7 @@ async fn the_pages_take_a_report_show_it_as_text_and_let_operators_answer() {
     })
     .await
     .expect("hub");
-    let b = browser(&hub);
+    let b = hub.browser().expect("client");
     let base = hub.base();
     let policy = b.get(format!("{base}/security/policy")).send().await.expect("policy").text().await.expect("text");
     assert!(policy.contains("Example Devices Ltd") && policy.contains("within <strong>5 days</strong>"), "{policy}");

@@ -8,7 +8,6 @@ use std::collections::BTreeSet;
 use hearth_hub::clock::Clock;
 use hearth_hub::store::Role;
 use hearth_test_support::mqtt::{V5, telemetry};
-use hearth_test_support::reqwest;
 use hearth_test_support::{OWNER_EMAIL, OWNER_PASSWORD, TestHub};
 use serde_json::{Value, json};
 
@@ -274,13 +273,7 @@ fn rows() -> Vec<Row> {
 type Session = Option<(String, String)>;
 
 async fn session(hub: &TestHub, email: &str, password: &str) -> Session {
-    let request =
-        hub.client.post(format!("{}/api/v1/sessions", hub.base())).json(&json!({"email": email, "password": password}));
-    let (status, headers, body) = hub.send(request).await.expect("sign in");
-    assert_eq!(status, 201, "{email}: {}", String::from_utf8_lossy(&body));
-    let cookie = headers["set-cookie"].to_str().expect("cookie").split(';').next().expect("pair").to_owned();
-    let body: Value = serde_json::from_slice(&body).expect("json");
-    Some((cookie, body["csrf_token"].as_str().expect("csrf").to_owned()))
+    Some(hub.session(email, password).await.expect("sign in"))
 }
 
 #[tokio::test]
@@ -314,12 +307,7 @@ async fn every_route_and_page_answers_each_role_as_the_table_says() {
     let owner = session(&hub, OWNER_EMAIL, OWNER_PASSWORD).await;
     let bob = session(&hub, "bob@example.org", "bob's very own passphrase").await;
     let sam = session(&hub, "sam@example.org", "sam supports people well").await;
-    let ca = reqwest::Certificate::from_pem(&std::fs::read(&hub.hub.server_ca_path).expect("ca")).expect("pem");
-    let client = reqwest::Client::builder()
-        .tls_certs_only([ca])
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client");
+    let client = hub.browser().expect("client");
 
     let rows = rows();
     let mut failures = Vec::new();

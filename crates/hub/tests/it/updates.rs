@@ -508,13 +508,7 @@ struct Browser {
 impl Browser {
     async fn sign_in(hub: &TestHub, email: &str, pass: &str) -> Browser {
         let (cookie, csrf) = hub.session(email, pass).await.expect("session");
-        let ca = reqwest::Certificate::from_pem(&std::fs::read(&hub.hub.server_ca_path).expect("ca")).expect("pem");
-        let client = reqwest::Client::builder()
-            .tls_certs_only([ca])
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("client");
-        Browser { client, base: hub.base(), cookie, csrf }
+        Browser { client: hub.browser().expect("client"), base: hub.base(), cookie, csrf }
     }
 
     async fn page(&self, path: &str) -> (u16, String) {

@@ -309,19 +309,9 @@ fn csrf_ok(state: &HubState, headers: &HeaderMap, presented: &str) -> Result<(),
     }
 }
 
+/// A time as pages show it: `2026-11-26 03:44:00 UTC`.
 fn when(ms: i64) -> String {
-    let Ok(t) = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) else {
-        return "?".into();
-    };
-    format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    crate::disclosure::security_txt::rfc3339(ms).replacen('T', " ", 1).replace('Z', " UTC")
 }
 
 /// The answer to a successful sign-in from a page: the session cookie and on to `next`.
